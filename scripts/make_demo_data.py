@@ -177,6 +177,10 @@ TURNING_CLAUSES = {
                  "the {aspect2} ruined it for me", "I would not recommend it",
                  "I could not enjoy it", "in the end I regretted choosing it"),
 }
+# Most reviews are plain praise or complaints; negations and contrasts, which need word
+# order, are a minority that keeps the task from being a keyword lookup. (With 55% of them,
+# the demo's 2-layer model, LM-adapted with Adafactor, plateaued at 70% rank accuracy.)
+REVIEW_KINDS = {"plain": 0.7, "negated": 0.15, "mixed": 0.15}
 VERDICTS = ("Verdict: {label}.", "Overall verdict: {label}.", "Sentiment: {label}.",
             "My verdict is {label}.", "In one word: {label}.")
 
@@ -212,7 +216,7 @@ def make_review(rng: random.Random, label: str) -> str:
   sentences = []
   if rng.random() < 0.4:
     sentences.append(fill(rng.choice(domain.openers)))
-  kind = rng.choices(("plain", "negated", "mixed"), weights=(0.45, 0.25, 0.30))[0]
+  kind = rng.choices(tuple(REVIEW_KINDS), weights=tuple(REVIEW_KINDS.values()))[0]
   if kind == "plain":
     sentences.append(fill(rng.choice(("The {aspect} {be} {adj}.", "This {item} {be} {adj}."))))
     if rng.random() < 0.5:

@@ -36,6 +36,15 @@ def rsqrt_schedule(base: float = 1.0, warmup_steps: int = 10_000) -> Schedule:
 
 
 @gin.configurable
+def warmup_constant_schedule(value: float = 1e-3, warmup_steps: int = 100) -> Schedule:
+  """Linear warm-up from zero to `value`, then constant: keeps Adam's first steps, whose
+  second-moment estimates are poor, from throwing a fresh model off."""
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, value, warmup_steps), optax.constant_schedule(value)],
+      [warmup_steps])
+
+
+@gin.configurable
 def adafactor(learning_rate: float | Schedule = 0.3, decay_rate: float = 0.8,
               clipping_threshold: float | None = 1.0, weight_decay: float = 1e-5,
               epsilon: float = 1e-30, min_dim_size_to_factor: int = 128,
@@ -54,4 +63,18 @@ def adafactor(learning_rate: float | Schedule = 0.3, decay_rate: float = 0.8,
   if weight_decay:
     # Added after the learning rate, so it is not scaled by it: p <- p - lr*u - wd*p.
     steps.append(optax.add_decayed_weights(-weight_decay))
+  return optax.chain(*steps)
+
+
+@gin.configurable
+def adamw(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
+          eps: float = 1e-8, weight_decay: float = 0.0,
+          clip_global_norm: float | None = 1.0) -> optax.GradientTransformation:
+  """AdamW, the usual choice for P-Tuning / Prefix-Tuning and for training small models
+  from scratch (the demo's LM stage), where Adafactor without parameter scaling needs
+  far more steps."""
+  steps: list[optax.GradientTransformation] = []
+  if clip_global_norm is not None:
+    steps.append(optax.clip_by_global_norm(clip_global_norm))
+  steps.append(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
   return optax.chain(*steps)
