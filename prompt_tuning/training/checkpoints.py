@@ -289,6 +289,33 @@ def export_numpy(params: Any, directory: str) -> list[str]:
   return paths
 
 
+def read_params(step_dir: str) -> dict[str, Any]:
+  """The parameters in one `checkpoint_{step}` directory as host numpy arrays: the
+  trainable ones, merged with the frozen ones of a full checkpoint.
+
+  Reads whatever mesh and device count wrote the checkpoint (a plain orbax restore
+  insists on the writer's topology), e.g. an LM-adapted model trained on a pod slice as
+  the frozen base of a prompt run on one GPU.
+  """
+  checkpointer = ocp.PyTreeCheckpointer()
+
+  def read(item: str) -> Any:
+    path = epath.Path(step_dir).absolute() / item
+    tree = ocp.PyTreeCheckpointHandler().metadata(path).tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+  params = read(STATE_ITEM)["trainable"]
+  if (epath.Path(step_dir) / FROZEN_ITEM).exists():
+    flat = flax.traverse_util.flatten_dict(dict(params), sep="/")
+    frozen = flax.traverse_util.flatten_dict(dict(read(FROZEN_ITEM)), sep="/")
+    both = sorted(flat.keys() & frozen.keys())
+    if both:
+      raise ValueError(f"{step_dir} holds {both[0]} both as trainable and as frozen")
+    params = flax.traverse_util.unflatten_dict({**frozen, **flat}, sep="/")
+  return params
+
+
 # ---------------------------------------------------------------------------------------
 # The manager.
 
@@ -419,7 +446,8 @@ class CheckpointManager:
     A step that already has a readable checkpoint is not written again (the state at a
     given step is the same in a deterministic run); an unreadable one is replaced.
     """
-    step = int(state.step)
+    step = int(np.asarray(state.step.addressable_data(0)) if isinstance(state.step, jax.Array)
+               else state.step)  # Replicated; may span processes.
     data_position = None if data_position is None else int(data_position)
     metadata = dict(metadata or {})
     try:

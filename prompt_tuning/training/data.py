@@ -20,17 +20,28 @@ def feature_converter() -> seqio.FeatureConverter:
 
 
 def shard_info() -> seqio.ShardInfo | None:
+  """This process's share of the input in a multi-process job (None: read everything).
+
+  seqio shards a file-based source by files, so it needs at least as many files as
+  processes; in-memory and function sources are split example by example.
+  """
   import jax
+
+  from prompt_tuning.training import partitioning
 
   if jax.process_count() == 1:
     return None
-  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+  return partitioning.process_shard_info()
 
 
 def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                   batch_size: int, seed: int, start_position: int = 0,
                   split: str = "train") -> Iterator[dict[str, np.ndarray]]:
-  """Endless per-process batches, starting after `start_position` batches."""
+  """Endless per-process batches, starting after `start_position` batches.
+
+  `batch_size` is global: each process yields `batch_size / process_count` rows of its
+  own shard, which the partitioner assembles into one global batch.
+  """
   import jax
 
   if batch_size % jax.process_count():

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from prompt_tuning.t5 import network
+from prompt_tuning.training import checkpoints
 from prompt_tuning.training import trainable as trainable_lib
 
 Params = dict[str, Any]
@@ -63,15 +64,8 @@ def load_model_params(path: str) -> Params:
 
 
 def _read_training_checkpoint(path: str) -> Params:
-  import orbax.checkpoint as ocp
-
-  checkpointer = ocp.StandardCheckpointer()
-  state = checkpointer.restore(os.path.abspath(os.path.join(path, "state")))
-  params = state["trainable"]
-  frozen_dir = os.path.join(path, "frozen")
-  if os.path.isdir(frozen_dir):
-    params = trainable_lib.merge(params, checkpointer.restore(os.path.abspath(frozen_dir)))
-  return jax.tree.map(np.asarray, params)
+  # Topology-free: the run that wrote it may have used another mesh or device count.
+  return jax.tree.map(np.asarray, checkpoints.read_params(path))
 
 
 def read_variable(path: str, name: str) -> np.ndarray:
@@ -94,7 +88,7 @@ def initial_params(module: network.Transformer, rng: jax.Array,
   if not initial_checkpoint_path:
     return fresh_init(module, rng)
   abstract = trainable_lib.flatten(
-      network.abstract_params(module.config, module.input_prompt))
+      network.abstract_params(module.config, module.input_prompt, module.layer_prefix))
   loader = loader or load_model_params
   loaded = trainable_lib.flatten(loader(initial_checkpoint_path))
   pattern = re.compile(fresh_regex)

@@ -49,6 +49,7 @@ _STANDARD_RULES: LogicalRules = (
     ("mlp_activations", None),
     ("prompt", None),
     ("prompt_embed", None),
+    ("prompts", None),  # The table axis of prompts.MultiPrompt (one row per prompt).
 )
 
 
@@ -79,16 +80,21 @@ class Partitioner:
   Give either `num_partitions` (the model-parallel size; the data-parallel size is the
   device count divided by it) or `mesh_shape=(data, model)`. With neither, every device
   does data parallelism. `devices` defaults to all devices of all processes.
+  `compiler_options` (XLA debug options, e.g. a backend's scheduler flags) apply to every
+  program compiled through this partitioner.
   """
 
   def __init__(self, num_partitions: int | None = None,
                mesh_shape: Sequence[int] | None = None,
                logical_axis_rules: Sequence[tuple[str, Any]] | None = None,
-               devices: Sequence[Any] | None = None):
+               devices: Sequence[Any] | None = None,
+               compiler_options: Mapping[str, Any] | None = None):
     devices = list(jax.devices() if devices is None else devices)
     count = len(devices)
     if num_partitions is not None and mesh_shape is not None:
       raise ValueError("give either num_partitions or mesh_shape, not both")
+    # Whether the data size was derived from the device count (see `for_batch`).
+    self._data_size_from_devices = mesh_shape is None
     if mesh_shape is None:
       num_partitions = 1 if num_partitions is None else int(num_partitions)
       if num_partitions < 1 or count % num_partitions:
@@ -109,6 +115,7 @@ class Partitioner:
                                devices=devices)
     self._rules = tuple(standard_logical_axis_rules() if logical_axis_rules is None
                         else (tuple(rule) for rule in logical_axis_rules))
+    self._compiler_options = dict(compiler_options or {})
 
   # ------------------------------------------------------------------ mesh and rules
   @property
@@ -126,6 +133,40 @@ class Partitioner:
   @property
   def model_size(self) -> int:
     return self._mesh.shape["model"]
+
+  def for_batch(self, batch_size: int, num_microbatches: int = 1) -> "Partitioner":
+    """A partitioner whose data axis splits every microbatch evenly: this one if it does.
+
+    When the data size was derived from the device count (no `mesh_shape`) and a single
+    process runs, a batch too small for it gets a mesh over the first devices instead,
+    with a warning, so a quick run on a many-device machine still starts. An explicit
+    mesh, or a multi-process job (every process must own part of the mesh), is an error.
+    """
+    if batch_size < 1:
+      raise ValueError(f"batch size must be positive, got {batch_size}")
+    if num_microbatches < 1 or batch_size % num_microbatches:
+      raise ValueError(f"BATCH_SIZE {batch_size} does not split into {num_microbatches} "
+                       "microbatches; use a num_microbatches that divides it")
+    micro = batch_size // num_microbatches
+    if micro % self.data_size == 0:
+      return self
+    pieces = (f"BATCH_SIZE {batch_size} does" if num_microbatches == 1 else
+              f"microbatches of {micro} examples (BATCH_SIZE {batch_size} / "
+              f"{num_microbatches}) do")
+    if not self._data_size_from_devices or jax.process_count() > 1:
+      raise ValueError(
+          f"{pieces} not split over the mesh's {self.data_size} data shards; use a "
+          f"batch size divisible by {self.data_size * num_microbatches}, or a smaller data "
+          "axis (partitioning.Partitioner.mesh_shape or a larger num_partitions)")
+    data = max(d for d in range(1, self.data_size + 1)
+               if self.data_size % d == 0 and micro % d == 0)
+    devices = list(np.asarray(self._mesh.devices)[:data].reshape(-1))
+    logging.warning("%s not split over %d data shards; training on a %dx%d mesh, %d of "
+                    "%d devices (use a batch size divisible by %d to use them all)", pieces,
+                    self.data_size, data, self.model_size, len(devices),
+                    self._mesh.devices.size, self.data_size * num_microbatches)
+    return Partitioner(mesh_shape=(data, self.model_size), logical_axis_rules=self._rules,
+                       devices=devices, compiler_options=self._compiler_options)
 
   @contextlib.contextmanager
   def activate(self) -> Iterator[None]:
@@ -270,6 +311,30 @@ class Partitioner:
       result[name] = jax.make_array_from_process_local_data(sharding, value)
     return result
 
+  def shard_replicated_batch(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """Global arrays from a batch every process holds whole (evaluation reads the same
+    examples everywhere): split over `data` when the rows divide, else replicated."""
+    rows = len(next(iter(batch.values())))
+    sharding = self.batch_sharding if rows % self.data_size == 0 else self.replicated
+    return self.place(dict(batch), {name: sharding for name in batch})
+
+  def place(self, tree: Any, shardings: Any) -> Any:
+    """Global arrays laid out as `shardings` (a tree of the same structure).
+
+    Leaves may be numpy arrays or jax arrays; values that are not already global must be
+    the same in every process. Each device receives only its own slice of a host array,
+    so a large frozen model never sits whole on one accelerator.
+    """
+
+    def put(value: Any, sharding: NamedSharding) -> jax.Array:
+      if jax.process_count() == 1 or (isinstance(value, jax.Array)
+                                      and not value.is_fully_addressable):
+        return jax.device_put(value, sharding)
+      host = np.asarray(value)
+      return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+
   # ------------------------------------------------------------------ compilation
   def partition_train_step(self, step_fn: Callable[..., Any], state_shardings: TrainState,
                            frozen_shardings: Any,
@@ -292,9 +357,10 @@ class Partitioner:
                 compiler_options: Mapping[str, Any] | None = None
                 ) -> "PartitionedFunction":
     """Any function (evaluation's score / predict too) jitted over this mesh."""
+    options = {**self._compiler_options, **(compiler_options or {})}
     jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
                      donate_argnums=tuple(donate_argnums),
-                     compiler_options=dict(compiler_options) if compiler_options else None)
+                     compiler_options=options or None)
     return PartitionedFunction(jitted, self)
 
 
@@ -351,6 +417,25 @@ def initialize_distributed(coordinator_address: str | None = None,
   logging.info("process %d of %d joined; %d local of %d devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def fetch(tree: Any) -> Any:
+  """numpy copies of (global) arrays, in every process.
+
+  A replicated array is read from a local copy; one split across processes is gathered
+  (a collective, so every process must call this for the same arrays).
+  """
+
+  def get(value: Any) -> np.ndarray:
+    if not isinstance(value, jax.Array) or value.is_fully_addressable:
+      return np.asarray(value)
+    if value.sharding.is_fully_replicated:
+      return np.asarray(value.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+
+  return jax.tree.map(get, tree)
 
 
 def process_shard_info() -> Any:

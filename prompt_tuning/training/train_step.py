@@ -37,8 +37,8 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation,
 
   Gradients are taken with respect to `state.trainable` only; `frozen` is an ordinary
   input. Dropout randomness is `fold_in(rng, step)`, so a resumed run draws the same
-  masks as an uninterrupted one. With `num_microbatches > 1` the batch is split along
-  its leading axis and gradients summed over the pieces (the loss is a sum, so this
+  masks as an uninterrupted one. With `num_microbatches > 1` the batch is split into
+  that many strided pieces and gradients summed over them (the loss is a sum, so this
   equals the full-batch gradient up to float rounding).
   """
 
@@ -58,9 +58,12 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation,
     if size % num_microbatches:
       raise ValueError(f"batch size {size} is not divisible by num_microbatches "
                        f"{num_microbatches}")
+    # Microbatch k takes rows k, k + n, k + 2n, ...: every device's contiguous block of
+    # a data-sharded batch holds an equal part of each microbatch, so the split moves no
+    # rows between devices (contiguous microbatches make XLA gather and permute them).
     micro = jax.tree.map(
-        lambda x: x.reshape((num_microbatches, size // num_microbatches) + x.shape[1:]),
-        dict(batch))
+        lambda x: x.reshape((size // num_microbatches, num_microbatches) + x.shape[1:])
+        .swapaxes(0, 1), dict(batch))
 
     def body(carry, inputs):
       index, microbatch = inputs

@@ -414,3 +414,41 @@ def test_fingerprint_host_chunks_agree_with_device(monkeypatch):
             "i": np.arange(30, dtype=np.int32), "m": np.array([True, False, True])}
   assert checkpoints.fingerprint_params(params) == checkpoints.fingerprint_params(
       jax.tree.map(jnp.asarray, params))
+
+
+def test_read_params_on_fewer_devices_than_wrote_them(tmp_path):
+  """A full checkpoint written from arrays sharded over 8 devices reads back as numpy in
+  a process with one device (orbax's plain restore refuses the topology change)."""
+  import subprocess
+  import sys
+
+  import flax
+
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS)")
+  mesh = _mesh((2, 4))
+  state = jax.device_put(_state(3, shape=(4, 8)), NamedSharding(mesh, PartitionSpec()))
+  frozen = jax.device_put(_frozen(), NamedSharding(mesh, PartitionSpec(None, "model")))
+  with checkpoints.CheckpointManager(str(tmp_path), save_full=True) as manager:
+    manager.save(state, frozen=frozen)
+  expected = {**_frozen(), "encoder": {**_frozen()["encoder"],
+                                       **jax.tree.map(np.asarray, _trainable(0))["encoder"]}}
+  np.savez(tmp_path / "expected.npz",
+           **flax.traverse_util.flatten_dict(expected, sep="/"))
+  code = (
+      "import sys, numpy as np, flax\n"
+      "from prompt_tuning.training import checkpoints\n"
+      "got = flax.traverse_util.flatten_dict(checkpoints.read_params(sys.argv[1]), sep='/')\n"
+      "want = dict(np.load(sys.argv[2]))\n"
+      "assert sorted(got) == sorted(want), (sorted(got), sorted(want))\n"
+      "for k in want:\n"
+      "  assert isinstance(got[k], np.ndarray)\n"
+      "  np.testing.assert_array_equal(got[k], want[k])\n"
+      "print('read', len(got))\n")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+         "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "checkpoint_3"),
+                           str(tmp_path / "expected.npz")], capture_output=True, text=True,
+                          env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "read 3" in result.stdout

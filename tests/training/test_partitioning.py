@@ -213,6 +213,85 @@ def test_shard_batch_builds_global_arrays_split_over_data():
     p.shard_batch({"encoder_input_tokens": np.zeros((7, 6), np.int32)})
 
 
+def test_shard_replicated_batch_splits_rows_when_they_divide():
+  p = partitioning.Partitioner(mesh_shape=(2, 4))
+  split = p.shard_replicated_batch(_batch(0, size=4))["encoder_input_tokens"]
+  assert split.sharding.spec == P("data")
+  np.testing.assert_array_equal(np.asarray(split), _batch(0, size=4)["encoder_input_tokens"])
+  odd = p.shard_replicated_batch(_batch(0, size=3))["encoder_input_tokens"]
+  assert odd.sharding.is_fully_replicated and odd.shape == (3, 6)
+
+
+def test_place_lays_out_host_and_device_arrays_and_fetch_reads_them_back():
+  p = partitioning.Partitioner(mesh_shape=(2, 4))
+  tree = {"host": np.arange(32.0).reshape(4, 8), "device": jnp.ones((8,), jnp.bfloat16)}
+  shardings = {"host": p.sharding(("embed", "mlp")), "device": p.replicated}
+  placed = p.place(tree, shardings)
+  assert placed["host"].sharding.spec == P(None, "model")
+  assert placed["host"].addressable_shards[0].data.shape == (4, 2)
+  assert placed["device"].sharding.is_fully_replicated
+  assert placed["device"].dtype == jnp.bfloat16
+  host = partitioning.fetch(placed)
+  assert isinstance(host["host"], np.ndarray)
+  np.testing.assert_array_equal(host["host"], tree["host"])
+
+
+def test_for_batch_keeps_a_fitting_mesh_and_shrinks_only_a_derived_one(monkeypatch):
+  p = partitioning.Partitioner(num_partitions=2)  # 4 x 2, data size from the devices
+  assert p.for_batch(8) is p
+  assert p.for_batch(16, num_microbatches=2) is p
+  small = p.for_batch(6)  # 6 rows split over 2 of the 4 data shards
+  assert (small.data_size, small.model_size) == (2, 2)
+  assert small.mesh.devices.size == 4 and small.rules == p.rules
+  with pytest.raises(ValueError, match="microbatches"):
+    p.for_batch(8, num_microbatches=3)
+  explicit = partitioning.Partitioner(mesh_shape=(4, 2))
+  with pytest.raises(ValueError, match="BATCH_SIZE 6 does not split over the mesh's 4 data"):
+    explicit.for_batch(6)
+  with pytest.raises(ValueError, match="microbatches of 2 examples .* do not split"):
+    explicit.for_batch(8, num_microbatches=4)
+  # Every process of a multi-process job must own part of the mesh: no shrinking.
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with pytest.raises(ValueError, match="does not split over the mesh's 4 data shards"):
+    p.for_batch(6)
+
+
+def test_microbatches_move_no_rows_between_data_shards():
+  """Strided microbatches of a data-sharded batch stay on their devices: the compiled
+  step has the gradient all-reduces and no gather, permute or all-to-all."""
+  p = partitioning.Partitioner(mesh_shape=(8, 1))
+  model = models.EncoderDecoderModel(Transformer(CFG, input_prompt=PROMPT))
+  optimizer = optimizers.adafactor()
+  train_abs, frozen_abs = trainable.split(abstract_params(CFG, PROMPT))
+  train_axes, frozen_axes = trainable.split(logical_axes(CFG, PROMPT))
+  state_sh = p.train_state_shardings(optimizer, train_abs,
+                                     p.param_shardings(train_axes, train_abs))
+  state_abs = jax.eval_shape(lambda t: TrainState.create(t, optimizer), train_abs)
+  batch = {k: jax.ShapeDtypeStruct((32,) + v.shape[1:], v.dtype)
+           for k, v in _batch(0).items()}
+  step = p.partition_train_step(make_train_step(model, optimizer, num_microbatches=4),
+                                state_sh, p.param_shardings(frozen_axes, frozen_abs),
+                                compiler_options=FAST_COMPILE)
+  text = step.lower(state_abs, frozen_abs, batch,
+                    jax.ShapeDtypeStruct((2,), jnp.uint32)).compile().as_text()
+  assert "all-reduce" in text
+  for collective in ("all-gather", "collective-permute", "all-to-all"):
+    assert collective not in text
+
+
+def test_partitioner_compiler_options_reach_every_program():
+  p = partitioning.Partitioner(mesh_shape=(2, 4),
+                               compiler_options={"xla_backend_optimization_level": 0})
+  fn = p.partition(lambda x: x * 2, in_shardings=(p.replicated,),
+                   out_shardings=p.replicated)
+  np.testing.assert_array_equal(np.asarray(fn(np.arange(4.0))), np.arange(4.0) * 2)
+  bad = partitioning.Partitioner(mesh_shape=(2, 4),
+                                 compiler_options={"xla_no_such_option": 1})
+  with pytest.raises(Exception, match="xla_no_such_option"):
+    bad.partition(lambda x: x, in_shardings=(bad.replicated,),
+                  out_shardings=bad.replicated)(np.arange(4.0))
+
+
 def test_activation_constraints_take_effect_inside_the_partitioned_step():
   p = partitioning.Partitioner(mesh_shape=(2, 4))
   model = models.EncoderDecoderModel(Transformer(CFG, input_prompt=PROMPT))
@@ -285,6 +364,27 @@ def test_initialize_distributed_reads_flags_or_environment(monkeypatch):
     partitioning.initialize_distributed()
   with pytest.raises(ValueError, match="outside"):
     partitioning.initialize_distributed(process_id=4)
+
+
+def test_cli_multi_process_flags_reach_initialize(monkeypatch):
+  from prompt_tuning import cli
+
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name, raising=False)
+  kwargs, rest = cli.split_distributed_args(
+      ["--coordinator_address=10.0.0.1:1234", "--num_processes", "2", "--process_id=1",
+       "--gin.X=1"])
+  assert rest == ["--gin.X=1"]
+  cli._initialize_distributed(kwargs)
+  assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2,
+                    "process_id": 1}]
+  assert cli.split_distributed_args(["--distributed"])[0] == {"auto_detect": True}
+  with pytest.raises(cli.UsageError, match="--num_processes must be an integer"):
+    cli.split_distributed_args(["--num_processes=two"])
+  with pytest.raises(cli.UsageError, match="together"):
+    cli._initialize_distributed({"num_processes": 2})
 
 
 def test_process_shard_info_names_this_process():
