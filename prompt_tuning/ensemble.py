@@ -9,11 +9,8 @@ vote over the postprocessed predictions of each example (ties: lowest prompt ind
 
 from __future__ import annotations
 
-import copy
-import functools
 from typing import Any, Callable, Mapping, Sequence
 
-import gin
 import jax
 import numpy as np
 import seqio
@@ -24,72 +21,6 @@ from prompt_tuning.training import data as data_lib
 from prompt_tuning.training import evaluation as evaluation_lib
 
 Params = Mapping[str, Any]
-
-
-class _PromptIdsModule:
-  """Stands in for the Transformer inside EncoderDecoderModel, adding the batch's
-  `prompt_ids` to every call that encodes; decode calls pass through untouched."""
-
-  def __init__(self, module: Any, prompt_ids: Any):
-    self._module = module
-    self._prompt_ids = prompt_ids
-
-  def __getattr__(self, name: str) -> Any:
-    return getattr(self._module, name)
-
-  def apply(self, variables: Any, *args: Any, method: Any = None, **kwargs: Any) -> Any:
-    if method is None or getattr(method, "__name__", None) == "encode":
-      kwargs["prompt_ids"] = self._prompt_ids
-    return self._module.apply(variables, *args, method=method, **kwargs)
-
-
-class PromptTableModel(models.EncoderDecoderModel):
-  """EncoderDecoderModel that forwards `batch["prompt_ids"]` to the input prompt.
-
-  Needed only until `models.EncoderDecoderModel` forwards `prompt_ids` itself; it
-  reuses the parent's logic by swapping in a module view that carries the ids.
-  """
-
-  def _with_ids(self, batch: Mapping[str, Any]) -> models.EncoderDecoderModel:
-    if batch.get("prompt_ids") is None:
-      return self
-    view = copy.copy(self)
-    view.module = _PromptIdsModule(self.module, batch["prompt_ids"])
-    return view
-
-  def compute_logits(self, params: Params, batch: Mapping[str, Any],
-                     dropout_rng: Any = None) -> Any:
-    return models.EncoderDecoderModel.compute_logits(self._with_ids(batch), params, batch,
-                                                     dropout_rng)
-
-  def predict_batch_with_aux(self, params: Params, batch: Mapping[str, Any],
-                             rng: Any = None, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-    return models.EncoderDecoderModel.predict_batch_with_aux(self._with_ids(batch), params,
-                                                             batch, rng, **kwargs)
-
-
-def table_model(model: models.EncoderDecoderModel, num_prompts: int, prompt_length: int
-                ) -> PromptTableModel:
-  """The same frozen model and decoding settings with a MultiPrompt input prompt.
-
-  The copy becomes a PromptTableModel, so overrides of a subclass of `model` are lost;
-  once EncoderDecoderModel forwards `prompt_ids`, only the module needs swapping.
-  """
-  table = copy.copy(model)
-  table.__class__ = PromptTableModel
-  factory = functools.partial(multi_prompt.MultiPrompt, num_prompts=num_prompts,
-                              length=prompt_length)
-  table.module = model.module.clone(input_prompt=factory)
-  return table
-
-
-def with_prompt_table(params_without_prompt: Params, table: np.ndarray) -> dict[str, Any]:
-  """Base parameters plus `encoder/prompt/prompt` = table [N, P, d]."""
-  params = dict(params_without_prompt)
-  encoder = dict(params["encoder"])
-  encoder["prompt"] = {"prompt": np.asarray(table, np.float32)}
-  params["encoder"] = encoder
-  return params
 
 
 def majority_vote(predictions: Sequence[Sequence[Any]]) -> list[Any]:
@@ -195,13 +126,9 @@ def evaluate_ensemble(model: models.EncoderDecoderModel, params_without_prompt: 
   table of the files' prompts. Each model call decodes len(prompt_files)·batch_size rows.
   """
   table = multi_prompt.load_prompt_files(list(prompt_files))
-  num_prompts, length, width = table.shape
-  embed = params_without_prompt["token_embedder"]["embedding"].shape[-1]
-  if width != embed:
-    raise ValueError(f"prompts have width {width} but the model's d_model is {embed}; "
-                     "use prompts trained for this model")
-  ensemble_model = table_model(model, num_prompts, length)
-  params = with_prompt_table(params_without_prompt, table)
+  ensemble_model, params = multi_prompt.with_prompt_table(model, params_without_prompt,
+                                                          table)
+  num_prompts = table.shape[0]
   predict = _jitted_predict(ensemble_model)
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
@@ -222,37 +149,31 @@ def evaluate_ensemble(model: models.EncoderDecoderModel, params_without_prompt: 
   return results
 
 
-def print_report(results: Mapping[str, Mapping[str, Any]]) -> None:
-  """One line per (task, prompt or summary, metric), tab separated."""
+def format_table(results: Mapping[str, Mapping[str, Any]],
+                 prompt_files: Sequence[str] | None = None) -> str:
+  """Per task, one row per prompt, then mean, best (with its prompt's index) and majority
+  vote; one column per numeric metric. Prompt files are listed by index first, since
+  exported prompts all share one base name."""
+  lines = [f"prompt {k}: {path}" for k, path in enumerate(prompt_files or ())]
   for task, summary in results.items():
-    for index, values in enumerate(summary["prompts"]):
-      for name, value in values.items():
-        print(f"{task}\tprompt_{index}\t{name}\t{value}")
-    for key in ("mean", "best", "majority_vote"):
-      for name, value in summary[key].items():
-        print(f"{task}\t{key}\t{name}\t{value}")
+    names = list(summary["mean"])
+    rows = [(f"prompt {k}", [_number(m.get(name)) for name in names])
+            for k, m in enumerate(summary["prompts"])]
+    rows.append(("mean", [_number(summary["mean"][name]) for name in names]))
+    rows.append(("best", [f"{_number(summary['best'][name])} "
+                          f"(#{summary['best_prompt'][name]})" for name in names]))
+    rows.append(("majority vote", [_number(summary["majority_vote"].get(name))
+                                   for name in names]))
+    first = max(len(task), *(len(label) + 2 for label, _ in rows)) + 2
+    widths = [max(len(name), *(len(cells[i]) for _, cells in rows)) + 2
+              for i, name in enumerate(names)]
+    lines.append("")
+    lines.append(f"{task:<{first}}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths)))
+    for label, cells in rows:
+      lines.append(f"  {label:<{first - 2}}"
+                   + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+  return "\n".join(lines).strip("\n")
 
 
-@gin.configurable
-def evaluate_prompt_ensemble(*, model: models.EncoderDecoderModel = gin.REQUIRED,
-                             prompt_files: Sequence[str] = gin.REQUIRED,
-                             mixture_or_task_name: str = gin.REQUIRED,
-                             task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-                             batch_size: int = gin.REQUIRED,
-                             initial_checkpoint_path: str | None = None,
-                             split: str = "validation", num_examples: int | None = None,
-                             seed: int = 0) -> dict[str, dict[str, Any]]:
-  """Gin job: the base from `initial_checkpoint_path`, the prompts from `prompt_files`.
-
-  The base is read for the model without its prompt, so the prompt's own initialiser
-  (e.g. a required PROMPT_FILE) is never needed.
-  """
-  from prompt_tuning.training import initialization
-
-  backbone = model.module.clone(input_prompt=None)
-  params = initialization.initial_params(backbone, jax.random.PRNGKey(seed),
-                                         initial_checkpoint_path)
-  results = evaluate_ensemble(model, params, prompt_files, mixture_or_task_name,
-                              task_feature_lengths, batch_size, split, num_examples)
-  print_report(results)
-  return results
+def _number(value: Any) -> str:
+  return "-" if value is None else f"{float(value):.2f}"

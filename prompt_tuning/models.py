@@ -7,6 +7,7 @@ and call its pure functions under `jax.jit`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Mapping
 
 import gin
@@ -68,13 +69,32 @@ class EncoderDecoderModel:
                               else {"temperature": 0.0})
     self.eos_id = eos_id
 
+  def with_module(self, module: Transformer) -> "EncoderDecoderModel":
+    """The same loss and decoding settings around another network (e.g. the backbone
+    with a prompt table instead of one prompt); `self` is left unchanged."""
+    other = copy.copy(self)
+    other.decode_kwargs = dict(self.decode_kwargs)
+    other.module = module
+    return other
+
+  @staticmethod
+  def _prompt_ids(batch: Batch) -> dict[str, Array]:
+    """`prompt_ids` [batch] for the encoder when the batch names each row's prompt.
+
+    Only passed when present, so batches without it work with any input prompt, and
+    one batch can mix rows of several tasks or ensemble members (prompts.MultiPrompt).
+    """
+    prompt_ids = batch.get("prompt_ids")
+    return {} if prompt_ids is None else {"prompt_ids": prompt_ids}
+
   # ---------------------------------------------------------------- forward and loss
   def compute_logits(self, params: Params, batch: Batch, dropout_rng: Array | None = None
                      ) -> Array:
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply({"params": params}, batch["encoder_input_tokens"],
                              batch["decoder_input_tokens"], batch["decoder_target_tokens"],
-                             enable_dropout=dropout_rng is not None, rngs=rngs)
+                             enable_dropout=dropout_rng is not None, rngs=rngs,
+                             **self._prompt_ids(batch))
 
   def _loss_weights(self, batch: Batch) -> Array:
     weights = batch.get("decoder_loss_weights")
@@ -145,12 +165,14 @@ class EncoderDecoderModel:
                              **decode_overrides: Any) -> tuple[Array, dict[str, Array]]:
     """Decodes targets of the batch's target length; returns (tokens, {"scores": ...}).
 
-    Tokens are [batch, length] (best decode) or [batch, num_decodes, length].
+    Tokens are [batch, length] (best decode) or [batch, num_decodes, length]. Only the
+    encoder sees `prompt_ids`: each row's decoder attends to that row's own encoding, so
+    the cached steps need no prompt.
     """
     encoder_tokens = batch["encoder_input_tokens"]
     length = batch["decoder_target_tokens"].shape[1]
     encoded = self.module.apply({"params": params}, encoder_tokens,
-                                method=self.module.encode)
+                                method=self.module.encode, **self._prompt_ids(batch))
     cache = self.init_cache(params, encoded, encoder_tokens, length)
 
     def tokens_to_logits(token_ids: Array, step_cache: Any) -> tuple[Array, Any]:

@@ -24,7 +24,8 @@ from `--checkpoint SIZE=PATH`) and `gin_file` (one extra gin file per point, e.g
 resumes at its last step, so rerunning an interrupted sweep continues it.
 
 `--tiny-demo` runs offline on the bundled demo task with a random tiny model, to check
-the machinery (its scores are near chance by design).
+the machinery (its scores are near chance by design). `--dry-run` checks every point's
+gin configuration and prints its train command, without training.
 """
 
 from __future__ import annotations
@@ -232,6 +233,42 @@ def train_point(args: Sequence[str], in_process: bool, log_path: str) -> int:
                            cwd=os.getcwd())
 
 
+def check_point(files: Sequence[str], bindings: Sequence[str],
+                search_paths: Sequence[str]) -> None:
+  """Raises cli.UsageError if `prompt-tuning train` would refuse this point's
+  configuration (a missing gin file, an unknown binding, an unset required macro)."""
+  import gin
+
+  gin.clear_config()
+  try:
+    cli.parse_gin(files, bindings, search_paths)
+    cli.require_macros("train")
+    try:
+      gin.finalize()  # Gin's own check of macros declared `%gin.REQUIRED`.
+    except ValueError as error:
+      raise cli.UsageError(" ".join(str(error).split())) from error
+  finally:
+    gin.clear_config()
+
+
+def dry_run(out_dir: str, files: Sequence[str], bindings: Sequence[str],
+            search_paths: Sequence[str], grid: Sequence[tuple[str, list[str]]],
+            checkpoints: dict[str, str]) -> list[list[str]]:
+  """Checks every point's configuration and prints its train command; trains nothing,
+  so a sweep of large models can be vetted before it takes an accelerator for days."""
+  commands = []
+  for point in grid_points(grid):
+    model_dir = os.path.join(out_dir, run_name(point))
+    point_files, point_bindings = point_config(point, files, bindings, checkpoints,
+                                               model_dir)
+    check_point(point_files, point_bindings, search_paths)
+    command = ["prompt-tuning", "train", *gin_args(point_files, point_bindings,
+                                                   search_paths)]
+    print(" ".join(command), flush=True)
+    commands.append(command)
+  return commands
+
+
 def best_score(model_dir: str, metric: str) -> tuple[float, int | None, float]:
   """(best, its step, last) of `metric` over the run's eval rows; NaN when none."""
   from prompt_tuning.training import logging_utils
@@ -415,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="offline preset: bundled demo task, random tiny model; default "
                            "grid PROMPT_LENGTH=1,5 x PROMPT_INIT=uniform,sampled_vocab")
   parser.add_argument("--steps", type=int, default=20, help="train steps of --tiny-demo")
+  parser.add_argument("--dry-run", action="store_true",
+                      help="check every point's configuration and print its train "
+                           "command, without training")
   args = parser.parse_args(rest)
   restore: Callable[[], None] = lambda: None
   try:
@@ -427,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       checkpoints[size] = path
     out_dir = os.path.abspath(args.out)
     metric = args.metric
-    if (args.compile_cache or "").lower() != "none":
+    if (args.compile_cache or "").lower() != "none" and not args.dry_run:
       restore = use_compile_cache(os.path.abspath(
           args.compile_cache or os.path.join(out_dir, "jax_cache")))
     if args.tiny_demo:
@@ -442,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError("give --metric, the eval key to maximise, e.g. "
                        "demo_sentiment/accuracy (see a run's metrics.jsonl)")
     series = None if args.series is None else [s for s in args.series.split(",") if s]
+    if args.dry_run:
+      dry_run(out_dir, files, bindings, search_paths, grid, checkpoints)
+      return 0
     run_sweep(out_dir, files, bindings, search_paths, grid, metric, checkpoints, args.x,
               series, args.in_process)
   except (ValueError, cli.UsageError) as error:

@@ -77,7 +77,7 @@ def test_one_forward_per_batch_and_metrics_match_separate_runs(setup, monkeypatc
                                          plain.predict_batch, plain.score_batch,
                                          num_examples=EXAMPLES)
   for k, path in enumerate(paths):
-    params = ensemble.with_prompt_table(base, np.load(path))
+    params = {**base, "encoder": {**base["encoder"], "prompt": {"prompt": np.load(path)}}}
     separate = evaluation.evaluate(params)[demo.SENTIMENT_TASK]
     assert summary["prompts"][k] == separate
     # Same decoded tokens as the prompt alone: rows k·B.. of each ensemble call.
@@ -111,16 +111,7 @@ def test_bad_inputs_are_clear_errors(setup, tmp_path):
                                num_examples=2)
 
 
-def test_table_model_leaves_the_original_model_alone(setup):
-  plain, _, _ = setup
-  table = ensemble.table_model(plain, NUM_PROMPTS, PROMPT_LENGTH)
-  assert isinstance(table, ensemble.PromptTableModel)
-  assert type(plain) is models.EncoderDecoderModel
-  assert plain.module.input_prompt.func is Prompt
-  assert table.decode_kwargs == plain.decode_kwargs and table.eos_id == plain.eos_id
-
-
-def test_metrics_and_vote_on_known_predictions(setup, monkeypatch, capsys):
+def test_metrics_vote_and_table_on_known_predictions(setup, monkeypatch):
   """The decoded outputs are replaced by label words: prompt 0 always wrong, prompt 1
   always "positive", prompt 2 always right, so every number is known in advance."""
   plain, base, paths = setup
@@ -149,12 +140,9 @@ def test_metrics_and_vote_on_known_predictions(setup, monkeypatch, capsys):
     return predict
 
   monkeypatch.setattr(ensemble, "_jitted_predict", rigged)
-  # Through the gin job's entry point (a random base: the predictions are rigged).
-  summary = ensemble.evaluate_prompt_ensemble(
-      model=plain, prompt_files=paths, mixture_or_task_name=demo.SENTIMENT_TASK,
-      task_feature_lengths=LENGTHS, batch_size=BATCH,
-      num_examples=EXAMPLES)[demo.SENTIMENT_TASK]
-  assert "demo_sentiment\tmajority_vote\taccuracy" in capsys.readouterr().out
+  results = ensemble.evaluate_ensemble(plain, base, paths, demo.SENTIMENT_TASK, LENGTHS,
+                                       BATCH, num_examples=EXAMPLES)
+  summary = results[demo.SENTIMENT_TASK]
   positive = 100.0 * sum(truth) / EXAMPLES
   assert [m["accuracy"] for m in summary["prompts"]] == [0.0, positive, 100.0]
   assert summary["mean"]["accuracy"] == pytest.approx((positive + 100.0) / 3)
@@ -163,3 +151,12 @@ def test_metrics_and_vote_on_known_predictions(setup, monkeypatch, capsys):
   # Two of three prompts say "positive" on every example.
   assert summary["majority_vote_predictions"] == [1] * EXAMPLES
   assert summary["majority_vote"] == {"accuracy": positive}
+
+  table = ensemble.format_table(results, paths).splitlines()
+  assert table[:NUM_PROMPTS] == [f"prompt {k}: {path}" for k, path in enumerate(paths)]
+  rows = {line.split("  ")[1].strip(): line.split()[-1] for line in table[NUM_PROMPTS + 2:]}
+  assert table[NUM_PROMPTS + 1].split() == [demo.SENTIMENT_TASK, "accuracy"]
+  assert rows["prompt 0"] == "0.00" and rows["prompt 2"] == "100.00"
+  assert rows["mean"] == f"{(positive + 100.0) / 3:.2f}"
+  assert table[-2].split()[-2:] == ["100.00", "(#2)"]  # best, and which prompt.
+  assert rows["majority vote"] == f"{positive:.2f}"

@@ -11,6 +11,7 @@ import pytest
 
 from prompt_tuning import decoding, models
 from prompt_tuning.prompts import Prompt
+from prompt_tuning.prompts.multi_prompt import MultiPrompt
 from prompt_tuning.t5 import T5Config, Transformer, init_params
 
 CFG = T5Config.from_size("tiny", vocab_size=128)
@@ -120,3 +121,40 @@ def test_beam_search_with_one_beam_equals_greedy(setup):
       return_all_decodes=True))(params, batch)
   assert beams.shape == (3, 3, 5)
   assert (np.diff(np.asarray(aux["scores"]), axis=1) <= 1e-6).all()  # Best first.
+
+
+def test_loss_forwards_prompt_ids_to_a_prompt_table(setup):
+  """One batch, two prompts chosen per row: the summed loss is the sum of each prompt's
+  loss on its own rows (decodes and scores: tests/prompts/test_multi_prompt.py)."""
+  _, params, batch = setup
+  table_prompt = functools.partial(MultiPrompt, num_prompts=2, length=4)
+  table = np.stack([params["encoder"]["prompt"]["prompt"],
+                    np.asarray(params["encoder"]["prompt"]["prompt"]) + 0.5])
+  plain = models.EncoderDecoderModel(Transformer(CFG, input_prompt=PROMPT))
+  model = plain.with_module(Transformer(CFG, input_prompt=table_prompt))
+  table_params = {**params, "encoder": {**params["encoder"], "prompt": {"prompt": table}}}
+  ids = np.array([1, 0, 1], np.int32)
+  loss, _ = jax.jit(model.loss_fn)(table_params, {**batch, "prompt_ids": ids})
+  expected = 0.0
+  for index in (0, 1):
+    rows = ids == index
+    single = {**params, "encoder": {**params["encoder"], "prompt": {"prompt": table[index]}}}
+    part = {k: v[rows] for k, v in batch.items()}
+    expected += float(jax.jit(plain.loss_fn)(single, part)[0])
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  # Changing only the ids changes the result: they really reach the prompt table.
+  other, _ = jax.jit(model.loss_fn)(table_params, {**batch, "prompt_ids": 1 - ids})
+  assert abs(float(other) - float(loss)) > 1e-3
+
+
+def test_with_module_copies_the_settings_and_leaves_the_model_alone(setup):
+  module, _, _ = setup
+  model = models.EncoderDecoderModel(module, z_loss=2e-4, decode_fn=decoding.beam_search,
+                                     decode_kwargs={"num_decodes": 2}, eos_id=7)
+  other_module = Transformer(CFG)
+  other = model.with_module(other_module)
+  assert other.module is other_module and model.module is module
+  assert (other.z_loss, other.decode_fn, other.decode_kwargs, other.eos_id) == (
+      2e-4, decoding.beam_search, {"num_decodes": 2}, 7)
+  other.decode_kwargs["num_decodes"] = 5
+  assert model.decode_kwargs == {"num_decodes": 2}

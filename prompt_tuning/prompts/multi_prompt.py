@@ -1,16 +1,20 @@
 """A table of soft prompts, one chosen per example: multi-task serving and ensembling.
 
 Several prompts trained on the same frozen model can share one batch: each row names its
-prompt with an integer in the batch feature `prompt_ids` [batch], which the model passes
-through `Transformer.encode(..., prompt_ids=...)` to this module. Row i then sees exactly
-what the single-prompt `Prompt` holding table[prompt_ids[i]] would give it.
+prompt with an integer in the batch feature `prompt_ids` [batch], which
+`EncoderDecoderModel` passes through `Transformer.encode(..., prompt_ids=...)` to this
+module. Row i then sees exactly what the single-prompt `Prompt` holding
+table[prompt_ids[i]] would give it.
+
+`with_prompt_table` turns any configured model into one serving a table of saved prompts
+(prompt ensembling, multi-task serving), without touching its initialisers.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import gin
@@ -18,10 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning import models
 from prompt_tuning.prompts import initializers
 
 Array = jax.Array
 Initializer = Callable[..., Array]
+Params = Mapping[str, Any]
 
 
 def load_prompt_files(paths: Sequence[str]) -> np.ndarray:
@@ -116,3 +122,27 @@ class MultiPrompt(nn.Module):
     prompt = jnp.take(table, prompt_ids, axis=0).astype(embedded.dtype)
     mask = jnp.concatenate([jnp.ones((batch, self.length), bool), tokens > 0], axis=1)
     return jnp.concatenate([prompt, embedded], axis=1), mask
+
+
+def with_prompt_table(model: models.EncoderDecoderModel, params_without_prompt: Params,
+                      table: np.ndarray) -> tuple[models.EncoderDecoderModel, dict[str, Any]]:
+  """(model, params) where the model's input prompt is a MultiPrompt holding `table`.
+
+  `table` is [num_prompts, length, d_model] (see `load_prompt_files`); the parameters are
+  the frozen ones plus `encoder/prompt/prompt` = table. Loss and decoding settings are
+  the model's own; `model` itself is unchanged.
+  """
+  table = np.asarray(table, np.float32)
+  if table.ndim != 3:
+    raise ValueError(f"a prompt table is [num_prompts, length, d_model]; got shape "
+                     f"{tuple(table.shape)}")
+  num_prompts, length, width = table.shape
+  embed = params_without_prompt["token_embedder"]["embedding"].shape[-1]
+  if width != embed:
+    raise ValueError(f"prompts have width {width} but the model's d_model is {embed}; "
+                     "use prompts trained for this model")
+  factory = functools.partial(MultiPrompt, num_prompts=num_prompts, length=length)
+  table_model = model.with_module(model.module.clone(input_prompt=factory))
+  params = dict(params_without_prompt)
+  params["encoder"] = {**params["encoder"], "prompt": {"prompt": table}}
+  return table_model, params

@@ -1,21 +1,31 @@
 """Evaluation and inference runs: a frozen base, a prompt (from a file or a training
-run's checkpoint), and a seqio task's metrics or predictions."""
+run's checkpoint), and a seqio task's metrics or predictions.
+
+Two modes use a table of saved prompts instead of the model's one prompt, each with a
+single decode per batch (prompts.MultiPrompt picks every row's prompt):
+- `evaluate(prompt_files=[...])`: prompt ensembling, each example once per prompt.
+- `infer(task_prompts={task: file})`: multi-task serving, each task's examples with
+  their task's prompt, the tasks' rows mixed in one batch.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import gin
 import jax
 import numpy as np
 from absl import logging
 
-from prompt_tuning import models
+from prompt_tuning import ensemble, models
+from prompt_tuning.prompts import multi_prompt
+from prompt_tuning.training import data as data_lib
 from prompt_tuning.training import evaluation as evaluation_lib
 from prompt_tuning.training import initialization
 from prompt_tuning.training import logging_utils
+from prompt_tuning.training import partitioning
 from prompt_tuning.training import trainer as trainer_lib
 
 
@@ -26,18 +36,50 @@ def _params(model: models.EncoderDecoderModel, initial_checkpoint_path: str | No
                                        initial_checkpoint_path, fresh_regex=".*prompt.*")
 
 
+def _params_without_prompt(model: models.EncoderDecoderModel,
+                           initial_checkpoint_path: str | None, seed: int) -> Any:
+  """The frozen base alone: the model's own prompt (and its initialiser, e.g. a required
+  PROMPT_FILE) is never built, since a prompt table replaces it."""
+  backbone = model.module.clone(input_prompt=None)
+  return initialization.initial_params(backbone, jax.random.PRNGKey(seed),
+                                       initial_checkpoint_path)
+
+
+def _file_list(value: Sequence[str] | str, macro: str) -> list[str]:
+  if isinstance(value, str):
+    raise ValueError(f"{macro} must be a list of .npy paths, e.g. "
+                     f"--gin.{macro}=\"['a.npy', 'b.npy']\"; got the string {value!r}")
+  return [str(path) for path in value]
+
+
 @gin.configurable
 def evaluate(*, model: models.EncoderDecoderModel = gin.REQUIRED,
              mixture_or_task_name: str = gin.REQUIRED,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
              batch_size: int = gin.REQUIRED, initial_checkpoint_path: str | None = None,
              model_dir: str | None = None, split: str = "validation",
-             num_examples: int | None = None, seed: int = 0) -> dict[str, dict[str, Any]]:
-  """Metrics of the configured prompt on a task or mixture; also logged under model_dir."""
-  params = _params(model, initial_checkpoint_path, seed)
+             num_examples: int | None = None, seed: int = 0,
+             prompt_files: Sequence[str] | None = None,
+             output_dir: str | None = None) -> dict[str, dict[str, Any]]:
+  """Metrics of the configured prompt on a task or mixture; also logged under model_dir.
+
+  With `prompt_files` (runs/prompt_ensemble_eval.gin) the model's prompt is replaced by
+  those prompts and the result is `ensemble.evaluate_ensemble`'s per-task summary: each
+  prompt's metrics, their mean, the best and the majority vote, printed as a table and
+  written to `output_dir/prompt_ensemble-{split}.json`.
+  """
+  if prompt_files is not None:
+    return _evaluate_prompt_ensemble(model, _file_list(prompt_files, "PROMPT_FILES"),
+                                     mixture_or_task_name, task_feature_lengths,
+                                     batch_size, initial_checkpoint_path, split,
+                                     num_examples, seed, output_dir)
+  partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
+  params = trainer_lib.place_params(partitioner, model.module,
+                                    _params(model, initial_checkpoint_path, seed))
   evaluation = trainer_lib.build_evaluation(model, mixture_or_task_name, task_feature_lengths,
                                             batch_size, split=split,
-                                            num_examples=num_examples)
+                                            num_examples=num_examples,
+                                            partitioner=partitioner)
   metrics = evaluation.evaluate(params)
   if model_dir:
     log = logging_utils.MetricsLog(model_dir, subdir="eval_only")
@@ -49,57 +91,191 @@ def evaluate(*, model: models.EncoderDecoderModel = gin.REQUIRED,
   return metrics
 
 
+def _evaluate_prompt_ensemble(model: models.EncoderDecoderModel, prompt_files: list[str],
+                              mixture_or_task_name: str,
+                              task_feature_lengths: Mapping[str, int], batch_size: int,
+                              initial_checkpoint_path: str | None, split: str,
+                              num_examples: int | None, seed: int,
+                              output_dir: str | None) -> dict[str, dict[str, Any]]:
+  # Read the prompts first: a bad file should not wait for the base checkpoint.
+  multi_prompt.load_prompt_files(prompt_files)
+  params = _params_without_prompt(model, initial_checkpoint_path, seed)
+  results = ensemble.evaluate_ensemble(model, params, prompt_files, mixture_or_task_name,
+                                       task_feature_lengths, batch_size, split,
+                                       num_examples)
+  print(ensemble.format_table(results, prompt_files))
+  if output_dir:
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, f"prompt_ensemble-{split}.json")
+    report = {"mixture_or_task_name": mixture_or_task_name, "split": split,
+              "prompt_files": prompt_files, "tasks": results}
+    with open(path + ".tmp", "w") as f:
+      json.dump(report, f, indent=1, default=_json_value)
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path}")
+  return results
+
+
+def _json_value(value: Any) -> Any:
+  """Postprocessed predictions may be numpy scalars or arrays, or bytes."""
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, bytes):
+    return value.decode("utf-8", errors="replace")
+  return str(value)
+
+
 @gin.configurable
 def infer(*, model: models.EncoderDecoderModel = gin.REQUIRED,
           mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           batch_size: int = gin.REQUIRED, output_dir: str = gin.REQUIRED,
           initial_checkpoint_path: str | None = None, split: str = "validation",
-          num_examples: int | None = None, seed: int = 0) -> list[str]:
-  """Decodes every example of each task and writes `{task}-{split}.jsonl` files."""
+          num_examples: int | None = None, seed: int = 0,
+          task_prompts: Mapping[str, str] | None = None) -> list[str]:
+  """Decodes every example of each task and writes `{task}-{split}.jsonl` files.
+
+  The tasks of a mixture are interleaved row by row into the batches. With
+  `task_prompts` ({task name: prompt .npy}, runs/prompt_serve.gin) the named tasks of the
+  mixture are served together, each row with its task's prompt from one prompt table;
+  tasks without a prompt are skipped with a warning. Without it, every row uses the
+  model's configured prompt.
+  """
+  tasks = _tasks_with_split(mixture_or_task_name, split)
+  serving = task_prompts is not None
+  if serving:
+    tasks, files = _serving_table(mixture_or_task_name, tasks, task_prompts)
+    table = multi_prompt.load_prompt_files(files)
+    base = _params_without_prompt(model, initial_checkpoint_path, seed)
+    model, params = multi_prompt.with_prompt_table(model, base, table)
+  else:
+    params = _params(model, initial_checkpoint_path, seed)
+  partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
+  params = trainer_lib.place_params(partitioner, model.module, params)
+  predict = _jitted_predict(model, partitioner)
+  streams = [_examples(task, task_feature_lengths, split, num_examples) for task in tasks]
+  os.makedirs(output_dir, exist_ok=True)
+  paths = {task.name: os.path.join(output_dir, f"{task.name}-{split}.jsonl")
+           for task in tasks}
+  outputs = {name: open(path, "w") for name, path in paths.items()}
+  try:
+    for chunk in _chunks(_round_robin(streams), batch_size):
+      batch = {key: np.stack([features[key] for _, _, features in chunk])
+               for key in evaluation_lib.MODEL_FEATURES if key in chunk[0][2]}
+      if serving:  # Task i's rows use row i of the prompt table.
+        batch["prompt_ids"] = np.array([index for index, _, _ in chunk], np.int32)
+      padded, rows = data_lib.pad_batch(batch, batch_size)
+      tokens = np.asarray(predict(params, padded))[:rows]
+      for (index, raw, _), row in zip(chunk, tokens):
+        vocabulary = tasks[index].output_features["targets"].vocabulary
+        record = {"inputs": _text(raw, "inputs", vocabulary),
+                  "target": _text(raw, "targets", vocabulary),
+                  "prediction": vocabulary.decode(row.tolist())}
+        outputs[tasks[index].name].write(json.dumps(record) + "\n")
+  finally:
+    for f in outputs.values():
+      f.close()
+  for path in paths.values():
+    print(f"wrote {path}")
+  return list(paths.values())
+
+
+def _jitted_predict(model: models.EncoderDecoderModel,
+                    partitioner: partitioning.Partitioner) -> Callable[..., Any]:
+  """Decoding on the partitioner's mesh (parameters sharded, each batch split over
+  "data"); returns host arrays in every process."""
+  predict = jax.jit(model.predict_batch)
+
+  def run(params: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    with partitioner.activate():
+      return partitioning.fetch(predict(params, partitioner.shard_replicated_batch(batch)))
+
+  return run
+
+
+def _tasks_with_split(mixture_or_task_name: str, split: str) -> list[Any]:
   import seqio
+
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  tasks = []
+  for task in provider.tasks if isinstance(provider, seqio.Mixture) else [provider]:
+    if split in task.splits:
+      tasks.append(task)
+    else:
+      logging.info("skipping %s: no %s split", task.name, split)
+  if not tasks:
+    raise ValueError(f"{mixture_or_task_name} has no task with a {split!r} split")
+  return tasks
+
+
+def _serving_table(mixture_or_task_name: str, tasks: Sequence[Any],
+                   task_prompts: Mapping[str, str]) -> tuple[list[Any], list[str]]:
+  """The served tasks (those of `tasks` with a prompt) and their prompt files, in table
+  order: task i's rows use prompt i."""
+  import seqio
+
+  if not isinstance(task_prompts, Mapping) or not task_prompts:
+    raise ValueError("TASK_PROMPTS must map task names to prompt .npy files, e.g. "
+                     "--gin.TASK_PROMPTS=\"{'task_a': 'a.npy', 'task_b': 'b.npy'}\"")
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  members = {t.name for t in (provider.tasks if isinstance(provider, seqio.Mixture)
+                              else [provider])}
+  unknown = sorted(set(task_prompts) - members)
+  if unknown:
+    raise ValueError(f"TASK_PROMPTS names {', '.join(unknown)}, not a task of "
+                     f"{mixture_or_task_name} ({', '.join(sorted(members))})")
+  served = [task for task in tasks if task.name in task_prompts]
+  if not served:
+    raise ValueError("none of the tasks in TASK_PROMPTS has the split being decoded")
+  skipped = [task.name for task in tasks if task.name not in task_prompts]
+  if skipped:
+    logging.warning("not served (no prompt in TASK_PROMPTS): %s", ", ".join(skipped))
+  return served, [str(task_prompts[task.name]) for task in served]
+
+
+def _examples(task: Any, task_feature_lengths: Mapping[str, int], split: str,
+              num_examples: int | None) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+  """(raw example, model features) pairs of one task, in the dataset's order."""
   import tensorflow as tf
 
-  from prompt_tuning.training import data as data_lib
-
-  params = _params(model, initial_checkpoint_path, seed)
-  predict = jax.jit(model.predict_batch)
-  os.makedirs(output_dir, exist_ok=True)
-  written = []
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-  for task in tasks:
-    if split not in task.splits:
-      logging.info("skipping %s: no %s split", task.name, split)
-      continue
-    dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False)
-    if num_examples:
-      dataset = dataset.take(num_examples)
-    vocabulary = task.output_features["targets"].vocabulary
-    model_features = data_lib.feature_converter()(dataset, dict(task_feature_lengths))
-    # Raw examples are ragged (their token lists vary); pad them for batching.
-    paired = tf.data.Dataset.zip((dataset, model_features)).padded_batch(batch_size)
-    path = os.path.join(output_dir, f"{task.name}-{split}.jsonl")
-    with open(path, "w") as f:
-      for raw, features in paired.as_numpy_iterator():
-        batch = {k: np.asarray(features[k]) for k in evaluation_lib.MODEL_FEATURES
-                 if k in features}
-        padded, rows = data_lib.pad_batch(batch, batch_size)
-        tokens = np.asarray(predict(params, padded))[:rows]
-        for i in range(rows):
-          record = {"inputs": _text(raw, "inputs", i, vocabulary),
-                    "target": _text(raw, "targets", i, vocabulary),
-                    "prediction": vocabulary.decode(tokens[i].tolist())}
-          f.write(json.dumps(record) + "\n")
-    written.append(path)
-    print(f"wrote {path}")
-  return written
+  dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False)
+  if num_examples:
+    dataset = dataset.take(num_examples)
+  features = data_lib.feature_converter()(dataset, dict(task_feature_lengths))
+  return tf.data.Dataset.zip((dataset, features)).as_numpy_iterator()
 
 
-def _text(raw: Mapping[str, Any], feature: str, row: int, vocabulary: Any) -> str:
+def _round_robin(streams: Sequence[Iterator[Any]]) -> Iterator[tuple[int, Any, Any]]:
+  """(stream index, *item), one item of each unfinished stream in turn: a request mix
+  in which consecutive rows belong to different tasks."""
+  active = list(enumerate(streams))
+  while active:
+    still_active = []
+    for index, stream in active:
+      item = next(stream, None)
+      if item is not None:
+        yield (index, *item)
+        still_active.append((index, stream))
+    active = still_active
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+  chunk: list[Any] = []
+  for item in items:
+    chunk.append(item)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+def _text(raw: Mapping[str, Any], feature: str, vocabulary: Any) -> str:
   """The example's original text when the task keeps it, else the decoded tokens."""
   pretokenized = raw.get(f"{feature}_pretokenized")
   if pretokenized is not None:
-    value = pretokenized[row]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-  return vocabulary.decode([int(t) for t in raw[feature][row] if t > 0])
+    return (pretokenized.decode("utf-8") if isinstance(pretokenized, bytes)
+            else str(pretokenized))
+  return vocabulary.decode([int(t) for t in raw[feature] if t > 0])

@@ -9,12 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import ensemble, models
+from prompt_tuning import models
 from prompt_tuning.prompts import Prompt, initializers
 from prompt_tuning.prompts.multi_prompt import (MultiPrompt, from_files,
-                                                load_prompt_files, per_prompt)
+                                                load_prompt_files, per_prompt,
+                                                with_prompt_table)
 from prompt_tuning.t5 import T5Config, Transformer, init_params
-from prompt_tuning.t5.network import abstract_params
+from prompt_tuning.t5.network import abstract_params, logical_axes
+from prompt_tuning.training import partitioning
 
 CFG = T5Config.from_size("tiny", vocab_size=128)
 NUM, LENGTH = 3, 4
@@ -60,9 +62,12 @@ def test_table_parameter_shape_and_logical_axes(setup):
 
 
 def test_mixed_batch_matches_each_prompt_alone(setup):
+  """The plain EncoderDecoderModel forwards the batch's prompt_ids: logits, scores and
+  greedy decodes of each row equal the single-prompt model's on that row alone."""
   factory, params, batch = setup
-  table_model = ensemble.PromptTableModel(Transformer(CFG, input_prompt=factory))
+  table_model = models.EncoderDecoderModel(Transformer(CFG, input_prompt=factory))
   logits = np.asarray(jax.jit(table_model.compute_logits)(params, batch))
+  scores = np.asarray(jax.jit(table_model.score_batch)(params, batch))
   predictions = np.asarray(jax.jit(table_model.predict_batch)(params, batch))
   # Every prompt has two rows, so the single-prompt functions compile once.
   plain_model = models.EncoderDecoderModel(
@@ -73,8 +78,13 @@ def test_mixed_batch_matches_each_prompt_alone(setup):
     rows = batch["prompt_ids"] == index
     single = _single_prompt_params(params, index)
     alone = _rows(batch, rows)
-    np.testing.assert_allclose(logits[rows], plain_logits(single, alone), rtol=1e-5,
-                               atol=1e-5)
+    alone_logits = np.asarray(plain_logits(single, alone))
+    np.testing.assert_allclose(logits[rows], alone_logits, rtol=1e-5, atol=1e-5)
+    # score_batch and loss_fn go through the same forward, prompt_ids included.
+    log_probs = np.asarray(jax.nn.log_softmax(alone_logits), np.float64)
+    picked = np.take_along_axis(log_probs, alone["decoder_target_tokens"][..., None], -1)
+    np.testing.assert_allclose(
+        scores[rows], (picked[..., 0] * alone["decoder_loss_weights"]).sum(-1), rtol=1e-5)
     np.testing.assert_array_equal(predictions[rows], plain_predict(single, alone))
   # The rows really differ by prompt: the same input under another prompt changes.
   assert not np.allclose(logits[0], plain_logits(_single_prompt_params(params, 0),
@@ -141,3 +151,37 @@ def test_per_prompt_gives_each_prompt_its_own_shape():
 
   table = per_prompt(init)(jax.random.PRNGKey(0), (2, 3, 5))
   assert table.shape == (2, 3, 5) and seen == [(3, 5), (3, 5)]
+
+
+def test_table_model_keeps_the_settings_and_leaves_the_model_alone(setup):
+  _, params, _ = setup
+  plain = models.EncoderDecoderModel(
+      Transformer(CFG, input_prompt=functools.partial(Prompt, length=LENGTH)),
+      decode_kwargs={"temperature": 0.0}, z_loss=3e-4)
+  base = {k: v for k, v in params.items()}
+  base["encoder"] = {k: v for k, v in params["encoder"].items() if k != "prompt"}
+  table = np.arange(NUM * 2 * CFG.emb_dim, dtype=np.float32).reshape(NUM, 2, CFG.emb_dim)
+  served, served_params = with_prompt_table(plain, base, table)
+  assert type(served) is models.EncoderDecoderModel
+  assert served.module.input_prompt.keywords == {"num_prompts": NUM, "length": 2}
+  assert served.z_loss == 3e-4 and served.decode_kwargs == plain.decode_kwargs
+  assert plain.module.input_prompt.func is Prompt and "prompt" not in base["encoder"]
+  np.testing.assert_array_equal(served_params["encoder"]["prompt"]["prompt"], table)
+  assert served_params["decoder"] is base["decoder"]  # Frozen parameters are shared.
+  with pytest.raises(ValueError, match="d_model"):
+    with_prompt_table(plain, base, table[..., :-1])
+  with pytest.raises(ValueError, match="num_prompts, length, d_model"):
+    with_prompt_table(plain, base, table[0])
+
+
+def test_the_table_is_replicated_by_the_standard_rules():
+  """The table axis `prompts` has its own rule: every device holds every prompt, while
+  the frozen embedding still splits over `model`."""
+  assert ("prompts", None) in partitioning.standard_logical_axis_rules()
+  factory = functools.partial(MultiPrompt, num_prompts=8, length=LENGTH)
+  partitioner = partitioning.Partitioner(num_partitions=2)
+  shardings = partitioner.param_shardings(logical_axes(CFG, factory),
+                                          abstract_params(CFG, factory))
+  spec = shardings["encoder"]["prompt"]["prompt"].spec
+  assert all(axis is None for axis in spec)
+  assert shardings["token_embedder"]["embedding"].spec[0] == "model"

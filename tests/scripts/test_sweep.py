@@ -127,3 +127,27 @@ def test_plot_against_model_size_draws_one_line_per_prompt_length(tmp_path):
   sweep.plot(rows, "model", series, "rte/accuracy", path)
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dry_run_checks_every_point_and_trains_nothing(tmp_path, capsys):
+  out = tmp_path / "never_created"
+  base = ["--out", str(out), "--metric", "taskless_super_glue_rte_v102/accuracy",
+          "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
+          "--gin_file=prompt_tuning/configs/runs/prompt_finetune.gin",
+          "--gin.MIXTURE_OR_TASK_NAME='taskless_super_glue_rte_v102'",
+          "--grid", "SIZE=small,xxl", "--checkpoint", "small=/ckpt/s", "--checkpoint",
+          "xxl=/ckpt/x", "--grid", "PROMPT_LENGTH=1,100", "--dry-run"]
+  assert sweep.main(base) == 0
+  commands = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith("prompt-tuning train")]
+  assert len(commands) == 4
+  assert "--gin.network.t5_config.size='xxl'" in commands[-1]
+  assert "--gin.INITIAL_CHECKPOINT_PATH='/ckpt/x'" in commands[-1]
+  assert "--gin.PROMPT_LENGTH=100" in commands[-1]
+  assert not out.exists()
+  # A point that `prompt-tuning train` would refuse fails the whole dry run.
+  assert sweep.main(base + ["--grid", "gin_file=prompt_tuning/configs/prompts/nope.gin"]) == 2
+  assert "nope.gin" in capsys.readouterr().err
+  unset = [a for a in base if not a.startswith("--gin.MIXTURE")]
+  assert sweep.main(unset) == 2
+  assert "MIXTURE_OR_TASK_NAME" in capsys.readouterr().err
