@@ -23,7 +23,7 @@ def _group(name: str) -> str:
     return "shared embedding"
   if parts[-2:] == ["logits_dense", "kernel"]:
     return "decoder logits (untied)"
-  if "prompt" in parts:
+  if any("prompt" in part for part in parts):  # `prompt`, `layer_prompt` (prompts.family).
     return "prompt (trainable)"
   stack = parts[0]
   if parts[1] == "relpos_bias":
@@ -40,9 +40,18 @@ def _group(name: str) -> str:
   return f"{stack} {block}"
 
 
-def parameter_groups(config: T5Config, prompt_length: int = 0) -> dict[str, int]:
+def parameter_groups(config: T5Config, prompt_length: int = 0,
+                     method: str = "prompt") -> dict[str, int]:
+  """Counts per group; with `prompt_length`, the trainable part of `method` (one of
+  `prompts.family.METHODS`: prompt tuning, Prefix-Tuning, P-Tuning, P-Tuning v2) too."""
   factory = functools.partial(Prompt, length=prompt_length) if prompt_length else None
-  flat = flax.traverse_util.flatten_dict(abstract_params(config, factory), sep="/")
+  layer_prefix = None
+  if prompt_length and method != "prompt":
+    from prompt_tuning.prompts import family
+
+    factory, layer_prefix = family.hooks(method, prompt_length)
+  flat = flax.traverse_util.flatten_dict(abstract_params(config, factory, layer_prefix),
+                                         sep="/")
   groups: dict[str, int] = collections.OrderedDict()
   for name, value in sorted(flat.items()):
     groups[_group(name)] = groups.get(_group(name), 0) + int(np.prod(value.shape))
@@ -64,9 +73,23 @@ def main(argv: list[str] | None = None) -> int:
                       help="tiny, small, base, large, xl, xxl, mt5_small ... mt5_xxl")
   parser.add_argument("--prompt-length", type=int, default=0,
                       help="also report a soft prompt of this length (trainable)")
+  parser.add_argument("--method", default="prompt",
+                      help="which prompt method --prompt-length counts: prompt, prefix, "
+                           "prefix_folded, p_tuning, p_tuning_mlp, p_tuning_v2, "
+                           "p_tuning_v2_mlp (see prompts/family.py)")
+  parser.add_argument("--compare-methods", action="store_true",
+                      help="print a table of every method's trainable parameters at "
+                           "--prompt-length (100 if not given) instead")
   args = parser.parse_args(argv)
   config = T5Config.from_size(args.size)
-  groups = parameter_groups(config, args.prompt_length)
+  if args.compare_methods:
+    return _print_method_table(config, args.size, args.prompt_length or 100)
+  from prompt_tuning.prompts import family
+
+  if args.method not in family.METHODS:
+    parser.error(f"unknown --method {args.method!r}; choose one of "
+                 f"{', '.join(family.METHODS)}")
+  groups = parameter_groups(config, args.prompt_length, args.method)
   frozen = sum(v for k, v in groups.items() if not k.startswith("prompt"))
   print(f"T5 1.1 {args.size}: d_model={config.emb_dim} heads={config.num_heads} "
         f"layers={config.num_encoder_layers}/{config.num_decoder_layers} "
@@ -77,6 +100,38 @@ def main(argv: list[str] | None = None) -> int:
   print(f"  {'total (frozen backbone)':<{width}}{frozen:>16,}  {_human(frozen):>8}")
   if args.prompt_length:
     trainable = groups["prompt (trainable)"]
-    print(f"prompt tuning, P={args.prompt_length}: {trainable:,} trainable parameters "
+    label = "prompt tuning" if args.method == "prompt" else args.method
+    print(f"{label}, P={args.prompt_length}: {trainable:,} trainable parameters "
           f"= {100.0 * trainable / frozen:.4f}% of the model")
+  return 0
+
+
+def method_table(config: T5Config, prompt_length: int) -> list[dict[str, object]]:
+  """One row per prompt method: trainable parameters, their share of the frozen model,
+  and what serves after folding the reparameterisation away."""
+  from prompt_tuning.prompts import family
+
+  frozen = sum(int(np.prod(x.shape)) for x in flax.traverse_util.flatten_dict(
+      abstract_params(config)).values())
+  rows = []
+  for name, method in family.METHODS.items():
+    trainable = family.trainable_count(config, name, prompt_length)
+    served = (trainable if method.serves_as == name
+              else family.trainable_count(config, method.serves_as, prompt_length))
+    rows.append({"method": name, "description": method.description,
+                 "trainable": trainable, "percent": 100.0 * trainable / frozen,
+                 "served": served, "frozen": frozen})
+  return rows
+
+
+def _print_method_table(config: T5Config, size: str, prompt_length: int) -> int:
+  rows = method_table(config, prompt_length)
+  print(f"T5 1.1 {size}, P={prompt_length}: trainable parameters per method "
+        f"(frozen backbone {rows[0]['frozen']:,})")
+  print(f"  {'method':<17}{'trainable':>14}{'% of model':>12}{'served':>14}  description")
+  for row in rows:
+    print(f"  {row['method']:<17}{row['trainable']:>14,}{row['percent']:>11.4f}%"
+          f"{row['served']:>14,}  {row['description']}")
+  print("  served: the parameters left after `prompt-tuning export-prompt` folds a "
+        "reparameterisation away")
   return 0

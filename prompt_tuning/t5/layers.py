@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -162,12 +163,53 @@ def mask_to_bias(mask: Array, dtype: DType) -> Array:
   return jnp.where(mask, jnp.zeros((), dtype), jnp.asarray(NEG_INF, dtype))
 
 
+@flax.struct.dataclass
+class LayerPrefix:
+  """Extra attention memory of one layer: DESIGN.md's second extension point.
+
+  `key`/`value` [P, heads * head_dim] are prepended to the layer's self-attention keys
+  and values (Prefix-Tuning); `cross_key`/`cross_value` likewise to a decoder layer's
+  cross-attention. `hidden` [P, d_model] are deep-prompt positions (P-Tuning v2): the
+  layer passes them through its own frozen pre-attention norm and key/value kernels.
+  That equals prepending them to the layer's input and dropping their outputs, because
+  prompt positions influence the others only as attended keys and values.
+
+  Prefix positions are always visible (the causal and padding masks do not apply) and
+  get no relative position bias (zero bias columns): they are memory slots, not places
+  in the text, so a prefix works the same at every position and in cached decoding.
+  """
+
+  key: Array | None = None
+  value: Array | None = None
+  hidden: Array | None = None
+  cross_key: Array | None = None
+  cross_value: Array | None = None
+
+
+def _pair(key: Array | None, value: Array | None, what: str
+          ) -> tuple[Array, Array] | None:
+  if (key is None) != (value is None):
+    raise ValueError(f"a layer prefix needs both {what} keys and values, got only one")
+  return None if key is None else (key, value)
+
+
+def self_attention_prefix(prefix: LayerPrefix | None) -> tuple[Array, Array] | None:
+  return None if prefix is None else _pair(prefix.key, prefix.value, "self-attention")
+
+
+def cross_attention_prefix(prefix: LayerPrefix | None) -> tuple[Array, Array] | None:
+  return None if prefix is None else _pair(prefix.cross_key, prefix.cross_value,
+                                           "cross-attention")
+
+
 class MultiHeadAttention(nn.Module):
   """T5 attention: no 1/sqrt(d) at run time (folded into the query init), float32 softmax.
 
   Self-attention in decode mode keeps a key/value cache of the whole target length and
   writes one position per call. Cross-attention in decode mode projects the encoder
-  output once, when the cache is created, and reuses it at every step.
+  output once, when the cache is created, and reuses it at every step. A prefix (see
+  `LayerPrefix`) is not cached: it is prepended again at every step, so the cache keeps
+  the target length and its masks are unchanged.
   """
 
   num_heads: int
@@ -192,19 +234,34 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array | None, bias: Array | None, *,
                cross_attention: bool = False, decode: bool = False,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True,
+               prefix_key_value: tuple[Array, Array] | None = None,
+               prefix_inputs: Array | None = None) -> Array:
     """Attends `inputs_q` to `inputs_kv`; `bias` is added to the logits (mask + position).
 
     Shapes: inputs [batch, length, embed]; bias broadcastable to [batch, heads, q, k].
+    `prefix_key_value` ([P, heads * head_dim] each) and `prefix_inputs` ([P', embed],
+    projected by this layer's key/value kernels) add always-visible key positions.
     """
     query = self._split_heads(self._dense("query")(inputs_q))
+    key_dense, value_dense = self._dense("key"), self._dense("value")
     if decode and cross_attention:
-      key, value, bias = self._cached_cross_key_value(inputs_kv, bias)
+      key, value, bias = self._cached_cross_key_value(key_dense, value_dense, inputs_kv,
+                                                      bias)
     else:
-      key = self._split_heads(self._dense("key")(inputs_kv))
-      value = self._split_heads(self._dense("value")(inputs_kv))
+      key = self._split_heads(key_dense(inputs_kv))
+      value = self._split_heads(value_dense(inputs_kv))
       if decode:
         key, value, bias = self._update_self_cache(key, value, bias)
+    prefix_keys, prefix_values = [], []
+    if prefix_inputs is not None:
+      prefix_keys.append(key_dense(prefix_inputs))
+      prefix_values.append(value_dense(prefix_inputs))
+    if prefix_key_value is not None:
+      prefix_keys.append(prefix_key_value[0])
+      prefix_values.append(prefix_key_value[1])
+    if prefix_keys:
+      key, value, bias = self._prepend_prefix(key, value, bias, prefix_keys, prefix_values)
 
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
                         preferred_element_type=jnp.float32)
@@ -220,6 +277,27 @@ class MultiHeadAttention(nn.Module):
     out = constrain(out, ("batch", "length", "heads", "kv"))
     return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), in_axes=2, name="out",
                  dtype=self.dtype, param_dtype=self.param_dtype)(out)
+
+  def _prepend_prefix(self, key: Array, value: Array, bias: Array | None,
+                      prefix_keys: Sequence[Array], prefix_values: Sequence[Array]
+                      ) -> tuple[Array, Array, Array | None]:
+    """Puts prefix positions (shared by every row) in front of the keys and values, with
+    zero bias columns: always visible, no relative position."""
+
+    def rows(parts: Sequence[Array]) -> Array:
+      joined = jnp.concatenate([jnp.asarray(p, self.dtype) for p in parts], axis=0)
+      joined = joined.reshape((1, joined.shape[0], self.num_heads, self.head_dim))
+      return jnp.broadcast_to(joined, (key.shape[0],) + joined.shape[1:])
+
+    prefix_key, prefix_value = rows(prefix_keys), rows(prefix_values)
+    key = constrain(jnp.concatenate([prefix_key, key], axis=1),
+                    ("batch", "length", "heads", "kv"))
+    value = constrain(jnp.concatenate([prefix_value, value], axis=1),
+                      ("batch", "length", "heads", "kv"))
+    if bias is not None:
+      zeros = jnp.zeros(bias.shape[:-1] + (prefix_key.shape[1],), bias.dtype)
+      bias = jnp.concatenate([zeros, bias], axis=-1)
+    return key, value, bias
 
   def _update_self_cache(self, key: Array, value: Array,
                          bias: Array | None) -> tuple[Array, Array, Array | None]:
@@ -251,7 +329,8 @@ class MultiHeadAttention(nn.Module):
       step_bias = step_bias + row.astype(jnp.float32)
     return cached_key.value, cached_value.value, step_bias
 
-  def _cached_cross_key_value(self, encoded: Array | None, bias: Array | None
+  def _cached_cross_key_value(self, key_dense: Dense, value_dense: Dense,
+                              encoded: Array | None, bias: Array | None
                               ) -> tuple[Array, Array, Array | None]:
     """Keys, values and the encoder-mask bias, computed once and kept in the cache.
 
@@ -262,8 +341,8 @@ class MultiHeadAttention(nn.Module):
       if encoded is None:
         raise ValueError("cross-attention cache is empty: initialise it with the encoder "
                          "output before decoding steps")
-      key = self._split_heads(self._dense("key")(encoded))
-      value = self._split_heads(self._dense("value")(encoded))
+      key = self._split_heads(key_dense(encoded))
+      value = self._split_heads(value_dense(encoded))
       if bias is None:
         bias = jnp.zeros((key.shape[0], 1, 1, key.shape[1]), jnp.float32)
       step_bias = bias[:, :, :1, :]

@@ -8,8 +8,11 @@ trainable additions and nothing else about them (DESIGN.md):
    token embedding and returns `(embedded', mask')`, typically with prompt vectors
    prepended. The encoder output then has extra leading positions, which the decoder's
    cross-attention always sees.
-2. `layer_prefix`: a module factory called per attention layer (see `prompts/`) that
-   returns extra key/value positions for that layer.
+2. `layer_prefix`: a module factory called once per stack as
+   `layer_prefix(config=..., stack="encoder"|"decoder", name="layer_prompt")`; its
+   module takes no arguments and returns one `layers.LayerPrefix` (or None) per layer:
+   extra keys/values for the layer's attention (Prefix-Tuning) or extra hidden positions
+   (P-Tuning v2 deep prompts). Its parameters live under `{stack}/layer_prompt/...`.
 """
 
 from __future__ import annotations
@@ -58,19 +61,44 @@ def encoder_mask_from_tokens(encoder_input_tokens: Array, encoded_length: int) -
   return jnp.concatenate([prompt_mask, token_mask], axis=1)
 
 
+def layer_prefixes(factory: Optional[PromptFactory], config: T5Config, stack: str,
+                   num_layers: int) -> list[Optional[layers.LayerPrefix]]:
+  """One prefix (or None) per layer of a stack, from the `layer_prefix` hook."""
+  if factory is None:
+    return [None] * num_layers
+  prefixes = list(factory(config=config, stack=stack, name="layer_prompt")())
+  if len(prefixes) != num_layers:
+    raise ValueError(f"the layer prefix module gave {len(prefixes)} prefixes for the "
+                     f"{num_layers} {stack} layers; it must give one (or None) per layer")
+  return prefixes
+
+
+def _self_prefix_kwargs(prefix: Optional[layers.LayerPrefix], norm: nn.Module
+                        ) -> dict[str, Any]:
+  """Attention keyword arguments of a layer's self-attention prefix; deep-prompt hidden
+  positions go through the layer's own pre-attention norm, as its inputs do."""
+  if prefix is None:
+    return {}
+  return {"prefix_key_value": layers.self_attention_prefix(prefix),
+          "prefix_inputs": None if prefix.hidden is None else norm(prefix.hidden)}
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
   relative_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, bias: Array, deterministic: bool,
+               prefix: Optional[layers.LayerPrefix] = None) -> Array:
     cfg = self.config
     dtype, pdtype = cfg.activation_dtype, cfg.parameter_dtype
-    h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype,
-                       name="pre_attention_layer_norm")(x)
+    norm = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype,
+                          name="pre_attention_layer_norm")
+    h = norm(x)
     h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
                                   pdtype, name="attention")(
-                                      h, h, bias, deterministic=deterministic)
+                                      h, h, bias, deterministic=deterministic,
+                                      **_self_prefix_kwargs(prefix, norm))
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
     x = layers.constrain(x, ("batch", "length", "embed"))
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype, name="pre_mlp_layer_norm")(x)
@@ -85,16 +113,18 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array | None, self_bias: Array,
-               deterministic: bool, decode: bool, cross_bias: Array | None = None
-               ) -> Array:
+               deterministic: bool, decode: bool, cross_bias: Array | None = None,
+               prefix: Optional[layers.LayerPrefix] = None) -> Array:
     cfg = self.config
     dtype, pdtype = cfg.activation_dtype, cfg.parameter_dtype
-    h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype,
-                       name="pre_self_attention_layer_norm")(x)
+    norm = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype,
+                          name="pre_self_attention_layer_norm")
+    h = norm(x)
     h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
                                   pdtype, name="self_attention")(
                                       h, h, self_bias, decode=decode,
-                                      deterministic=deterministic)
+                                      deterministic=deterministic,
+                                      **_self_prefix_kwargs(prefix, norm))
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
     x = layers.constrain(x, ("batch", "length", "embed"))
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype,
@@ -102,7 +132,8 @@ class DecoderLayer(nn.Module):
     h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
                                   pdtype, name="encoder_decoder_attention")(
                                       h, encoded, cross_bias, cross_attention=True,
-                                      decode=decode, deterministic=deterministic)
+                                      decode=decode, deterministic=deterministic,
+                                      prefix_key_value=layers.cross_attention_prefix(prefix))
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
     x = layers.constrain(x, ("batch", "length", "embed"))
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype, name="pre_mlp_layer_norm")(x)
@@ -116,6 +147,7 @@ class Encoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
   input_prompt: Optional[PromptFactory] = None
+  layer_prefix: Optional[PromptFactory] = None
 
   @nn.compact
   def __call__(self, encoder_input_tokens: Array, deterministic: bool = True,
@@ -141,9 +173,10 @@ class Encoder(nn.Module):
         param_dtype=cfg.parameter_dtype, name="relpos_bias")
     bias = relpos(length, length) + layers.mask_to_bias(
         layers.attention_mask(mask, mask), cfg.activation_dtype)
+    prefixes = layer_prefixes(self.layer_prefix, cfg, "encoder", cfg.num_encoder_layers)
     layer_class = _remat(EncoderLayer, cfg.remat_policy, static_argnums=(3,))
     for i in range(cfg.num_encoder_layers):
-      x = layer_class(cfg, relpos, name=f"layers_{i}")(x, bias, deterministic)
+      x = layer_class(cfg, relpos, name=f"layers_{i}")(x, bias, deterministic, prefixes[i])
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, cfg.parameter_dtype,
                        name="encoder_norm")(x)
     return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic)
@@ -152,6 +185,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
+  layer_prefix: Optional[PromptFactory] = None
 
   @nn.compact
   def __call__(self, encoded: Array | None, encoder_mask: Array | None,
@@ -190,10 +224,11 @@ class Decoder(nn.Module):
       cross_bias = layers.mask_to_bias(layers.attention_mask(query_valid, encoder_mask),
                                        dtype)
 
+    prefixes = layer_prefixes(self.layer_prefix, cfg, "decoder", cfg.num_decoder_layers)
     layer_class = _remat(DecoderLayer, cfg.remat_policy, static_argnums=(4, 5))
     for i in range(cfg.num_decoder_layers):
       x = layer_class(cfg, name=f"layers_{i}")(x, encoded, self_bias, deterministic, decode,
-                                               cross_bias)
+                                               cross_bias, prefixes[i])
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, cfg.parameter_dtype,
                        name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic)
@@ -211,18 +246,21 @@ class Transformer(nn.Module):
 
   `input_prompt` is the factory of the module that prepends a soft prompt (None for the
   plain backbone). It is called with `name="prompt"` inside the encoder, so its
-  parameters live under `encoder/prompt/...`.
+  parameters live under `encoder/prompt/...`. `layer_prefix` is the per-layer hook
+  (module docstring, point 2); its parameters live under `{encoder,decoder}/layer_prompt/`.
   """
 
   config: T5Config
   input_prompt: Optional[PromptFactory] = None
+  layer_prefix: Optional[PromptFactory] = None
 
   def setup(self) -> None:
     cfg = self.config
     self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype,
                                        cfg.parameter_dtype)
-    self.encoder = Encoder(cfg, self.token_embedder, self.input_prompt)
-    self.decoder = Decoder(cfg, self.token_embedder)
+    self.encoder = Encoder(cfg, self.token_embedder, self.input_prompt,
+                           layer_prefix=self.layer_prefix)
+    self.decoder = Decoder(cfg, self.token_embedder, layer_prefix=self.layer_prefix)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
              prompt_ids: Array | None = None) -> Array:
@@ -266,29 +304,31 @@ def _dummy_inputs(batch: int = 1, length: int = 1) -> tuple[Array, Array, Array]
   return tokens, tokens, tokens
 
 
-def abstract_variables(config: T5Config, input_prompt: Optional[PromptFactory] = None
-                       ) -> Any:
+def abstract_variables(config: T5Config, input_prompt: Optional[PromptFactory] = None,
+                       layer_prefix: Optional[PromptFactory] = None) -> Any:
   """The boxed (logically partitioned) variable tree as shapes only: no allocation."""
-  model = Transformer(config, input_prompt=input_prompt)
+  model = Transformer(config, input_prompt=input_prompt, layer_prefix=layer_prefix)
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *_dummy_inputs()))
 
 
-def abstract_params(config: T5Config, input_prompt: Optional[PromptFactory] = None
-                    ) -> dict[str, Any]:
+def abstract_params(config: T5Config, input_prompt: Optional[PromptFactory] = None,
+                    layer_prefix: Optional[PromptFactory] = None) -> dict[str, Any]:
   """Nested dict of `jax.ShapeDtypeStruct` with T5X's parameter names."""
-  return nn.unbox(abstract_variables(config, input_prompt)["params"])
+  return nn.unbox(abstract_variables(config, input_prompt, layer_prefix)["params"])
 
 
-def logical_axes(config: T5Config, input_prompt: Optional[PromptFactory] = None
-                 ) -> dict[str, Any]:
+def logical_axes(config: T5Config, input_prompt: Optional[PromptFactory] = None,
+                 layer_prefix: Optional[PromptFactory] = None) -> dict[str, Any]:
   """Nested dict of `PartitionSpec`s of logical axis names, one per parameter."""
-  return nn.get_partition_spec(abstract_variables(config, input_prompt))["params"]
+  return nn.get_partition_spec(
+      abstract_variables(config, input_prompt, layer_prefix))["params"]
 
 
 def init_params(config: T5Config, rng: Array,
-                input_prompt: Optional[PromptFactory] = None) -> dict[str, Any]:
+                input_prompt: Optional[PromptFactory] = None,
+                layer_prefix: Optional[PromptFactory] = None) -> dict[str, Any]:
   """Randomly initialised parameters (plain arrays, not boxed)."""
-  model = Transformer(config, input_prompt=input_prompt)
+  model = Transformer(config, input_prompt=input_prompt, layer_prefix=layer_prefix)
   variables = jax.jit(lambda r: model.init(r, *_dummy_inputs()))(rng)
   return nn.unbox(variables["params"])
 
@@ -301,6 +341,8 @@ def t5_config(size: str = "base", **overrides: Any) -> T5Config:
 
 @gin.configurable(module="network")
 def transformer(config: T5Config = gin.REQUIRED,
-                input_prompt: Optional[PromptFactory] = None) -> Transformer:
-  """Gin entry point for the backbone; `input_prompt` is a module factory or None."""
-  return Transformer(config, input_prompt=input_prompt)
+                input_prompt: Optional[PromptFactory] = None,
+                layer_prefix: Optional[PromptFactory] = None) -> Transformer:
+  """Gin entry point for the backbone; `input_prompt` and `layer_prefix` are module
+  factories or None (prompts/prefix_tuning.gin and p_tuning_v2.gin bind the second)."""
+  return Transformer(config, input_prompt=input_prompt, layer_prefix=layer_prefix)

@@ -1,0 +1,119 @@
+"""P-Tuning v2 (Liu et al. 2022): deep prompts, trainable positions at every layer.
+
+Where prompt tuning adds P vectors at the input only, a deep prompt gives each chosen
+layer its own P hidden vectors [P, d_model]. They plug into the backbone's per-layer
+hook as `LayerPrefix.hidden`: each layer passes them through its own frozen
+pre-attention norm and key/value kernels, so they act exactly like positions prepended
+to that layer's input whose outputs are dropped (a new prompt replaces them at the next
+layer). Prompt positions are always visible and carry no relative position bias.
+
+`layer_range` picks the layers ([start, stop) in each stack, all by default) and
+`stacks` the stacks. With `reparameterize=True` the prompts come from the same MLP as
+Prefix-Tuning's (embedding [P, h] -> tanh MLP -> [layers, P, d_model]); `folded_params`
+turns that into the plain module's parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.prefix_tuning import (STACKS, MlpReparameterization,
+                                                 exported_or, stack_layers)
+from prompt_tuning.t5.config import T5Config
+from prompt_tuning.t5.layers import LayerPrefix
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+
+@gin.configurable(module="prompts")
+class DeepPrompt(nn.Module):
+  """The deep prompts of one stack; `config` and `stack` are given by the backbone.
+
+  Parameters: `prompt` [layers in range, P, d_model] (initialised by `prompt_init`, per
+  layer, or read from `init_dir`), or with `reparameterize=True` the MLP's
+  (`mlp/embedding`, `mlp/hidden`, `mlp/out`). A stack not in `stacks` gets no prompts
+  and no parameters.
+  """
+
+  config: T5Config
+  stack: str
+  length: int = 100
+  layer_range: tuple[int, int] | None = None
+  stacks: tuple[str, ...] = STACKS
+  reparameterize: bool = False
+  embedding_dim: int | None = None
+  hidden_dim: int = 512
+  prompt_init: Initializer = initializers.uniform()
+  init_dir: str | None = None
+  param_dtype: Any = jnp.float32
+
+  def layer_indices(self) -> range:
+    """The layers of this stack that get a prompt."""
+    unknown = [s for s in self.stacks if s not in STACKS]
+    if unknown:
+      raise ValueError(f"unknown stack(s) {unknown} in deep prompt stacks; use {STACKS}")
+    num_layers = stack_layers(self.config, self.stack)
+    if self.stack not in self.stacks:
+      return range(0)
+    if self.layer_range is None:
+      return range(num_layers)
+    start, stop = self.layer_range
+    if not 0 <= start < stop <= num_layers:
+      raise ValueError(f"deep prompt layer_range {tuple(self.layer_range)} is not a "
+                       f"non-empty [start, stop) within the {num_layers} {self.stack} "
+                       "layers")
+    return range(start, stop)
+
+  @nn.compact
+  def prompts(self) -> Array:
+    """[len(layer_indices()), P, d_model]."""
+    if self.length < 0:
+      raise ValueError(f"deep prompt length must be >= 0, got {self.length}")
+    count, width = len(self.layer_indices()), self.config.emb_dim
+    if self.reparameterize:
+      flat = MlpReparameterization(self.length, count * width,
+                                   self.embedding_dim or self.config.emb_dim,
+                                   self.hidden_dim, self.param_dtype, name="mlp")()
+      return jnp.transpose(flat.reshape(self.length, count, width), (1, 0, 2))
+    init = exported_or(_per_layer(self.prompt_init), self.init_dir, self.scope.path,
+                       "prompt")
+    init = nn.with_logical_partitioning(init, ("layers", "prompt", "embed"))
+    return self.param("prompt", init, (count, self.length, width), self.param_dtype)
+
+  def __call__(self) -> list[LayerPrefix | None]:
+    prefixes: list[LayerPrefix | None] = [None] * stack_layers(self.config, self.stack)
+    indices = self.layer_indices()
+    if not indices:
+      return prefixes
+    prompts = self.prompts()
+    for row, layer in enumerate(indices):
+      prefixes[layer] = LayerPrefix(hidden=prompts[row])
+    return prefixes
+
+  def folded_params(self) -> dict[str, Array]:
+    """The parameters of this module with `reparameterize=False` that give the same
+    prompts: the MLP's output, computed once."""
+    if not self.reparameterize:
+      raise ValueError("this deep prompt has no reparameterisation to fold")
+    return {"prompt": self.prompts()} if self.layer_indices() else {}
+
+
+def _per_layer(init: Initializer) -> Initializer:
+  """Applies a [P, d] prompt initialiser to each layer's slice of [layers, P, d], so the
+  shape-checking initialisers of `prompts.initializers` (vocabulary samples, class
+  labels) work for deep prompts too."""
+
+  def table_init(rng: Array, shape: Any, dtype: Any = jnp.float32) -> Array:
+    if not shape[0]:
+      return jnp.zeros(shape, dtype)
+    keys = jax.random.split(rng, shape[0])
+    return jnp.stack([init(key, tuple(shape[1:]), dtype) for key in keys])
+
+  return table_init
