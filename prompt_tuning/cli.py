@@ -39,6 +39,19 @@ gin flags (T5X style):
   --gin_search_paths=A,B  extra directories to resolve --gin_file and include paths.
 """
 
+DISTRIBUTED_HELP = """\
+multi-process flags (one process per host; run the same command on every host):
+  --coordinator_address=HOST:PORT  process 0's address, reachable from every host
+  --num_processes=N       processes in the job
+  --process_id=I          this process, 0 .. N-1
+  --distributed           let jax find the cluster itself (Cloud TPU pod slices, SLURM,
+                          Open MPI); no other flag needed there
+  The environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID stand in for the first three.
+"""
+_DISTRIBUTED_FLAGS = {"--coordinator_address": str, "--num_processes": int,
+                      "--process_id": int}
+
 
 class UsageError(Exception):
   """A configuration or command-line mistake: reported in one line, exit code 2."""
@@ -150,17 +163,56 @@ def _call_configured(fn: Callable[[], object]) -> object:
     raise
 
 
+def split_distributed_args(argv: Sequence[str]) -> tuple[dict[str, object], list[str]]:
+  """Takes the multi-process flags out of `argv`: (initialize_distributed kwargs, rest)."""
+  kwargs: dict[str, object] = {}
+  rest: list[str] = []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    name, eq, value = args[i].partition("=")
+    if name == "--distributed" and not eq:
+      kwargs["auto_detect"] = True
+    elif name in _DISTRIBUTED_FLAGS:
+      if not eq:
+        if i + 1 >= len(args):
+          raise UsageError(f"{name} needs a value")
+        value, i = args[i + 1], i + 1
+      try:
+        kwargs[name[2:]] = _DISTRIBUTED_FLAGS[name](value)
+      except ValueError:
+        raise UsageError(f"{name} must be an integer, got {value!r}") from None
+    else:
+      rest.append(args[i])
+    i += 1
+  return kwargs, rest
+
+
+def _initialize_distributed(kwargs: dict[str, object]) -> None:
+  """Joins the multi-process job, if any, before anything starts jax's backends."""
+  from prompt_tuning.training import partitioning
+
+  try:
+    partitioning.initialize_distributed(**kwargs)
+  except ValueError as error:
+    raise UsageError(f"{_one_line(error)} (flags --coordinator_address, --num_processes, "
+                     "--process_id or the JAX_* environment variables)") from error
+
+
 def run_gin_job(command: str, argv: Sequence[str]) -> int:
   files, bindings, paths, rest = split_gin_args(argv)
+  distributed, rest = split_distributed_args(rest)
   if "-h" in rest or "--help" in rest:
     print(f"usage: prompt-tuning {command} --gin_file=FILE ... [--gin.NAME=VALUE ...]\n")
     print(GIN_HELP)
+    print(DISTRIBUTED_HELP)
     print(f"required macros for {command}: {', '.join(REQUIRED_MACROS[command])}")
     return 0
   if rest:
     raise UsageError(f"unknown argument(s) for {command}: {' '.join(rest)}")
   if not files:
     raise UsageError(f"{command} needs at least one --gin_file (see --help)")
+  _initialize_distributed(distributed)
   parse_gin(files, bindings, paths)
   require_macros(command)
   import gin
@@ -168,7 +220,15 @@ def run_gin_job(command: str, argv: Sequence[str]) -> int:
   from prompt_tuning.data import tasks
 
   tasks.register_all()  # Tasks follow the gin-bound vocabulary.
-  gin.finalize()
+  try:
+    gin.finalize()
+  except ValueError as error:
+    # Gin's check of macros a run file declares `%gin.REQUIRED` (PROMPT_FILE, ...).
+    name = str(error).split("/macro.value", 1)[0].strip().strip("'`")
+    if "/macro.value" not in str(error) or not name.isidentifier():
+      raise UsageError(f"bad gin configuration: {_one_line(error)}") from error
+    raise UsageError(f"required gin macro(s) not set: {name}; bind them with "
+                     "--gin.NAME=VALUE or in a gin file") from error
   from prompt_tuning.training import run_eval, trainer
 
   if command == "train":
@@ -261,6 +321,35 @@ def _diff_checkpoints(argv: Sequence[str]) -> int:
   return commands.diff_checkpoints(args.a, args.b)
 
 
+def _export_prompt(argv: Sequence[str]) -> int:
+  files, bindings, paths, rest = split_gin_args(argv)
+  parser = argparse.ArgumentParser(
+      prog="prompt-tuning export-prompt",
+      description="Write what serves from a training run as .npy files: a reparameterised "
+                  "prompt (Prefix-Tuning's MLP, P-Tuning's prompt encoder, P-Tuning v2 "
+                  "with MLP) is computed once and saved as its plain parameters "
+                  "(encoder.prompt.prompt.npy for PROMPT_FILE, or "
+                  "{encoder,decoder}.layer_prompt.*.npy for LAYER_PROMPT_DIR).",
+      epilog="Also takes the training run's gin flags (--gin_file=..., --gin.NAME=VALUE): "
+             "the model and prompt files describe the module that is folded.")
+  parser.add_argument("checkpoint", help="MODEL_DIR (its newest checkpoint) or "
+                                         "MODEL_DIR/checkpoint_N")
+  parser.add_argument("out_dir", help="directory for the .npy files (replaced if present)")
+  args = parser.parse_args(rest)
+  if not files:
+    raise UsageError("export-prompt needs the run's model and prompt --gin_file(s), e.g. "
+                     "--gin_file=prompt_tuning/configs/models/t5_1_1_base_prompt.gin "
+                     "--gin_file=prompt_tuning/configs/prompts/prefix_tuning.gin")
+  parse_gin(files, bindings, paths)
+  from prompt_tuning.prompts import family
+  from prompt_tuning.t5 import network
+
+  module = _call_configured(network.transformer)
+  for path in family.export_checkpoint(module, args.checkpoint, args.out_dir):
+    print(path)
+  return 0
+
+
 def _lazy(module: str, function: str = "main") -> Callable[[Sequence[str]], int]:
   def run(argv: Sequence[str]) -> int:
     import importlib
@@ -287,6 +376,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "convert": (_convert, "convert checkpoints between T5X, orbax and Hugging Face"),
     "extract-variable": (_extract_variable, "save one checkpoint variable as .npy"),
     "diff-checkpoints": (_diff_checkpoints, "which parameters differ between two checkpoints"),
+    "export-prompt": (_export_prompt, "fold a reparameterised prompt (prefix, P-Tuning) "
+                      "and save it as .npy"),
 }
 
 

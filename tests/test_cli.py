@@ -86,3 +86,140 @@ def test_info_prints_the_published_sizes(capsys):
 def test_info_small_matches_table_4(capsys):
   code, out, _ = _run(capsys, "info", "--size", "small", "--prompt-length", "100")
   assert code == 0 and "51,200 trainable parameters" in out
+
+
+# ---------------------------------------------------------------- the paper's recipes
+_TINY_DEMO = {"network.t5_config.size": "'tiny'", "DROPOUT_RATE": "0.0",
+              "EVAL_PERIOD": "None", "trainer.train.log_period": "1"}
+
+
+def _train(capsys, files, **bindings):
+  from prompt_tuning.data import demo
+
+  values = {**_TINY_DEMO, "network.t5_config.vocab_size": str(demo.demo_vocab_size()),
+            **bindings}
+  gin.clear_config()
+  code, out, err = _run(capsys, "train",
+                        *[f"--gin_file=prompt_tuning/configs/{f}" for f in files],
+                        *[f"--gin.{name}={value}" for name, value in values.items()])
+  assert code == 0, err
+  return out
+
+
+def test_lm_adaptation_then_sentinel_prompt_then_model_tuning_recipes(tmp_path, capsys):
+  """runs/lm_adapt.gin trains every parameter and writes full checkpoints that a prompt
+  run (here with the "+ sentinel" task switch) and runs/finetune.gin start from."""
+  import jax
+  import numpy as np
+
+  from prompt_tuning import convert
+  from prompt_tuning.data import demo
+  from prompt_tuning.t5 import T5Config, init_params
+  from prompt_tuning.training import initialization, logging_utils, trainable
+
+  base_dir, lm_dir, prompt_dir, tuned_dir = (
+      str(tmp_path / d) for d in ("base", "lm", "prompt", "tuned"))
+  config = T5Config.from_size("tiny", vocab_size=demo.demo_vocab_size())
+  base = trainable.flatten(init_params(config, jax.random.PRNGKey(0)))
+  convert.save_params_orbax(trainable.unflatten(base), base_dir)
+  _train(capsys, ["models/t5_1_1_small.gin", "runs/lm_adapt.gin"],
+         MIXTURE_OR_TASK_NAME="'demo_lm_adaptation'", INITIAL_CHECKPOINT_PATH=repr(base_dir),
+         TASK_FEATURE_LENGTHS="{'inputs': 16, 'targets': 8}", MODEL_DIR=repr(lm_dir),
+         TRAIN_STEPS="1", BATCH_SIZE="2", CHECKPOINT_PERIOD="1", LEARNING_RATE="0.01")
+  adapted = trainable.flatten(initialization.load_model_params(f"{lm_dir}/checkpoint_1"))
+  assert base.keys() == adapted.keys()  # A full checkpoint: it can be the next base.
+  unchanged = [n for n in adapted if np.array_equal(base[n], adapted[n])]
+  assert not unchanged  # Every parameter trains in LM adaptation.
+
+  _train(capsys, ["models/t5_1_1_small_prompt.gin", "runs/prompt_finetune.gin"],
+         MIXTURE_OR_TASK_NAME="@maybe_add_sentinel()",
+         **{"maybe_add_sentinel.name": "'demo_sentiment'",
+            "maybe_add_sentinel.add_sentinel": "True"},
+         INITIAL_CHECKPOINT_PATH=repr(f"{lm_dir}/checkpoint_1"), PROMPT_LENGTH="2",
+         TASK_FEATURE_LENGTHS="{'inputs': 16, 'targets': 4}", MODEL_DIR=repr(prompt_dir),
+         TRAIN_STEPS="1", BATCH_SIZE="2", CHECKPOINT_PERIOD="1",
+         EVAL_PERIOD="1", **{"trainer.train.num_eval_examples": "2"})
+  evals = [r for r in logging_utils.read_metrics(prompt_dir) if r["kind"] == "eval"]
+  assert evals and "demo_sentiment_sentinel/accuracy" in evals[0]
+
+  _train(capsys, ["models/t5_1_1_small.gin", "runs/finetune.gin"],
+         MIXTURE_OR_TASK_NAME="'demo_sentiment'",
+         INITIAL_CHECKPOINT_PATH=repr(f"{lm_dir}/checkpoint_1"),
+         TASK_FEATURE_LENGTHS="{'inputs': 16, 'targets': 4}", MODEL_DIR=repr(tuned_dir),
+         TRAIN_STEPS="1", BATCH_SIZE="2", CHECKPOINT_PERIOD="1")
+  tuned = trainable.flatten(initialization.load_model_params(f"{tuned_dir}/checkpoint_1"))
+  assert not [n for n in tuned if np.array_equal(tuned[n], adapted[n])]
+
+
+def _paper_commands():
+  """(argv, source line) of every command in README's "Reproducing the paper", with
+  the section's shell variables expanded and line continuations joined."""
+  import os
+  import re
+  import shlex
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, "README.md")) as f:
+    section = f.read().split("\n## Reproducing the paper\n", 1)[1].split("\n## ", 1)[0]
+  variables = {"PROMPTS": "['/runs/p0.npy', '/runs/p1.npy']"}  # Computed by the README.
+
+  def expand(text):
+    return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: variables[m.group(1)],
+                  text)
+
+  commands = []
+  for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+    for line in block.replace("\\\n", " ").splitlines():
+      assignment = re.match(r"([A-Z0-9_]+)=(\S+)", line)
+      if assignment and not assignment.group(2).startswith("$("):
+        variables[assignment.group(1)] = expand(assignment.group(2))
+      elif line.startswith(("prompt-tuning ", "python scripts/sweep.py ")):
+        commands.append((shlex.split(expand(line)), line))
+  return commands
+
+
+def test_readme_paper_commands_are_valid(capsys):
+  """Every command of "Reproducing the paper" parses against the real gin files, sets
+  every required macro and names registered tasks; sweeps are dry-run point by point."""
+  import importlib.util
+  import os
+
+  import seqio
+
+  from prompt_tuning.data import tasks  # noqa: F401 (registers)
+
+  spec = importlib.util.spec_from_file_location(
+      "sweep_for_readme", os.path.join(os.path.dirname(cli.PACKAGE_DIR), "scripts",
+                                       "sweep.py"))
+  sweep = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(sweep)
+
+  commands = _paper_commands()
+  seen = {argv[1] if argv[0] == "prompt-tuning" else "sweep" for argv, _ in commands}
+  assert seen == {"train", "eval", "infer", "neighbors", "info", "sweep"}, seen
+  registered = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  for argv, line in commands:
+    gin.clear_config()
+    if argv[0] == "python":
+      assert sweep.main(argv[2:] + ["--dry-run"]) == 0, (line, capsys.readouterr().err)
+      metric = argv[argv.index("--metric") + 1]
+      assert metric.split("/")[0] in registered | {
+          "taskless_super_glue_rte_v102_sentinel"}, line
+    elif argv[1] in cli.REQUIRED_MACROS:
+      files, bindings, paths, rest = cli.split_gin_args(argv[2:])
+      assert not rest, line
+      cli.parse_gin(files, bindings, paths)
+      cli.require_macros(argv[1])
+      gin.finalize()  # Raises for a `%gin.REQUIRED` macro left unset.
+      name = gin.query_parameter("MIXTURE_OR_TASK_NAME/macro.value")
+      if not isinstance(name, str):  # The "+ sentinel" switch names its task.
+        name = gin.query_parameter("maybe_add_sentinel.name")
+      assert name in registered, line
+    elif argv[1] == "neighbors":
+      flags = {a for a in argv[2:] if a.startswith("-")}
+      assert flags <= {"--prompt", "--checkpoint", "--vocab", "--extra-ids", "-k",
+                       "--labels"}, line
+      assert {"--prompt", "--checkpoint"} <= flags, line
+    else:
+      assert cli.main(argv[1:]) == 0, line
+  gin.clear_config()
