@@ -64,8 +64,8 @@ def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, c
   seen_ids = []
   real = run_eval._jitted_predict
 
-  def recording(model):
-    predict = real(model)
+  def recording(model, partitioner):
+    predict = real(model, partitioner)
 
     def run(params, batch):
       ids = batch.get("prompt_ids")
