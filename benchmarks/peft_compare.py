@@ -102,26 +102,38 @@ class Timing:
     return statistics.median(self.samples)
 
 
-def measure(fn: Callable[[], Any], warmup: int, repeats: int,
-            clock: Callable[[], float] = time.perf_counter) -> Timing:
-  """Times `fn`, which must return only when its work is done (block on results).
+def measure_alternating(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int,
+                        clock: Callable[[], float] = time.perf_counter) -> list[Timing]:
+  """Times each of `fns`, which must return only when their work is done.
 
-  The first of the `warmup` calls is timed on its own (compilation); the others are
-  untimed, so caches and allocators settle before the `repeats` timed calls.
+  The first of the `warmup` calls of each is timed on its own (compilation); the others
+  are untimed, so caches and allocators settle. Then `repeats` rounds call every
+  function once in turn, so that the k-th samples of all of them saw the same machine
+  load and their differences or ratios stay meaningful on a busy machine.
   """
   if warmup < 1 or repeats < 1:
     raise ValueError(f"warmup and repeats must be at least 1, got {warmup}, {repeats}")
-  start = clock()
-  fn()
-  first = clock() - start
-  for _ in range(warmup - 1):
-    fn()
-  samples = []
-  for _ in range(repeats):
+
+  def timed(fn: Callable[[], Any]) -> float:
     start = clock()
     fn()
-    samples.append(clock() - start)
-  return Timing(first, samples)
+    return clock() - start
+
+  firsts = [timed(fn) for fn in fns]
+  for _ in range(warmup - 1):
+    for fn in fns:
+      fn()
+  samples: list[list[float]] = [[] for _ in fns]
+  for _ in range(repeats):
+    for fn, out in zip(fns, samples):
+      out.append(timed(fn))
+  return [Timing(first, s) for first, s in zip(firsts, samples)]
+
+
+def measure(fn: Callable[[], Any], warmup: int, repeats: int,
+            clock: Callable[[], float] = time.perf_counter) -> Timing:
+  """`measure_alternating` of one function."""
+  return measure_alternating([fn], warmup, repeats, clock)[0]
 
 
 def _peak_rss_bytes() -> int:
@@ -147,6 +159,16 @@ def random_batch(setting: Setting, vocab_size: int) -> dict[str, Any]:
       [np.zeros((setting.batch, 1), np.int32), targets[:, :-1]], axis=1)
   return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
           "decoder_target_tokens": targets}
+
+
+def _measure_workload(setting: Setting, call: Callable[[], Any],
+                      one_token: Callable[[], Any] | None) -> tuple[Timing, dict[str, Any]]:
+  """Times `call`; for decoding, alternately with a 1-token decode (`one_token`), whose
+  paired differences give the cost of the cached decoding loop without the encoder."""
+  if one_token is None:
+    return measure(call, setting.warmup, setting.repeats), {}
+  timing, one = measure_alternating([call, one_token], setting.warmup, setting.repeats)
+  return timing, {"samples_one_token": one.samples}
 
 
 def _dropout(setting: Setting, workload: str) -> float:
@@ -204,6 +226,7 @@ def run_ours(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
   params = random_params(abstract_params(config, input_prompt=prompt), setting.seed)
   batch = {k: jnp.asarray(v) for k, v in random_batch(setting, config.vocab_size).items()}
 
+  one_token = None  # Decoding only: a 1-token decode, timed alternately with it.
   if workload in TRAIN_WORKLOADS:
     model = models.EncoderDecoderModel(module)
     regex = ".*" if workload == "full_train" else trainable.DEFAULT_TRAINABLE
@@ -240,18 +263,15 @@ def run_ours(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
                                                          jnp.int32)}
       return lambda: jax.block_until_ready(predict(params, decode_batch))
 
-    call = decode_call(setting.new_tokens)
+    call, one_token = decode_call(setting.new_tokens), decode_call(1)
 
   rss_before = _current_rss_bytes()
-  timing = measure(call, setting.warmup, setting.repeats)
-  extra = {}
+  timing, extra = _measure_workload(setting, call, one_token)
   if workload == "decode":
     shape = call().shape
     if shape != (setting.batch, setting.new_tokens):
       raise RuntimeError(f"our decode gave shape {shape}, expected "
                          f"{(setting.batch, setting.new_tokens)}")
-    extra["samples_one_token"] = measure(decode_call(1), setting.warmup,
-                                         setting.repeats).samples
   return {"first": timing.first, "samples": timing.samples, "rss_before": rss_before,
           "peak_rss": _peak_rss_bytes(), **counts, **extra,
           "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
@@ -308,6 +328,7 @@ def run_peft(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
   attention_mask = torch.ones_like(input_ids)
   labels = data["decoder_target_tokens"]
 
+  one_token = None  # Decoding only: a 1-token decode, timed alternately with it.
   if workload in TRAIN_WORKLOADS:
     if workload == "full_train":
       for parameter in model.parameters():
@@ -355,19 +376,16 @@ def run_peft(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
 
       return generate
 
-    call = decode_call(setting.new_tokens)
+    call, one_token = decode_call(setting.new_tokens), decode_call(1)
     counts = {"parameters": sum(p.numel() for p in model.parameters())}
 
   rss_before = _current_rss_bytes()
-  timing = measure(call, setting.warmup, setting.repeats)
-  extra = {}
+  timing, extra = _measure_workload(setting, call, one_token)
   if workload == "decode":
     shape = tuple(call().shape)
     if shape != (setting.batch, setting.new_tokens + 1):  # + the start token
       raise RuntimeError(f"PEFT generate gave shape {shape}, expected "
                          f"{(setting.batch, setting.new_tokens + 1)}")
-    extra["samples_one_token"] = measure(decode_call(1), setting.warmup,
-                                         setting.repeats).samples
   return {"first": timing.first, "samples": timing.samples, "rss_before": rss_before,
           "peak_rss": _peak_rss_bytes(), **counts, **extra,
           "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -476,8 +494,8 @@ def decode_step_rate(setting: Setting, result: dict[str, Any] | None) -> float |
   over the extra time it takes compared with a 1-token decode (same encoder pass)."""
   if not result or "samples_one_token" not in result or setting.new_tokens < 2:
     return None
-  extra = statistics.median(result["samples"]) - statistics.median(
-      result["samples_one_token"])
+  extra = statistics.median(
+      n - one for n, one in zip(result["samples"], result["samples_one_token"]))
   return None if extra <= 0 else setting.batch * (setting.new_tokens - 1) / extra
 
 
@@ -601,7 +619,8 @@ def describe(setting: Setting, results: dict[str, dict[str, Any]], isolate: str,
   versions["python"] = platform.python_version()
   torch_threads = {r.get("torch_threads") for r in results.get("peft", {}).values()}
   xla_flags = child_environment(setting.threads)["XLA_FLAGS"]
-  return "\n".join([
+  warning = noise_warning(results, load)
+  return "\n".join(([f"**{warning}**", ""] if warning else []) + [
       f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
       f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs "
       f"({len(os.sched_getaffinity(0))} usable), {platform.system()} "
@@ -633,6 +652,25 @@ def describe(setting: Setting, results: dict[str, dict[str, Any]], isolate: str,
       + " in its own process; peak RSS is the kernel's high-water mark "
       "(getrusage), RSS before timing from psutil",
       "", "Per workload:", *details])
+
+
+def noise_warning(results: dict[str, dict[str, Any]], load: tuple[float, float],
+                  max_spread: float = 0.15, max_load: float = 0.5) -> str | None:
+  """A warning when the timings cannot be trusted: repeats that disagree by more than
+  `max_spread` of their median, or other work running (load average)."""
+  spreads = []
+  for side, by_workload in results.items():
+    for workload, r in by_workload.items():
+      for samples in (r["samples"], r.get("samples_one_token") or [0.0]):
+        middle = statistics.median(samples)
+        if middle > 0:
+          spreads.append(((max(samples) - min(samples)) / middle, f"{side} {workload}"))
+  widest, where = max(spreads, default=(0.0, ""))
+  if widest <= max_spread and max(load) <= max_load:
+    return None
+  return (f"WARNING: noisy machine: repeats differ by up to {widest:.0%} of their median "
+          f"({where}), load average {load[0]:.2f} -> {load[1]:.2f}. Ratios between rows "
+          f"measured in different processes are unreliable; rerun on an idle machine.")
 
 
 def write_results(path: str, table: str, context: str) -> None:

@@ -44,6 +44,34 @@ def test_measure_times_the_first_call_apart_and_keeps_each_repeat():
     pc.measure(work, warmup=0, repeats=3)
 
 
+def test_measure_alternating_pairs_the_samples_of_each_round():
+  calls = []
+  now = [0.0]
+
+  def work(name, seconds):
+    def run():
+      calls.append(name)
+      now[0] += seconds
+    return run
+
+  long, short = pc.measure_alternating([work("a", 2.0), work("b", 0.5)], warmup=2,
+                                       repeats=2, clock=lambda: now[0])
+  assert calls == ["a", "b"] * 4  # first calls, one warm-up round, two timed rounds
+  assert (long.first, long.samples) == (2.0, [2.0, 2.0])
+  assert (short.first, short.samples) == (0.5, [0.5, 0.5])
+
+
+def test_noise_warning_names_the_widest_spread_or_the_load():
+  quiet = {"ours": {"forward": {"samples": [1.0, 1.05, 0.98]}}}
+  assert pc.noise_warning(quiet, (0.1, 0.2)) is None
+  assert "load average 1.20" in pc.noise_warning(quiet, (1.2, 0.2))
+  noisy = {"ours": {"forward": {"samples": [1.0, 1.05, 0.98]},
+                    "decode": {"samples": [2.0, 2.0, 2.0],
+                               "samples_one_token": [1.0, 1.5, 1.0]}}}
+  warning = pc.noise_warning(noisy, (0.0, 0.0))
+  assert "up to 50%" in warning and "(ours decode)" in warning
+
+
 def _result(seconds: float, peak_mib: float) -> dict:
   return {"first": 10.0, "samples": [seconds * 1.1, seconds, seconds * 0.9],
           "rss_before": 100 * pc.MIB, "peak_rss": int(peak_mib * pc.MIB),
