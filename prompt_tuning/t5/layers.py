@@ -269,8 +269,12 @@ class MultiHeadAttention(nn.Module):
       logits = logits + bias.astype(jnp.float32)
     weights = jax.nn.softmax(logits).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0.0:
+      # As T5X: one mask per key position, shared by every query (the "length" axis
+      # of Mesh TF T5's broadcast). Per-element masks would also cost q times the
+      # random bits, which dominate a prompt-tuning step's time on CPU.
+      mask_shape = weights.shape[:-2] + (1, weights.shape[-1])
       keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout_rate,
-                                  weights.shape)
+                                  mask_shape)
       weights = weights * keep.astype(self.dtype) / jnp.asarray(1.0 - self.dropout_rate,
                                                                  self.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)

@@ -185,3 +185,27 @@ def test_bfloat16_activations_stay_close_to_float32(tiny_params):
       {"params": tiny_params}, enc, dec_in, tgt)
   assert bf16.dtype == jnp.float32  # Logits are always float32.
   assert np.mean(np.argmax(f32, -1) == np.argmax(bf16, -1)) > 0.8
+
+
+def test_attention_dropout_mask_is_shared_by_every_query_as_in_t5x():
+  # Zero queries give uniform weights 1/K; one-hot keys/values with identity kernels make
+  # each output row show which key positions that query's dropout mask kept.
+  length = 6
+  attention = layers.MultiHeadAttention(num_heads=1, head_dim=length, dropout_rate=0.5)
+  eye = jnp.eye(length)
+  params = {"query": {"kernel": jnp.zeros((length, length))}, "key": {"kernel": eye},
+            "value": {"kernel": eye}, "out": {"kernel": eye}}
+  inputs = eye[None]
+
+  @jax.jit
+  def attend(rng):
+    return attention.apply({"params": params}, inputs, inputs, None, deterministic=False,
+                           rngs={"dropout": rng})[0]
+
+  kept_patterns = set()
+  for seed in range(4):
+    out = np.asarray(attend(jax.random.PRNGKey(seed)))
+    np.testing.assert_allclose(out, np.broadcast_to(out[:1], out.shape))
+    assert set(np.round(out.ravel() * length * 0.5, 6)) <= {0.0, 1.0}
+    kept_patterns.add(tuple(out[0] > 0))
+  assert len(kept_patterns) > 1 and any(not all(p) for p in kept_patterns)
