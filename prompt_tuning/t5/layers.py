@@ -269,18 +269,25 @@ class MultiHeadAttention(nn.Module):
       logits = logits + bias.astype(jnp.float32)
     weights = jax.nn.softmax(logits).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0.0:
-      # As T5X: one mask per key position, shared by every query (the "length" axis
-      # of Mesh TF T5's broadcast). Per-element masks would also cost q times the
-      # random bits, which dominate a prompt-tuning step's time on CPU.
-      mask_shape = weights.shape[:-2] + (1, weights.shape[-1])
-      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout_rate,
-                                  mask_shape)
-      weights = weights * keep.astype(self.dtype) / jnp.asarray(1.0 - self.dropout_rate,
-                                                                 self.dtype)
+      value = self._drop_key_positions(value)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
     out = constrain(out, ("batch", "length", "heads", "kv"))
     return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), in_axes=2, name="out",
                  dtype=self.dtype, param_dtype=self.param_dtype)(out)
+
+  def _drop_key_positions(self, value: Array) -> Array:
+    """T5X's attention dropout, applied to the values.
+
+    T5X drops attention weights with one mask per (batch, head, key) shared by every
+    query. Scaling a weight column w[..., q, k] by m[k] for all q equals scaling value
+    row k by m[k] before the weighted sum, so the result is the same, but the mask
+    touches [batch, keys, heads, head_dim] instead of the q-times larger weights, and
+    the softmax stays a plain softmax that a fused attention kernel can take.
+    """
+    keep_rate = 1.0 - self.dropout_rate
+    keep = jax.random.bernoulli(self.make_rng("dropout"), keep_rate,
+                                value.shape[:-1] + (1,))
+    return value * (keep.astype(self.dtype) / jnp.asarray(keep_rate, self.dtype))
 
   def _prepend_prefix(self, key: Array, value: Array, bias: Array | None,
                       prefix_keys: Sequence[Array], prefix_values: Sequence[Array]
