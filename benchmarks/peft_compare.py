@@ -1,10 +1,11 @@
-"""Prompt-tuning speed and memory, ours (JAX, CPU) side by side with Hugging Face PEFT.
+"""Prompt-tuning speed and memory, ours (JAX) side by side with Hugging Face PEFT.
 
 Both sides build the same network from random weights: T5 1.1 `small` (d_model 512,
 d_ff 1024, 8+8 layers, 6 heads of 64, gated GELU, vocabulary 32,128, untied output
 layer), a prompt of 100 vectors prepended to the encoder input, batch 8, inputs 256,
 targets 8, dropout 0.1 while training. PEFT's side is `PromptTuningConfig` on
-`transformers.T5ForConditionalGeneration`, in PyTorch on the CPU. The workloads:
+`transformers.T5ForConditionalGeneration`, in PyTorch, on the CPU (default) or on one
+NVIDIA GPU (`--device gpu`). The workloads:
 
   prompt_train  one optimiser step that trains the prompt only (Adafactor, the paper's
                 settings, on both sides)
@@ -17,9 +18,9 @@ targets 8, dropout 0.1 while training. PEFT's side is `PromptTuningConfig` on
   decode        greedy decoding of `--new-tokens` tokens with a key/value cache; no EOS
                 id on either side, so both always decode exactly that many tokens
 
-Dropout masks are each side's own: ours shares hidden-state masks along the length axis
-(as T5X does) and draws attention-weight masks per element (T5X shares those along the
-query axis); transformers draws one entry per element everywhere.
+Dropout masks are each side's own, and ours are T5X's: hidden-state masks shared along
+the length axis and attention-weight masks shared by every query; transformers draws one
+entry per element everywhere.
 
 Each (side, workload) runs in its own subprocess, pinned to the same `--threads` CPUs
 (sched_setaffinity, which sizes XLA's intra-op pool and torch's default alike), with
@@ -27,9 +28,21 @@ Each (side, workload) runs in its own subprocess, pinned to the same `--threads`
 resident memory of each is its own. The first call (compilation for JAX) and the
 warm-up are excluded; the table shows medians of the timed repeats.
 
+With `--device gpu` nothing is pinned: ours runs on JAX's GPU backend, PEFT's model and
+batch live on `cuda`, and every timed call waits for the device (block_until_ready,
+torch.cuda.synchronize). Memory is then the peak of device memory allocated by each
+framework's allocator (JAX's `memory_stats()["peak_bytes_in_use"]`, torch's
+`max_memory_allocated()`), with JAX allocating on demand rather than preallocating.
+`--dtype bfloat16` (GPU only) runs both frozen models in bfloat16 and keeps the prompt
+in float32 on both sides. Float32 matmuls use TF32 on both sides unless
+`--matmul-precision highest` (JAX's GPU default is TF32, torch's is full float32, so
+one of them is always set explicitly).
+
   python benchmarks/peft_compare.py                   # the issue's configuration
   python benchmarks/peft_compare.py --quick           # tiny model, for a smoke run
   python benchmarks/peft_compare.py --quick --sides ours --isolate side
+  python benchmarks/peft_compare.py --device gpu      # -> benchmarks/results_gpu.md
+  python benchmarks/peft_compare.py --device gpu --size base --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -46,15 +59,24 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DEFAULT_RESULTS = os.path.join(_ROOT, "benchmarks", "results.md")
+_DEFAULT_RESULTS = {"cpu": os.path.join(_ROOT, "benchmarks", "results.md"),
+                    "gpu": os.path.join(_ROOT, "benchmarks", "results_gpu.md")}
 
 SIDES = ("ours", "peft")
 WORKLOADS = ("prompt_train", "prompt_train_no_dropout", "full_train", "forward", "decode")
 TRAIN_WORKLOADS = ("prompt_train", "prompt_train_no_dropout", "full_train")
 SIDE_NAMES = {"ours": "ours (JAX)", "peft": "PEFT (PyTorch)"}
+DEVICES = ("cpu", "gpu")
+DTYPES = ("float32", "bfloat16")
+# Float32 matmuls on the GPU: TF32 tensor cores (JAX's default there) or full float32
+# (torch's default). Both sides always get the same one.
+MATMUL_PRECISIONS = ("tf32", "highest")
+# prompt_tuning.t5.layers.ATTENTION_IMPLEMENTATIONS, named here so that the parent
+# process need not import jax.
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 MIB = 1024 * 1024
 
 
@@ -73,6 +95,13 @@ class Setting:
   warmup: int = 2
   repeats: int = 5
   seed: int = 0
+  device: str = "cpu"
+  # Activations and frozen parameters; the prompt is float32 whatever this says.
+  dtype: str = "float32"
+  # GPU only (None on the CPU): one of MATMUL_PRECISIONS.
+  matmul_precision: str | None = None
+  # Our attention (T5Config.attention_implementation); PEFT's is transformers' default.
+  attention: str = "einsum"
 
   def check(self) -> None:
     for name in ("batch", "inputs", "prompt", "targets", "new_tokens", "threads",
@@ -82,6 +111,25 @@ class Setting:
                          f"{getattr(self, name)}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+    if self.device not in DEVICES:
+      raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got "
+                       f"{self.device!r}")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+    if self.device == "cpu" and self.dtype != "float32":
+      # On the CPU each framework handles bfloat16 matmuls its own way (converting to
+      # float32, or native kernels where the CPU has them), so a timing there would
+      # measure that choice rather than the two implementations.
+      raise ValueError(f"--dtype {self.dtype} needs --device gpu; on the CPU the "
+                       f"comparison runs in float32")
+    if self.device == "cpu" and self.matmul_precision is not None:
+      raise ValueError("--matmul-precision applies to --device gpu only")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"--attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+                       f", got {self.attention!r}")
+    if self.device == "gpu" and self.matmul_precision not in MATMUL_PRECISIONS:
+      raise ValueError(f"--matmul-precision must be one of "
+                       f"{', '.join(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
 
 
 QUICK = dict(size="tiny", batch=2, inputs=32, prompt=8, targets=4, new_tokens=4,
@@ -146,6 +194,31 @@ def _current_rss_bytes() -> int:
   import psutil
 
   return psutil.Process().memory_info().rss
+
+
+def _jax_device_memory() -> tuple[int | None, int | None]:
+  """(bytes in use, peak bytes in use since the process started) on JAX's device, or
+  Nones where the backend keeps no allocator statistics (`memory_stats()` is None)."""
+  import jax
+
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("bytes_in_use"), stats.get("peak_bytes_in_use")
+
+
+def _use_jax_gpu(setting: Setting) -> dict[str, Any]:
+  """Checks that JAX really runs on a GPU (without its CUDA plugin it silently falls
+  back to the CPU) and sets the float32 matmul precision; returns the device's name."""
+  import jax
+
+  device = jax.devices()[0]
+  if device.platform != "gpu":
+    raise RuntimeError(f"--device gpu, but JAX's default device is {device.platform!r}: "
+                       f"install jax with its CUDA plugin (pip install 'jax[cuda12]')")
+  if setting.matmul_precision == "highest":
+    jax.config.update("jax_default_matmul_precision", "float32")
+  # "tf32" is JAX's own default on GPUs with tensor cores: nothing to set.
+  backend = getattr(getattr(device, "client", None), "platform_version", None) or "n/a"
+  return {"device_name": device.device_kind, "backend": " ".join(str(backend).split())}
 
 
 def random_batch(setting: Setting, vocab_size: int) -> dict[str, Any]:
@@ -220,7 +293,12 @@ def run_ours(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
   from prompt_tuning.t5 import T5Config, Transformer, abstract_params
   from prompt_tuning.training import optimizers, train_step, trainable
 
-  config = T5Config.from_size(setting.size, dropout_rate=_dropout(setting, workload))
+  gpu = _use_jax_gpu(setting) if setting.device == "gpu" else {}
+  # The frozen parameters and activations in `setting.dtype`; Prompt keeps its own
+  # parameter in float32 (its param_dtype), as the trainer does.
+  config = T5Config.from_size(setting.size, dropout_rate=_dropout(setting, workload),
+                              dtype=setting.dtype, param_dtype=setting.dtype,
+                              attention_implementation=setting.attention)
   prompt = functools.partial(Prompt, length=setting.prompt)
   module = Transformer(config, input_prompt=prompt)
   params = random_params(abstract_params(config, input_prompt=prompt), setting.seed)
@@ -242,11 +320,13 @@ def run_ours(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
       jax.block_until_ready((state[0], metrics))
 
     counts = {"trainable": trainable.count(trained),
-              "parameters": trainable.count(trained) + trainable.count(frozen)}
+              "parameters": trainable.count(trained) + trainable.count(frozen),
+              "param_dtypes": _jax_param_dtypes(trainable.merge(trained, frozen))}
   elif workload == "forward":
     model = models.EncoderDecoderModel(module)
     score = jax.jit(model.score_batch)
-    counts = {"parameters": trainable.count(params)}
+    counts = {"parameters": trainable.count(params),
+              "param_dtypes": _jax_param_dtypes(params)}
 
     def call() -> None:
       jax.block_until_ready(score(params, batch))
@@ -255,7 +335,8 @@ def run_ours(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
     model = models.EncoderDecoderModel(module, decode_fn=decoding.temperature_sample,
                                        decode_kwargs={"temperature": 0.0}, eos_id=-1)
     predict = jax.jit(model.predict_batch)
-    counts = {"parameters": trainable.count(params)}
+    counts = {"parameters": trainable.count(params),
+              "param_dtypes": _jax_param_dtypes(params)}
 
     def decode_call(tokens: int) -> Callable[[], Any]:
       decode_batch = {"encoder_input_tokens": batch["encoder_input_tokens"],
@@ -266,16 +347,38 @@ def run_ours(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
     call, one_token = decode_call(setting.new_tokens), decode_call(1)
 
   rss_before = _current_rss_bytes()
+  device_before = _jax_device_memory()[0]
   timing, extra = _measure_workload(setting, call, one_token)
   if workload == "decode":
     shape = call().shape
     if shape != (setting.batch, setting.new_tokens):
       raise RuntimeError(f"our decode gave shape {shape}, expected "
                          f"{(setting.batch, setting.new_tokens)}")
-  return {"first": timing.first, "samples": timing.samples, "rss_before": rss_before,
-          "peak_rss": _peak_rss_bytes(), **counts, **extra,
-          "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                       "flax": flax.__version__, "optax": optax.__version__}}
+  memory = {"rss_before": rss_before, "peak_rss": _peak_rss_bytes()}
+  if setting.device == "gpu":
+    memory.update(device_before=device_before, peak_device=_jax_device_memory()[1],
+                  device_name=gpu["device_name"])
+  versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+              "flax": flax.__version__, "optax": optax.__version__}
+  if setting.device == "gpu":
+    versions["jax GPU backend"] = gpu["backend"]
+  return {"first": timing.first, "samples": timing.samples, **memory, **counts, **extra,
+          "versions": versions}
+
+
+def _jax_param_dtypes(params: Any) -> dict[str, str]:
+  """{"prompt": dtype, "model": dtype(s)}: what the --dtype flag did to each part."""
+  import jax
+
+  from prompt_tuning.training import trainable
+
+  prompt, model = trainable.split(params)
+  return {"prompt": _joined_dtypes(str(x.dtype) for x in jax.tree.leaves(prompt)),
+          "model": _joined_dtypes(str(x.dtype) for x in jax.tree.leaves(model))}
+
+
+def _joined_dtypes(names: Iterable[str]) -> str:
+  return "+".join(sorted(set(names)))
 
 
 # ------------------------------------------------------------------------ PEFT's side
@@ -312,17 +415,24 @@ def run_peft(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
   import transformers
   from transformers.optimization import Adafactor
 
+  device = _use_torch_device(setting)
   torch.manual_seed(setting.seed)
-  torch.set_num_threads(setting.threads)
+  if setting.device == "cpu":
+    torch.set_num_threads(setting.threads)
+  # The frozen model is cast before PEFT wraps it: PEFT then creates the prompt table
+  # as a fresh float32 nn.Embedding on the model's device and casts the prompt to the
+  # embeddings' dtype in forward, so the prompt stays float32, as on our side.
+  base = _hf_model(setting, shapes, _dropout(setting, workload)).to(
+      device=device, dtype=getattr(torch, setting.dtype))
   # num_transformer_submodules=1: PEFT's seq2seq default (2) allocates a second table of
   # `prompt` vectors that prompt tuning never uses; 1 gives the paper's P x d prompt.
   model = peft.get_peft_model(
-      _hf_model(setting, shapes, _dropout(setting, workload)),
+      base,
       peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM,
                               num_virtual_tokens=setting.prompt,
                               num_transformer_submodules=1,
                               prompt_tuning_init=peft.PromptTuningInit.RANDOM))
-  data = {k: torch.from_numpy(v).long()
+  data = {k: torch.from_numpy(v).long().to(device)
           for k, v in random_batch(setting, shapes["vocab_size"]).items()}
   input_ids = data["encoder_input_tokens"]
   attention_mask = torch.ones_like(input_ids)
@@ -349,6 +459,7 @@ def run_peft(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
 
     counts = {"trainable": sum(p.numel() for p in trained),
               "parameters": sum(p.numel() for p in model.parameters())}
+    call = _synchronised(call, device)
   elif workload == "forward":
     model.eval()
 
@@ -359,6 +470,7 @@ def run_peft(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         torch.gather(log_probs, -1, labels[..., None])[..., 0].sum(-1)
 
+    call = _synchronised(call, device)
     counts = {"parameters": sum(p.numel() for p in model.parameters())}
   else:
     model.eval()
@@ -374,23 +486,65 @@ def run_peft(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
           return model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                 generation_config=generation)
 
-      return generate
+      return _synchronised(generate, device)
 
     call, one_token = decode_call(setting.new_tokens), decode_call(1)
     counts = {"parameters": sum(p.numel() for p in model.parameters())}
 
+  dtypes = {"prompt": [], "model": []}
+  for name, parameter in model.named_parameters():
+    part = "prompt" if "prompt_encoder" in name else "model"
+    dtypes[part].append(str(parameter.dtype).removeprefix("torch."))
+  counts["param_dtypes"] = {part: _joined_dtypes(names) for part, names in dtypes.items()}
   rss_before = _current_rss_bytes()
+  device_before = torch.cuda.memory_allocated() if device.type == "cuda" else None
   timing, extra = _measure_workload(setting, call, one_token)
   if workload == "decode":
     shape = tuple(call().shape)
     if shape != (setting.batch, setting.new_tokens + 1):  # + the start token
       raise RuntimeError(f"PEFT generate gave shape {shape}, expected "
                          f"{(setting.batch, setting.new_tokens + 1)}")
-  return {"first": timing.first, "samples": timing.samples, "rss_before": rss_before,
-          "peak_rss": _peak_rss_bytes(), **counts, **extra,
-          "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                       "peft": peft.__version__},
-          "torch_threads": torch.get_num_threads()}
+  memory = {"rss_before": rss_before, "peak_rss": _peak_rss_bytes()}
+  versions = {"torch": torch.__version__, "transformers": transformers.__version__,
+              "peft": peft.__version__}
+  if device.type == "cuda":
+    memory.update(device_before=device_before,
+                  peak_device=torch.cuda.max_memory_allocated(device),
+                  device_name=torch.cuda.get_device_name(device))
+    versions["torch CUDA"] = torch.version.cuda
+  return {"first": timing.first, "samples": timing.samples, **memory, **counts, **extra,
+          "versions": versions, "torch_threads": torch.get_num_threads(),
+          "attention": getattr(base.config, "_attn_implementation", None) or "n/a"}
+
+
+def _use_torch_device(setting: Setting) -> Any:
+  """The torch device for `setting.device`, with the float32 matmul precision set (on
+  the GPU) to the one our side uses."""
+  import torch
+
+  if setting.device == "cpu":
+    return torch.device("cpu")
+  if not torch.cuda.is_available():
+    raise RuntimeError("--device gpu, but torch sees no CUDA device: install a CUDA "
+                       "build of torch, or check CUDA_VISIBLE_DEVICES")
+  torch.set_float32_matmul_precision("high" if setting.matmul_precision == "tf32"
+                                     else "highest")
+  return torch.device("cuda", 0)
+
+
+def _synchronised(fn: Callable[[], Any], device: Any) -> Callable[[], Any]:
+  """`fn` that returns only once the GPU has finished its work (CUDA kernels run
+  asynchronously, so without this the clock would stop when they were queued)."""
+  if device.type != "cuda":
+    return fn
+  import torch
+
+  def call() -> Any:
+    out = fn()
+    torch.cuda.synchronize(device)
+    return out
+
+  return call
 
 
 RUNNERS = {"ours": run_ours, "peft": run_peft}
@@ -421,6 +575,25 @@ def child_environment(threads: int) -> dict[str, str]:
   return env
 
 
+def gpu_child_environment() -> dict[str, str]:
+  """The GPU run's children: nothing pinned; JAX picks its GPU backend (an inherited
+  JAX_PLATFORMS, such as the tests' `cpu`, is dropped) and allocates device memory on
+  demand instead of taking 75% of it up front, so that its peak is what it used and
+  nothing of JAX's is held when PEFT's process runs."""
+  env = dict(os.environ)
+  env.pop("JAX_PLATFORMS", None)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env.update(XLA_FLAGS=" ".join(flags), XLA_PYTHON_CLIENT_PREALLOCATE="false",
+             TF_CPP_MIN_LOG_LEVEL="3", TOKENIZERS_PARALLELISM="false")
+  return env
+
+
+def side_environment(setting: Setting) -> dict[str, str]:
+  return (gpu_child_environment() if setting.device == "gpu"
+          else child_environment(setting.threads))
+
+
 def model_shapes(size: str) -> dict[str, int]:
   """The backbone's shapes, from our config, for PEFT's side to mirror."""
   from prompt_tuning.t5 import T5Config
@@ -437,7 +610,7 @@ def child_main(spec: str) -> None:
   """Subprocess entry: run the named workloads of one side, print one JSON line."""
   job = json.loads(spec)
   setting = Setting(**job["setting"])
-  cpus = pin_threads(setting.threads)
+  cpus = pin_threads(setting.threads) if setting.device == "cpu" else None
   results = {}
   for workload in job["workloads"]:
     results[workload] = RUNNERS[job["side"]](setting, workload, job["shapes"])
@@ -449,7 +622,7 @@ def run_side(side: str, workloads: Sequence[str], setting: Setting,
   spec = json.dumps({"side": side, "workloads": list(workloads),
                      "setting": dataclasses.asdict(setting), "shapes": shapes})
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", spec],
-                        env=child_environment(setting.threads), cwd=_ROOT,
+                        env=side_environment(setting), cwd=_ROOT,
                         capture_output=True, text=True)
   if proc.returncode != 0:
     raise RuntimeError(f"{side} {','.join(workloads)} failed (exit {proc.returncode}):\n"
@@ -553,23 +726,37 @@ def summarise(setting: Setting, results: dict[str, dict[str, Any]]
   steps = {s: decode_step_rate(setting, results.get(s, {}).get("decode")) for s in SIDES}
   rows.append(("greedy decode after the 1st token, tokens/s", _fmt(steps["ours"], 1),
                _fmt(steps["peft"], 1), _fmt(ratio(steps["ours"], steps["peft"])), ""))
+  key, memory = memory_metric(setting)
   scopes = {r.get("peak_rss_scope", "workload")
             for side in results.values() for r in side.values()}
   if scopes == {"side"}:
-    peaks = {s: max((r["peak_rss"] for r in results.get(s, {}).values()), default=None)
+    peaks = {s: _peak_of([r.get(key) for r in results.get(s, {}).values()])
              for s in SIDES}
-    rows.append(("peak RSS, all workloads in one process, MiB",
+    rows.append((f"{memory}, all workloads in one process, MiB",
                  _fmt(peaks["ours"] and peaks["ours"] / MIB, 0),
                  _fmt(peaks["peft"] and peaks["peft"] / MIB, 0),
                  _fmt(ratio(peaks["ours"], peaks["peft"])), "lower is better"))
   else:
     for workload in (w for w in WORKLOADS if w != "prompt_train_no_dropout"):
-      peaks = {s: results.get(s, {}).get(workload, {}).get("peak_rss") for s in SIDES}
-      rows.append((f"peak RSS, {workload}, MiB",
+      peaks = {s: results.get(s, {}).get(workload, {}).get(key) for s in SIDES}
+      rows.append((f"{memory}, {workload}, MiB",
                    _fmt(peaks["ours"] and peaks["ours"] / MIB, 0),
                    _fmt(peaks["peft"] and peaks["peft"] / MIB, 0),
                    _fmt(ratio(peaks["ours"], peaks["peft"])), "lower is better"))
   return rows
+
+
+def memory_metric(setting: Setting) -> tuple[str, str]:
+  """(result key, row label) of the memory that matters on the device: host RSS on the
+  CPU, the framework allocator's device memory on the GPU."""
+  if setting.device == "gpu":
+    return "peak_device", "peak device memory"
+  return "peak_rss", "peak RSS"
+
+
+def _peak_of(values: Sequence[int | None]) -> int | None:
+  """The largest, or None when there is none or one is unknown (memory_stats None)."""
+  return None if not values or None in values else max(values)
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -612,35 +799,47 @@ def describe(setting: Setting, results: dict[str, dict[str, Any]], isolate: str,
       if "samples_one_token" in r:
         samples += "; 1-token decode: " + ", ".join(
             f"{s * 1e3:.1f}" for s in r["samples_one_token"])
+      dtypes = r.get("param_dtypes")
+      dtypes = (f"; dtypes: prompt {dtypes['prompt']}, model {dtypes['model']}"
+                if dtypes else "")
+      attention = f"; attention {r['attention']}" if "attention" in r else ""
       details.append(f"- {side} {workload}: first call {r['first']:.2f} s; timed ms "
-                     f"[{samples}]; parameters {r['parameters']:,}{trainable}; RSS before "
-                     f"timing {r['rss_before'] / MIB:,.0f} MiB, peak "
-                     f"{r['peak_rss'] / MIB:,.0f} MiB")
+                     f"[{samples}]; parameters {r['parameters']:,}{trainable}{dtypes}"
+                     f"{attention}; {_memory_detail(r)}")
   versions["python"] = platform.python_version()
   torch_threads = {r.get("torch_threads") for r in results.get("peft", {}).values()}
-  xla_flags = child_environment(setting.threads)["XLA_FLAGS"]
+  torch_threads_text = ", ".join(str(t) for t in sorted(torch_threads - {None})) or "n/a"
+  host = (f"{cpu_model()}, {os.cpu_count()} logical CPUs "
+          f"({len(os.sched_getaffinity(0))} usable), {platform.system()} "
+          f"{platform.release()}; 1-minute load average {load[0]:.2f} at the start, "
+          f"{load[1]:.2f} at the end (anything above 0 is other work competing for the "
+          f"same cores)")
+  if setting.device == "gpu":
+    machine = f"- machine: GPU {device_names(results)}; host {host}"
+    threads = (f"- threads: not pinned (GPU run); XLA and torch size their host thread "
+               f"pools themselves (torch reports {torch_threads_text}); "
+               f"XLA_PYTHON_CLIENT_PREALLOCATE=false")
+  else:
+    xla_flags = child_environment(setting.threads)["XLA_FLAGS"]
+    machine = f"- machine: {host}"
+    threads = (f"- threads: {setting.threads} for each side: the process is pinned to "
+               f"{setting.threads} CPU(s) with sched_setaffinity (XLA sizes its intra-op "
+               f"pool from the affinity mask; XLA_FLAGS={xla_flags}), "
+               f"torch.set_num_threads({setting.threads}) (torch reports "
+               f"{torch_threads_text}), OMP_NUM_THREADS=MKL_NUM_THREADS={setting.threads}")
   warning = noise_warning(results, load)
   return "\n".join(([f"**{warning}**", ""] if warning else []) + [
       f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-      f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs "
-      f"({len(os.sched_getaffinity(0))} usable), {platform.system()} "
-      f"{platform.release()}; 1-minute load average {load[0]:.2f} at the start, "
-      f"{load[1]:.2f} at the end (anything above 0 is other work competing for the "
-      f"same cores)",
+      machine,
       "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
-      f"- threads: {setting.threads} for each side: the process is pinned to "
-      f"{setting.threads} CPU(s) with sched_setaffinity (XLA sizes its intra-op pool "
-      f"from the affinity mask; XLA_FLAGS={xla_flags}), "
-      f"torch.set_num_threads({setting.threads}) (torch reports "
-      f"{', '.join(str(t) for t in sorted(torch_threads - {None})) or 'n/a'}), "
-      f"OMP_NUM_THREADS=MKL_NUM_THREADS={setting.threads}",
-      f"- configuration: T5 1.1 {setting.size}, random weights, float32, batch "
-      f"{setting.batch}, inputs {setting.inputs}, prompt {setting.prompt}, targets "
+      threads,
+      f"- configuration: T5 1.1 {setting.size}, random weights, {numerics(setting)}, "
+      f"batch {setting.batch}, inputs {setting.inputs}, prompt {setting.prompt}, targets "
       f"{setting.targets}, dropout {setting.dropout} in training steps (0 in the "
       f"'dropout 0' rows), greedy decode of {setting.new_tokens} new tokens with no EOS "
-      f"id on either side",
+      f"id on either side; our attention: {setting.attention}",
       "- dropout masks as each side draws them: ours shares hidden-state masks along "
-      "the length axis (as T5X) and draws attention-weight masks per element; "
+      "the length axis and attention-weight masks across queries (as T5X); "
       "transformers draws one entry per element everywhere",
       "- optimiser: Adafactor on both sides (paper settings: lr 0.3 constant, decay "
       "0.8, update clipping 1.0, no parameter scaling, weight decay 1e-5); ours is "
@@ -649,9 +848,59 @@ def describe(setting: Setting, results: dict[str, dict[str, Any]], isolate: str,
       f"- timing: first call excluded (JAX compiles there), {setting.warmup - 1} more "
       f"warm-up call(s), median of {setting.repeats} timed calls; each "
       + ("(side, workload)" if isolate == "workload" else "side")
-      + " in its own process; peak RSS is the kernel's high-water mark "
-      "(getrusage), RSS before timing from psutil",
+      + " in its own process; " + memory_method(setting),
       "", "Per workload:", *details])
+
+
+def _mib(value: int | None) -> str:
+  return "n/a" if value is None else f"{value / MIB:,.0f} MiB"
+
+
+def _memory_detail(r: dict[str, Any]) -> str:
+  host = f"RSS before timing {_mib(r['rss_before'])}, peak {_mib(r['peak_rss'])}"
+  if "peak_device" not in r:
+    return host
+  return (f"device memory before timing {_mib(r.get('device_before'))}, peak "
+          f"{_mib(r['peak_device'])}; host {host}")
+
+
+def device_names(results: dict[str, dict[str, Any]]) -> str:
+  """The GPU as each side named it (JAX's device_kind, torch's get_device_name)."""
+  names = {SIDE_NAMES[side].split()[0]: r["device_name"]
+           for side, by_workload in results.items()
+           for r in by_workload.values() if "device_name" in r}
+  if not names:
+    return "n/a"
+  if len(set(names.values())) == 1:
+    return next(iter(names.values()))
+  return "; ".join(f"{name} ({side})" for side, name in names.items())
+
+
+def numerics(setting: Setting) -> str:
+  """What --dtype and --matmul-precision mean, side by side."""
+  if setting.device == "cpu":
+    return "float32"
+  matmul = ("TF32 tensor cores for float32 matmuls (JAX's GPU default; torch "
+            "set_float32_matmul_precision('high'))" if setting.matmul_precision == "tf32"
+            else "full-float32 matmuls (jax_default_matmul_precision float32; torch "
+                 "set_float32_matmul_precision('highest'))")
+  if setting.dtype == "float32":
+    return f"float32, {matmul}"
+  return (f"{setting.dtype} activations and frozen parameters with the prompt in float32 "
+          f"on both sides (ours: T5Config dtype and param_dtype; PEFT: the T5 model "
+          f".to(torch.{setting.dtype}) before get_peft_model, which adds a float32 "
+          f"prompt); our output layer computes its logits in float32, transformers' in "
+          f"{setting.dtype}; {matmul}")
+
+
+def memory_method(setting: Setting) -> str:
+  if setting.device == "gpu":
+    return ("peak device memory is each allocator's high-water mark since the process "
+            "started, first call included: JAX's memory_stats()['peak_bytes_in_use'] "
+            "(allocating on demand), torch.cuda.max_memory_allocated(); neither counts "
+            "the CUDA context or memory cached but unused")
+  return ("peak RSS is the kernel's high-water mark (getrusage), RSS before timing from "
+          "psutil")
 
 
 def noise_warning(results: dict[str, dict[str, Any]], load: tuple[float, float],
@@ -673,10 +922,17 @@ def noise_warning(results: dict[str, dict[str, Any]], load: tuple[float, float],
           f"measured in different processes are unreliable; rerun on an idle machine.")
 
 
-def write_results(path: str, table: str, context: str) -> None:
+def title(setting: Setting, results: dict[str, dict[str, Any]]) -> str:
+  """The results file's heading: which device and which dtype the numbers are for."""
+  where = f"GPU ({device_names(results)})" if setting.device == "gpu" else "CPU"
+  return (f"Prompt tuning: ours (JAX) vs Hugging Face PEFT (PyTorch), {where}, "
+          f"{setting.dtype}")
+
+
+def write_results(path: str, heading: str, table: str, context: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
-    f.write("# Prompt tuning: ours (JAX) vs Hugging Face PEFT (PyTorch), CPU\n\n"
+    f.write(f"# {heading}\n\n"
             "Written by `benchmarks/peft_compare.py` (`make bench`).\n\n"
             f"{table}\n\n{context}\n")
 
@@ -697,17 +953,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--dropout", type=float, default=None,
                       help=f"training dropout, default {defaults.dropout}")
   parser.add_argument("--threads", type=int, default=None,
-                      help="threads for each side (default: os.cpu_count())")
+                      help="threads for each side (default: os.cpu_count()); CPU only")
+  parser.add_argument("--device", default=defaults.device,
+                      help=f"{' or '.join(DEVICES)} (default {defaults.device}): gpu runs "
+                           f"JAX's GPU backend and torch on cuda, unpinned")
+  parser.add_argument("--dtype", default=defaults.dtype,
+                      help=f"{' or '.join(DTYPES)} (default {defaults.dtype}): "
+                           f"activations and frozen parameters on both sides, the prompt "
+                           f"stays float32; bfloat16 needs --device gpu")
+  parser.add_argument("--matmul-precision", default=None,
+                      help=f"GPU only: {' or '.join(MATMUL_PRECISIONS)} (default tf32) "
+                           f"for float32 matmuls, the same on both sides")
+  parser.add_argument("--attention", default=defaults.attention,
+                      help=f"our attention: {' or '.join(ATTENTION_IMPLEMENTATIONS)} "
+                           f"(default {defaults.attention}); cudnn is fused flash "
+                           f"attention on NVIDIA GPUs in bfloat16")
   parser.add_argument("--sides", default=",".join(SIDES),
                       help="comma-separated subset of: ours, peft")
   parser.add_argument("--workloads", default=",".join(WORKLOADS),
                       help="comma-separated subset of: " + ", ".join(WORKLOADS))
   parser.add_argument("--isolate", choices=("workload", "side"), default="workload",
-                      help="one process per (side, workload), so peak RSS is per "
+                      help="one process per (side, workload), so peak memory is per "
                            "workload (default), or one per side (faster)")
   parser.add_argument("--results", default=None,
-                      help=f"Markdown output (default {os.path.relpath(_DEFAULT_RESULTS)}"
-                           f"; none with --quick)")
+                      help=f"Markdown output (default "
+                           f"{os.path.relpath(_DEFAULT_RESULTS['cpu'])}, with --device "
+                           f"gpu {os.path.relpath(_DEFAULT_RESULTS['gpu'])}; none with "
+                           f"--quick)")
   parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
@@ -719,6 +991,13 @@ def setting_from_args(args: argparse.Namespace) -> Setting:
     if getattr(args, name) is not None:
       values[name] = getattr(args, name)
   values.setdefault("threads", os.cpu_count() or 1)
+  values.update(device=args.device, dtype=args.dtype, attention=args.attention)
+  if args.device == "gpu":
+    if args.threads is not None:
+      raise ValueError("--threads pins CPUs for --device cpu; a GPU run is not pinned")
+    values["matmul_precision"] = args.matmul_precision or "tf32"
+  elif args.matmul_precision is not None:
+    values["matmul_precision"] = args.matmul_precision
   setting = Setting(**values)
   setting.check()
   return setting
@@ -742,6 +1021,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     setting = setting_from_args(args)
     sides = _subset(args.sides, SIDES, "--sides")
     workloads = _subset(args.workloads, WORKLOADS, "--workloads")
+    model_shapes(setting.size)  # An unknown or non-T5-1.1 size fails here, not later.
   except ValueError as e:
     sys.exit(f"peft_compare.py: error: {e}")
 
@@ -755,9 +1035,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   print(table)
   print()
   print(context)
-  path = args.results or (None if args.quick else _DEFAULT_RESULTS)
+  path = args.results or (None if args.quick else _DEFAULT_RESULTS[setting.device])
   if path:
-    write_results(path, table, context)
+    write_results(path, title(setting, results), table, context)
     log(f"wrote {path}")
 
 

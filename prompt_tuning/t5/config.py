@@ -39,6 +39,10 @@ class T5Config:
   param_dtype: str = "float32"
   # Activation rematerialisation: "none", "full" (per layer), or "dots" (save matmuls).
   remat_policy: str = "none"
+  # How attention is computed outside cached decoding: "einsum" (explicit, as T5X) or
+  # jax.nn.dot_product_attention's "xla" or "cudnn" (fused flash attention on NVIDIA
+  # GPUs, bfloat16/float16 only). All give the same values up to rounding.
+  attention_implementation: str = "einsum"
 
   @property
   def activation_dtype(self) -> Any:

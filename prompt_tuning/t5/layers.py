@@ -25,6 +25,9 @@ Initializer = Callable[..., Array]
 # Large negative number used to mask attention logits (T5X's convention).
 NEG_INF = -1e10
 
+# Ways `MultiHeadAttention` can compute attention (`T5Config.attention_implementation`).
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+
 default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
 
@@ -217,6 +220,7 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
+  implementation: str = "einsum"
 
   def _dense(self, name: str) -> Dense:
     features = self.num_heads * self.head_dim
@@ -263,14 +267,25 @@ class MultiHeadAttention(nn.Module):
     if prefix_keys:
       key, value, bias = self._prepend_prefix(key, value, bias, prefix_keys, prefix_values)
 
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
-                        preferred_element_type=jnp.float32)
-    if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
-    weights = jax.nn.softmax(logits).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0.0:
       value = self._drop_key_positions(value)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+    if self.implementation not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"unknown attention implementation {self.implementation!r}; "
+                       f"choose one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    if self.implementation == "einsum" or decode:
+      logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
+                          preferred_element_type=jnp.float32)
+      if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+      weights = jax.nn.softmax(logits).astype(self.dtype)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+    else:
+      # The fused kernel takes a bias of the inputs' dtype; scale 1: T5 folds 1/sqrt(d)
+      # into the query kernel.
+      if bias is not None and self.implementation == "cudnn":
+        bias = bias.astype(query.dtype)
+      out = jax.nn.dot_product_attention(query, key, value, bias=bias, scale=1.0,
+                                         implementation=self.implementation)
     out = constrain(out, ("batch", "length", "heads", "kv"))
     return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), in_axes=2, name="out",
                  dtype=self.dtype, param_dtype=self.param_dtype)(out)

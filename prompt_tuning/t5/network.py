@@ -96,7 +96,8 @@ class EncoderLayer(nn.Module):
                           name="pre_attention_layer_norm")
     h = norm(x)
     h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                                  pdtype, name="attention")(
+                                  pdtype, cfg.attention_implementation,
+                                  name="attention")(
                                       h, h, bias, deterministic=deterministic,
                                       **_self_prefix_kwargs(prefix, norm))
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
@@ -121,7 +122,8 @@ class DecoderLayer(nn.Module):
                           name="pre_self_attention_layer_norm")
     h = norm(x)
     h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                                  pdtype, name="self_attention")(
+                                  pdtype, cfg.attention_implementation,
+                                  name="self_attention")(
                                       h, h, self_bias, decode=decode,
                                       deterministic=deterministic,
                                       **_self_prefix_kwargs(prefix, norm))
@@ -130,7 +132,8 @@ class DecoderLayer(nn.Module):
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype,
                        name="pre_cross_attention_layer_norm")(x)
     h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                                  pdtype, name="encoder_decoder_attention")(
+                                  pdtype, cfg.attention_implementation,
+                                  name="encoder_decoder_attention")(
                                       h, encoded, cross_bias, cross_attention=True,
                                       decode=decode, deterministic=deterministic,
                                       prefix_key_value=layers.cross_attention_prefix(prefix))

@@ -215,3 +215,172 @@ def test_peft_side_mirrors_our_network_and_decodes_every_token():
                          input_prompt=functools.partial(Prompt, length=setting.prompt))
   assert result["parameters"] == sum(x.size for x in jax.tree.leaves(ours))
   assert len(result["samples"]) == 1 and result["peak_rss"] > 0
+
+
+# ------------------------------------------------------------------------ GPU mode
+
+
+def test_device_and_dtype_flags_are_checked(capsys):
+  with pytest.raises(SystemExit, match="--dtype bfloat16 needs --device gpu"):
+    pc.main(["--dtype", "bfloat16"])
+  with pytest.raises(SystemExit, match="--device must be one of cpu, gpu, got 'tpu'"):
+    pc.main(["--device", "tpu"])
+  with pytest.raises(SystemExit, match="--dtype must be one of float32, bfloat16"):
+    pc.main(["--device", "gpu", "--dtype", "float16"])
+  with pytest.raises(SystemExit, match="--threads pins CPUs"):
+    pc.main(["--device", "gpu", "--threads", "2"])
+  with pytest.raises(SystemExit, match="--matmul-precision applies to --device gpu"):
+    pc.main(["--matmul-precision", "tf32"])
+  with pytest.raises(SystemExit, match="--matmul-precision must be one of tf32, highest"):
+    pc.main(["--device", "gpu", "--matmul-precision", "fp8"])
+  with pytest.raises(SystemExit, match="unknown model size 'huge'"):
+    pc.main(["--device", "gpu", "--size", "huge"])
+
+  gpu = pc.setting_from_args(pc.parse_args(["--device", "gpu", "--dtype", "bfloat16",
+                                            "--size", "base"]))
+  assert (gpu.device, gpu.dtype, gpu.size, gpu.matmul_precision) == (
+      "gpu", "bfloat16", "base", "tf32")
+  cpu = pc.setting_from_args(pc.parse_args([]))
+  assert (cpu.device, cpu.dtype, cpu.matmul_precision) == ("cpu", "float32", None)
+
+
+def test_every_t5_size_has_shapes_for_the_peft_side():
+  from prompt_tuning.t5 import SIZES
+
+  for name, config in SIZES.items():
+    shapes = pc.model_shapes(name)
+    assert (shapes["d_model"], shapes["d_ff"], shapes["heads"], shapes["layers"],
+            shapes["vocab_size"]) == (config.emb_dim, config.mlp_dim, config.num_heads,
+                                      config.num_encoder_layers, config.vocab_size), name
+  # T5 1.1 base, large and XL as published (d_kv 64 throughout).
+  assert pc.model_shapes("base") == {"vocab_size": 32128, "d_model": 768, "d_kv": 64,
+                                     "d_ff": 2048, "layers": 12, "decoder_layers": 12,
+                                     "heads": 12}
+  assert pc.model_shapes("large")["d_ff"] == 2816
+  assert pc.model_shapes("xl") == {"vocab_size": 32128, "d_model": 2048, "d_kv": 64,
+                                   "d_ff": 5120, "layers": 24, "decoder_layers": 24,
+                                   "heads": 32}
+
+
+def test_gpu_children_are_unpinned_and_allocate_on_demand(monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --other=1")
+  monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+  env = pc.side_environment(pc.Setting(device="gpu", matmul_precision="tf32"))
+  assert "JAX_PLATFORMS" not in env
+  assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+  assert env["XLA_FLAGS"] == "--other=1"
+  assert "OMP_NUM_THREADS" not in env and "CUDA_VISIBLE_DEVICES" not in env
+  cpu = pc.side_environment(pc.Setting(threads=2))
+  assert (cpu["JAX_PLATFORMS"], cpu["OMP_NUM_THREADS"], cpu["CUDA_VISIBLE_DEVICES"]) == (
+      "cpu", "2", "")
+  assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in cpu
+
+
+def _gpu_result(seconds: float, peak_mib: float | None, side: str) -> dict:
+  result = _result(seconds, 3000)
+  result.update(device_before=200 * pc.MIB,
+                peak_device=None if peak_mib is None else int(peak_mib * pc.MIB),
+                device_name="NVIDIA H100 80GB HBM3",
+                param_dtypes={"prompt": "float32", "model": "bfloat16"})
+  if side == "peft":
+    result["attention"] = "sdpa"
+  return result
+
+
+def test_gpu_table_reports_peak_device_memory():
+  results = {side: {w: _gpu_result(0.1, 1000 if side == "ours" else 1600, side)
+                    for w in pc.WORKLOADS} for side in pc.SIDES}
+  results["peft"]["forward"]["peak_device"] = None  # memory_stats() gave nothing.
+  rows = _rows(results, device="gpu", dtype="bfloat16", matmul_precision="tf32")
+  assert rows["peak device memory, full_train, MiB"][:3] == ("1,000", "1,600", "0.62")
+  assert rows["peak device memory, forward, MiB"][:3] == ("1,000", "n/a", "n/a")
+  assert not any(name.startswith("peak RSS") for name in rows)
+
+  for by_workload in results.values():
+    for result in by_workload.values():
+      result["peak_rss_scope"] = "side"
+  rows = _rows(results, device="gpu", dtype="bfloat16", matmul_precision="tf32")
+  assert rows["peak device memory, all workloads in one process, MiB"][:3] == (
+      "1,000", "n/a", "n/a")  # One unknown peak makes the process's peak unknown.
+
+
+def test_gpu_results_name_the_device_and_the_dtype(tmp_path):
+  results = {side: {"forward": _gpu_result(0.1, 900, side)} for side in pc.SIDES}
+  setting = pc.Setting(device="gpu", dtype="bfloat16", matmul_precision="tf32")
+  context = pc.describe(setting, results, "workload", (0.0, 0.0))
+  assert "- machine: GPU NVIDIA H100 80GB HBM3; host " in context
+  assert "- threads: not pinned (GPU run)" in context
+  assert "bfloat16 activations and frozen parameters with the prompt in float32" in context
+  assert "TF32 tensor cores" in context and "max_memory_allocated" in context
+  assert ("peft forward: first call 10.00 s" in context
+          and "dtypes: prompt float32, model bfloat16; attention sdpa; device memory "
+              "before timing 200 MiB, peak 900 MiB; host RSS before timing" in context)
+  heading = pc.title(setting, results)
+  assert heading.endswith("GPU (NVIDIA H100 80GB HBM3), bfloat16")
+  out = tmp_path / "results_gpu.md"
+  pc.write_results(str(out), heading, "| table |", context)
+  assert out.read_text().startswith(f"# {heading}\n")
+
+  results["peft"]["forward"]["device_name"] = "NVIDIA H100 PCIe"
+  assert "NVIDIA H100 80GB HBM3 (ours); NVIDIA H100 PCIe (PEFT)" in pc.title(setting,
+                                                                            results)
+  cpu = {"ours": {"forward": _result(1.0, 500)}}
+  assert pc.title(pc.Setting(), cpu).endswith(", CPU, float32")
+  assert "- machine: GPU" not in pc.describe(pc.Setting(), cpu, "workload", (0.0, 0.0))
+  assert pc._DEFAULT_RESULTS["gpu"].endswith(os.path.join("benchmarks", "results_gpu.md"))
+
+
+def test_gpu_mode_refuses_to_run_on_the_cpu():
+  setting = pc.Setting(**{**pc.QUICK, "device": "gpu", "matmul_precision": "tf32"})
+  with pytest.raises(RuntimeError, match="JAX's default device is 'cpu'"):
+    pc.run_ours(setting, "forward", {})
+  torch = pytest.importorskip("torch")
+  if torch.cuda.is_available():
+    pytest.skip("this machine has a CUDA device")
+  with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
+    pc._use_torch_device(setting)
+
+
+def test_torch_timing_waits_for_the_gpu(monkeypatch):
+  torch = pytest.importorskip("torch")
+  events = []
+  monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+
+  def work():
+    events.append("work")
+    return 7
+
+  synced = pc._synchronised(work, torch.device("cuda", 0))
+  assert synced() == 7 and events == ["work", "sync"]
+  assert pc._synchronised(work, torch.device("cpu")) is work
+
+
+def test_bfloat16_keeps_the_prompt_in_float32_on_both_sides():
+  """The dtype path itself runs on the CPU too (only the CLI confines it to the GPU)."""
+  setting = pc.Setting(**{**pc.QUICK, "warmup": 1, "repeats": 1, "threads": 1,
+                          "dtype": "bfloat16"})
+  shapes = pc.model_shapes(setting.size)
+  ours = pc.run_ours(setting, "forward", shapes)
+  assert ours["param_dtypes"] == {"prompt": "float32", "model": "bfloat16"}
+  assert "peak_device" not in ours  # CPU results keep to host memory.
+  pytest.importorskip("torch")
+  pytest.importorskip("peft")
+  import torch
+
+  threads = torch.get_num_threads()
+  try:
+    theirs = pc.run_peft(setting, "forward", shapes)
+  finally:
+    torch.set_num_threads(threads)
+  assert theirs["param_dtypes"] == {"prompt": "float32", "model": "bfloat16"}
+  assert theirs["parameters"] == ours["parameters"]
+
+
+def test_attention_choices_are_the_networks_and_unknown_ones_fail():
+  from prompt_tuning.t5 import layers
+  assert pc.ATTENTION_IMPLEMENTATIONS == layers.ATTENTION_IMPLEMENTATIONS
+  assert pc.setting_from_args(pc.parse_args(["--attention", "xla"])).attention == "xla"
+  with pytest.raises(ValueError, match="--attention must be one of"):
+    pc.setting_from_args(pc.parse_args(["--attention", "flash"]))

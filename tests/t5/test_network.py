@@ -209,3 +209,35 @@ def test_attention_dropout_mask_is_shared_by_every_query_as_in_t5x():
     assert set(np.round(out.ravel() * length * 0.5, 6)) <= {0.0, 1.0}
     kept_patterns.add(tuple(out[0] > 0))
   assert len(kept_patterns) > 1 and any(not all(p) for p in kept_patterns)
+
+
+def test_fused_attention_implementation_equals_einsum(tiny_params):
+  # "xla" is jax.nn.dot_product_attention, the same call "cudnn" makes on a GPU; with the
+  # same dropout key it must give the einsum path's logits and input gradients.
+  enc, dec_in, tgt = _batch()
+  rngs = {"dropout": jax.random.PRNGKey(3)}
+
+  def loss_and_grad(implementation):
+    model = Transformer(TINY.replace(dropout_rate=0.2,
+                                     attention_implementation=implementation))
+
+    def loss(params):
+      logits = model.apply({"params": params}, enc, dec_in, tgt, enable_dropout=True,
+                           rngs=rngs)
+      return jnp.sum(jax.nn.log_softmax(logits)[..., 0] * (tgt > 0)), logits
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(tiny_params)
+
+  (loss_einsum, logits_einsum), grads_einsum = loss_and_grad("einsum")
+  (loss_xla, logits_xla), grads_xla = loss_and_grad("xla")
+  np.testing.assert_allclose(logits_xla, logits_einsum, atol=1e-5, rtol=1e-5)
+  for name, grad in _flat(grads_einsum).items():
+    np.testing.assert_allclose(_flat(grads_xla)[name], grad, atol=1e-5, rtol=1e-4,
+                               err_msg=name)
+
+
+def test_unknown_attention_implementation_is_a_clear_error(tiny_params):
+  enc, dec_in, tgt = _batch()
+  model = Transformer(TINY.replace(attention_implementation="flash"))
+  with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
+    model.apply({"params": tiny_params}, enc, dec_in, tgt)
