@@ -229,11 +229,13 @@ def run_gin_job(command: str, argv: Sequence[str]) -> int:
       raise UsageError(f"bad gin configuration: {_one_line(error)}") from error
     raise UsageError(f"required gin macro(s) not set: {name}; bind them with "
                      "--gin.NAME=VALUE or in a gin file") from error
-  from prompt_tuning.training import run_eval, trainer
+  from prompt_tuning.training import logging_utils, run_eval, trainer
 
   if command == "train":
     result = _call_configured(trainer.train)
-    print(f"trained to step {result.step}; outputs in {gin.query_parameter('MODEL_DIR/macro.value')}")
+    if logging_utils.is_leader():  # Every process of a multi-host job gets here.
+      print(f"trained to step {result.step}; outputs in "
+            f"{gin.query_parameter('MODEL_DIR/macro.value')}")
   elif command == "eval":
     _call_configured(run_eval.evaluate)
   else:

@@ -5,6 +5,11 @@ Each batch of B examples becomes N·B rows, rows [k·B, (k+1)·B) carrying promp
 the `prompt_ids` feature into a `MultiPrompt` table. Every prompt's predictions go
 through the task's own postprocessor and metric functions; the ensemble is the majority
 vote over the postprocessed predictions of each example (ties: lowest prompt index).
+
+The decode runs on a `partitioning.Partitioner` mesh like the single-prompt evaluation:
+the frozen backbone sharded by the logical axis rules, the prompt table replicated, each
+N·B batch split over "data". Every process of a multi-host job reads the whole split
+and gets the whole batch's tokens back, so all of them compute the same summary.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from prompt_tuning import models
 from prompt_tuning.prompts import multi_prompt
 from prompt_tuning.training import data as data_lib
 from prompt_tuning.training import evaluation as evaluation_lib
+from prompt_tuning.training import partitioning
+from prompt_tuning.training import trainer as trainer_lib
 
 Params = Mapping[str, Any]
 
@@ -42,8 +49,20 @@ def majority_vote(predictions: Sequence[Sequence[Any]]) -> list[Any]:
   return voted
 
 
-def _jitted_predict(model: models.EncoderDecoderModel) -> Callable[..., Any]:
-  return jax.jit(model.predict_batch)
+def predict_on_mesh(model: models.EncoderDecoderModel,
+                    partitioner: partitioning.Partitioner) -> Callable[..., Any]:
+  """`run(params, batch) -> tokens`: decoding on the partitioner's mesh, for a batch of
+  host arrays that every process holds whole (split over "data" when its rows divide,
+  else replicated). The tokens come back as host arrays of the whole batch in every
+  process (gathered across processes when they span several), so every process must
+  make the same calls. Also `run_eval.infer`'s decode."""
+  predict = jax.jit(model.predict_batch)
+
+  def run(params: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    with partitioner.activate():  # Tracing must see the mesh and the rules.
+      return partitioning.fetch(predict(params, partitioner.shard_replicated_batch(batch)))
+
+  return run
 
 
 def _rows_for_prompts(batch: Mapping[str, np.ndarray], num_prompts: int
@@ -88,6 +107,8 @@ def _summarise(task: seqio.Task, targets: list[Any], per_prompt: list[list[Any]]
 def _evaluate_task(task: seqio.Task, predict: Callable[..., Any], params: Params,
                    num_prompts: int, task_feature_lengths: Mapping[str, int],
                    batch_size: int, split: str, num_examples: int | None) -> dict[str, Any]:
+  # Not a per-process seqio shard: every process feeds the same whole batches, so the
+  # decoded tokens cover the whole split in each of them.
   dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False)
   if num_examples:
     dataset = dataset.take(num_examples)
@@ -117,36 +138,39 @@ def _evaluate_task(task: seqio.Task, predict: Callable[..., Any], params: Params
 def evaluate_ensemble(model: models.EncoderDecoderModel, params_without_prompt: Params,
                       prompt_files: Sequence[str], mixture_or_task_name: str,
                       task_feature_lengths: Mapping[str, int], batch_size: int,
-                      split: str = "validation", num_examples: int | None = None
+                      split: str = "validation", num_examples: int | None = None,
+                      partitioner: partitioning.Partitioner | None = None
                       ) -> dict[str, dict[str, Any]]:
   """{task: {"prompts": [metrics per prompt], "mean", "best", "best_prompt",
   "majority_vote", "predictions", "majority_vote_predictions"}}.
 
   `model` is the frozen model with any (or no) input prompt; its prompt is replaced by a
-  table of the files' prompts. Each model call decodes len(prompt_files)·batch_size rows.
+  table of the files' prompts. Each model call decodes len(prompt_files)·batch_size rows,
+  split over the "data" axis of `partitioner` (default: `partitioning.Partitioner()`,
+  as gin binds it) when it divides them.
   """
   table = multi_prompt.load_prompt_files(list(prompt_files))
   ensemble_model, params = multi_prompt.with_prompt_table(model, params_without_prompt,
                                                           table)
   num_prompts = table.shape[0]
-  predict = _jitted_predict(ensemble_model)
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-  results = {}
-  for task in tasks:
+  evaluated = []
+  for task in provider.tasks if isinstance(provider, seqio.Mixture) else [provider]:
     if task.score_metric_fns:
       raise ValueError(f"task {task.name} has score (rank classification) metrics; "
                        "ensembling votes over decoded predictions, so use a task with "
                        "predict metrics")
-    if split not in task.splits or not task.predict_metric_fns:
-      continue
-    results[task.name] = _evaluate_task(task, predict, params, num_prompts,
-                                        task_feature_lengths, batch_size, split,
-                                        num_examples)
-  if not results:
+    if split in task.splits and task.predict_metric_fns:
+      evaluated.append(task)
+  if not evaluated:
     raise ValueError(f"{mixture_or_task_name} has no task with predict metrics and a "
                      f"{split!r} split")
-  return results
+  partitioner = partitioner or partitioning.Partitioner()
+  params = trainer_lib.place_params(partitioner, ensemble_model.module, params)
+  predict = predict_on_mesh(ensemble_model, partitioner)
+  return {task.name: _evaluate_task(task, predict, params, num_prompts,
+                                    task_feature_lengths, batch_size, split, num_examples)
+          for task in evaluated}
 
 
 def format_table(results: Mapping[str, Mapping[str, Any]],

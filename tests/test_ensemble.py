@@ -1,5 +1,6 @@
 """Prompt ensembling: N prompts in one forward pass, per-prompt metrics as if each prompt
-ran alone through seqio's evaluator, and the majority vote."""
+ran alone through seqio's evaluator, and the majority vote; the same on a sharded mesh
+as on one device."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import functools
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec
 
 from prompt_tuning import ensemble, models
 from prompt_tuning.data import demo, metrics
 from prompt_tuning.prompts import Prompt
 from prompt_tuning.t5 import T5Config, Transformer, init_params
 from prompt_tuning.training import evaluation as evaluation_lib
+from prompt_tuning.training import partitioning
 
 CFG = T5Config.from_size("tiny", vocab_size=demo.demo_vocab_size())
 LENGTHS = {"inputs": 24, "targets": 4}
@@ -50,28 +53,48 @@ def setup(tmp_path_factory):
   return plain, base, paths
 
 
+def _record_batch_specs(monkeypatch):
+  """The PartitionSpec each ensemble batch is placed with, one per model call."""
+  specs = []
+  real = partitioning.Partitioner.shard_replicated_batch
+
+  def recording(self, batch):
+    placed = real(self, batch)
+    specs.append(placed["encoder_input_tokens"].sharding.spec)
+    return placed
+
+  monkeypatch.setattr(partitioning.Partitioner, "shard_replicated_batch", recording)
+  return specs
+
+
 def test_one_forward_per_batch_and_metrics_match_separate_runs(setup, monkeypatch):
+  """On a 2x4 mesh (N·B = 12 rows over 2 data shards, the backbone split over 4) against
+  each prompt alone through seqio's evaluator on one device."""
   plain, base, paths = setup
   calls = []
+  real = ensemble.predict_on_mesh
 
-  def counting(model):
-    jitted = jax.jit(model.predict_batch)
+  def counting(model, partitioner):
+    predict = real(model, partitioner)
 
-    def predict(params, batch):
-      out = jitted(params, batch)
+    def run(params, batch):
+      out = predict(params, batch)
       calls.append((batch["encoder_input_tokens"].shape[0], np.asarray(out),
                     np.asarray(batch["prompt_ids"])))
       return out
 
-    return predict
+    return run
 
-  monkeypatch.setattr(ensemble, "_jitted_predict", counting)
+  monkeypatch.setattr(ensemble, "predict_on_mesh", counting)
+  specs = _record_batch_specs(monkeypatch)
   results = ensemble.evaluate_ensemble(plain, base, paths, demo.SENTIMENT_TASK, LENGTHS,
-                                       BATCH, num_examples=EXAMPLES)
+                                       BATCH, num_examples=EXAMPLES,
+                                       partitioner=partitioning.Partitioner(mesh_shape=(2, 4)))
   summary = results[demo.SENTIMENT_TASK]
-  # ceil(6 / 4) = 2 calls, each with N·B rows, prompt-major.
+  # ceil(6 / 4) = 2 calls, each with N·B rows, prompt-major, split over "data".
   assert [rows for rows, _, _ in calls] == [NUM_PROMPTS * BATCH] * 2
   np.testing.assert_array_equal(calls[0][2], np.repeat(np.arange(NUM_PROMPTS), BATCH))
+  assert specs == [PartitionSpec("data")] * 2
 
   evaluation = evaluation_lib.Evaluation(demo.SENTIMENT_TASK, LENGTHS, BATCH,
                                          plain.predict_batch, plain.score_batch,
@@ -93,6 +116,39 @@ def test_one_forward_per_batch_and_metrics_match_separate_runs(setup, monkeypatc
   assert summary["majority_vote_predictions"] == voted
   targets = [demo.DEMO_LABELS.index(label) for label in _validation_labels(EXAMPLES)]
   assert summary["majority_vote"] == metrics.accuracy(targets, voted)
+
+
+def test_ensemble_on_8x1_mesh_matches_one_device(setup, monkeypatch):
+  """Two prompts: N·B = 8 rows, one per data shard of the 8x1 mesh. The random model's
+  postprocessed predictions are all invalid, so its decoded tokens are compared too."""
+  plain, base, paths = setup
+  tokens = {}
+  real = ensemble.predict_on_mesh
+
+  def recording(model, partitioner):
+    predict, outputs = real(model, partitioner), tokens.setdefault(
+        partitioner.mesh.devices.shape, [])
+
+    def run(params, batch):
+      outputs.append(predict(params, batch))
+      return outputs[-1]
+
+    return run
+
+  monkeypatch.setattr(ensemble, "predict_on_mesh", recording)
+  specs = _record_batch_specs(monkeypatch)
+  sharded = ensemble.evaluate_ensemble(
+      plain, base, paths[:2], demo.SENTIMENT_TASK, LENGTHS, BATCH, num_examples=EXAMPLES,
+      partitioner=partitioning.Partitioner(mesh_shape=(8, 1)))
+  assert specs == [PartitionSpec("data")] * 2
+  one_device = ensemble.evaluate_ensemble(
+      plain, base, paths[:2], demo.SENTIMENT_TASK, LENGTHS, BATCH, num_examples=EXAMPLES,
+      partitioner=partitioning.Partitioner(devices=jax.devices()[:1]))
+  assert sharded == one_device
+  assert [len(p) for p in sharded[demo.SENTIMENT_TASK]["predictions"]] == [EXAMPLES] * 2
+  on_mesh, alone = np.concatenate(tokens[(8, 1)]), np.concatenate(tokens[(1, 1)])
+  np.testing.assert_array_equal(on_mesh, alone)
+  assert (on_mesh[:BATCH] != on_mesh[BATCH:2 * BATCH]).any()  # The prompts differ.
 
 
 def _validation_labels(count):
@@ -123,8 +179,8 @@ def test_metrics_vote_and_table_on_known_predictions(setup, monkeypatch):
     ids = vocabulary.encode(demo.DEMO_LABELS[label_id]) + [1]
     return ids + [0] * (LENGTHS["targets"] - len(ids))
 
-  def rigged(model):
-    del model
+  def rigged(model, partitioner):
+    del model, partitioner
     seen = [0]
 
     def predict(params, batch):
@@ -139,7 +195,7 @@ def test_metrics_vote_and_table_on_known_predictions(setup, monkeypatch):
 
     return predict
 
-  monkeypatch.setattr(ensemble, "_jitted_predict", rigged)
+  monkeypatch.setattr(ensemble, "predict_on_mesh", rigged)
   results = ensemble.evaluate_ensemble(plain, base, paths, demo.SENTIMENT_TASK, LENGTHS,
                                        BATCH, num_examples=EXAMPLES)
   summary = results[demo.SENTIMENT_TASK]

@@ -1,6 +1,8 @@
 """Multi-task serving (`prompt-tuning infer` with runs/prompt_serve.gin): one frozen
 model, one prompt per task, batches that mix the tasks' rows; each task's predictions
-must be exactly those of the task run alone with its own prompt."""
+must be exactly those of the task run alone with its own prompt. Process 1 of a
+multi-host job (patched `jax.process_index`) decodes the same batches and writes
+nothing."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import seqio
 
-from prompt_tuning import cli, models
+from prompt_tuning import cli, ensemble, models
 from prompt_tuning.data import demo
 from prompt_tuning.prompts import Prompt, initializers
 from prompt_tuning.t5 import T5Config, Transformer, init_params
@@ -62,7 +64,8 @@ def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, c
                                                               monkeypatch):
   base, prompts = setup
   seen_ids = []
-  real = run_eval._jitted_predict
+  real = ensemble.predict_on_mesh
+  served_predict = []
 
   def recording(model, partitioner):
     predict = real(model, partitioner)
@@ -72,9 +75,10 @@ def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, c
       seen_ids.append(None if ids is None else np.asarray(ids))
       return predict(params, batch)
 
+    served_predict.append(run)
     return run
 
-  monkeypatch.setattr(run_eval, "_jitted_predict", recording)
+  monkeypatch.setattr(ensemble, "predict_on_mesh", recording)
   served_dir = str(tmp_path / "served")
   bindings = {"network.t5_config.size": "'tiny'",
               "network.t5_config.vocab_size": str(CFG.vocab_size),
@@ -90,6 +94,22 @@ def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, c
   assert len(seen_ids) == -(-2 * EXAMPLES // BATCH)
   assert all(set(ids[:2].tolist()) == {0, 1} for ids in seen_ids)
   assert "wrote" in capsys.readouterr().out
+  names = [f"{name}-validation.jsonl" for name in TASKS]
+  assert sorted(os.listdir(served_dir)) == sorted(names)  # No temporary file is left.
+
+  # As process 1, with the CLI's configuration and the compiled decode reused: the
+  # same calls, the same paths returned, nothing printed or written.
+  calls = len(seen_ids)
+  with monkeypatch.context() as patch:
+    patch.setattr(jax, "process_index", lambda *args, **kwargs: 1)
+    patch.setattr(ensemble, "predict_on_mesh", lambda model, partitioner: served_predict[0])
+    elsewhere = str(tmp_path / "process_1")
+    paths = run_eval.infer(output_dir=elsewhere)
+  assert paths == [os.path.join(elsewhere, name) for name in names]
+  assert capsys.readouterr().out == "" and not os.path.exists(elsewhere)
+  assert len(seen_ids) == 2 * calls
+  for ids, again in zip(seen_ids[:calls], seen_ids[calls:]):
+    np.testing.assert_array_equal(ids, again)
 
   served_calls = len(seen_ids)
   gin.clear_config()  # The direct calls below must not see the CLI's bindings.
@@ -120,3 +140,18 @@ def test_task_prompts_must_name_tasks_of_the_mixture(setup, caplog):
   served, files = run_eval._serving_table(MIXTURE, tasks, {TASKS[1]: prompts[TASKS[1]]})
   assert [t.name for t in served] == [TASKS[1]] and files == [prompts[TASKS[1]]]
   assert TASKS[0] in caplog.text
+
+
+def test_output_files_appear_only_when_complete(tmp_path):
+  path = str(tmp_path / "out" / "task-validation.jsonl")
+  with pytest.raises(RuntimeError, match="decode failed"):
+    with run_eval._replaced_when_done({"task": path}) as files:
+      files["task"].write("half a file\n")
+      assert not os.path.exists(path)  # Still under its temporary name.
+      raise RuntimeError("decode failed")
+  assert os.listdir(tmp_path / "out") == []  # Nothing left behind, no partial file.
+  with run_eval._replaced_when_done({"task": path}) as files:
+    files["task"].write("{}\n")
+  assert os.listdir(tmp_path / "out") == ["task-validation.jsonl"]
+  with open(path) as f:
+    assert f.read() == "{}\n"

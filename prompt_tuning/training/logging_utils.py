@@ -12,7 +12,17 @@ import sys
 import time
 from typing import Any, Mapping
 
+import jax
 from clu import metric_writers
+
+
+def is_leader() -> bool:
+  """Whether this process prints results and writes files: process 0 of a multi-process
+  job (every process computes, but N writers of one file would race), or the only one.
+
+  Read at call time, so tests can stand in for another process by patching
+  `jax.process_index` or this function."""
+  return jax.process_index() == 0
 
 
 class MetricsLog:

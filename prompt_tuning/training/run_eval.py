@@ -6,13 +6,19 @@ single decode per batch (prompts.MultiPrompt picks every row's prompt):
 - `evaluate(prompt_files=[...])`: prompt ensembling, each example once per prompt.
 - `infer(task_prompts={task: file})`: multi-task serving, each task's examples with
   their task's prompt, the tasks' rows mixed in one batch.
+
+In a multi-process job every process runs the same sharded computation on the same whole
+batches and gets the same results back, but only the leader (process 0,
+`logging_utils.is_leader`) prints them and writes files, each written under a temporary
+name and renamed when complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 
 import gin
 import jax
@@ -73,6 +79,7 @@ def evaluate(*, model: models.EncoderDecoderModel = gin.REQUIRED,
                                      mixture_or_task_name, task_feature_lengths,
                                      batch_size, initial_checkpoint_path, split,
                                      num_examples, seed, output_dir)
+  leader = logging_utils.is_leader()
   partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
   params = trainer_lib.place_params(partitioner, model.module,
                                     _params(model, initial_checkpoint_path, seed))
@@ -81,6 +88,8 @@ def evaluate(*, model: models.EncoderDecoderModel = gin.REQUIRED,
                                             num_examples=num_examples,
                                             partitioner=partitioner)
   metrics = evaluation.evaluate(params)
+  if not leader:
+    return metrics
   if model_dir:
     log = logging_utils.MetricsLog(model_dir, subdir="eval_only")
     log.write(0, "eval_only", evaluation_lib.flatten_metrics(metrics))
@@ -100,20 +109,42 @@ def _evaluate_prompt_ensemble(model: models.EncoderDecoderModel, prompt_files: l
   # Read the prompts first: a bad file should not wait for the base checkpoint.
   multi_prompt.load_prompt_files(prompt_files)
   params = _params_without_prompt(model, initial_checkpoint_path, seed)
+  partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
   results = ensemble.evaluate_ensemble(model, params, prompt_files, mixture_or_task_name,
                                        task_feature_lengths, batch_size, split,
-                                       num_examples)
+                                       num_examples, partitioner=partitioner)
+  if not logging_utils.is_leader():
+    return results
   print(ensemble.format_table(results, prompt_files))
   if output_dir:
-    os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, f"prompt_ensemble-{split}.json")
     report = {"mixture_or_task_name": mixture_or_task_name, "split": split,
               "prompt_files": prompt_files, "tasks": results}
-    with open(path + ".tmp", "w") as f:
-      json.dump(report, f, indent=1, default=_json_value)
-    os.replace(path + ".tmp", path)
+    with _replaced_when_done({"report": path}) as files:
+      json.dump(report, files["report"], indent=1, default=_json_value)
     print(f"wrote {path}")
   return results
+
+
+@contextlib.contextmanager
+def _replaced_when_done(paths: Mapping[str, str]) -> Iterator[dict[str, IO[str]]]:
+  """{name: file} open on `path.tmp` for each {name: path}; each path is replaced by its
+  temporary file only when the block completes, so a reader (or a rerun after a crash)
+  never finds a half-written file. On an error the temporary files are removed."""
+  for path in paths.values():
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  files = {name: open(path + ".tmp", "w") for name, path in paths.items()}
+  try:
+    yield files
+  except BaseException:
+    for f in files.values():
+      f.close()
+      os.remove(f.name)
+    raise
+  for f in files.values():
+    f.close()
+  for name, path in paths.items():
+    os.replace(files[name].name, path)
 
 
 def _json_value(value: Any) -> Any:
@@ -154,13 +185,14 @@ def infer(*, model: models.EncoderDecoderModel = gin.REQUIRED,
     params = _params(model, initial_checkpoint_path, seed)
   partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
   params = trainer_lib.place_params(partitioner, model.module, params)
-  predict = _jitted_predict(model, partitioner)
+  predict = ensemble.predict_on_mesh(model, partitioner)
+  # Every process reads every task's whole split and decodes the same batches; the
+  # leader writes all the rows, the others only take part in the decode.
   streams = [_examples(task, task_feature_lengths, split, num_examples) for task in tasks]
-  os.makedirs(output_dir, exist_ok=True)
   paths = {task.name: os.path.join(output_dir, f"{task.name}-{split}.jsonl")
            for task in tasks}
-  outputs = {name: open(path, "w") for name, path in paths.items()}
-  try:
+  leader = logging_utils.is_leader()
+  with (_replaced_when_done(paths) if leader else contextlib.nullcontext()) as outputs:
     for chunk in _chunks(_round_robin(streams), batch_size):
       batch = {key: np.stack([features[key] for _, _, features in chunk])
                for key in evaluation_lib.MODEL_FEATURES if key in chunk[0][2]}
@@ -168,31 +200,18 @@ def infer(*, model: models.EncoderDecoderModel = gin.REQUIRED,
         batch["prompt_ids"] = np.array([index for index, _, _ in chunk], np.int32)
       padded, rows = data_lib.pad_batch(batch, batch_size)
       tokens = np.asarray(predict(params, padded))[:rows]
+      if outputs is None:
+        continue
       for (index, raw, _), row in zip(chunk, tokens):
         vocabulary = tasks[index].output_features["targets"].vocabulary
         record = {"inputs": _text(raw, "inputs", vocabulary),
                   "target": _text(raw, "targets", vocabulary),
                   "prediction": vocabulary.decode(row.tolist())}
         outputs[tasks[index].name].write(json.dumps(record) + "\n")
-  finally:
-    for f in outputs.values():
-      f.close()
-  for path in paths.values():
-    print(f"wrote {path}")
+  if leader:
+    for path in paths.values():
+      print(f"wrote {path}")
   return list(paths.values())
-
-
-def _jitted_predict(model: models.EncoderDecoderModel,
-                    partitioner: partitioning.Partitioner) -> Callable[..., Any]:
-  """Decoding on the partitioner's mesh (parameters sharded, each batch split over
-  "data"); returns host arrays in every process."""
-  predict = jax.jit(model.predict_batch)
-
-  def run(params: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-    with partitioner.activate():
-      return partitioning.fetch(predict(params, partitioner.shard_replicated_batch(batch)))
-
-  return run
 
 
 def _tasks_with_split(mixture_or_task_name: str, split: str) -> list[Any]:

@@ -1,6 +1,7 @@
 """`prompt-tuning eval` with several prompt files (runs/prompt_ensemble_eval.gin): one
 decode of N·B rows per batch, the table on stdout and the JSON report, through the CLI
-in this process on a tiny model."""
+in this process on a tiny model. Standing in for process 1 of a multi-host job (patched
+`jax.process_index`), eval computes the same results but prints and writes nothing."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 from prompt_tuning import cli, ensemble
 from prompt_tuning.data import demo
 from prompt_tuning.t5 import T5Config, init_params
+from prompt_tuning.training import run_eval
+from prompt_tuning.training import trainer as trainer_lib
 
 CFG = T5Config.from_size("tiny", vocab_size=demo.demo_vocab_size())
 NUM_PROMPTS, PROMPT_LENGTH, BATCH, EXAMPLES = 3, 3, 4, 6
@@ -55,14 +58,31 @@ def _eval_args(base, run_file, **bindings):
           + [f"--gin.{name}={value}" for name, value in values.items()])
 
 
+def _as_process_1(monkeypatch):
+  monkeypatch.setattr(jax, "process_index", lambda *args, **kwargs: 1)
+
+
+def _first_built(monkeypatch, owner, name):
+  """Patches `owner.name` (a factory of jitted functions) to build once and hand the
+  first result out again: a second run computes for real without compiling again."""
+  real, built = getattr(owner, name), []
+
+  def first(*args, **kwargs):
+    if not built:
+      built.append(real(*args, **kwargs))
+    return built[0]
+
+  monkeypatch.setattr(owner, name, first)
+
+
 def test_eval_with_several_prompt_files_decodes_all_prompts_in_one_call(
     files, tmp_path, capsys, monkeypatch):
   base, prompts = files
   calls = []
-  real = ensemble._jitted_predict
+  real = ensemble.predict_on_mesh
 
-  def counting(model):
-    predict = real(model)
+  def counting(model, partitioner):
+    predict = real(model, partitioner)
 
     def run(params, batch):
       calls.append(np.asarray(batch["prompt_ids"]))
@@ -70,7 +90,8 @@ def test_eval_with_several_prompt_files_decodes_all_prompts_in_one_call(
 
     return run
 
-  monkeypatch.setattr(ensemble, "_jitted_predict", counting)
+  monkeypatch.setattr(ensemble, "predict_on_mesh", counting)
+  _first_built(monkeypatch, ensemble, "predict_on_mesh")
   out_dir = str(tmp_path / "report")
   code = cli.main(_eval_args(base, "prompt_ensemble_eval.gin",
                              PROMPT_FILES=repr(prompts), OUTPUT_DIR=repr(out_dir)))
@@ -101,14 +122,35 @@ def test_eval_with_several_prompt_files_decodes_all_prompts_in_one_call(
   assert row["prompt 1"] == f"{accuracies[1]:.2f}"
   assert row["majority vote"] == f"{summary['majority_vote']['accuracy']:.2f}"
   assert f"wrote {path}" in out
+  assert os.listdir(out_dir) == [os.path.basename(path)]  # No temporary file is left.
+
+  # Process 1 of a job takes part in every decode, returns the same summary, and
+  # neither prints nor writes (the gin configuration is still the CLI's).
+  with monkeypatch.context() as patch:
+    _as_process_1(patch)
+    elsewhere = str(tmp_path / "process_1")
+    results = run_eval.evaluate(output_dir=elsewhere)
+  assert capsys.readouterr().out == "" and not os.path.exists(elsewhere)
+  assert len(calls) == 4
+  assert json.loads(json.dumps(results, default=run_eval._json_value)) == report["tasks"]
 
   # Prompt 1's numbers are what `prompt-tuning eval` with that prompt alone reports.
   gin.clear_config()
-  code = cli.main(_eval_args(base, "prompt_eval.gin", PROMPT_LENGTH=str(PROMPT_LENGTH),
-                             PROMPT_FILE=repr(prompts[1])))
+  _first_built(monkeypatch, trainer_lib, "build_evaluation")
+  model_dir = str(tmp_path / "alone")
+  args = _eval_args(base, "prompt_eval.gin", PROMPT_LENGTH=str(PROMPT_LENGTH),
+                    PROMPT_FILE=repr(prompts[1]), MODEL_DIR=repr(model_dir))
+  code = cli.main(args)
   alone = capsys.readouterr().out
   assert code == 0
   assert f"{demo.SENTIMENT_TASK}\taccuracy\t{accuracies[1]}" in alone.splitlines()
+  assert os.path.exists(os.path.join(model_dir, "metrics.jsonl"))
+  with monkeypatch.context() as patch:
+    _as_process_1(patch)
+    elsewhere = str(tmp_path / "alone_process_1")
+    metrics = run_eval.evaluate(model_dir=elsewhere)
+  assert capsys.readouterr().out == "" and not os.path.exists(elsewhere)
+  assert metrics[demo.SENTIMENT_TASK]["accuracy"] == accuracies[1]
 
 
 def test_missing_or_malformed_prompt_files_are_one_line_errors(files, tmp_path, capsys):
