@@ -125,7 +125,9 @@ class OrbaxReader(CheckpointReader):
 
   def load(self, names: Iterable[str], shardings: Mapping[str, jax.sharding.Sharding],
            dtype: Any | None) -> dict[str, jax.Array]:
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # This process's own device: in a multi-process job jax.devices()[0] belongs to
+    # process 0, and the other processes could not hold an array placed there.
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     args = {}
     for name in names:
       info = self._infos[name]

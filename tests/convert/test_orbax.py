@@ -76,3 +76,44 @@ def test_reader_reads_single_arrays_and_slices(tmp_path, tiny_params):
   assert reader.arrays()[name].shape == (64, 32)
   np.testing.assert_array_equal(reader.read(name, (slice(3, 9), slice(0, 4))),
                                 tree.flatten(tiny_params)[name][3:9, :4])
+
+
+_LOAD_IN_PROCESS = """
+import os, sys
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax
+import numpy as np
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from prompt_tuning.convert import load_params, tree
+flat = tree.flatten(load_params(sys.argv[3]))
+print("loaded", jax.process_index(), sum(float(np.sum(np.asarray(v))) for v in flat.values()))
+"""
+
+
+def test_every_process_of_a_multi_process_job_loads_an_orbax_checkpoint(tmp_path,
+                                                                        tiny_params):
+  """Arrays with no requested sharding land on the process's own device; on process 0's
+  device (jax.devices()[0]) process 1 could not hold them and the load failed there."""
+  import socket
+  import subprocess
+  import sys
+
+  path = save_params_orbax(tiny_params, str(tmp_path / "params"))
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    address = f"localhost:{s.getsockname()[1]}"
+  script = tmp_path / "load.py"
+  script.write_text(_LOAD_IN_PROCESS)
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env["PYTHONPATH"] = os.getcwd()
+  processes = [subprocess.Popen([sys.executable, str(script), address, str(i), path],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env) for i in range(2)]
+  outputs = [p.communicate(timeout=240) for p in processes]
+  total = sum(float(np.sum(v)) for v in tree.flatten(tiny_params).values())
+  for i, (process, (stdout, stderr)) in enumerate(zip(processes, outputs)):
+    assert process.returncode == 0, stderr[-2000:]
+    tag, index, checksum = stdout.split()[-3:]
+    assert (tag, int(index)) == ("loaded", i)
+    np.testing.assert_allclose(float(checksum), total, rtol=1e-6)
