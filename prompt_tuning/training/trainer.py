@@ -154,7 +154,7 @@ def train(*, model: models.EncoderDecoderModel = gin.REQUIRED,
   global, each of the job's processes reads `batch_size / process_count` rows.
   """
   os.makedirs(model_dir, exist_ok=True)
-  leader = jax.process_index() == 0  # Only process 0 prints and writes logs.
+  leader = logging_utils.is_leader()
   module = model.module
   optimizer = optimizer_factory(learning_rate=learning_rate)
   partitioner = (partitioner or partitioning.Partitioner()).for_batch(batch_size,
