@@ -106,21 +106,21 @@ def _train(capsys, files, **bindings):
   return out
 
 
-def test_lm_adaptation_then_sentinel_prompt_then_model_tuning_recipes(tmp_path, capsys):
+def test_lm_adaptation_then_sentinel_prompt_then_model_tuning_recipes(tmp_path, capsys,
+                                                                  random_params):
   """runs/lm_adapt.gin trains every parameter and writes full checkpoints that a prompt
   run (here with the "+ sentinel" task switch) and runs/finetune.gin start from."""
-  import jax
   import numpy as np
 
   from prompt_tuning import convert
   from prompt_tuning.data import demo
-  from prompt_tuning.t5 import T5Config, init_params
+  from prompt_tuning.t5 import T5Config
   from prompt_tuning.training import initialization, logging_utils, trainable
 
   base_dir, lm_dir, prompt_dir, tuned_dir = (
       str(tmp_path / d) for d in ("base", "lm", "prompt", "tuned"))
   config = T5Config.from_size("tiny", vocab_size=demo.demo_vocab_size())
-  base = trainable.flatten(init_params(config, jax.random.PRNGKey(0)))
+  base = trainable.flatten(random_params(config))
   convert.save_params_orbax(trainable.unflatten(base), base_dir)
   _train(capsys, ["models/t5_1_1_small.gin", "runs/lm_adapt.gin"],
          MIXTURE_OR_TASK_NAME="'demo_lm_adaptation'", INITIAL_CHECKPOINT_PATH=repr(base_dir),

@@ -12,16 +12,16 @@ import pytest
 from prompt_tuning import decoding, models
 from prompt_tuning.prompts import Prompt
 from prompt_tuning.prompts.multi_prompt import MultiPrompt
-from prompt_tuning.t5 import T5Config, Transformer, init_params
+from prompt_tuning.t5 import T5Config, Transformer
 
 CFG = T5Config.from_size("tiny", vocab_size=128)
 PROMPT = functools.partial(Prompt, length=4)
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(random_params):
   module = Transformer(CFG, input_prompt=PROMPT)
-  params = init_params(CFG, jax.random.PRNGKey(0), input_prompt=PROMPT)
+  params = random_params(CFG, input_prompt=PROMPT)
   rng = np.random.RandomState(0)
   enc = rng.randint(1, 128, (3, 8)).astype(np.int32)
   enc[2, 5:] = 0
@@ -33,13 +33,30 @@ def setup():
   return module, params, batch
 
 
-def test_loss_is_summed_cross_entropy_plus_z_loss(setup):
+@pytest.fixture(scope="module")
+def forward(setup):
+  """The backbone's logits, jitted once for the module's tests (run eagerly, every
+  operation compiles on its own, which costs more than the whole forward)."""
+  module, _, _ = setup
+  return jax.jit(lambda params, enc, dec, tgt: module.apply({"params": params}, enc, dec,
+                                                            tgt))
+
+
+@pytest.fixture(scope="module")
+def greedy(setup):
+  """Greedy predictions of the prompted model (cached decoding), shared by the tests
+  that compare other decoders with them."""
+  module, params, batch = setup
+  return np.asarray(jax.jit(models.EncoderDecoderModel(module).predict_batch)(params, batch))
+
+
+def test_loss_is_summed_cross_entropy_plus_z_loss(setup, forward):
   module, params, batch = setup
   model = models.EncoderDecoderModel(module, z_loss=1e-4)
   loss, metrics = jax.jit(model.loss_fn)(params, batch)
-  logits = np.asarray(module.apply({"params": params}, batch["encoder_input_tokens"],
-                                   batch["decoder_input_tokens"],
-                                   batch["decoder_target_tokens"]), np.float64)
+  logits = np.asarray(forward(params, batch["encoder_input_tokens"],
+                              batch["decoder_input_tokens"],
+                              batch["decoder_target_tokens"]), np.float64)
   log_z = np.log(np.exp(logits).sum(-1))
   tgt = batch["decoder_target_tokens"]
   picked = np.take_along_axis(logits, tgt[..., None], -1)[..., 0]
@@ -52,16 +69,18 @@ def test_loss_is_summed_cross_entropy_plus_z_loss(setup):
 
 def test_loss_normalising_factors(setup):
   module, params, batch = setup
-  total, _ = models.EncoderDecoderModel(module).loss_fn(params, batch)
+
+  def losses(params, batch):  # The three losses in one compiled program.
+    return [models.EncoderDecoderModel(module, loss_normalizing_factor=factor).loss_fn(
+        params, batch)[0] for factor in (None, "NUM_REAL_TARGET_TOKENS", 2.0)]
+
+  total, per_token, constant = jax.jit(losses)(params, batch)
   tokens = float((batch["decoder_target_tokens"] > 0).sum())
-  per_token, _ = models.EncoderDecoderModel(
-      module, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS").loss_fn(params, batch)
   np.testing.assert_allclose(per_token, total / tokens, rtol=1e-6)
-  constant, _ = models.EncoderDecoderModel(
-      module, loss_normalizing_factor=2.0).loss_fn(params, batch)
   np.testing.assert_allclose(constant, total / 2.0, rtol=1e-6)
   with pytest.raises(ValueError, match="unknown loss_normalizing_factor"):
-    models.EncoderDecoderModel(module, loss_normalizing_factor="bogus").loss_fn(params, batch)
+    jax.jit(models.EncoderDecoderModel(module, loss_normalizing_factor="bogus").loss_fn)(
+        params, batch)
 
 
 def test_label_smoothing_keeps_a_zero_minimum():
@@ -75,43 +94,44 @@ def test_label_smoothing_keeps_a_zero_minimum():
   np.testing.assert_allclose(loss[0, 0], expected, rtol=1e-5)
 
 
-def test_scores_are_sums_of_token_log_probabilities(setup):
+def test_scores_are_sums_of_token_log_probabilities(setup, forward):
   module, params, batch = setup
   model = models.EncoderDecoderModel(module)
   scores = jax.jit(model.score_batch)(params, batch)
-  logits = module.apply({"params": params}, batch["encoder_input_tokens"],
-                        batch["decoder_input_tokens"], batch["decoder_target_tokens"])
+  logits = forward(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                   batch["decoder_target_tokens"])
   log_probs = np.asarray(jax.nn.log_softmax(logits), np.float64)
   tgt = batch["decoder_target_tokens"]
   per_token = np.take_along_axis(log_probs, tgt[..., None], -1)[..., 0] * (tgt > 0)
   np.testing.assert_allclose(scores, per_token.sum(-1), rtol=1e-5)
 
 
-def _uncached_greedy(module, params, batch, length):
+def _uncached_greedy(forward, params, batch, length):
+  """Greedy decoding by uncached full forward passes. The decoder is causal, so the
+  logits at position i see only tokens 0..i: the sequence keeps its final length (one
+  compilation; positions not decoded yet hold zeros) and step i reads position i."""
   enc = batch["encoder_input_tokens"]
-  seq = np.zeros((enc.shape[0], 1), np.int32)
+  seq = np.zeros((enc.shape[0], length), np.int32)  # Position 0 holds BOS (0).
   done = np.zeros(enc.shape[0], bool)
   out = np.zeros((enc.shape[0], length), np.int32)
   for i in range(length):
-    logits = module.apply({"params": params}, enc, seq, None)
-    nxt = np.asarray(jnp.argmax(logits[:, -1], -1))
+    logits = forward(params, enc, seq, None)
+    nxt = np.asarray(jnp.argmax(logits[:, i], -1))
     out[:, i] = np.where(done, 0, nxt)
     done |= nxt == 1
-    seq = np.concatenate([seq, nxt[:, None].astype(np.int32)], axis=1)
+    if i + 1 < length:
+      seq[:, i + 1] = nxt
   return out
 
 
-def test_greedy_prediction_with_a_prompt_equals_uncached_argmax(setup):
-  module, params, batch = setup
-  model = models.EncoderDecoderModel(module)
-  predicted = jax.jit(model.predict_batch)(params, batch)
-  expected = _uncached_greedy(module, params, batch, batch["decoder_target_tokens"].shape[1])
-  np.testing.assert_array_equal(predicted, expected)
+def test_greedy_prediction_with_a_prompt_equals_uncached_argmax(setup, forward, greedy):
+  _, params, batch = setup
+  expected = _uncached_greedy(forward, params, batch, batch["decoder_target_tokens"].shape[1])
+  np.testing.assert_array_equal(greedy, expected)
 
 
-def test_beam_search_with_one_beam_equals_greedy(setup):
+def test_beam_search_with_one_beam_equals_greedy(setup, greedy):
   module, params, batch = setup
-  greedy = models.EncoderDecoderModel(module).predict_batch(params, batch)
   beam = models.EncoderDecoderModel(module, decode_fn=decoding.beam_search,
                                     decode_kwargs={"num_decodes": 1, "alpha": 0.6})
   np.testing.assert_array_equal(jax.jit(beam.predict_batch)(params, batch), greedy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -21,10 +22,21 @@ from prompt_tuning.training import optimizers
 from prompt_tuning.training.train_step import TrainState
 
 PROMPT_SHAPE = (4, 8)
-# Reading a damaged checkpoint makes orbax/tensorstore leave failed asyncio futures
-# behind; Python reports them as "unraisable" when they are collected. Harmless here.
-_ORBAX_ASYNC_NOISE = pytest.mark.filterwarnings(
-    "ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture
+def collect_garbage_after():
+  yield
+  gc.collect()
+
+
+def _orbax_async_noise(test):
+  """Reading a damaged checkpoint makes orbax/tensorstore leave failed asyncio futures
+  behind; Python reports them as "unraisable" when they are collected. Harmless here,
+  so ignored, and collected before the test ends (while the filter applies) instead of
+  in whichever test the garbage collector happens to run next."""
+  test = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")(test)
+  return pytest.mark.usefixtures("collect_garbage_after")(test)
 
 
 def _trainable(seed: int = 0, shape: tuple[int, int] = PROMPT_SHAPE) -> dict:
@@ -171,7 +183,7 @@ def _garble_metadata_json(step_dir: pathlib.Path) -> None:
   (step_dir / "metadata" / "metadata").write_text('{"base_checkpoint": ')
 
 
-@_ORBAX_ASYNC_NOISE
+@_orbax_async_noise
 @pytest.mark.parametrize("damage", [_truncate_arrays, _delete_manifest, _delete_progress,
                                     _garble_metadata_json])
 def test_damaged_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog, damage):
@@ -193,7 +205,7 @@ def test_damaged_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog, d
   manager.close()
 
 
-@_ORBAX_ASYNC_NOISE
+@_orbax_async_noise
 def test_damage_seen_only_by_a_full_read_still_falls_back(tmp_path, caplog, monkeypatch):
   # States above FULL_READ_CHECK_BYTES are checked through their metadata only. Cutting
   # the end off the file holding a big array's chunks leaves the metadata readable, so
@@ -221,7 +233,7 @@ def test_damage_seen_only_by_a_full_read_still_falls_back(tmp_path, caplog, monk
   manager.close()
 
 
-@_ORBAX_ASYNC_NOISE
+@_orbax_async_noise
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
   _save_steps(tmp_path, [10, 20])
   for step in (10, 20):

@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 from prompt_tuning import convert, models
 from prompt_tuning.data import demo as demo_data
 from prompt_tuning.prompts import Prompt
-from prompt_tuning.t5 import T5Config, Transformer, abstract_params
+from prompt_tuning.t5 import T5Config, Transformer
 from prompt_tuning.training import partitioning, trainer
 
 STEPS = 3
@@ -43,19 +43,10 @@ def model() -> models.EncoderDecoderModel:
 
 
 @pytest.fixture(scope="module")
-def base_checkpoint(tmp_path_factory, model) -> str:
-  """A random frozen model, drawn in numpy (jitting `init` costs seconds)."""
-  rng = np.random.RandomState(0)
-
-  def draw(path, leaf):
-    if path[-1].key == "scale":
-      return np.ones(leaf.shape, np.float32)
-    std = 1.0 if path[-1].key == "embedding" else leaf.shape[0] ** -0.5
-    return (rng.normal(size=leaf.shape) * std).astype(np.float32)
-
-  params = jax.tree_util.tree_map_with_path(draw, abstract_params(model.module.config))
+def base_checkpoint(tmp_path_factory, model, random_params) -> str:
+  """A random frozen model."""
   path = str(tmp_path_factory.mktemp("base") / "tiny")
-  convert.save_params_orbax(params, path)
+  convert.save_params_orbax(random_params(model.module.config), path)
   return path
 
 
