@@ -267,8 +267,9 @@ class MultiHeadAttention(nn.Module):
     if prefix_keys:
       key, value, bias = self._prepend_prefix(key, value, bias, prefix_keys, prefix_values)
 
+    keep = None  # Scaled dropout mask [batch, heads, 1, keys], shared by all queries.
     if not deterministic and self.dropout_rate > 0.0:
-      value = self._drop_key_positions(value)
+      keep = self._key_dropout_mask(query.shape[0], key.shape[1])
     if self.implementation not in ATTENTION_IMPLEMENTATIONS:
       raise ValueError(f"unknown attention implementation {self.implementation!r}; "
                        f"choose one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
@@ -278,8 +279,14 @@ class MultiHeadAttention(nn.Module):
       if bias is not None:
         logits = logits + bias.astype(jnp.float32)
       weights = jax.nn.softmax(logits).astype(self.dtype)
+      if keep is not None:
+        weights = weights * keep
       out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
     else:
+      if keep is not None:
+        # The same mask on the values: scaling weight column k for every query equals
+        # scaling value row k, and the fused kernel sees a plain softmax.
+        value = value * jnp.transpose(keep, (0, 3, 1, 2))
       # The fused kernel takes a bias of the inputs' dtype; scale 1: T5 folds 1/sqrt(d)
       # into the query kernel.
       if bias is not None and self.implementation == "cudnn":
@@ -290,19 +297,16 @@ class MultiHeadAttention(nn.Module):
     return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), in_axes=2, name="out",
                  dtype=self.dtype, param_dtype=self.param_dtype)(out)
 
-  def _drop_key_positions(self, value: Array) -> Array:
-    """T5X's attention dropout, applied to the values.
+  def _key_dropout_mask(self, batch: int, keys: int) -> Array:
+    """T5X's attention dropout: one mask per (batch, head, key) shared by every query.
 
-    T5X drops attention weights with one mask per (batch, head, key) shared by every
-    query. Scaling a weight column w[..., q, k] by m[k] for all q equals scaling value
-    row k by m[k] before the weighted sum, so the result is the same, but the mask
-    touches [batch, keys, heads, head_dim] instead of the q-times larger weights, and
-    the softmax stays a plain softmax that a fused attention kernel can take.
+    Drawn at [batch, heads, 1, keys] rather than per weight, which also costs q times
+    fewer random bits; returned already divided by the keep rate.
     """
     keep_rate = 1.0 - self.dropout_rate
     keep = jax.random.bernoulli(self.make_rng("dropout"), keep_rate,
-                                value.shape[:-1] + (1,))
-    return value * (keep.astype(self.dtype) / jnp.asarray(keep_rate, self.dtype))
+                                (batch, self.num_heads, 1, keys))
+    return keep.astype(self.dtype) / jnp.asarray(keep_rate, self.dtype)
 
   def _prepend_prefix(self, key: Array, value: Array, bias: Array | None,
                       prefix_keys: Sequence[Array], prefix_values: Sequence[Array]

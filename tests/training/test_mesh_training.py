@@ -24,6 +24,10 @@ from prompt_tuning.t5 import T5Config, Transformer
 from prompt_tuning.training import partitioning, trainer
 
 STEPS = 3
+# Sharding changes the order of float32 reductions, and Adafactor's normalised update
+# carries the difference on. After 3 steps 95 of 96 prompt values agree within 1e-5; the
+# worst one measured differs by 1.4e-5 (the last step alone moves values by > 1e-2).
+CROSS_MESH = dict(atol=2e-5, rtol=0)
 # Skipping LLVM's optimisations makes these tiny programs compile ~3x faster.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
@@ -84,7 +88,7 @@ def test_training_on_a_2x4_mesh_matches_one_device(on_2x4, one_device):
   model_dir, result = on_2x4
   assert result.step == STEPS
   prompt = _prompt(result)
-  np.testing.assert_allclose(prompt, one_device, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(prompt, one_device, **CROSS_MESH)
   # The last step alone moved the prompt by far more than the tolerance.
   before = np.load(model_dir / "numpy_checkpoints" / "checkpoint_2" /
                    "encoder.prompt.prompt.npy")
@@ -120,4 +124,4 @@ def test_checkpoint_from_2x4_resumes_on_another_mesh(tmp_path, on_2x4, one_devic
   resumed = _train(model, base_checkpoint, _preempted_copy(model_dir, tmp_path / "run"),
                    mesh_shape)
   assert resumed.step == STEPS
-  np.testing.assert_allclose(_prompt(resumed), one_device, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(_prompt(resumed), one_device, **CROSS_MESH)
