@@ -20,6 +20,7 @@ from prompt_tuning.prompts import Prompt
 from prompt_tuning.t5 import T5Config, Transformer, abstract_params, logical_axes
 from prompt_tuning.training import optimizers, partitioning, trainable
 from prompt_tuning.training.train_step import TrainState, make_train_step
+from tests.conftest import _draw_params as draw_params
 
 # Eight heads so every "model"-sharded dimension divides over up to 8 devices.
 CFG = T5Config.from_size("tiny", vocab_size=128, num_heads=8, head_dim=4,
@@ -37,19 +38,7 @@ def eight_devices():
 
 
 def _params(config: T5Config) -> dict:
-  """Random weights of sensible scale, drawn in numpy (jitting `init` costs seconds)."""
-  rng = np.random.RandomState(0)
-
-  def draw(path, leaf):
-    name = path[-1].key
-    if name == "scale":
-      return np.ones(leaf.shape, np.float32)
-    if name == "prompt":
-      return rng.uniform(-0.5, 0.5, leaf.shape).astype(np.float32)
-    std = 1.0 if name == "embedding" else 1.0 / np.sqrt(leaf.shape[0])
-    return (rng.normal(size=leaf.shape) * std).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, abstract_params(config, PROMPT))
+  return draw_params(config, PROMPT)
 
 
 def _batch(seed: int, size: int = 8) -> dict[str, np.ndarray]:
