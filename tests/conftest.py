@@ -79,3 +79,14 @@ def random_params():
   """`random_params(config, input_prompt=None, layer_prefix=None, seed=0)`: a nested dict
   of numpy parameters with the model's names and shapes."""
   return _draw_params
+
+
+@pytest.fixture
+def clean_gin():
+  """Gin bindings are global: clear them before and after a test that parses configs, so
+  that no test sees another's bindings."""
+  import gin
+
+  gin.clear_config()
+  yield
+  gin.clear_config()

@@ -8,11 +8,7 @@ import pytest
 from prompt_tuning import cli
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _run(capsys, *argv):

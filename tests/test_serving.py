@@ -29,11 +29,7 @@ LENGTHS = {"inputs": 24, "targets": 4}
 PROMPT_LENGTH, BATCH, EXAMPLES = 3, 4, 5
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.fixture(scope="module")

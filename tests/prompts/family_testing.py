@@ -62,7 +62,8 @@ def assert_cached_greedy_equals_uncached(module: Transformer, params: dict,
 
 def train_hook(module: Transformer, params: dict, learning_rate: float, steps: int):
   """Trains the default-trainable part of `params` on the toy batch with Adafactor and
-  checks the frozen backbone stayed bit-identical. Returns (losses, initial trainable
+  checks that the frozen backbone stayed bit-identical and every trainable array moved.
+  Returns (losses, initial trainable
   values, final train state)."""
   from prompt_tuning.training import optimizers, trainable
   from prompt_tuning.training.train_step import TrainState, make_train_step
@@ -78,4 +79,6 @@ def train_hook(module: Transformer, params: dict, learning_rate: float, steps: i
     state, metrics = step(state, frozen, batch, jax.random.PRNGKey(0))
     losses.append(float(metrics["loss"]))
   jax.tree.map(np.testing.assert_array_equal, frozen, frozen_before)
+  moved = jax.tree.map(lambda a, b: not np.allclose(a, b), state.trainable, train)
+  assert all(jax.tree.leaves(moved)), "some trainable parameters did not move"
   return losses, train, state

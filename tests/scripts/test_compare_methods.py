@@ -26,13 +26,6 @@ def _load_script():
 compare = _load_script()
 
 
-@pytest.fixture
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 @pytest.mark.parametrize("method, trainable_prefix", [
     ("prompt", "encoder/prompt/prompt"),
     ("prefix", "encoder/layer_prompt/mlp/"),

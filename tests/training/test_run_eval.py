@@ -24,11 +24,7 @@ NUM_PROMPTS, PROMPT_LENGTH, BATCH, EXAMPLES = 3, 3, 4, 6
 MODEL_GIN = "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin"
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.fixture(scope="module")
