@@ -27,6 +27,9 @@ NEG_INF = -1e10
 
 # Ways `MultiHeadAttention` can compute attention (`T5Config.attention_implementation`).
 ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
+# Axes of split attention heads: head-major, so the attention einsums and the decode
+# caches have their batch axes (batch, heads) leading.
+HEAD_MAJOR_AXES = ("batch", "heads", "length", "kv")
 
 default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
@@ -208,8 +211,12 @@ def cross_attention_prefix(prefix: LayerPrefix | None) -> tuple[Array, Array] | 
 class MultiHeadAttention(nn.Module):
   """T5 attention: no 1/sqrt(d) at run time (folded into the query init), float32 softmax.
 
-  Self-attention in decode mode keeps a key/value cache of the whole target length and
-  writes one position per call. Cross-attention in decode mode projects the encoder
+  Heads are split head-major, [batch, heads, length, head_dim]: both einsums then have
+  their batch axes leading, which XLA's CPU and GPU dot kernels take without a copy, and
+  the decode caches are kept in that layout too, so a decoding step reads them as they
+  are (stored length-major, every step transposed each layer's cached encoder keys and
+  values: 40% of CPU decode time). Self-attention in decode mode keeps a key/value cache
+  of the whole target length and writes one position per call. Cross-attention in decode mode projects the encoder
   output once, when the cache is created, and reuses it at every step. A prefix (see
   `LayerPrefix`) is not cached: it is prepended again at every step, so the cache keeps
   the target length and its masks are unchanged.
@@ -232,8 +239,9 @@ class MultiHeadAttention(nn.Module):
     return default_kernel_init(key, shape, dtype) / np.sqrt(self.head_dim).astype(dtype)
 
   def _split_heads(self, x: Array) -> Array:
+    """[batch, length, heads * head_dim] -> [batch, heads, length, head_dim]."""
     x = x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
-    return constrain(x, ("batch", "length", "heads", "kv"))
+    return constrain(jnp.swapaxes(x, 1, 2), HEAD_MAJOR_AXES)
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array | None, bias: Array | None, *,
@@ -269,28 +277,29 @@ class MultiHeadAttention(nn.Module):
 
     keep = None  # Scaled dropout mask [batch, heads, 1, keys], shared by all queries.
     if not deterministic and self.dropout_rate > 0.0:
-      keep = self._key_dropout_mask(query.shape[0], key.shape[1])
+      keep = self._key_dropout_mask(query.shape[0], key.shape[2])
     if self.implementation not in ATTENTION_IMPLEMENTATIONS:
       raise ValueError(f"unknown attention implementation {self.implementation!r}; "
                        f"choose one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     if self.implementation == "einsum" or decode:
-      logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
+      logits = jnp.einsum("bhqd,bhkd->bhqk", query, key,
                           preferred_element_type=jnp.float32)
       if bias is not None:
         logits = logits + bias.astype(jnp.float32)
       weights = jax.nn.softmax(logits).astype(self.dtype)
       if keep is not None:
         weights = weights * keep
-      out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+      out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", weights, value), 1, 2)
     else:
       if keep is not None:
         # The same mask on the values: scaling weight column k for every query equals
         # scaling value row k, and the fused kernel sees a plain softmax.
-        value = value * jnp.transpose(keep, (0, 3, 1, 2))
+        value = value * jnp.swapaxes(keep, 2, 3)
       # The fused kernel takes a bias of the inputs' dtype; scale 1: T5 folds 1/sqrt(d)
-      # into the query kernel.
+      # into the query kernel. It wants [batch, length, heads, head_dim].
       if bias is not None and self.implementation == "cudnn":
         bias = bias.astype(query.dtype)
+      query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
       out = jax.nn.dot_product_attention(query, key, value, bias=bias, scale=1.0,
                                          implementation=self.implementation)
     out = constrain(out, ("batch", "length", "heads", "kv"))
@@ -316,16 +325,15 @@ class MultiHeadAttention(nn.Module):
 
     def rows(parts: Sequence[Array]) -> Array:
       joined = jnp.concatenate([jnp.asarray(p, self.dtype) for p in parts], axis=0)
-      joined = joined.reshape((1, joined.shape[0], self.num_heads, self.head_dim))
+      joined = joined.reshape((joined.shape[0], self.num_heads, self.head_dim))
+      joined = jnp.swapaxes(joined, 0, 1)[None]
       return jnp.broadcast_to(joined, (key.shape[0],) + joined.shape[1:])
 
     prefix_key, prefix_value = rows(prefix_keys), rows(prefix_values)
-    key = constrain(jnp.concatenate([prefix_key, key], axis=1),
-                    ("batch", "length", "heads", "kv"))
-    value = constrain(jnp.concatenate([prefix_value, value], axis=1),
-                      ("batch", "length", "heads", "kv"))
+    key = constrain(jnp.concatenate([prefix_key, key], axis=2), HEAD_MAJOR_AXES)
+    value = constrain(jnp.concatenate([prefix_value, value], axis=2), HEAD_MAJOR_AXES)
     if bias is not None:
-      zeros = jnp.zeros(bias.shape[:-1] + (prefix_key.shape[1],), bias.dtype)
+      zeros = jnp.zeros(bias.shape[:-1] + (prefix_key.shape[2],), bias.dtype)
       bias = jnp.concatenate([zeros, bias], axis=-1)
     return key, value, bias
 
@@ -343,14 +351,14 @@ class MultiHeadAttention(nn.Module):
     cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if not initialized:
       return key, value, bias
-    batch, steps, heads, dim = key.shape
-    max_length = cached_key.value.shape[1]
+    batch, heads, steps, dim = key.shape
+    max_length = cached_key.value.shape[2]
     if steps != 1:
       raise ValueError(f"decode step expects one token per call, got {steps}")
     index = cache_index.value
-    cached_key.value = lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
+    cached_key.value = lax.dynamic_update_slice(cached_key.value, key, (0, 0, index, 0))
     cached_value.value = lax.dynamic_update_slice(cached_value.value, value,
-                                                  (0, index, 0, 0))
+                                                  (0, 0, index, 0))
     cache_index.value = index + 1
     visible = (jnp.arange(max_length) <= index)[None, None, None, :]
     step_bias = mask_to_bias(visible, jnp.float32)
@@ -374,7 +382,7 @@ class MultiHeadAttention(nn.Module):
       key = self._split_heads(key_dense(encoded))
       value = self._split_heads(value_dense(encoded))
       if bias is None:
-        bias = jnp.zeros((key.shape[0], 1, 1, key.shape[1]), jnp.float32)
+        bias = jnp.zeros((key.shape[0], 1, 1, key.shape[2]), jnp.float32)
       step_bias = bias[:, :, :1, :]
       self.variable("cache", "cached_cross_key", lambda: key)
       self.variable("cache", "cached_cross_value", lambda: value)

@@ -153,6 +153,12 @@ def test_cached_greedy_decoding_equals_uncached_argmax(tiny_params):
     return model.apply(v, encoded, enc, decoder_inputs, None, method=model.decode)
 
   cache = init["cache"]
+  # Head-major caches: a step's einsums read them without a transpose per layer.
+  layer = cache["decoder"]["layers_0"]
+  heads, head_dim = TINY.num_heads, TINY.head_dim
+  assert layer["self_attention"]["cached_key"].shape == (2, heads, length, head_dim)
+  assert layer["encoder_decoder_attention"]["cached_cross_value"].shape == \
+      (2, heads, enc.shape[1], head_dim)
   sequence = np.zeros((2, 1), np.int32)
   for _ in range(length):
     step_logits, cache = step(cache, jnp.asarray(sequence[:, -1:]))
