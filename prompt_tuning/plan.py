@@ -1,7 +1,7 @@
 """`prompt-tuning plan`: will this prompt-tuning run fit on that many accelerators?
 
-It compiles the real sharded train step (Transformer + Prompt + Adafactor through the
-Partitioner) for shapes only, on fake CPU devices laid out as the requested mesh, and
+It compiles the real sharded train step (Transformer + Prompt, or another method of the
+prompt family, + Adafactor through the Partitioner) for shapes only, on fake CPU devices laid out as the requested mesh, and
 reads the per-device memory XLA assigned. Nothing is allocated and no accelerator is
 needed, so an XXL plan for a TPU pod runs on a laptop.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import math
 import re
 import time
@@ -26,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning import models
-from prompt_tuning.prompts import Prompt
+from prompt_tuning.prompts import family
 from prompt_tuning.t5 import T5Config, Transformer, abstract_params, logical_axes
 from prompt_tuning.training import optimizers
 from prompt_tuning.training import partitioning
@@ -159,18 +158,29 @@ def _with_shardings(tree: Any, shardings: Any) -> Any:
 def plan_train_step(config: T5Config, mesh_shape: tuple[int, int], batch_size: int,
                     input_length: int, target_length: int, prompt_length: int,
                     frozen_dtype: str = "float32", num_microbatches: int = 1,
-                    trainable_regex: str = trainable_lib.DEFAULT_TRAINABLE) -> Plan:
-  """Lowers and compiles the sharded train step on abstract inputs; reads its memory."""
+                    trainable_regex: str = trainable_lib.DEFAULT_TRAINABLE,
+                    method: str = "prompt") -> Plan:
+  """Lowers and compiles the sharded train step on abstract inputs; reads its memory.
+
+  `method` is a prompt-family method (`prompts.family.METHODS`); `prompt_length` 0 with
+  "prompt" plans the frozen model with no prompt (model tuning with `trainable_regex`).
+  """
   check_batch(mesh_shape, batch_size, num_microbatches)
   data, model_parallel = mesh_shape
   devices = cpu_devices(data * model_parallel)
   partitioner = partitioning.Partitioner(mesh_shape=mesh_shape, devices=devices)
 
-  prompt = functools.partial(Prompt, length=prompt_length) if prompt_length else None
-  model = models.EncoderDecoderModel(Transformer(config, input_prompt=prompt))
-  trainable_abs, frozen_abs = trainable_lib.split(abstract_params(config, prompt),
+  if prompt_length:
+    prompt, prefix = family.hooks(method, prompt_length)
+  elif method == "prompt":
+    prompt, prefix = None, None
+  else:
+    raise ValueError(f"method {method!r} needs a prompt length above 0")
+  model = models.EncoderDecoderModel(Transformer(config, input_prompt=prompt,
+                                                 layer_prefix=prefix))
+  trainable_abs, frozen_abs = trainable_lib.split(abstract_params(config, prompt, prefix),
                                                   trainable_regex)
-  trainable_axes, frozen_axes = trainable_lib.split(logical_axes(config, prompt),
+  trainable_axes, frozen_axes = trainable_lib.split(logical_axes(config, prompt, prefix),
                                                     trainable_regex)
   frozen_abs = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(
@@ -250,6 +260,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--inputs", type=int, default=512, help="input length (tokens)")
   parser.add_argument("--targets", type=int, default=8, help="target length (tokens)")
   parser.add_argument("--prompt", type=int, default=100, help="prompt length")
+  parser.add_argument("--method", default="prompt", choices=tuple(family.METHODS),
+                      help="prompt-family method (default prompt tuning); see "
+                           "`prompt-tuning info --compare-methods`")
   parser.add_argument("--device-memory", default="16GiB",
                       help="memory of one device, e.g. 16GiB (TPU v3), 80GiB (A100/H100)")
   parser.add_argument("--frozen-dtype", default="float32",
@@ -285,13 +298,14 @@ def main(argv: list[str] | None = None) -> int:
   print(f"plan: T5 1.1 {args.size} (d_model {config.emb_dim}, "
         f"{config.num_encoder_layers}+{config.num_decoder_layers} layers), mesh "
         f"{mesh[0]}x{mesh[1]} (data x model) = {mesh[0] * mesh[1]} devices")
-  print(f"  batch {args.batch} ({args.batch // mesh[0]} per data shard), inputs {args.inputs} + prompt {args.prompt}, targets "
+  print(f"  method {args.method}, prompt length {args.prompt}; batch {args.batch} "
+        f"({args.batch // mesh[0]} per data shard), inputs {args.inputs}, targets "
         f"{args.targets}; activations {args.activation_dtype}, frozen {args.frozen_dtype}, "
         f"remat {args.remat}, microbatches {args.microbatches}, dropout {args.dropout}")
   plan = plan_train_step(config, mesh, args.batch, args.inputs, args.targets, args.prompt,
                          frozen_dtype=args.frozen_dtype,
                          num_microbatches=args.microbatches,
-                         trainable_regex=args.trainable)
+                         trainable_regex=args.trainable, method=args.method)
   print(f"  trainable {args.trainable!r}: {plan.trainable_count:,} values")
   lines = format_plan(plan, device_memory)
   fits = plan.total <= device_memory

@@ -75,3 +75,19 @@ def test_plan_rejects_shapes_that_do_not_split():
 def test_plan_needs_enough_devices_once_jax_has_started():
   with pytest.raises(RuntimeError, match="already started with 8 CPU devices"):
     plan.main(["--size", "tiny", "--mesh", "4x4", "--batch", "8"])
+
+
+@pytest.mark.parametrize("method", ["prefix", "p_tuning_v2"])
+def test_plan_of_a_layer_method_counts_its_own_parameters(capsys, method):
+  assert plan.main(TINY + ["--method", method]) == 0
+  out = capsys.readouterr().out
+  config = plan.T5Config.from_size("tiny")
+  expected = plan.family.trainable_count(config, method, 4)
+  assert expected > 4 * config.emb_dim  # More than an input prompt of the same length.
+  assert f"method {method}, prompt length 4" in out
+  assert f"trainable '.*prompt.*': {expected:,} values" in out
+
+
+def test_plan_of_a_method_needs_a_prompt_length():
+  with pytest.raises(ValueError, match="prompt length above 0"):
+    plan.main(TINY[:-4] + ["--method", "prefix", "--prompt", "0"])
