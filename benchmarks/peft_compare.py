@@ -278,22 +278,26 @@ def random_params(abstract: Any, seed: int) -> Any:
   return flax.traverse_util.unflatten_dict(flat)
 
 
-def run_ours(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[str, Any]:
+@dataclasses.dataclass
+class OursWorkload:
+  """One of our workloads, ready to call: `call` runs it once and blocks; `one_token` is
+  the 1-token decode timed alternately with a decode (None otherwise)."""
+  call: Callable[[], Any]
+  one_token: Callable[[], Any] | None
+  counts: dict[str, Any]
+
+
+def build_ours(setting: Setting, workload: str) -> OursWorkload:
   """Our code as the trainer and evaluator run it: `make_train_step` jitted with the
-  state donated, `score_batch` and `predict_batch` jitted. `shapes` is unused: our
-  side builds the network from the size name, which `shapes` was derived from."""
-  import flax
+  state donated, `score_batch` and `predict_batch` jitted."""
   import jax
   import jax.numpy as jnp
-  import jaxlib
-  import optax
 
   from prompt_tuning import decoding, models
   from prompt_tuning.prompts import Prompt
   from prompt_tuning.t5 import T5Config, Transformer, abstract_params
   from prompt_tuning.training import optimizers, train_step, trainable
 
-  gpu = _use_jax_gpu(setting) if setting.device == "gpu" else {}
   # The frozen parameters and activations in `setting.dtype`; Prompt keeps its own
   # parameter in float32 (its param_dtype), as the trainer does.
   config = T5Config.from_size(setting.size, dropout_rate=_dropout(setting, workload),
@@ -345,7 +349,20 @@ def run_ours(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
       return lambda: jax.block_until_ready(predict(params, decode_batch))
 
     call, one_token = decode_call(setting.new_tokens), decode_call(1)
+  return OursWorkload(call, one_token, counts)
 
+
+def run_ours(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[str, Any]:
+  """Times `build_ours`'s workload and reads memory. `shapes` is unused: our side builds
+  the network from the size name, which `shapes` was derived from."""
+  import flax
+  import jax
+  import jaxlib
+  import optax
+
+  gpu = _use_jax_gpu(setting) if setting.device == "gpu" else {}
+  built = build_ours(setting, workload)
+  call, one_token, counts = built.call, built.one_token, built.counts
   rss_before = _current_rss_bytes()
   device_before = _jax_device_memory()[0]
   timing, extra = _measure_workload(setting, call, one_token)
