@@ -52,7 +52,8 @@ class Instruction:
 def source_of(op_name: str) -> str:
   """`jit(step)/jvp(Transformer)/.../layers_6/attention/dot_general` ->
   `.../layers_*/attention/dot_general`: the code path, equal for every layer."""
-  parts = [p for p in op_name.split("/") if not p.startswith(("jit(", "jvp(", "transpose("))]
+  wrappers = ("jit(", "jvp(", "transpose(")  # Tracing contexts, not model code.
+  parts = [p for p in op_name.split("/") if not p.startswith(wrappers)]
   return re.sub(r"layers_\d+", "layers_*", "/".join(parts))
 
 
@@ -100,7 +101,9 @@ def group(times: OpTimes, instructions: dict[str, Instruction],
     instruction = instructions.get(name)
     if instruction is None or instruction.kind in _CONTROL_FLOW:
       continue  # Python frames, runtime bookkeeping; loops time their bodies' ops again.
-    kind = re.sub(r"[.\d]+$", "", name) if instruction.kind == "fusion" else instruction.kind
+    kind = instruction.kind
+    if kind == "fusion":  # Its name says what it fuses: `transpose_copy_fusion.12`.
+      kind = re.sub(r"[.\d]+$", "", name)
     key = f"{kind} {instruction.shape}"
     if by == "source":
       key += f"  {instruction.source}"

@@ -1,9 +1,9 @@
 """`prompt-tuning plan`: will this prompt-tuning run fit on that many accelerators?
 
 It compiles the real sharded train step (Transformer + Prompt, or another method of the
-prompt family, + Adafactor through the Partitioner) for shapes only, on fake CPU devices laid out as the requested mesh, and
-reads the per-device memory XLA assigned. Nothing is allocated and no accelerator is
-needed, so an XXL plan for a TPU pod runs on a laptop.
+prompt family, + Adafactor through the Partitioner) for shapes only, on fake CPU devices
+laid out as the requested mesh, and reads the per-device memory XLA assigned. Nothing
+is allocated and no accelerator is needed, so an XXL plan for a TPU pod runs on a laptop.
 
 The figures are XLA's buffer assignment for the CPU backend. Parameters, optimiser
 state and batch are exact (the same shards as on an accelerator). Activations and

@@ -216,10 +216,10 @@ class MultiHeadAttention(nn.Module):
   the decode caches are kept in that layout too, so a decoding step reads them as they
   are (stored length-major, every step transposed each layer's cached encoder keys and
   values: 40% of CPU decode time). Self-attention in decode mode keeps a key/value cache
-  of the whole target length and writes one position per call. Cross-attention in decode mode projects the encoder
-  output once, when the cache is created, and reuses it at every step. A prefix (see
-  `LayerPrefix`) is not cached: it is prepended again at every step, so the cache keeps
-  the target length and its masks are unchanged.
+  of the whole target length and writes one position per call. Cross-attention in
+  decode mode projects the encoder output once, when the cache is created, and reuses it
+  at every step. A prefix (see `LayerPrefix`) is not cached: it is prepended again at
+  every step, so the cache keeps the target length and its masks are unchanged.
   """
 
   num_heads: int

@@ -5,26 +5,16 @@ installed) that PEFT's side builds the same network and decodes the same token c
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(REPO, "benchmarks", "peft_compare.py")
+from tests.benchmarks.scripts import REPO, load_script, script_path
 
-
-def _load_script():
-  spec = importlib.util.spec_from_file_location("peft_compare_script", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up while loading.
-  spec.loader.exec_module(module)
-  return module
-
-
-pc = _load_script()
+SCRIPT = script_path("peft_compare.py")
+pc = load_script("peft_compare.py")
 
 
 def test_measure_times_the_first_call_apart_and_keeps_each_repeat():

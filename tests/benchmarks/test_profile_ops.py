@@ -3,15 +3,14 @@ ops compute, and a profile of the tiny model's decoding end to end."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
 import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(REPO, "benchmarks", "profile_ops.py")
+from tests.benchmarks.scripts import REPO, load_script, script_path
+
+SCRIPT = script_path("profile_ops.py")
 
 _HLO = """
 %fused_computation.1 (param_0: f32[8,6,64,356]) -> f32[8,6,64,356] {
@@ -30,11 +29,7 @@ ENTRY %main.9 (p: f32[8,356,384]) -> f32[8,6,64,356] {
 
 @pytest.fixture(scope="module")
 def profile_ops():
-  spec = importlib.util.spec_from_file_location("profile_ops_script", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up while loading.
-  spec.loader.exec_module(module)
-  return module
+  return load_script("profile_ops.py")
 
 
 def test_instructions_carry_shape_kind_and_layer_free_source(profile_ops):
