@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint format bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check prompt_tuning tests scripts benchmarks
+	$(VENV)/bin/ruff format --check prompt_tuning tests scripts benchmarks
+
+format: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check --fix prompt_tuning tests scripts benchmarks
+	$(VENV)/bin/ruff format prompt_tuning tests scripts benchmarks
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/load_checkpoint.py

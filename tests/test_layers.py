@@ -29,8 +29,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("__main__",),
 ]
 _RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
-# Only the command line may import lazily (start-up time), and only downwards.
-LAZY_IMPORTERS = {"cli"}
+# Only the command line (cli.py and its gin half, launch.py) may import lazily, for
+# start-up time, and only downwards.
+LAZY_IMPORTERS = {"cli", "launch"}
 
 
 def _modules() -> dict[str, pathlib.Path]:
