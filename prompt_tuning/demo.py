@@ -19,7 +19,12 @@ import tempfile
 import time
 from typing import Any, Sequence
 
+import gin
 from absl import logging
+
+from prompt_tuning import launch
+from prompt_tuning.data import demo as demo_data
+from prompt_tuning.training import logging_utils, trainer
 
 TINY_DEMO_MODEL = dict(size="tiny", emb_dim=128, num_heads=4, head_dim=32,
                        num_encoder_layers=2, num_decoder_layers=2, mlp_dim=256,
@@ -37,13 +42,8 @@ def _model_bindings(vocab_size: int) -> dict[str, Any]:
 
 def _train(gin_files: Sequence[str], bindings: dict[str, Any]) -> Any:
   """One gin-configured training run, exactly as the CLI would do it."""
-  import gin
-
-  from prompt_tuning import cli
-  from prompt_tuning.training import trainer
-
   gin.clear_config()
-  cli.parse_gin(gin_files, _bindings(bindings), [])
+  launch.parse_gin(gin_files, _bindings(bindings), [])
   gin.finalize()
   try:
     return trainer.train()
@@ -60,8 +60,6 @@ def _plot(out_dir: str, runs: dict[str, str], path: str) -> None:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-
-  from prompt_tuning.training import logging_utils
 
   fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.5))
   for axis, (title, model_dir) in zip(axes, runs.items()):
@@ -83,8 +81,6 @@ def lm_adapt(model_dir: str, steps: int, batch_size: int) -> Any:
   """Stage 1: a tiny T5 1.1 from scratch, every parameter trained on the prefix-LM task
   (the bundled corpus's reviews end in a verdict such as "Sentiment: positive.", which is
   where the frozen model's knowledge of the task comes from)."""
-  from prompt_tuning.data import demo as demo_data
-
   return _train(["prompt_tuning/configs/models/t5_1_1_small.gin",
                  "prompt_tuning/configs/runs/lm_adapt.gin"], {
                      **_model_bindings(demo_data.demo_vocab_size()),
@@ -110,8 +106,6 @@ def prompt_tune(model_dir: str, lm_checkpoint: str, steps: int, prompt_length: i
                 batch_size: int) -> Any:
   """Stage 2: the frozen LM-adapted model, a class-label-initialised prompt, evaluated
   before training and at the end."""
-  from prompt_tuning.data import demo as demo_data
-
   return _train(["prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
                  "prompt_tuning/configs/prompts/from_class_labels.gin",
                  "prompt_tuning/configs/runs/prompt_finetune.gin"], {
@@ -155,8 +149,6 @@ def run_demo(out_dir: str, lm_steps: int, prompt_steps: int, prompt_length: int,
 
 def _summarise(out_dir: str, lm_dir: str, prompt_dir: str, lm: Any, pt: Any,
                prompt_length: int, started: float) -> dict[str, Any]:
-  from prompt_tuning.training import logging_utils
-
   evals = [r for r in logging_utils.read_metrics(prompt_dir) if r["kind"] == "eval"]
   _plot(out_dir, {"LM adaptation (all parameters)": lm_dir,
                   f"prompt tuning (P={prompt_length}, frozen model)": prompt_dir},
