@@ -16,187 +16,13 @@ from typing import Callable, Sequence
 # Quiet TensorFlow's C++ banners before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-CONFIGS_DIR = os.path.join(PACKAGE_DIR, "configs")
-
-# The macros each gin job cannot run without (DESIGN.md).
-REQUIRED_MACROS = {
-    "train": ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "MODEL_DIR", "TRAIN_STEPS",
-              "BATCH_SIZE", "INITIAL_CHECKPOINT_PATH"),
-    "eval": ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "BATCH_SIZE",
-             "INITIAL_CHECKPOINT_PATH"),
-    "infer": ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "BATCH_SIZE",
-              "INITIAL_CHECKPOINT_PATH", "OUTPUT_DIR"),
-}
-
-GIN_HELP = """\
-gin flags (T5X style):
-  --gin_file=PATH         a gin file; repeat for several. Order matters: model file,
-                          then prompt / decoding files, then the run file.
-  --gin.NAME=VALUE        override a binding or macro, e.g. --gin.MODEL_DIR="'/tmp/run'"
-                          (VALUE is gin syntax: strings need quotes inside the shell's).
-  --gin_bindings=NAME=VALUE   the same, T5X's older spelling.
-  --gin_search_paths=A,B  extra directories to resolve --gin_file and include paths.
-"""
-
-DISTRIBUTED_HELP = """\
-multi-process flags (one process per host; run the same command on every host):
-  --coordinator_address=HOST:PORT  process 0's address, reachable from every host
-  --num_processes=N       processes in the job
-  --process_id=I          this process, 0 .. N-1
-  --distributed           let jax find the cluster itself (Cloud TPU pod slices, SLURM,
-                          Open MPI); no other flag needed there
-  The environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-  JAX_PROCESS_ID stand in for the first three.
-"""
-_DISTRIBUTED_FLAGS = {"--coordinator_address": str, "--num_processes": int,
-                      "--process_id": int}
-
-
-class UsageError(Exception):
-  """A configuration or command-line mistake: reported in one line, exit code 2."""
-
-
-def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str], list[str]]:
-  """Separates T5X-style gin flags from the rest: (files, bindings, search paths, rest)."""
-  files, bindings, paths, rest = [], [], [], []
-  args = list(argv)
-  i = 0
-  while i < len(args):
-    arg = args[i]
-    name, eq, value = arg.partition("=")
-    takes_value = name in ("--gin_file", "--gin_bindings", "--gin_search_paths")
-    if takes_value and not eq:
-      if i + 1 >= len(args):
-        raise UsageError(f"{name} needs a value")
-      value, i = args[i + 1], i + 1
-    if name == "--gin_file":
-      files.append(value)
-    elif name == "--gin_bindings":
-      bindings.append(value)
-    elif name == "--gin_search_paths":
-      paths.extend(p for p in value.split(",") if p)
-    elif name.startswith("--gin."):
-      if not eq:
-        raise UsageError(f"{arg} needs a value: --gin.NAME=VALUE")
-      bindings.append(f"{name[len('--gin.'):]}={value}")
-    else:
-      rest.append(arg)
-    i += 1
-  return files, bindings, paths, rest
-
-
-def _resolve(path: str, search_paths: Sequence[str]) -> str:
-  if os.path.isabs(path) and os.path.exists(path):
-    return path
-  for base in search_paths:
-    candidate = os.path.join(base, path)
-    if os.path.exists(candidate):
-      return candidate
-  raise UsageError(f"gin file {path!r} not found (searched: {', '.join(search_paths)}); "
-                   "pass --gin_search_paths or an absolute path")
-
-
-def _search_paths(extra: Sequence[str]) -> list[str]:
-  return [*extra, os.getcwd(), os.path.dirname(PACKAGE_DIR), CONFIGS_DIR]
-
-
-def parse_gin(files: Sequence[str], bindings: Sequence[str],
-              search_paths: Sequence[str]) -> None:
-  """Parses gin files and bindings, turning gin's exceptions into one-line errors."""
-  import gin
-
-  # Register every configurable that gin files may name.
-  import prompt_tuning.data.tasks  # noqa: F401
-  import prompt_tuning.models  # noqa: F401
-  import prompt_tuning.training.run_eval  # noqa: F401
-  import prompt_tuning.training.trainer  # noqa: F401
-
-  paths = _search_paths(search_paths)
-  for path in paths:
-    gin.add_config_file_search_path(path)
-  resolved = [_resolve(f, paths) for f in files]
-  try:
-    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False,
-                                        skip_unknown=False)
-  except Exception as error:  # gin raises many exception types for bad configs.
-    raise UsageError(f"bad gin configuration: {_one_line(error)}") from error
-
-
-def _one_line(error: BaseException) -> str:
-  text = " ".join(str(error).split())
-  return text if len(text) < 400 else text[:397] + "..."
-
-
-def _macro_value(name: str):
-  import gin
-
-  try:
-    return gin.query_parameter(f"{name}/macro.value")
-  except ValueError:
-    return None
-
-
-def require_macros(command: str) -> None:
-  import gin
-
-  missing = []
-  for name in REQUIRED_MACROS.get(command, ()):
-    value = _macro_value(name)
-    if value is None and name != "INITIAL_CHECKPOINT_PATH":
-      missing.append(name)
-    elif value is gin.REQUIRED or "gin.REQUIRED" in repr(value):
-      missing.append(name)  # Declared `%gin.REQUIRED` in a run file, never bound.
-  if missing:
-    raise UsageError(f"required gin macro(s) not set: {', '.join(missing)}; bind them with "
-                     f"--gin.NAME=VALUE or in a gin file")
-
-
-def _call_configured(fn: Callable[[], object]) -> object:
-  """Runs a gin-configured function, reporting unbound required parameters in one line."""
-  try:
-    return fn()
-  except (TypeError, ValueError) as error:
-    message = str(error)
-    if "Required bindings" in message or "gin.REQUIRED" in message or "No values" in message:
-      raise UsageError(_one_line(error)) from error
-    raise
-
-
-def split_distributed_args(argv: Sequence[str]) -> tuple[dict[str, object], list[str]]:
-  """Takes the multi-process flags out of `argv`: (initialize_distributed kwargs, rest)."""
-  kwargs: dict[str, object] = {}
-  rest: list[str] = []
-  args = list(argv)
-  i = 0
-  while i < len(args):
-    name, eq, value = args[i].partition("=")
-    if name == "--distributed" and not eq:
-      kwargs["auto_detect"] = True
-    elif name in _DISTRIBUTED_FLAGS:
-      if not eq:
-        if i + 1 >= len(args):
-          raise UsageError(f"{name} needs a value")
-        value, i = args[i + 1], i + 1
-      try:
-        kwargs[name[2:]] = _DISTRIBUTED_FLAGS[name](value)
-      except ValueError:
-        raise UsageError(f"{name} must be an integer, got {value!r}") from None
-    else:
-      rest.append(args[i])
-    i += 1
-  return kwargs, rest
-
-
-def _initialize_distributed(kwargs: dict[str, object]) -> None:
-  """Joins the multi-process job, if any, before anything starts jax's backends."""
-  from prompt_tuning.training import partitioning
-
-  try:
-    partitioning.initialize_distributed(**kwargs)
-  except ValueError as error:
-    raise UsageError(f"{_one_line(error)} (flags --coordinator_address, --num_processes, "
-                     "--process_id or the JAX_* environment variables)") from error
+# The gin half of the command line lives in launch.py (shared with the demo and the
+# scripts); its names are re-exported here, where scripts have always found them.
+from prompt_tuning.errors import one_line
+from prompt_tuning.launch import (DISTRIBUTED_HELP, GIN_HELP, PACKAGE_DIR,  # noqa: F401
+                                  REQUIRED_MACROS, UsageError, call_configured,
+                                  finalize_gin, initialize_distributed, parse_gin,
+                                  require_macros, split_distributed_args, split_gin_args)
 
 
 def run_gin_job(command: str, argv: Sequence[str]) -> int:
@@ -212,7 +38,7 @@ def run_gin_job(command: str, argv: Sequence[str]) -> int:
     raise UsageError(f"unknown argument(s) for {command}: {' '.join(rest)}")
   if not files:
     raise UsageError(f"{command} needs at least one --gin_file (see --help)")
-  _initialize_distributed(distributed)
+  initialize_distributed(distributed)
   parse_gin(files, bindings, paths)
   require_macros(command)
   import gin
@@ -220,26 +46,18 @@ def run_gin_job(command: str, argv: Sequence[str]) -> int:
   from prompt_tuning.data import tasks
 
   tasks.register_all()  # Tasks follow the gin-bound vocabulary.
-  try:
-    gin.finalize()
-  except ValueError as error:
-    # Gin's check of macros a run file declares `%gin.REQUIRED` (PROMPT_FILE, ...).
-    name = str(error).split("/macro.value", 1)[0].strip().strip("'`")
-    if "/macro.value" not in str(error) or not name.isidentifier():
-      raise UsageError(f"bad gin configuration: {_one_line(error)}") from error
-    raise UsageError(f"required gin macro(s) not set: {name}; bind them with "
-                     "--gin.NAME=VALUE or in a gin file") from error
+  finalize_gin()
   from prompt_tuning.training import logging_utils, run_eval, trainer
 
   if command == "train":
-    result = _call_configured(trainer.train)
+    result = call_configured(trainer.train)
     if logging_utils.is_leader():  # Every process of a multi-host job gets here.
       print(f"trained to step {result.step}; outputs in "
             f"{gin.query_parameter('MODEL_DIR/macro.value')}")
   elif command == "eval":
-    _call_configured(run_eval.evaluate)
+    call_configured(run_eval.evaluate)
   else:
-    _call_configured(run_eval.infer)
+    call_configured(run_eval.infer)
   return 0
 
 
@@ -346,7 +164,7 @@ def _export_prompt(argv: Sequence[str]) -> int:
   from prompt_tuning.prompts import family
   from prompt_tuning.t5 import network
 
-  module = _call_configured(network.transformer)
+  module = call_configured(network.transformer)
   for path in family.export_checkpoint(module, args.checkpoint, args.out_dir):
     print(path)
   return 0
@@ -412,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, FileNotFoundError, RuntimeError) as error:
     if debug:
       raise
-    print(f"prompt-tuning {command}: error: {_one_line(error)} (rerun with --debug for the "
+    print(f"prompt-tuning {command}: error: {one_line(error)} (rerun with --debug for the "
           "traceback)", file=sys.stderr)
     return 1
 
