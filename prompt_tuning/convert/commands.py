@@ -14,12 +14,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from prompt_tuning.convert import hf, loading, orbax_io, tree, validation
+from prompt_tuning import tree
+from prompt_tuning.convert import hf, loading, orbax_io, validation
 from prompt_tuning.convert.errors import CheckpointMismatchError
 from prompt_tuning.convert.reader import CheckpointReader
 from prompt_tuning.t5.config import T5Config
 
-SOURCE_FORMATS = ("auto", "t5x", "t5x_orbax", "orbax", "hf")
+SOURCE_FORMATS = ("auto", "t5x", "t5x_orbax", "orbax", "hf", "run")
 TARGET_FORMATS = ("orbax", "hf")
 # Upper bound on host memory a command holds for arrays read in one batch.
 _BATCH_BYTES = 1 << 30

@@ -15,43 +15,54 @@ class CheckpointReadError(ValueError):
 
 
 class CheckpointMismatchError(ValueError):
-  """The checkpoint's parameter names or shapes do not match the configured model.
+  """The checkpoint's parameter names or shapes do not fit what it is read into: the
+  configured model, or (resuming a run) the run's train state.
 
   Raised once, with every mismatch, so a user sees the whole picture (e.g. "this is a
   `base` checkpoint, you configured `small`") instead of fixing one name at a time.
+  `missing`, `unexpected` and `wrong_shape` list the differences when they are known.
   """
 
-  def __init__(self, source: str, model: str, missing: Sequence[str],
-               unexpected: Sequence[str],
-               wrong_shape: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]],
-               looks_like: str | None):
+  def __init__(self, message: str, *, source: str = "", missing: Sequence[str] = (),
+               unexpected: Sequence[str] = (),
+               wrong_shape: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+               looks_like: str | None = None):
+    super().__init__(message)
     self.source = source
-    self.model = model
-    self.missing = sorted(missing, key=_order)
-    self.unexpected = sorted(unexpected, key=_order)
-    self.wrong_shape = sorted(wrong_shape, key=lambda item: _order(item[0]))
+    self.missing = list(missing)
+    self.unexpected = list(unexpected)
+    self.wrong_shape = list(wrong_shape)
     self.looks_like = looks_like
-    super().__init__(self._message())
 
-  def _message(self) -> str:
+  @classmethod
+  def listing(cls, source: str, model: str, missing: Sequence[str],
+              unexpected: Sequence[str],
+              wrong_shape: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]],
+              looks_like: str | None) -> "CheckpointMismatchError":
+    """The error for a checkpoint checked against the model `model` (a phrase), with
+    every difference listed, whole-model tensors first."""
+    missing = sorted(missing, key=_order)
+    unexpected = sorted(unexpected, key=_order)
+    wrong_shape = sorted(wrong_shape, key=lambda item: _order(item[0]))
     counts = []
-    if self.missing:
-      counts.append(f"{len(self.missing)} missing")
-    if self.unexpected:
-      counts.append(f"{len(self.unexpected)} unexpected")
-    if self.wrong_shape:
-      counts.append(f"{len(self.wrong_shape)} with the wrong shape")
-    lines = [f"checkpoint {self.source} does not match the model ({self.model}): "
+    if missing:
+      counts.append(f"{len(missing)} missing")
+    if unexpected:
+      counts.append(f"{len(unexpected)} unexpected")
+    if wrong_shape:
+      counts.append(f"{len(wrong_shape)} with the wrong shape")
+    lines = [f"checkpoint {source} does not match the model ({model}): "
              + ", ".join(counts) + "."]
-    if self.looks_like:
-      lines.append(f"The checkpoint looks like {self.looks_like}; configure that size "
+    if looks_like:
+      lines.append(f"The checkpoint looks like {looks_like}; configure that size "
                    "or pass the matching checkpoint.")
-    lines += _section("missing from the checkpoint", self.missing)
-    lines += _section("unexpected in the checkpoint", self.unexpected)
+    lines += _section("missing from the checkpoint", missing)
+    lines += _section("unexpected in the checkpoint", unexpected)
     lines += _section("wrong shape (checkpoint vs model)",
                       [f"{name}: {tuple(got)} vs {tuple(want)}"
-                       for name, got, want in self.wrong_shape])
-    return "\n".join(lines)
+                       for name, got, want in wrong_shape])
+    return cls("\n".join(lines), source=source, missing=missing, unexpected=unexpected,
+               wrong_shape=wrong_shape, looks_like=looks_like)
 
 
 def _order(name: str) -> tuple:

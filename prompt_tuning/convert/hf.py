@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping
 import ml_dtypes
 import numpy as np
 
-from prompt_tuning.convert import placement, tree, validation
+from prompt_tuning import tree
+from prompt_tuning.convert import placement, validation
 from prompt_tuning.convert.errors import CheckpointReadError
 from prompt_tuning.convert.reader import ArrayInfo, CheckpointReader
 from prompt_tuning.t5.config import T5Config

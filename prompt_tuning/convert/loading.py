@@ -2,42 +2,38 @@
 
 This is what `INITIAL_CHECKPOINT_PATH` resolves through: the user points at whatever
 they downloaded (a released T5X checkpoint, a newer orbax one, a Hugging Face model
-directory, or a tree we saved) and the format is recognised from the files.
+directory, a tree we saved, or a `checkpoint_N` of one of our runs) and the format is
+recognised from the files.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from typing import Any
 
-from prompt_tuning.convert import hf, orbax_io, placement, storage, t5x_legacy, tree, validation
+import numpy as np
+
+from prompt_tuning import tree
+from prompt_tuning.convert import hf, orbax_io, placement, runs, storage, t5x_legacy, validation
 from prompt_tuning.convert.errors import CheckpointReadError
 from prompt_tuning.convert.reader import CheckpointReader
 from prompt_tuning.t5.config import T5Config
 
-FORMATS = ("t5x", "t5x_orbax", "orbax", "hf")
-_STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
-
-
-def _step_dirs(path: str) -> list[str]:
-  if storage.is_gcs(path):
-    names = {key.split("/", 1)[0] for key in storage.Directory(path).keys() if "/" in key}
-  else:
-    names = set(os.listdir(path)) if os.path.isdir(path) else set()
-  return sorted((n for n in names if _STEP_DIR.match(n)),
-                key=lambda n: int(_STEP_DIR.match(n).group(1)))
+# "run": a `MODEL_DIR/checkpoint_N` written by our trainer (see `runs`).
+FORMATS = ("t5x", "t5x_orbax", "orbax", "hf", "run")
 
 
 def detect_format(path: str) -> str:
   """"t5x" (legacy msgpack + tensorstore), "t5x_orbax" (orbax T5X train state),
-  "orbax" (orbax parameter tree) or "hf" (Hugging Face weights)."""
+  "orbax" (orbax parameter tree), "hf" (Hugging Face weights) or "run" (a checkpoint
+  of our trainer)."""
   if not storage.is_gcs(path) and hf.is_hf_checkpoint(path):
     return "hf"
   directory = t5x_legacy.checkpoint_dir(path)
   location = storage.Directory(directory)
   if not location.exists():
     raise CheckpointReadError(f"checkpoint path {path} does not exist")
+  if runs.is_run_checkpoint(directory):
+    return "run"
   if orbax_io.item_directory(directory) is not None:
     return orbax_io.OrbaxReader(directory).format
   if location.read(t5x_legacy.CHECKPOINT_FILE) is not None:
@@ -45,11 +41,11 @@ def detect_format(path: str) -> str:
     if t5x_legacy.is_t5x_msgpack(contents):
       return "t5x"
     return "t5x_orbax" if "target" in contents else "orbax"
-  steps = _step_dirs(directory)
+  steps = runs.steps(directory)
   if steps:
     raise CheckpointReadError(
         f"{path} is a model directory holding {len(steps)} checkpoints; pass one of them, "
-        f"e.g. {storage.join(directory, steps[-1])} (the latest)")
+        f"e.g. {storage.join(directory, runs.step_name(steps[-1]))} (the latest)")
   raise CheckpointReadError(
       f"cannot tell the checkpoint format of {path}: expected a T5X checkpoint directory "
       f"(a '{t5x_legacy.CHECKPOINT_FILE}' msgpack file), an orbax checkpoint "
@@ -59,10 +55,12 @@ def detect_format(path: str) -> str:
 
 def open_checkpoint(path: str, format: str | None = None) -> CheckpointReader:
   """A reader for `path`; `format` (one of FORMATS; "t5x" and "orbax" also accept a
-  T5X orbax checkpoint) is checked against what the files say rather than trusted."""
+  T5X orbax checkpoint, "orbax" a run checkpoint) is checked against what the files say
+  rather than trusted."""
   detected = detect_format(path)
   if format not in (None, "auto", detected) and not (
-      format in ("t5x", "orbax") and detected == "t5x_orbax"):
+      format in ("t5x", "orbax") and detected == "t5x_orbax") and not (
+      format == "orbax" and detected == "run"):
     if format not in FORMATS:
       raise ValueError(f"unknown checkpoint format {format!r}; choose one of {FORMATS}")
     raise ValueError(f"{path} is a {detected!r} checkpoint, not {format!r}")
@@ -71,6 +69,15 @@ def open_checkpoint(path: str, format: str | None = None) -> CheckpointReader:
   if detected == "t5x":
     return t5x_legacy.T5XLegacyReader(path)
   return orbax_io.OrbaxReader(t5x_legacy.checkpoint_dir(path))
+
+
+def read_variable(path: str, name: str) -> np.ndarray:
+  """One parameter (e.g. `token_embedder/embedding`) of a checkpoint of any format, read
+  without the others where the format allows it."""
+  with open_checkpoint(path) as reader:
+    if name not in reader.arrays():
+      raise ValueError(f"{path} has no parameter {name!r}")
+    return np.asarray(reader.read(name))
 
 
 def checkpoint_config(reader: CheckpointReader) -> T5Config | None:

@@ -1,14 +1,17 @@
-"""Orbax checkpoints: newer T5X train states and our own parameter trees.
+"""Orbax checkpoints: newer T5X train states, our own parameter trees and run checkpoints.
 
 Newer T5X saves `train_state.state_dict()` (`{"target": params, "state": ...}`) with
 orbax's PyTree handler (OCDBT by default, per-array zarr before), usually as the item
 `state/` of a step directory `checkpoint_N/`. Our own `save_params_orbax` writes the
-plain parameter tree. Orbax reads only the slices each device needs when given a
+plain parameter tree, and our trainer's `MODEL_DIR/checkpoint_N` (see `runs`) keeps the
+trained parameters under `state/trainable` and, in a full checkpoint, the frozen ones in
+the item `frozen/`: one reader serves all of them. Orbax reads only the slices each device needs when given a
 sharding, so placement is delegated to it rather than done array by array.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Iterable, Mapping
@@ -18,7 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from prompt_tuning.convert import placement, storage, tree
+from prompt_tuning import tree
+from prompt_tuning.convert import placement, runs, storage
 from prompt_tuning.convert.errors import CheckpointReadError
 from prompt_tuning.convert.reader import ArrayInfo, CheckpointReader
 
@@ -61,57 +65,71 @@ def _info(leaf: Any) -> ArrayInfo | None:
   return ArrayInfo(tuple(int(d) for d in shape), np.dtype(dtype))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Item:
+  """One orbax PyTree directory and the keys above the parameters inside it."""
+  directory: str
+  prefix: tuple[str, ...]
+
+
+def _items(path: str) -> tuple[str, list[tuple[_Item, Mapping[str, Any]]]]:
+  """The format of `path` and each item holding its parameters, with that item's
+  parameter metadata (the tree below the prefix)."""
+  if runs.is_run_checkpoint(path):
+    items = [_Item(storage.join(path, runs.STATE_ITEM), (runs.TRAINABLE_KEY,))]
+    if storage.Directory(path).has(runs.FROZEN_ITEM):
+      items.append(_Item(storage.join(path, runs.FROZEN_ITEM), ()))
+    found = []
+    for item in items:
+      metadata = _tree_metadata(item.directory)
+      for key in item.prefix:
+        metadata = metadata.get(key) if isinstance(metadata, Mapping) else None
+      if not isinstance(metadata, Mapping):
+        raise CheckpointReadError(f"{item.directory} holds no parameter tree under "
+                                  f"{'/'.join(item.prefix) or 'its root'}")
+      found.append((item, metadata))
+    return "run", found
+  item_dir = item_directory(path)
+  if item_dir is None:
+    raise CheckpointReadError(f"{path} is not an orbax checkpoint (no {METADATA_FILE})")
+  metadata = _tree_metadata(item_dir)
+  if not isinstance(metadata, Mapping):
+    raise CheckpointReadError(f"orbax checkpoint {item_dir} does not hold a dict tree")
+  if isinstance(metadata.get("target"), Mapping):  # A T5X train state.
+    return "t5x_orbax", [(_Item(item_dir, ("target",)), metadata["target"])]
+  return "orbax", [(_Item(item_dir, ()), metadata)]
+
+
 class OrbaxReader(CheckpointReader):
-  """Reads a parameter tree saved by orbax; for a T5X train state, only `target`."""
+  """Reads a parameter tree saved by orbax: our own, only `target` of a T5X train state,
+  or the parameters of one of our run checkpoints (`state/trainable`, plus the `frozen`
+  item of a full checkpoint) under their model names."""
 
   def __init__(self, path: str):
     super().__init__(path)
-    item_dir = item_directory(path)
-    if item_dir is None:
-      raise CheckpointReadError(f"{path} is not an orbax checkpoint (no {METADATA_FILE})")
-    self.item_dir = item_dir
-    metadata = _tree_metadata(item_dir)
-    if not isinstance(metadata, Mapping):
-      raise CheckpointReadError(f"orbax checkpoint {item_dir} does not hold a dict tree")
-    is_train_state = isinstance(metadata.get("target"), Mapping)
-    self.format = "t5x_orbax" if is_train_state else "orbax"
-    self._prefix: tuple[str, ...] = ("target",) if is_train_state else ()
-    params = metadata["target"] if is_train_state else metadata
-    self._infos = {}
-    for name, leaf in tree.flatten(params).items():
-      info = _info(leaf)
-      if info is not None:
+    self.format, items = _items(path)
+    self._infos: dict[str, ArrayInfo] = {}
+    self._item_of: dict[str, _Item] = {}
+    for item, metadata in items:
+      for name, leaf in tree.flatten(_plain(metadata)).items():
+        info = _info(leaf)
+        if info is None:
+          continue
+        if name in self._infos:
+          raise CheckpointReadError(f"{path} holds {name} both as trainable and as frozen")
         self._infos[name] = info
+        self._item_of[name] = item
 
   def arrays(self) -> dict[str, ArrayInfo]:
     return dict(self._infos)
 
   def _restore(self, restore_args: dict[str, Any]) -> dict[str, Any]:
     """Restores exactly the named leaves (flat names) with their restore args."""
-    nested_args = tree.unflatten(restore_args)
-    nested_item = tree.unflatten({name: 0 for name in restore_args})
-    for key in reversed(self._prefix):
-      nested_args, nested_item = {key: nested_args}, {key: nested_item}
-    checkpointer = ocp.Checkpointer(
-        ocp.PyTreeCheckpointHandler(restore_concurrent_gb=RESTORE_CONCURRENT_GB))
-    # Orbax logs a warning per restore about partial restores; it is expected here.
-    orbax_logger = logging.getLogger("absl")
-    level = orbax_logger.level
-    orbax_logger.setLevel(logging.ERROR)
-    try:
-      restored = checkpointer.restore(
-          epath.Path(self.item_dir),
-          args=ocp.args.PyTreeRestore(item=nested_item, restore_args=nested_args,
-                                      partial_restore=True))
-    except Exception as e:
-      raise CheckpointReadError(
-          f"cannot read {sorted(restore_args)[:3]}... from orbax checkpoint "
-          f"{self.item_dir}: {e}") from e
-    finally:
-      orbax_logger.setLevel(level)
-    for key in self._prefix:
-      restored = restored[key]
-    return tree.flatten(restored)
+    out: dict[str, Any] = {}
+    for item in dict.fromkeys(self._item_of[name] for name in restore_args):
+      names = [name for name in restore_args if self._item_of[name] == item]
+      out.update(_restore_item(item, {name: restore_args[name] for name in names}))
+    return out
 
   def read_many(self, names: Iterable[str]) -> dict[str, np.ndarray]:
     args = {name: ocp.RestoreArgs(restore_type=np.ndarray) for name in names}
@@ -149,6 +167,40 @@ class OrbaxReader(CheckpointReader):
     if group:
       out.update(self._restore(group))
     return out
+
+
+def _plain(metadata: Mapping[str, Any]) -> dict[str, Any]:
+  """Orbax's metadata tree as plain nested dicts (it may hand back other mappings)."""
+  return {key: _plain(value) if isinstance(value, Mapping) else value
+          for key, value in metadata.items()}
+
+
+def _restore_item(item: _Item, restore_args: dict[str, Any]) -> dict[str, Any]:
+  """Restores the named leaves (flat names below the prefix) of one item."""
+  nested_args = tree.unflatten(restore_args)
+  nested_item = tree.unflatten({name: 0 for name in restore_args})
+  for key in reversed(item.prefix):
+    nested_args, nested_item = {key: nested_args}, {key: nested_item}
+  checkpointer = ocp.Checkpointer(
+      ocp.PyTreeCheckpointHandler(restore_concurrent_gb=RESTORE_CONCURRENT_GB))
+  # Orbax logs a warning per restore about partial restores; it is expected here.
+  orbax_logger = logging.getLogger("absl")
+  level = orbax_logger.level
+  orbax_logger.setLevel(logging.ERROR)
+  try:
+    restored = checkpointer.restore(
+        epath.Path(item.directory),
+        args=ocp.args.PyTreeRestore(item=nested_item, restore_args=nested_args,
+                                    partial_restore=True))
+  except Exception as e:
+    raise CheckpointReadError(
+        f"cannot read {sorted(restore_args)[:3]}... from orbax checkpoint "
+        f"{item.directory}: {e}") from e
+  finally:
+    orbax_logger.setLevel(level)
+  for key in item.prefix:
+    restored = restored[key]
+  return tree.flatten(restored)
 
 
 def save_params_orbax(params: Mapping[str, Any], path: str) -> str:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.convert import tree
+from prompt_tuning import tree
 
 Index = tuple[slice, ...]
 # Reads the part `index` of one array (None: all of it) into host memory.

@@ -7,13 +7,14 @@ whatever the format stores, so validation, placement and the commands are writte
 from __future__ import annotations
 
 import abc
+import math
 import dataclasses
 from typing import Any, Iterable, Mapping
 
 import jax
 import numpy as np
 
-from prompt_tuning.convert import placement, tree
+from prompt_tuning.convert import placement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +24,7 @@ class ArrayInfo:
 
   @property
   def size(self) -> int:
-    return tree.num_elements(self.shape)
+    return math.prod(self.shape)
 
   @property
   def nbytes(self) -> int:

@@ -13,6 +13,7 @@ dotted path (`target.encoder.layers_0.mlp.wo.kernel/` with `.zarray` and chunk f
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 from typing import Any, Callable, Mapping
@@ -22,7 +23,8 @@ import msgpack
 import numpy as np
 import tensorstore as ts
 
-from prompt_tuning.convert import placement, storage, tree
+from prompt_tuning import tree
+from prompt_tuning.convert import placement, storage
 from prompt_tuning.convert.errors import CheckpointReadError
 from prompt_tuning.convert.reader import ArrayInfo, CheckpointReader
 
@@ -236,7 +238,7 @@ def chunk_shape(shape: tuple[int, ...], itemsize: int,
   dividing the largest dimension by its smallest factor)."""
   chunks = [int(d) for d in shape]
   limit = max(1, max_bytes // itemsize)
-  while tree.num_elements(tuple(chunks)) > limit:
+  while math.prod(chunks) > limit:
     dim = max(range(len(chunks)), key=lambda i: chunks[i])
     if chunks[dim] <= 1:
       break

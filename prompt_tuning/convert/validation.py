@@ -10,8 +10,9 @@ import functools
 import re
 from typing import Any, Mapping
 
-from prompt_tuning.convert import tree
+from prompt_tuning import tree
 from prompt_tuning.convert.errors import CheckpointMismatchError
+from prompt_tuning.t5 import abstract_params
 from prompt_tuning.t5.config import SIZES, T5Config
 
 # Trainable additions (a soft prompt under `encoder/prompt/...`) are not part of the
@@ -26,7 +27,6 @@ _SHAPE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "num_encoder_
 
 @functools.lru_cache(maxsize=16)
 def _expected(config: T5Config) -> tuple[tuple[str, tuple[int, ...]], ...]:
-  from prompt_tuning.t5 import abstract_params  # The network is heavy; import lazily.
   flat = tree.flatten(abstract_params(config))
   return tuple((name, tuple(leaf.shape)) for name, leaf in sorted(flat.items()))
 
@@ -112,5 +112,6 @@ def check(shapes: Mapping[str, tuple[int, ...]], config: T5Config, *, source: st
   wrong = [(n, shapes[n], expected[n]) for n in expected
            if n in shapes and shapes[n] != expected[n]]
   if missing or unexpected or wrong:
-    raise CheckpointMismatchError(source, f"configured as {describe_config(config)}",
-                                  missing, unexpected, wrong, looks_like(shapes))
+    raise CheckpointMismatchError.listing(
+        source, f"configured as {describe_config(config)}", missing, unexpected, wrong,
+        looks_like(shapes))

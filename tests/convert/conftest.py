@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prompt_tuning.convert import tree, validation
+from prompt_tuning import tree
+from prompt_tuning.convert import validation
 from prompt_tuning.t5 import T5Config
 
 

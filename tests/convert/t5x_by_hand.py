@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from prompt_tuning.convert import tree
+from prompt_tuning import tree
 
 
 def ndarray_ext(array: np.ndarray) -> msgpack.ExtType:

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from prompt_tuning.convert import commands, save_params_orbax, tree, write_t5x_checkpoint
+from prompt_tuning import tree
+from prompt_tuning.convert import commands, save_params_orbax, write_t5x_checkpoint
 from tests.convert.conftest import assert_trees_equal
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from prompt_tuning import tree
 from prompt_tuning.convert import (CheckpointMismatchError, detect_format, hf_to_params,
-                                   load_params, params_to_hf, tree, validation,
+                                   load_params, params_to_hf, validation,
                                    write_hf_checkpoint)
 from prompt_tuning.convert.hf import HFReader, hf_name_to_param, param_name_to_hf
 from prompt_tuning.t5 import T5Config

@@ -11,7 +11,8 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from prompt_tuning.convert import detect_format, load_params, save_params_orbax, tree
+from prompt_tuning import tree
+from prompt_tuning.convert import detect_format, load_params, save_params_orbax
 from prompt_tuning.convert.orbax_io import OrbaxReader
 from tests.convert.conftest import assert_trees_equal
 
@@ -85,7 +86,8 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import jax
 import numpy as np
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
-from prompt_tuning.convert import load_params, tree
+from prompt_tuning import tree
+from prompt_tuning.convert import load_params
 flat = tree.flatten(load_params(sys.argv[3]))
 checksum = sum(float(np.sum(np.asarray(v))) for v in flat.values())
 # A file, not stdout: Gloo's threads write to stdout, even into the middle of a line.

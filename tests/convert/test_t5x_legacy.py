@@ -13,8 +13,9 @@ import msgpack
 import numpy as np
 import pytest
 
+from prompt_tuning import tree
 from prompt_tuning.convert import (CheckpointReadError, detect_format, load_params,
-                                   tree, write_t5x_checkpoint)
+                                   write_t5x_checkpoint)
 from prompt_tuning.convert.t5x_legacy import T5XLegacyReader, chunk_shape
 from tests.convert import t5x_by_hand
 from tests.convert.conftest import assert_trees_equal
@@ -149,7 +150,8 @@ _SHARDED_LOAD = textwrap.dedent("""
     import os, sys
     import jax, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from prompt_tuning.convert import load_params, tree
+    from prompt_tuning import tree
+    from prompt_tuning.convert import load_params
     from prompt_tuning.convert.t5x_legacy import T5XLegacyReader
 
     requested = []
