@@ -23,6 +23,13 @@ from `--checkpoint SIZE=PATH`) and `gin_file` (one extra gin file per point, e.g
 `prompts/*.gin` initialisers). A finished point is not retrained: its run directory
 resumes at its last step, so rerunning an interrupted sweep continues it.
 
+`--grid FILE.toml` reads the paper's grids from `configs/` instead (docs/paper.md): a
+`[grid]` table of axes (each a list of gin values; strings are taken as gin text,
+numbers and booleans are written as gin writes them), an optional `[checkpoints]` table
+(size -> path) and optional `metric`, `x` and `series`. `$NAME` in a string is read from
+the environment. The command line wins: `--grid KEY=...` replaces the file's axis of that
+key (or adds one), `--checkpoint`, `--metric`, `--x` and `--series` replace the file's.
+
 `--tiny-demo` runs offline on the bundled demo task with a random tiny model, to check
 the machinery (its scores are near chance by design). `--dry-run` checks every point's
 gin configuration and prints its train command, without training.
@@ -39,7 +46,8 @@ import re
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Sequence
+import tomllib
+from typing import Any, Callable, NamedTuple, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # Run as a file: make the checkout's package importable.
@@ -54,9 +62,8 @@ CSV_FIELDS = ("run", "status", "model_size", "model_params", "trainable_params",
               "best_score", "best_step", "final_score", "seconds", "model_dir")
 
 TINY_DEMO_TASK = "demo_sentiment"
-TINY_DEMO_GRID = [("PROMPT_LENGTH", ["1", "5"]),
-                  ("PROMPT_INIT", ["@initializers.uniform()",
-                                   "@initializers.sampled_vocab()"])]
+TINY_DEMO_GRID_FILE = os.path.join(REPO, "configs", "tiny_demo.toml")
+GRID_FILE_KEYS = ("grid", "checkpoints", "metric", "x", "series")
 
 
 def split_top_level(text: str) -> list[str]:
@@ -97,6 +104,90 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
       raise ValueError(f"empty value in --grid {spec!r}")
     grid.append((key, parsed))
   return grid
+
+
+class GridFile(NamedTuple):
+  """What a `configs/*.toml` grid file sets; None where it leaves the default."""
+  grid: list[tuple[str, list[str]]]
+  checkpoints: dict[str, str]
+  metric: str | None = None
+  x: str | None = None
+  series: list[str] | None = None
+
+
+def is_grid_file(spec: str) -> bool:
+  return spec.endswith(".toml") and "=" not in spec
+
+
+def _expand_environment(text: str, path: str) -> str:
+  """`$NAME` / `${NAME}` from the environment, so one file serves every size and run
+  directory; an unset name is an error rather than a literal `$NAME` in a path."""
+  expanded = os.path.expandvars(text)
+  unset = re.search(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+  if unset:
+    raise ValueError(f"{path}: ${unset.group(1)} is not set in the environment "
+                     f"(used in {text!r})")
+  return expanded
+
+
+def _gin_text(value: Any, path: str, key: str) -> str:
+  """A TOML value as the gin text a `--grid KEY=...` would carry."""
+  if isinstance(value, bool):  # Before int: bool is an int in Python.
+    return "True" if value else "False"
+  if isinstance(value, (int, float)):
+    return repr(value)
+  if isinstance(value, str) and value.strip():
+    return _expand_environment(value.strip(), path)
+  raise ValueError(f"{path}: grid values of {key!r} must be non-empty strings (gin text) "
+                   f"or numbers, not {value!r}")
+
+
+def load_grid_file(path: str) -> GridFile:
+  try:
+    with open(path, "rb") as f:
+      data = tomllib.load(f)
+  except FileNotFoundError:
+    raise ValueError(f"grid file {path!r} not found") from None
+  except tomllib.TOMLDecodeError as error:
+    raise ValueError(f"{path}: {error}") from None
+  unknown = sorted(set(data) - set(GRID_FILE_KEYS))
+  if unknown:
+    raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)} "
+                     f"(a grid file has {', '.join(GRID_FILE_KEYS)})")
+  axes = data.get("grid", {})
+  if not isinstance(axes, dict) or not axes:
+    raise ValueError(f"{path}: needs a [grid] table of KEY = [values]")
+  grid = []
+  for key, values in axes.items():
+    if not isinstance(values, list) or not values:
+      raise ValueError(f"{path}: grid axis {key!r} must be a non-empty list")
+    grid.append((key, [_gin_text(v, path, key) for v in values]))
+  checkpoints = {size: _expand_environment(str(p), path)
+                 for size, p in data.get("checkpoints", {}).items()}
+  series = data.get("series")
+  if series is not None and not (isinstance(series, list)
+                                 and all(isinstance(k, str) for k in series)):
+    raise ValueError(f"{path}: series must be a list of grid keys")
+  return GridFile(grid, checkpoints, data.get("metric"), data.get("x"), series)
+
+
+def merge_grids(files: Sequence[GridFile],
+                axes: Sequence[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+  """The files' axes in order, then the command line's: an axis the command line names
+  replaces the file's in place (narrowing a paper grid to a few sizes keeps its order)."""
+  merged: list[tuple[str, list[str]]] = []
+  for grid_file in files:
+    for key, values in grid_file.grid:
+      if key in dict(merged):
+        raise ValueError(f"grid key {key!r} is in two grid files")
+      merged.append((key, values))
+  for key, values in axes:
+    keys = [k for k, _ in merged]
+    if key in keys:
+      merged[keys.index(key)] = (key, values)
+    else:
+      merged.append((key, values))
+  return merged
 
 
 def grid_points(grid: Sequence[tuple[str, list[str]]]) -> list[dict[str, str]]:
@@ -424,25 +515,26 @@ def run_sweep(out_dir: str, files: Sequence[str], bindings: Sequence[str],
   return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  files, bindings, search_paths, rest = cli.split_gin_args(argv)
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="scripts/sweep.py", description=__doc__.split("\n\n")[0],
       epilog="Also takes the train command's gin flags: --gin_file, --gin.NAME=VALUE, "
              "--gin_search_paths (shared by every point).")
   parser.add_argument("--out", required=True, help="sweep directory (one run per point)")
-  parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                      help="a grid axis: a gin macro/binding, SIZE or gin_file")
+  parser.add_argument("--grid", action="append", default=[],
+                      metavar="KEY=V1,V2,... | FILE.toml",
+                      help="a grid axis (a gin macro/binding, SIZE or gin_file), or a grid "
+                           "file such as configs/figure3a_prompt_length.toml")
   parser.add_argument("--metric", default=None,
                       help="eval metric key in metrics.jsonl, e.g. demo_sentiment/accuracy")
   parser.add_argument("--checkpoint", action="append", default=[], metavar="SIZE=PATH",
                       help="frozen checkpoint of one SIZE grid value")
-  parser.add_argument("--x", choices=["trainable", "model"], default="trainable",
-                      help="x axis of the plot: trainable (prompt) or model parameters")
+  parser.add_argument("--x", choices=["trainable", "model"], default=None,
+                      help="x axis of the plot: trainable (prompt) or model parameters "
+                           "(default: the grid file's, else trainable)")
   parser.add_argument("--series", default=None,
                       help="comma-separated grid keys that label the plot's lines "
-                           "(default: the grid keys that do not move x)")
+                           "(default: the grid file's, else the keys that do not move x)")
   parser.add_argument("--in-process", action="store_true",
                       help="train every point in this process (faster start, shared state)")
   parser.add_argument("--compile-cache", default=None, metavar="DIR",
@@ -450,23 +542,59 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "(default: OUT/jax_cache; 'none' to disable)")
   parser.add_argument("--tiny-demo", action="store_true",
                       help="offline preset: bundled demo task, random tiny model; default "
-                           "grid PROMPT_LENGTH=1,5 x PROMPT_INIT=uniform,sampled_vocab")
+                           "grid configs/tiny_demo.toml (PROMPT_LENGTH x PROMPT_INIT)")
   parser.add_argument("--steps", type=int, default=20, help="train steps of --tiny-demo")
   parser.add_argument("--dry-run", action="store_true",
                       help="check every point's configuration and print its train "
                            "command, without training")
-  args = parser.parse_args(rest)
+  return parser
+
+
+class SweepOptions(NamedTuple):
+  """The grid and how to score and plot it, command line over grid files."""
+  grid: list[tuple[str, list[str]]]
+  checkpoints: dict[str, str]
+  metric: str | None
+  x: str
+  series: list[str] | None
+
+
+def sweep_options(args: argparse.Namespace) -> SweepOptions:
+  specs = list(args.grid)
+  if args.tiny_demo and not specs:
+    specs = [TINY_DEMO_GRID_FILE]
+  grid_files = [load_grid_file(spec) for spec in specs if is_grid_file(spec)]
+  grid = merge_grids(grid_files, parse_grid([s for s in specs if not is_grid_file(s)]))
+  checkpoints: dict[str, str] = {}
+  for grid_file in grid_files:
+    checkpoints.update(grid_file.checkpoints)
+  for spec in args.checkpoint:
+    size, eq, path = spec.partition("=")
+    if not eq or not size or not path:
+      raise ValueError(f"bad --checkpoint {spec!r}: write SIZE=PATH")
+    checkpoints[size] = path
+
+  def from_files(name: str) -> Any:
+    values = [getattr(f, name) for f in grid_files if getattr(f, name) is not None]
+    return values[-1] if values else None
+
+  x_axis = args.x or from_files("x") or "trainable"
+  if x_axis not in ("trainable", "model"):
+    raise ValueError(f"grid file x = {x_axis!r}: use 'trainable' or 'model'")
+  series = (from_files("series") if args.series is None
+            else [s for s in args.series.split(",") if s])
+  return SweepOptions(grid, checkpoints, args.metric or from_files("metric"), x_axis, series)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  files, bindings, search_paths, rest = cli.split_gin_args(argv)
+  args = _parser().parse_args(rest)
   restore: Callable[[], None] = lambda: None
   try:
-    grid = parse_grid(args.grid)
-    checkpoints = {}
-    for spec in args.checkpoint:
-      size, eq, path = spec.partition("=")
-      if not eq or not size or not path:
-        raise ValueError(f"bad --checkpoint {spec!r}: write SIZE=PATH")
-      checkpoints[size] = path
+    options = sweep_options(args)
     out_dir = os.path.abspath(args.out)
-    metric = args.metric
+    metric = options.metric
     if (args.compile_cache or "").lower() != "none" and not args.dry_run:
       restore = use_compile_cache(os.path.abspath(
           args.compile_cache or os.path.join(out_dir, "jax_cache")))
@@ -474,19 +602,17 @@ def main(argv: Sequence[str] | None = None) -> int:
       os.makedirs(out_dir, exist_ok=True)
       demo_files, demo_bindings, demo_metric = tiny_demo_setup(out_dir, args.steps)
       files, bindings = demo_files + files, demo_bindings + bindings
-      grid = grid or [(k, list(v)) for k, v in TINY_DEMO_GRID]
       metric = metric or demo_metric
     if not files:
       raise ValueError("give the base configuration with --gin_file (or use --tiny-demo)")
     if not metric:
       raise ValueError("give --metric, the eval key to maximise, e.g. "
                        "demo_sentiment/accuracy (see a run's metrics.jsonl)")
-    series = None if args.series is None else [s for s in args.series.split(",") if s]
     if args.dry_run:
-      dry_run(out_dir, files, bindings, search_paths, grid, checkpoints)
+      dry_run(out_dir, files, bindings, search_paths, options.grid, options.checkpoints)
       return 0
-    run_sweep(out_dir, files, bindings, search_paths, grid, metric, checkpoints, args.x,
-              series, args.in_process)
+    run_sweep(out_dir, files, bindings, search_paths, options.grid, metric,
+              options.checkpoints, options.x, options.series, args.in_process)
   except (ValueError, cli.UsageError) as error:
     print(f"sweep: error: {error}", file=sys.stderr)
     return 2

@@ -151,3 +151,70 @@ def test_dry_run_checks_every_point_and_trains_nothing(tmp_path, capsys):
   unset = [a for a in base if not a.startswith("--gin.MIXTURE")]
   assert sweep.main(unset) == 2
   assert "MIXTURE_OR_TASK_NAME" in capsys.readouterr().err
+
+
+def test_grid_file_axes_become_gin_text_and_expand_the_environment(tmp_path, monkeypatch):
+  path = tmp_path / "grid.toml"
+  path.write_text('# A figure.\nx = "model"\nseries = ["PROMPT_LENGTH"]\n'
+                  '[grid]\nSIZE = ["small", "base"]\nPROMPT_LENGTH = [1, 100]\n'
+                  'REPARAMETERIZE = [true, false]\n'
+                  'INITIAL_CHECKPOINT_PATH = ["\'$RUNS/lm/checkpoint_10\'"]\n'
+                  '[checkpoints]\nsmall = "$RUNS/small"\n')
+  monkeypatch.setenv("RUNS", "/r")
+  grid_file = sweep.load_grid_file(str(path))
+  assert grid_file.grid == [("SIZE", ["small", "base"]), ("PROMPT_LENGTH", ["1", "100"]),
+                            ("REPARAMETERIZE", ["True", "False"]),
+                            ("INITIAL_CHECKPOINT_PATH", ["'/r/lm/checkpoint_10'"])]
+  assert grid_file.checkpoints == {"small": "/r/small"}
+  assert (grid_file.x, grid_file.series, grid_file.metric) == ("model", ["PROMPT_LENGTH"],
+                                                               None)
+  monkeypatch.delenv("RUNS")
+  with pytest.raises(ValueError, match=r"\$RUNS is not set"):
+    sweep.load_grid_file(str(path))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[grid]\nSIZE = []\n", "non-empty list"),
+    ("[grid]\nSIZE = [[1]]\n", "non-empty strings"),
+    ('metric = "m"\n', r"needs a \[grid\] table"),
+    ("[grid]\nSEED = [0]\n[grids]\nX = [1]\n", "unknown key.*grids"),
+    ("[grid\n", "grid.toml"),
+])
+def test_bad_grid_files_are_clear_errors(tmp_path, text, message):
+  path = tmp_path / "grid.toml"
+  path.write_text(text)
+  with pytest.raises(ValueError, match=message):
+    sweep.load_grid_file(str(path))
+
+
+def test_command_line_axes_replace_a_grid_files_axis_in_place():
+  grid_file = sweep.GridFile([("SIZE", ["small", "base", "xxl"]), ("SEED", ["0", "1"])], {})
+  merged = sweep.merge_grids([grid_file], [("SIZE", ["small"]), ("PROMPT_LENGTH", ["5"])])
+  assert merged == [("SIZE", ["small"]), ("SEED", ["0", "1"]), ("PROMPT_LENGTH", ["5"])]
+  with pytest.raises(ValueError, match="'SEED' is in two grid files"):
+    sweep.merge_grids([grid_file, sweep.GridFile([("SEED", ["2"])], {})], [])
+
+
+def test_command_line_options_win_over_the_grid_files(tmp_path):
+  path = tmp_path / "grid.toml"
+  path.write_text('metric = "a/accuracy"\nx = "model"\nseries = ["SEED"]\n'
+                  '[grid]\nSIZE = ["small"]\nSEED = [0, 1]\n[checkpoints]\nsmall = "/s"\n')
+  args = sweep._parser().parse_args(["--out", "o", "--grid", str(path)])
+  options = sweep.sweep_options(args)
+  assert (options.metric, options.x, options.series) == ("a/accuracy", "model", ["SEED"])
+  assert options.checkpoints == {"small": "/s"}
+  args = sweep._parser().parse_args(["--out", "o", "--grid", str(path), "--metric", "b/f1",
+                                     "--x", "trainable", "--series", "SIZE",
+                                     "--checkpoint", "small=/t", "--grid", "SEED=7"])
+  options = sweep.sweep_options(args)
+  assert (options.metric, options.x, options.series) == ("b/f1", "trainable", ["SIZE"])
+  assert options.checkpoints == {"small": "/t"}
+  assert options.grid == [("SIZE", ["small"]), ("SEED", ["7"])]
+
+
+def test_tiny_demo_grid_is_read_from_configs():
+  options = sweep.sweep_options(sweep._parser().parse_args(["--out", "o", "--tiny-demo"]))
+  assert options.grid == [("PROMPT_LENGTH", ["1", "5"]),
+                          ("PROMPT_INIT", ["@initializers.uniform()",
+                                           "@initializers.sampled_vocab()"])]
+  assert options.metric == "demo_sentiment/accuracy"
