@@ -13,11 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import cli, ensemble
+from prompt_tuning import cli
 from prompt_tuning.data import demo
+from prompt_tuning.evaluation import ensemble, evaluator, run_eval
 from prompt_tuning.t5 import T5Config, init_params
-from prompt_tuning.training import run_eval
-from prompt_tuning.training import trainer as trainer_lib
 
 CFG = T5Config.from_size("tiny", vocab_size=demo.demo_vocab_size())
 NUM_PROMPTS, PROMPT_LENGTH, BATCH, EXAMPLES = 3, 3, 4, 6
@@ -71,14 +70,13 @@ def _first_built(monkeypatch, owner, name):
   monkeypatch.setattr(owner, name, first)
 
 
-def test_eval_with_several_prompt_files_decodes_all_prompts_in_one_call(
-    files, tmp_path, capsys, monkeypatch):
-  base, prompts = files
+def _ensemble_run(base, prompts, tmp_path, capsys, patch):
+  """The ensemble eval through the CLI, then as process 1; each prompt's accuracy."""
   calls = []
-  real = ensemble.predict_on_mesh
+  real = evaluator.on_mesh
 
-  def counting(model, partitioner):
-    predict = real(model, partitioner)
+  def counting(fn, partitioner=None):
+    predict = real(fn, partitioner)
 
     def run(params, batch):
       calls.append(np.asarray(batch["prompt_ids"]))
@@ -86,8 +84,8 @@ def test_eval_with_several_prompt_files_decodes_all_prompts_in_one_call(
 
     return run
 
-  monkeypatch.setattr(ensemble, "predict_on_mesh", counting)
-  _first_built(monkeypatch, ensemble, "predict_on_mesh")
+  patch.setattr(evaluator, "on_mesh", counting)
+  _first_built(patch, evaluator, "on_mesh")
   out_dir = str(tmp_path / "report")
   code = cli.main(_eval_args(base, "prompt_ensemble_eval.gin",
                              PROMPT_FILES=repr(prompts), OUTPUT_DIR=repr(out_dir)))
@@ -122,17 +120,25 @@ def test_eval_with_several_prompt_files_decodes_all_prompts_in_one_call(
 
   # Process 1 of a job takes part in every decode, returns the same summary, and
   # neither prints nor writes (the gin configuration is still the CLI's).
-  with monkeypatch.context() as patch:
-    _as_process_1(patch)
+  with patch.context() as process_1:
+    _as_process_1(process_1)
     elsewhere = str(tmp_path / "process_1")
     results = run_eval.evaluate(output_dir=elsewhere)
   assert capsys.readouterr().out == "" and not os.path.exists(elsewhere)
   assert len(calls) == 4
-  assert json.loads(json.dumps(results, default=run_eval._json_value)) == report["tasks"]
+  assert json.loads(json.dumps(results, default=run_eval.json_value)) == report["tasks"]
+  return accuracies
+
+
+def test_eval_with_several_prompt_files_decodes_all_prompts_in_one_call(
+    files, tmp_path, capsys, monkeypatch):
+  base, prompts = files
+  with monkeypatch.context() as patch:  # The ensemble's decode, built once.
+    accuracies = _ensemble_run(base, prompts, tmp_path, capsys, patch)
 
   # Prompt 1's numbers are what `prompt-tuning eval` with that prompt alone reports.
   gin.clear_config()
-  _first_built(monkeypatch, trainer_lib, "build_evaluation")
+  _first_built(monkeypatch, evaluator, "build_evaluation")
   model_dir = str(tmp_path / "alone")
   args = _eval_args(base, "prompt_eval.gin", PROMPT_LENGTH=str(PROMPT_LENGTH),
                     PROMPT_FILE=repr(prompts[1]), MODEL_DIR=repr(model_dir))

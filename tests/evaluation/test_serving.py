@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import seqio
 
-from prompt_tuning import cli, ensemble, models
+from prompt_tuning import cli, models
 from prompt_tuning.data import demo
+from prompt_tuning.evaluation import evaluator, run_eval
 from prompt_tuning.prompts import Prompt, initializers
 from prompt_tuning.t5 import T5Config, Transformer, init_params
-from prompt_tuning.training import run_eval
 
 CFG = T5Config.from_size("tiny", vocab_size=demo.demo_vocab_size())
 MIXTURE = "test_serving_sentiment_pair"
@@ -60,11 +60,11 @@ def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, c
                                                               monkeypatch):
   base, prompts = setup
   seen_ids = []
-  real = ensemble.predict_on_mesh
+  real = evaluator.on_mesh
   served_predict = []
 
-  def recording(model, partitioner):
-    predict = real(model, partitioner)
+  def recording(fn, partitioner=None):
+    predict = real(fn, partitioner)
 
     def run(params, batch):
       ids = batch.get("prompt_ids")
@@ -74,7 +74,7 @@ def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, c
     served_predict.append(run)
     return run
 
-  monkeypatch.setattr(ensemble, "predict_on_mesh", recording)
+  monkeypatch.setattr(evaluator, "on_mesh", recording)
   served_dir = str(tmp_path / "served")
   bindings = {"network.t5_config.size": "'tiny'",
               "network.t5_config.vocab_size": str(CFG.vocab_size),
@@ -98,7 +98,7 @@ def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, c
   calls = len(seen_ids)
   with monkeypatch.context() as patch:
     patch.setattr(jax, "process_index", lambda *args, **kwargs: 1)
-    patch.setattr(ensemble, "predict_on_mesh", lambda model, partitioner: served_predict[0])
+    patch.setattr(evaluator, "on_mesh", lambda fn, partitioner=None: served_predict[0])
     elsewhere = str(tmp_path / "process_1")
     paths = run_eval.infer(output_dir=elsewhere)
   assert paths == [os.path.join(elsewhere, name) for name in names]
@@ -127,13 +127,13 @@ def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, c
 
 def test_task_prompts_must_name_tasks_of_the_mixture(setup, caplog):
   _, prompts = setup
-  tasks = run_eval._tasks_with_split(MIXTURE, "validation")
+  tasks = run_eval.tasks_with_split(MIXTURE, "validation")
   with pytest.raises(ValueError, match="not a task of"):
-    run_eval._serving_table(MIXTURE, tasks, {**prompts, "no_such_task": "x.npy"})
+    run_eval.serving_table(MIXTURE, tasks, {**prompts, "no_such_task": "x.npy"})
   with pytest.raises(ValueError, match="must map task names"):
-    run_eval._serving_table(MIXTURE, tasks, [prompts[TASKS[0]]])
+    run_eval.serving_table(MIXTURE, tasks, [prompts[TASKS[0]]])
   # A task of the mixture without a prompt is not served, and the log says so.
-  served, files = run_eval._serving_table(MIXTURE, tasks, {TASKS[1]: prompts[TASKS[1]]})
+  served, files = run_eval.serving_table(MIXTURE, tasks, {TASKS[1]: prompts[TASKS[1]]})
   assert [t.name for t in served] == [TASKS[1]] and files == [prompts[TASKS[1]]]
   assert TASKS[0] in caplog.text
 
@@ -141,12 +141,12 @@ def test_task_prompts_must_name_tasks_of_the_mixture(setup, caplog):
 def test_output_files_appear_only_when_complete(tmp_path):
   path = str(tmp_path / "out" / "task-validation.jsonl")
   with pytest.raises(RuntimeError, match="decode failed"):
-    with run_eval._replaced_when_done({"task": path}) as files:
+    with run_eval.replaced_when_done({"task": path}) as files:
       files["task"].write("half a file\n")
       assert not os.path.exists(path)  # Still under its temporary name.
       raise RuntimeError("decode failed")
   assert os.listdir(tmp_path / "out") == []  # Nothing left behind, no partial file.
-  with run_eval._replaced_when_done({"task": path}) as files:
+  with run_eval.replaced_when_done({"task": path}) as files:
     files["task"].write("{}\n")
   assert os.listdir(tmp_path / "out") == ["task-validation.jsonl"]
   with open(path) as f:

@@ -3,9 +3,13 @@ run's checkpoint), and a seqio task's metrics or predictions.
 
 Two modes use a table of saved prompts instead of the model's one prompt, each with a
 single decode per batch (prompts.MultiPrompt picks every row's prompt):
-- `evaluate(prompt_files=[...])`: prompt ensembling, each example once per prompt.
+- `evaluate(prompt_files=[...])`: prompt ensembling (`ensemble.py`), each example once
+  per prompt.
 - `infer(task_prompts={task: file})`: multi-task serving, each task's examples with
   their task's prompt, the tasks' rows mixed in one batch.
+
+Metrics come from `evaluator.py` (seqio.Evaluator); inference decodes with the same
+batches and jitted model function (`evaluator.model_batch`, `evaluator.on_mesh`).
 
 In a multi-process job every process runs the same sharded computation on the same whole
 batches and gets the same results back, but only the leader (process 0,
@@ -23,12 +27,15 @@ from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 import gin
 import jax
 import numpy as np
+import seqio
+import tensorflow as tf
 from absl import logging
 
-from prompt_tuning import ensemble, models
+from prompt_tuning import models
+from prompt_tuning.evaluation import ensemble
+from prompt_tuning.evaluation import evaluator as evaluator_lib
 from prompt_tuning.prompts import multi_prompt
 from prompt_tuning.training import data as data_lib
-from prompt_tuning.training import evaluation as evaluation_lib
 from prompt_tuning.training import initialization
 from prompt_tuning.training import logging_utils
 from prompt_tuning.training import partitioning
@@ -79,20 +86,19 @@ def evaluate(*, model: models.EncoderDecoderModel = gin.REQUIRED,
                                      mixture_or_task_name, task_feature_lengths,
                                      batch_size, initial_checkpoint_path, split,
                                      num_examples, seed, output_dir)
-  leader = logging_utils.is_leader()
   partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
   params = trainer_lib.place_params(partitioner, model.module,
                                     _params(model, initial_checkpoint_path, seed))
-  evaluation = trainer_lib.build_evaluation(model, mixture_or_task_name, task_feature_lengths,
-                                            batch_size, split=split,
-                                            num_examples=num_examples,
-                                            partitioner=partitioner)
+  evaluation = evaluator_lib.build_evaluation(model, mixture_or_task_name,
+                                              task_feature_lengths, batch_size, split=split,
+                                              num_examples=num_examples,
+                                              partitioner=partitioner)
   metrics = evaluation.evaluate(params)
-  if not leader:
+  if not logging_utils.is_leader():
     return metrics
   if model_dir:
     log = logging_utils.MetricsLog(model_dir, subdir="eval_only")
-    log.write(0, "eval_only", evaluation_lib.flatten_metrics(metrics))
+    log.write(0, "eval_only", logging_utils.flatten_metrics(metrics))
     log.close()
   for task, values in metrics.items():
     for name, value in values.items():
@@ -120,14 +126,14 @@ def _evaluate_prompt_ensemble(model: models.EncoderDecoderModel, prompt_files: l
     path = os.path.join(output_dir, f"prompt_ensemble-{split}.json")
     report = {"mixture_or_task_name": mixture_or_task_name, "split": split,
               "prompt_files": prompt_files, "tasks": results}
-    with _replaced_when_done({"report": path}) as files:
-      json.dump(report, files["report"], indent=1, default=_json_value)
+    with replaced_when_done({"report": path}) as files:
+      json.dump(report, files["report"], indent=1, default=json_value)
     print(f"wrote {path}")
   return results
 
 
 @contextlib.contextmanager
-def _replaced_when_done(paths: Mapping[str, str]) -> Iterator[dict[str, IO[str]]]:
+def replaced_when_done(paths: Mapping[str, str]) -> Iterator[dict[str, IO[str]]]:
   """{name: file} open on `path.tmp` for each {name: path}; each path is replaced by its
   temporary file only when the block completes, so a reader (or a rerun after a crash)
   never finds a half-written file. On an error the temporary files are removed."""
@@ -147,8 +153,9 @@ def _replaced_when_done(paths: Mapping[str, str]) -> Iterator[dict[str, IO[str]]
     os.replace(files[name].name, path)
 
 
-def _json_value(value: Any) -> Any:
-  """Postprocessed predictions may be numpy scalars or arrays, or bytes."""
+def json_value(value: Any) -> Any:
+  """JSON for what the standard encoder refuses: postprocessed predictions may be numpy
+  scalars or arrays, or bytes."""
   if isinstance(value, np.generic):
     return value.item()
   if isinstance(value, np.ndarray):
@@ -174,52 +181,59 @@ def infer(*, model: models.EncoderDecoderModel = gin.REQUIRED,
   tasks without a prompt are skipped with a warning. Without it, every row uses the
   model's configured prompt.
   """
-  tasks = _tasks_with_split(mixture_or_task_name, split)
+  tasks = tasks_with_split(mixture_or_task_name, split)
   serving = task_prompts is not None
   if serving:
-    tasks, files = _serving_table(mixture_or_task_name, tasks, task_prompts)
+    tasks, files = serving_table(mixture_or_task_name, tasks, task_prompts)
     table = multi_prompt.load_prompt_files(files)
     base = _params_without_prompt(model, initial_checkpoint_path, seed)
-    model, params = multi_prompt.with_prompt_table(model, base, table)
+    model, params = models.with_prompt_table(model, base, table)
   else:
     params = _params(model, initial_checkpoint_path, seed)
   partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
   params = trainer_lib.place_params(partitioner, model.module, params)
-  predict = ensemble.predict_on_mesh(model, partitioner)
+  predict = evaluator_lib.on_mesh(model.predict_batch, partitioner)
   # Every process reads every task's whole split and decodes the same batches; the
   # leader writes all the rows, the others only take part in the decode.
   streams = [_examples(task, task_feature_lengths, split, num_examples) for task in tasks]
   paths = {task.name: os.path.join(output_dir, f"{task.name}-{split}.jsonl")
            for task in tasks}
   leader = logging_utils.is_leader()
-  with (_replaced_when_done(paths) if leader else contextlib.nullcontext()) as outputs:
+  with (replaced_when_done(paths) if leader else contextlib.nullcontext()) as outputs:
     for chunk in _chunks(_round_robin(streams), batch_size):
-      batch = {key: np.stack([features[key] for _, _, features in chunk])
-               for key in evaluation_lib.MODEL_FEATURES if key in chunk[0][2]}
+      features = {key: np.stack([f[key] for _, _, f in chunk]) for key in chunk[0][2]}
       if serving:  # Task i's rows use row i of the prompt table.
-        batch["prompt_ids"] = np.array([index for index, _, _ in chunk], np.int32)
-      padded, rows = data_lib.pad_batch(batch, batch_size)
-      tokens = np.asarray(predict(params, padded))[:rows]
-      if outputs is None:
-        continue
-      for (index, raw, _), row in zip(chunk, tokens):
-        vocabulary = tasks[index].output_features["targets"].vocabulary
-        record = {"inputs": _text(raw, "inputs", vocabulary),
-                  "target": _text(raw, "targets", vocabulary),
-                  "prediction": vocabulary.decode(row.tolist())}
-        outputs[tasks[index].name].write(json.dumps(record) + "\n")
+        features["prompt_ids"] = np.array([index for index, _, _ in chunk], np.int32)
+      batch, rows = evaluator_lib.model_batch(features, batch_size)
+      tokens = predict(params, batch)[:rows]
+      if outputs is not None:
+        _write_predictions(outputs, tasks, chunk, tokens)
   if leader:
     for path in paths.values():
       print(f"wrote {path}")
   return list(paths.values())
 
 
-def _tasks_with_split(mixture_or_task_name: str, split: str) -> list[Any]:
-  import seqio
+def _write_predictions(outputs: Mapping[str, IO[str]], tasks: Sequence[seqio.Task],
+                       chunk: Sequence[tuple[int, Any, Any]], tokens: np.ndarray) -> None:
+  """One JSON line per row, into its task's file."""
+  for (index, raw, _), row in zip(chunk, tokens):
+    vocabulary = tasks[index].output_features["targets"].vocabulary
+    record = {"inputs": _text(raw, "inputs", vocabulary),
+              "target": _text(raw, "targets", vocabulary),
+              "prediction": vocabulary.decode(row.tolist())}
+    outputs[tasks[index].name].write(json.dumps(record) + "\n")
 
+
+def _member_tasks(mixture_or_task_name: str) -> list[seqio.Task]:
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+
+
+def tasks_with_split(mixture_or_task_name: str, split: str) -> list[seqio.Task]:
+  """The task, or the mixture's tasks, that have `split`; an error when none has."""
   tasks = []
-  for task in provider.tasks if isinstance(provider, seqio.Mixture) else [provider]:
+  for task in _member_tasks(mixture_or_task_name):
     if split in task.splits:
       tasks.append(task)
     else:
@@ -229,18 +243,14 @@ def _tasks_with_split(mixture_or_task_name: str, split: str) -> list[Any]:
   return tasks
 
 
-def _serving_table(mixture_or_task_name: str, tasks: Sequence[Any],
-                   task_prompts: Mapping[str, str]) -> tuple[list[Any], list[str]]:
+def serving_table(mixture_or_task_name: str, tasks: Sequence[seqio.Task],
+                  task_prompts: Mapping[str, str]) -> tuple[list[seqio.Task], list[str]]:
   """The served tasks (those of `tasks` with a prompt) and their prompt files, in table
   order: task i's rows use prompt i."""
-  import seqio
-
   if not isinstance(task_prompts, Mapping) or not task_prompts:
     raise ValueError("TASK_PROMPTS must map task names to prompt .npy files, e.g. "
                      "--gin.TASK_PROMPTS=\"{'task_a': 'a.npy', 'task_b': 'b.npy'}\"")
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  members = {t.name for t in (provider.tasks if isinstance(provider, seqio.Mixture)
-                              else [provider])}
+  members = {task.name for task in _member_tasks(mixture_or_task_name)}
   unknown = sorted(set(task_prompts) - members)
   if unknown:
     raise ValueError(f"TASK_PROMPTS names {', '.join(unknown)}, not a task of "
@@ -254,11 +264,9 @@ def _serving_table(mixture_or_task_name: str, tasks: Sequence[Any],
   return served, [str(task_prompts[task.name]) for task in served]
 
 
-def _examples(task: Any, task_feature_lengths: Mapping[str, int], split: str,
+def _examples(task: seqio.Task, task_feature_lengths: Mapping[str, int], split: str,
               num_examples: int | None) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
   """(raw example, model features) pairs of one task, in the dataset's order."""
-  import tensorflow as tf
-
   dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False)
   if num_examples:
     dataset = dataset.take(num_examples)

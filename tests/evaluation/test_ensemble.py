@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from prompt_tuning import ensemble, models
+from prompt_tuning import models
 from prompt_tuning.data import demo, metrics
+from prompt_tuning.evaluation import ensemble, evaluator
 from prompt_tuning.prompts import Prompt
 from prompt_tuning.t5 import T5Config, Transformer, init_params
-from prompt_tuning.training import evaluation as evaluation_lib
 from prompt_tuning.training import partitioning
 
 CFG = T5Config.from_size("tiny", vocab_size=demo.demo_vocab_size())
@@ -67,25 +67,33 @@ def _record_batch_specs(monkeypatch):
   return specs
 
 
+def _record_model_calls(monkeypatch):
+  """(rows, tokens, prompt_ids or None) of every model call made through
+  `evaluator.on_mesh`, the ensemble's and the single-prompt evaluation's alike."""
+  calls = []
+  real = evaluator.on_mesh
+
+  def recording(fn, partitioner=None):
+    run = real(fn, partitioner)
+
+    def call(params, batch):
+      out = run(params, batch)
+      ids = batch.get("prompt_ids")
+      calls.append((batch["encoder_input_tokens"].shape[0], np.asarray(out),
+                    None if ids is None else np.asarray(ids)))
+      return out
+
+    return call
+
+  monkeypatch.setattr(evaluator, "on_mesh", recording)
+  return calls
+
+
 def test_one_forward_per_batch_and_metrics_match_separate_runs(setup, monkeypatch):
   """On a 2x4 mesh (N·B = 12 rows over 2 data shards, the backbone split over 4) against
   each prompt alone through seqio's evaluator on one device."""
   plain, base, paths = setup
-  calls = []
-  real = ensemble.predict_on_mesh
-
-  def counting(model, partitioner):
-    predict = real(model, partitioner)
-
-    def run(params, batch):
-      out = predict(params, batch)
-      calls.append((batch["encoder_input_tokens"].shape[0], np.asarray(out),
-                    np.asarray(batch["prompt_ids"])))
-      return out
-
-    return run
-
-  monkeypatch.setattr(ensemble, "predict_on_mesh", counting)
+  calls = _record_model_calls(monkeypatch)
   specs = _record_batch_specs(monkeypatch)
   results = ensemble.evaluate_ensemble(plain, base, paths, demo.SENTIMENT_TASK, LENGTHS,
                                        BATCH, num_examples=EXAMPLES,
@@ -95,18 +103,21 @@ def test_one_forward_per_batch_and_metrics_match_separate_runs(setup, monkeypatc
   assert [rows for rows, _, _ in calls] == [NUM_PROMPTS * BATCH] * 2
   np.testing.assert_array_equal(calls[0][2], np.repeat(np.arange(NUM_PROMPTS), BATCH))
   assert specs == [PartitionSpec("data")] * 2
+  ensemble_calls = list(calls)
 
-  evaluation = evaluation_lib.Evaluation(demo.SENTIMENT_TASK, LENGTHS, BATCH,
-                                         plain.predict_batch, plain.score_batch,
-                                         num_examples=EXAMPLES)
+  evaluation = evaluator.Evaluation(demo.SENTIMENT_TASK, LENGTHS, BATCH,
+                                    plain.predict_batch, plain.score_batch,
+                                    num_examples=EXAMPLES)
   for k, path in enumerate(paths):
     params = {**base, "encoder": {**base["encoder"], "prompt": {"prompt": np.load(path)}}}
+    start = len(calls)
     separate = evaluation.evaluate(params)[demo.SENTIMENT_TASK]
     assert summary["prompts"][k] == separate
+    assert summary["predictions"][k] == evaluation.predictions[demo.SENTIMENT_TASK]
     # Same decoded tokens as the prompt alone: rows k·B.. of each ensemble call.
-    alone = list(evaluation.last_predictions[demo.SENTIMENT_TASK].values())[0]
-    together = np.concatenate([out[k * BATCH:(k + 1) * BATCH] for _, out, _ in calls])
-    np.testing.assert_array_equal(np.asarray(alone), together[:EXAMPLES])
+    alone = np.concatenate([out for _, out, _ in calls[start:]])
+    together = np.concatenate([out[k * BATCH:(k + 1) * BATCH] for _, out, _ in ensemble_calls])
+    np.testing.assert_array_equal(alone[:EXAMPLES], together[:EXAMPLES])
 
   accuracies = [m["accuracy"] for m in summary["prompts"]]
   assert summary["mean"]["accuracy"] == pytest.approx(np.mean(accuracies))
@@ -123,10 +134,10 @@ def test_ensemble_on_8x1_mesh_matches_one_device(setup, monkeypatch):
   postprocessed predictions are all invalid, so its decoded tokens are compared too."""
   plain, base, paths = setup
   tokens = {}
-  real = ensemble.predict_on_mesh
+  real = evaluator.on_mesh
 
-  def recording(model, partitioner):
-    predict, outputs = real(model, partitioner), tokens.setdefault(
+  def recording(fn, partitioner=None):
+    predict, outputs = real(fn, partitioner), tokens.setdefault(
         partitioner.mesh.devices.shape, [])
 
     def run(params, batch):
@@ -135,7 +146,7 @@ def test_ensemble_on_8x1_mesh_matches_one_device(setup, monkeypatch):
 
     return run
 
-  monkeypatch.setattr(ensemble, "predict_on_mesh", recording)
+  monkeypatch.setattr(evaluator, "on_mesh", recording)
   specs = _record_batch_specs(monkeypatch)
   sharded = ensemble.evaluate_ensemble(
       plain, base, paths[:2], demo.SENTIMENT_TASK, LENGTHS, BATCH, num_examples=EXAMPLES,
@@ -179,8 +190,8 @@ def test_metrics_vote_and_table_on_known_predictions(setup, monkeypatch):
     ids = vocabulary.encode(demo.DEMO_LABELS[label_id]) + [1]
     return ids + [0] * (LENGTHS["targets"] - len(ids))
 
-  def rigged(model, partitioner):
-    del model, partitioner
+  def rigged(fn, partitioner=None):
+    del fn, partitioner
     seen = [0]
 
     def predict(params, batch):
@@ -195,7 +206,7 @@ def test_metrics_vote_and_table_on_known_predictions(setup, monkeypatch):
 
     return predict
 
-  monkeypatch.setattr(ensemble, "predict_on_mesh", rigged)
+  monkeypatch.setattr(evaluator, "on_mesh", rigged)
   results = ensemble.evaluate_ensemble(plain, base, paths, demo.SENTIMENT_TASK, LENGTHS,
                                        BATCH, num_examples=EXAMPLES)
   summary = results[demo.SENTIMENT_TASK]
@@ -216,3 +227,29 @@ def test_metrics_vote_and_table_on_known_predictions(setup, monkeypatch):
   assert rows["mean"] == f"{(positive + 100.0) / 3:.2f}"
   assert table[-2].split()[-2:] == ["100.00", "(#2)"]  # best, and which prompt.
   assert rows["majority vote"] == f"{positive:.2f}"
+
+
+def test_the_table_keeps_its_layout_and_marks_missing_numbers():
+  """The layout `prompt-tuning eval` has always printed: labels indented under the task,
+  numbers right-aligned, the best prompt's index after its number, "-" for a metric the
+  vote lacks."""
+  summary = {"prompts": [{"accuracy": 50.0, "f1": 12.5}, {"accuracy": 100.0, "f1": 7.25}],
+             "mean": {"accuracy": 75.0, "f1": 9.875}, "best": {"accuracy": 100.0, "f1": 12.5},
+             "best_prompt": {"accuracy": 1, "f1": 0}, "majority_vote": {"accuracy": 50.0}}
+  assert ensemble.format_table({"demo_sentiment": summary}, ["a.npy", "b.npy"]) == (
+      "prompt 0: a.npy\n"
+      "prompt 1: b.npy\n"
+      "\n"
+      "demo_sentiment        accuracy          f1\n"
+      "  prompt 0               50.00       12.50\n"
+      "  prompt 1              100.00        7.25\n"
+      "  mean                   75.00        9.88\n"
+      "  best             100.00 (#1)  12.50 (#0)\n"
+      "  majority vote          50.00           -")
+
+
+def test_the_vote_names_the_winning_prompt():
+  predictions = [[1, 0, 2], [0, 0, 1], [0, 1, 2]]
+  # Column 0: 0 wins through prompt 1; column 1: 0 through prompt 0; column 2: 2, prompt 0.
+  assert ensemble.vote(predictions) == [1, 0, 0]
+  assert ensemble.majority_vote(predictions) == [0, 0, 2]

@@ -1,0 +1,199 @@
+"""The one evaluation path: `seqio.Evaluator`, handed model functions that batch its
+cached datasets through the jitted model (docs/design.md, "Evaluation").
+
+seqio owns everything after the model: decoding tokens to text, the task's
+postprocessor, the metric functions. The model comes in only through a predict_fn /
+score_fn, built here from a jitted model function (`on_mesh`) run over fixed-size
+batches (`batches`), or through outputs computed before (`cached_outputs`, how the
+prompt ensemble scores each prompt's share of one decode). The periodic evaluation
+during training, `prompt-tuning eval` and the ensemble all go through `SeqioEvaluation`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator, Mapping
+
+import gin
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from prompt_tuning import models
+from prompt_tuning.training import data as data_lib
+from prompt_tuning.training import partitioning
+
+# What the model reads of a batch; `prompt_ids` only exists when a prompt table picks
+# each row's prompt (ensembles, serving).
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                  "decoder_loss_weights", "prompt_ids")
+
+# (example index, model output) per example: what seqio's model functions return.
+Outputs = list[tuple[int, Any]]
+# `run(params, batch) -> host array [batch, ...]`.
+ModelFn = Callable[[Any, Mapping[str, np.ndarray]], np.ndarray]
+
+
+def model_batch(features: Mapping[str, Any], batch_size: int
+                ) -> tuple[dict[str, np.ndarray], int]:
+  """The model's features of up to `batch_size` rows, padded with zero rows to
+  `batch_size` so that every call has one compiled shape; and how many rows are real."""
+  batch = {k: np.asarray(features[k]) for k in MODEL_FEATURES if k in features}
+  return data_lib.pad_batch(batch, batch_size)
+
+
+def batches(dataset: tf.data.Dataset, batch_size: int
+            ) -> Iterator[tuple[list[int], dict[str, np.ndarray], int]]:
+  """(example indices, padded batch, real rows) over one of seqio's enumerated datasets."""
+  for indices, features in dataset.batch(batch_size).as_numpy_iterator():
+    batch, rows = model_batch(features, batch_size)
+    yield np.asarray(indices)[:rows].tolist(), batch, rows
+
+
+def on_mesh(fn: Callable[..., Any],
+            partitioner: partitioning.Partitioner | None = None) -> ModelFn:
+  """`fn(params, batch)` jitted once, returning host arrays.
+
+  With a partitioner the call runs on its mesh: the parameters stay sharded as they are,
+  a batch that every process holds whole is split over "data" (replicated when its rows
+  do not divide), the activations follow the logical axis rules, and the outputs come
+  back whole in every process (gathered when they span several), so every process must
+  make the same calls. Without one it runs wherever the parameters are.
+  """
+  jitted = jax.jit(fn)
+  if partitioner is None:
+    return lambda params, batch: np.asarray(jitted(params, batch))
+
+  def run(params: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    with partitioner.activate():  # Tracing must see the mesh and the rules.
+      return partitioning.fetch(jitted(params, partitioner.shard_replicated_batch(batch)))
+
+  return run
+
+
+def seqio_model_fn(run: ModelFn, params: Any, batch_size: int) -> Callable[..., Outputs]:
+  """A seqio predict_fn / score_fn: `run` over the dataset in batches of `batch_size`."""
+
+  def model_fn(dataset: tf.data.Dataset, model_feature_shapes: Any = None) -> Outputs:
+    del model_feature_shapes
+    outputs: Outputs = []
+    for indices, batch, rows in batches(dataset, batch_size):
+      outputs.extend(zip(indices, run(params, batch)[:rows].tolist()))
+    return outputs
+
+  return model_fn
+
+
+def cached_outputs(outputs: Outputs) -> Callable[..., Outputs]:
+  """A seqio predict_fn returning outputs computed before, for the one task evaluated."""
+
+  def model_fn(dataset: tf.data.Dataset, model_feature_shapes: Any = None) -> Outputs:
+    del dataset, model_feature_shapes
+    return list(outputs)
+
+  return model_fn
+
+
+def plain_number(value: Any) -> float | Any:
+  """seqio's metric values (seqio/clu objects holding `.value`) as floats, for logs,
+  tables and JSON; anything that is not a number is kept as it is."""
+  value = getattr(value, "value", value)
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return value
+
+
+class _PredictionLog(seqio.Logger):
+  """Keeps, per task, the postprocessed predictions seqio's metrics were computed on:
+  seqio's own decoding and postprocessing, so an ensemble votes on what was scored."""
+
+  def __init__(self, output_dir: str):
+    super().__init__(output_dir)
+    self.predictions: dict[str, list[Any]] = {}
+
+  def __call__(self, task_name: str, step: int | None, metrics: Mapping[str, Any],
+               dataset: tf.data.Dataset | None, inferences: Mapping[str, Any] | None,
+               targets: Any) -> None:
+    del step, metrics, dataset, targets
+    self.predictions[task_name] = list((inferences or {}).get("prediction", []))
+
+
+class SeqioEvaluation:
+  """`seqio.Evaluator` over a task's or mixture's examples, read and converted once:
+  each `run` takes model functions and returns {task: {metric: plain number}}."""
+
+  def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+               split: str = "validation", num_examples: int | None = None):
+    # seqio insists on a log directory for any logger; the prediction log writes nothing.
+    self.evaluator = seqio.Evaluator(
+        mixture_or_task_name, data_lib.feature_converter(), eval_split=split,
+        sequence_length=dict(task_feature_lengths), num_examples=num_examples,
+        use_memory_cache=True, async_compute_metrics=False, logger_cls=(_PredictionLog,),
+        log_dir=os.devnull)
+    # Without any task to evaluate seqio stops before making its loggers.
+    self._log = self.evaluator.loggers[0] if self.evaluator.eval_tasks else None
+
+  @property
+  def datasets(self) -> Mapping[str, tf.data.Dataset]:
+    """{task: enumerated model features}, the datasets the model functions receive."""
+    return self.evaluator.cached_model_datasets if self._log is not None else {}
+
+  @property
+  def predictions(self) -> dict[str, list[Any]]:
+    """{task: postprocessed predictions} of the last run, in the datasets' order."""
+    return dict(self._log.predictions) if self._log is not None else {}
+
+  def run(self, *, predict_fn: Callable[..., Outputs] | None = None,
+          score_fn: Callable[..., Outputs] | None = None,
+          step: int | None = None) -> dict[str, dict[str, Any]]:
+    metrics, _ = self.evaluator.evaluate(compute_metrics=True, step=step,
+                                         predict_fn=predict_fn, score_fn=score_fn)
+    return {task: {name: plain_number(value) for name, value in task_metrics.items()}
+            for task, task_metrics in (metrics.result() or {}).items()}
+
+
+class Evaluation:
+  """A task's or mixture's metrics for given parameters.
+
+  `predict_fn(params, batch) -> tokens [batch, length]` and `score_fn(params, batch) ->
+  [batch]` are the model's functions, jitted once here (on the partitioner's mesh when
+  one is given), so evaluating every `eval_period` steps compiles once.
+  """
+
+  def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+               batch_size: int, predict_fn: Callable[..., Any],
+               score_fn: Callable[..., Any], *, split: str = "validation",
+               num_examples: int | None = None,
+               partitioner: partitioning.Partitioner | None = None):
+    self.batch_size = batch_size
+    self.seqio = SeqioEvaluation(mixture_or_task_name, task_feature_lengths, split,
+                                 num_examples)
+    self._predict = on_mesh(predict_fn, partitioner)
+    self._score = on_mesh(score_fn, partitioner)
+
+  @property
+  def predictions(self) -> dict[str, list[Any]]:
+    """{task: postprocessed predictions} of the last `evaluate`."""
+    return self.seqio.predictions
+
+  def evaluate(self, params: Any, step: int | None = None) -> dict[str, dict[str, Any]]:
+    """{task: {metric: value}} for every task with metrics and the split."""
+    return self.seqio.run(predict_fn=seqio_model_fn(self._predict, params, self.batch_size),
+                          score_fn=seqio_model_fn(self._score, params, self.batch_size),
+                          step=step)
+
+
+@gin.configurable(denylist=["model", "partitioner"])
+def build_evaluation(model: models.EncoderDecoderModel, mixture_or_task_name: str,
+                     task_feature_lengths: Mapping[str, int], batch_size: int, *,
+                     split: str = "validation", num_examples: int | None = None,
+                     partitioner: partitioning.Partitioner | None = None) -> Evaluation:
+  """The model's evaluation on a task or mixture: what `trainer.train` runs every
+  `eval_period` steps (its `evaluation_factory`) and `prompt-tuning eval` runs once.
+  With a partitioner the model functions run on its mesh; every process reads the same
+  examples and gets the same metrics."""
+  return Evaluation(mixture_or_task_name, task_feature_lengths, batch_size,
+                    model.predict_batch, model.score_batch, split=split,
+                    num_examples=num_examples, partitioner=partitioner)
