@@ -8,6 +8,7 @@ and call its pure functions under `jax.jit`.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Callable, Mapping
 
 import gin
@@ -16,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import decoding
-from prompt_tuning.t5 import Transformer
+from prompt_tuning.prompts.multi_prompt import MultiPrompt
+from prompt_tuning.t5 import Encoded, Transformer
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -26,6 +28,10 @@ Params = Mapping[str, Any]
 NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
 NUM_TOTAL_TARGET_TOKENS = "NUM_TOTAL_TARGET_TOKENS"
 AVERAGE_PER_SEQUENCE = "AVERAGE_PER_SEQUENCE"
+
+# Batch features that are per-example inputs of the input prompt, not of the network:
+# `prompt_ids` [batch] picks each row's prompt of a table (prompts.MultiPrompt).
+PROMPT_FEATURES = ("prompt_ids",)
 
 
 def cross_entropy_with_z_loss(logits: Array, targets: Array, z_loss: float,
@@ -78,14 +84,15 @@ class EncoderDecoderModel:
     return other
 
   @staticmethod
-  def _prompt_ids(batch: Batch) -> dict[str, Array]:
-    """`prompt_ids` [batch] for the encoder when the batch names each row's prompt.
+  def prompt_inputs(batch: Batch) -> dict[str, Array] | None:
+    """The batch's per-example prompt inputs (features in `PROMPT_FEATURES`), or None.
 
-    Only passed when present, so batches without it work with any input prompt, and
-    one batch can mix rows of several tasks or ensemble members (prompts.MultiPrompt).
+    They go to the input prompt alone, as one mapping; a batch without them works with
+    any input prompt, and one batch can mix rows of several tasks or ensemble members
+    (prompts.MultiPrompt).
     """
-    prompt_ids = batch.get("prompt_ids")
-    return {} if prompt_ids is None else {"prompt_ids": prompt_ids}
+    found = {name: batch[name] for name in PROMPT_FEATURES if name in batch}
+    return found or None
 
   # ---------------------------------------------------------------- forward and loss
   def compute_logits(self, params: Params, batch: Batch, dropout_rng: Array | None = None
@@ -94,7 +101,7 @@ class EncoderDecoderModel:
     return self.module.apply({"params": params}, batch["encoder_input_tokens"],
                              batch["decoder_input_tokens"], batch["decoder_target_tokens"],
                              enable_dropout=dropout_rng is not None, rngs=rngs,
-                             **self._prompt_ids(batch))
+                             prompt_inputs=self.prompt_inputs(batch))
 
   def _loss_weights(self, batch: Batch) -> Array:
     weights = batch.get("decoder_loss_weights")
@@ -149,12 +156,12 @@ class EncoderDecoderModel:
     return jnp.sum(token_scores * self._loss_weights(batch), axis=-1)
 
   # ---------------------------------------------------------------- decoding
-  def init_cache(self, params: Params, encoded: Array, encoder_input_tokens: Array,
-                 max_decode_length: int) -> Any:
-    """Runs one full-length decode call that creates the key/value caches."""
-    batch = encoder_input_tokens.shape[0]
+  def init_cache(self, params: Params, encoded: Encoded, max_decode_length: int) -> Any:
+    """Runs one full-length decode call that creates the key/value caches; the
+    cross-attention cache keeps the encoder mask, so decoding steps need neither."""
+    batch = encoded.sequence.shape[0]
     _, variables = self.module.apply(
-        {"params": params}, encoded, encoder_input_tokens,
+        {"params": params}, encoded.sequence, encoded.mask,
         jnp.zeros((batch, max_decode_length), jnp.int32), decode=True,
         max_decode_length=max_decode_length, mutable=["cache"], method=self.module.decode)
     return variables["cache"]
@@ -166,14 +173,15 @@ class EncoderDecoderModel:
     """Decodes targets of the batch's target length; returns (tokens, {"scores": ...}).
 
     Tokens are [batch, length] (best decode) or [batch, num_decodes, length]. Only the
-    encoder sees `prompt_ids`: each row's decoder attends to that row's own encoding, so
-    the cached steps need no prompt.
+    encoder sees the prompt inputs: each row's decoder attends to that row's own
+    encoding, so the cached steps need no prompt.
     """
     encoder_tokens = batch["encoder_input_tokens"]
     length = batch["decoder_target_tokens"].shape[1]
     encoded = self.module.apply({"params": params}, encoder_tokens,
-                                method=self.module.encode, **self._prompt_ids(batch))
-    cache = self.init_cache(params, encoded, encoder_tokens, length)
+                                method=self.module.encode,
+                                prompt_inputs=self.prompt_inputs(batch))
+    cache = self.init_cache(params, encoded, length)
 
     def tokens_to_logits(token_ids: Array, step_cache: Any) -> tuple[Array, Any]:
       logits, mutated = self.module.apply(
@@ -196,3 +204,27 @@ class EncoderDecoderModel:
   def predict_batch(self, params: Params, batch: Batch, rng: Array | None = None,
                     **kwargs: Any) -> Array:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
+
+
+def with_prompt_table(model: EncoderDecoderModel, params_without_prompt: Params,
+                      table: np.ndarray) -> tuple[EncoderDecoderModel, dict[str, Any]]:
+  """(model, params) where the model's input prompt is a MultiPrompt holding `table`.
+
+  `table` is [num_prompts, length, d_model] (see `prompts.multi_prompt.load_prompt_files`);
+  the parameters are the frozen ones plus `encoder/prompt/prompt` = table. Loss and
+  decoding settings are the model's own; `model` itself is unchanged.
+  """
+  table = np.asarray(table, np.float32)
+  if table.ndim != 3:
+    raise ValueError(f"a prompt table is [num_prompts, length, d_model]; got shape "
+                     f"{tuple(table.shape)}")
+  num_prompts, length, width = table.shape
+  embed = params_without_prompt["token_embedder"]["embedding"].shape[-1]
+  if width != embed:
+    raise ValueError(f"prompts have width {width} but the model's d_model is {embed}; "
+                     "use prompts trained for this model")
+  factory = functools.partial(MultiPrompt, num_prompts=num_prompts, length=length)
+  table_model = model.with_module(model.module.clone(input_prompt=factory))
+  params = dict(params_without_prompt)
+  params["encoder"] = {**params["encoder"], "prompt": {"prompt": table}}
+  return table_model, params

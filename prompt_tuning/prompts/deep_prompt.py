@@ -26,7 +26,7 @@ from prompt_tuning.prompts import initializers
 from prompt_tuning.prompts.prefix_tuning import (STACKS, MlpReparameterization,
                                                  exported_or, stack_layers)
 from prompt_tuning.t5.config import T5Config
-from prompt_tuning.t5.layers import LayerPrefix
+from prompt_tuning.t5.layers import LayerPrefix, boxed
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -84,8 +84,8 @@ class DeepPrompt(nn.Module):
       return jnp.transpose(flat.reshape(self.length, count, width), (1, 0, 2))
     init = exported_or(_per_layer(self.prompt_init), self.init_dir, self.scope.path,
                        "prompt")
-    init = nn.with_logical_partitioning(init, ("layers", "prompt", "embed"))
-    return self.param("prompt", init, (count, self.length, width), self.param_dtype)
+    return self.param("prompt", boxed(init, "layers", "prompt", "embed"),
+                      (count, self.length, width), self.param_dtype)
 
   def __call__(self) -> list[LayerPrefix | None]:
     prefixes: list[LayerPrefix | None] = [None] * stack_layers(self.config, self.stack)

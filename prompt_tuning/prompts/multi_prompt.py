@@ -2,12 +2,12 @@
 
 Several prompts trained on the same frozen model can share one batch: each row names its
 prompt with an integer in the batch feature `prompt_ids` [batch], which
-`EncoderDecoderModel` passes through `Transformer.encode(..., prompt_ids=...)` to this
-module. Row i then sees exactly what the single-prompt `Prompt` holding
-table[prompt_ids[i]] would give it.
+`EncoderDecoderModel` hands to `Transformer.encode(..., prompt_inputs={"prompt_ids": ...})`
+and the encoder to this module. Row i then sees exactly what the single-prompt `Prompt`
+holding table[prompt_ids[i]] would give it.
 
-`with_prompt_table` turns any configured model into one serving a table of saved prompts
-(prompt ensembling, multi-task serving), without touching its initialisers.
+`models.with_prompt_table` turns any configured model into one serving a table of saved
+prompts (prompt ensembling, multi-task serving), without touching its initialisers.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import models
 from prompt_tuning.prompts import initializers
+from prompt_tuning.t5.layers import boxed
 
 Array = jax.Array
 Initializer = Callable[..., Array]
-Params = Mapping[str, Any]
 
 
 def load_prompt_files(paths: Sequence[str]) -> np.ndarray:
@@ -103,13 +102,17 @@ class MultiPrompt(nn.Module):
                              init=from_files(paths), **kwargs)
 
   @nn.compact
-  def __call__(self, tokens: Array, embedded: Array, prompt_ids: Array | None = None
-               ) -> tuple[Array, Array]:
-    """Returns (table[prompt_ids] ++ embedded [batch, P + L, d], mask [batch, P + L])."""
+  def __call__(self, embedded: Array, prompt_inputs: Mapping[str, Array] | None = None
+               ) -> Array:
+    """The rows table[prompt_ids] [batch, P, d]; `prompt_inputs["prompt_ids"]` [batch]."""
     batch, _, width = embedded.shape
-    table = self.param("prompt",
-                       nn.with_logical_partitioning(self.init, ("prompts", "prompt", "embed")),
+    table = self.param("prompt", boxed(self.init, "prompts", "prompt", "embed"),
                        (self.num_prompts, self.length, width), self.param_dtype)
+    prompt_inputs = dict(prompt_inputs or {})
+    prompt_ids = prompt_inputs.pop("prompt_ids", None)
+    if prompt_inputs:
+      raise ValueError(f"MultiPrompt takes only the prompt input `prompt_ids`, got also "
+                       f"{sorted(prompt_inputs)}")
     if prompt_ids is None:
       if not self.is_initializing():
         raise ValueError("MultiPrompt needs prompt_ids [batch] (which prompt each row "
@@ -119,30 +122,4 @@ class MultiPrompt(nn.Module):
     if prompt_ids.shape != (batch,):
       raise ValueError(f"prompt_ids has shape {prompt_ids.shape}; expected ({batch},), "
                        "one prompt index per row")
-    prompt = jnp.take(table, prompt_ids, axis=0).astype(embedded.dtype)
-    mask = jnp.concatenate([jnp.ones((batch, self.length), bool), tokens > 0], axis=1)
-    return jnp.concatenate([prompt, embedded], axis=1), mask
-
-
-def with_prompt_table(model: models.EncoderDecoderModel, params_without_prompt: Params,
-                      table: np.ndarray) -> tuple[models.EncoderDecoderModel, dict[str, Any]]:
-  """(model, params) where the model's input prompt is a MultiPrompt holding `table`.
-
-  `table` is [num_prompts, length, d_model] (see `load_prompt_files`); the parameters are
-  the frozen ones plus `encoder/prompt/prompt` = table. Loss and decoding settings are
-  the model's own; `model` itself is unchanged.
-  """
-  table = np.asarray(table, np.float32)
-  if table.ndim != 3:
-    raise ValueError(f"a prompt table is [num_prompts, length, d_model]; got shape "
-                     f"{tuple(table.shape)}")
-  num_prompts, length, width = table.shape
-  embed = params_without_prompt["token_embedder"]["embedding"].shape[-1]
-  if width != embed:
-    raise ValueError(f"prompts have width {width} but the model's d_model is {embed}; "
-                     "use prompts trained for this model")
-  factory = functools.partial(MultiPrompt, num_prompts=num_prompts, length=length)
-  table_model = model.with_module(model.module.clone(input_prompt=factory))
-  params = dict(params_without_prompt)
-  params["encoder"] = {**params["encoder"], "prompt": {"prompt": table}}
-  return table_model, params
+    return jnp.take(table, prompt_ids, axis=0)

@@ -1,8 +1,8 @@
 """P-Tuning (Liu et al. 2021): the input prompt produced by a small prompt encoder.
 
 P trainable embeddings [P, h] go through a bidirectional LSTM and a 2-layer MLP with
-ReLU (or, in the `mlp` variant, the MLP alone), and the result [P, d_model] is prepended
-to the embedded input through the backbone's input hook, exactly where prompt tuning's
+ReLU (or, in the `mlp` variant, the MLP alone), and the result [P, d_model] is what the
+module gives the backbone's input hook, which prepends it exactly where prompt tuning's
 prompt goes. The encoder couples the positions, which the authors found trains faster
 and more stably than independent vectors.
 
@@ -14,19 +14,18 @@ like any trained prompt.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning.prompts.prompt import no_prompt_inputs
+from prompt_tuning.t5.layers import boxed
+
 Array = jax.Array
 PROMPT_ENCODERS = ("lstm", "mlp")
-
-
-def _boxed(init: Any, *axes: str | None) -> Any:
-  return nn.with_logical_partitioning(init, axes)
 
 
 @gin.configurable(module="prompts")
@@ -50,7 +49,7 @@ class PTuningPrompt(nn.Module):
       raise ValueError(f"unknown P-Tuning prompt encoder {self.prompt_encoder!r}; choose "
                        f"one of {PROMPT_ENCODERS}")
     hidden = self.hidden_dim or width
-    x = self.param("embedding", _boxed(nn.initializers.normal(1.0), "prompt", "prompt_embed"),
+    x = self.param("embedding", boxed(nn.initializers.normal(1.0), "prompt", "prompt_embed"),
                    (self.length, hidden), self.param_dtype)
     if self.prompt_encoder == "lstm":
       if hidden < 2 or self.lstm_layers < 1:
@@ -66,24 +65,22 @@ class PTuningPrompt(nn.Module):
         x = jnp.concatenate([forward(x), backward(x)], axis=-1)
       x = x[0]
     x = nn.Dense(hidden, dtype=jnp.float32, param_dtype=self.param_dtype,
-                 kernel_init=_boxed(nn.initializers.lecun_normal(), "prompt_embed",
+                 kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_embed",
                                     "prompt_mlp"),
-                 bias_init=_boxed(nn.initializers.zeros, "prompt_mlp"), name="mlp_hidden")(x)
+                 bias_init=boxed(nn.initializers.zeros, "prompt_mlp"), name="mlp_hidden")(x)
     x = jax.nn.relu(x)
     return nn.Dense(width, dtype=jnp.float32, param_dtype=self.param_dtype,
-                    kernel_init=_boxed(nn.initializers.lecun_normal(), "prompt_mlp", "embed"),
-                    bias_init=_boxed(nn.initializers.zeros, "embed"), name="mlp_out")(x)
+                    kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_mlp", "embed"),
+                    bias_init=boxed(nn.initializers.zeros, "embed"), name="mlp_out")(x)
 
-  def __call__(self, tokens: Array, embedded: Array) -> tuple[Array, Array]:
-    """Returns (prompt ++ embedded [batch, P + L, d], mask [batch, P + L])."""
-    token_mask = tokens > 0
+  def __call__(self, embedded: Array, prompt_inputs: Mapping[str, Array] | None = None
+               ) -> Array:
+    """The prompt rows [P, d], float32 (none when P is 0)."""
+    no_prompt_inputs(prompt_inputs, "PTuningPrompt")
+    width = embedded.shape[-1]
     if self.length == 0:
-      return embedded, token_mask
-    batch, _, width = embedded.shape
-    prompt = jnp.broadcast_to(self.vectors(width).astype(embedded.dtype)[None],
-                              (batch, self.length, width))
-    mask = jnp.concatenate([jnp.ones((batch, self.length), bool), token_mask], axis=1)
-    return jnp.concatenate([prompt, embedded], axis=1), mask
+      return jnp.zeros((0, width), embedded.dtype)
+    return self.vectors(width)
 
   def folded_params(self, width: int) -> dict[str, Array]:
     """The parameters of a `prompts.Prompt` of the same length giving the same outputs."""

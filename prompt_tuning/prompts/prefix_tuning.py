@@ -23,15 +23,11 @@ import jax.numpy as jnp
 
 from prompt_tuning.prompts import initializers
 from prompt_tuning.t5.config import T5Config
-from prompt_tuning.t5.layers import LayerPrefix
+from prompt_tuning.t5.layers import LayerPrefix, boxed
 
 Array = jax.Array
 Initializer = Callable[..., Array]
 STACKS = ("encoder", "decoder")
-
-
-def _boxed(init: Initializer, *axes: str | None) -> Initializer:
-  return nn.with_logical_partitioning(init, axes)
 
 
 class MlpReparameterization(nn.Module):
@@ -51,18 +47,18 @@ class MlpReparameterization(nn.Module):
   def __call__(self) -> Array:
     """[P, features], float32."""
     embedding = self.param("embedding",
-                           _boxed(nn.initializers.normal(1.0), "prompt", "prompt_embed"),
+                           boxed(nn.initializers.normal(1.0), "prompt", "prompt_embed"),
                            (self.length, self.embedding_dim), self.param_dtype)
     x = nn.Dense(self.hidden_dim, dtype=jnp.float32, param_dtype=self.param_dtype,
-                 kernel_init=_boxed(nn.initializers.lecun_normal(), "prompt_embed",
+                 kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_embed",
                                     "prompt_mlp"),
-                 bias_init=_boxed(nn.initializers.zeros, "prompt_mlp"), name="hidden")(
+                 bias_init=boxed(nn.initializers.zeros, "prompt_mlp"), name="hidden")(
                      embedding)
     x = jnp.tanh(x)
     return nn.Dense(self.features, dtype=jnp.float32, param_dtype=self.param_dtype,
-                    kernel_init=_boxed(nn.initializers.lecun_normal(), "prompt_mlp",
+                    kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_mlp",
                                        "prompt_out"),
-                    bias_init=_boxed(nn.initializers.zeros, "prompt_out"), name="out")(x)
+                    bias_init=boxed(nn.initializers.zeros, "prompt_out"), name="out")(x)
 
 
 def exported_or(init: Initializer, init_dir: str | None, path: tuple[str, ...],
@@ -128,7 +124,7 @@ class PrefixTuning(nn.Module):
     prefixes = {}
     for kind in kinds:
       init = exported_or(self.prefix_init, self.init_dir, self.scope.path, kind)
-      prefixes[kind] = self.param(kind, _boxed(init, "layers", "prompt", "prompt_embed"),
+      prefixes[kind] = self.param(kind, boxed(init, "layers", "prompt", "prompt_embed"),
                                   (num_layers, self.length, width), self.param_dtype)
     return prefixes
 

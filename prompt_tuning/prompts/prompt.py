@@ -1,13 +1,13 @@
-"""The soft prompt: P trainable vectors prepended to the embedded input.
+"""The soft prompt: P trainable vectors put in front of the embedded input.
 
-It plugs into the encoder's input hook (`Transformer(config, input_prompt=...)`): given
-the tokens and their embeddings it returns the longer sequence and its mask. Prompt
-positions are always visible to attention.
+It plugs into the encoder's input hook (`Transformer(config, input_prompt=...)`) and, as
+every input prompt (docs/design.md, "The prompt contract"), returns only its rows; the
+backbone prepends them and makes them always visible to attention.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import gin
@@ -15,8 +15,18 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.prompts import initializers
+from prompt_tuning.t5.layers import boxed
 
 Array = jax.Array
+
+
+def no_prompt_inputs(prompt_inputs: Mapping[str, Array] | None, module: str) -> None:
+  """A prompt shared by every example takes no per-example inputs; silently ignoring
+  `prompt_ids` would serve one prompt where the batch asked for several."""
+  if prompt_inputs:
+    raise ValueError(f"{module} holds one prompt for every example but was given prompt "
+                     f"inputs {sorted(prompt_inputs)}; use prompts.MultiPrompt to pick a "
+                     "prompt per example")
 
 
 @gin.configurable(module="prompts")
@@ -24,7 +34,7 @@ class Prompt(nn.Module):
   """Owns one parameter, `prompt` [length, d_model], kept in float32.
 
   The prompt is stored in float32 even when the frozen model runs in bfloat16: Adafactor
-  updates on a bfloat16 prompt would round away (REFERENCE.md, "fp16 NaNs").
+  updates on a bfloat16 prompt would round away (docs/design.md, "Decisions").
   """
 
   length: int = 100
@@ -32,15 +42,12 @@ class Prompt(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: Array, embedded: Array) -> tuple[Array, Array]:
-    """Returns (prompt ++ embedded [batch, P + L, d], mask [batch, P + L])."""
-    token_mask = tokens > 0
+  def __call__(self, embedded: Array, prompt_inputs: Mapping[str, Array] | None = None
+               ) -> Array:
+    """The prompt rows [P, d] (no parameter when P is 0)."""
+    no_prompt_inputs(prompt_inputs, "Prompt")
+    width = embedded.shape[-1]
     if self.length == 0:
-      return embedded, token_mask
-    batch, _, width = embedded.shape
-    prompt = self.param("prompt", nn.with_logical_partitioning(self.init, ("prompt", "embed")),
-                        (self.length, width), self.param_dtype)
-    prompt = jnp.broadcast_to(jnp.asarray(prompt, embedded.dtype)[None],
-                              (batch, self.length, width))
-    mask = jnp.concatenate([jnp.ones((batch, self.length), bool), token_mask], axis=1)
-    return jnp.concatenate([prompt, embedded], axis=1), mask
+      return jnp.zeros((0, width), embedded.dtype)
+    return self.param("prompt", boxed(self.init, "prompt", "embed"), (self.length, width),
+                      self.param_dtype)

@@ -39,10 +39,15 @@ def constrain(x: Array, axes: Sequence[str | None]) -> Array:
   return nn.with_logical_constraint(x, tuple(axes))
 
 
+def boxed(init: Initializer, *axes: str | None) -> Initializer:
+  """`init` whose parameter carries its logical axis names, for the partitioning rules;
+  every parameter of the backbone and of the prompt modules is created through it."""
+  return nn.with_logical_partitioning(init, axes)
+
+
 def _param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
            dtype: DType, axes: Sequence[str | None]) -> Array:
-  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape),
-                      dtype)
+  return module.param(name, boxed(init, *axes), tuple(shape), dtype)
 
 
 class RMSNorm(nn.Module):
@@ -171,7 +176,8 @@ def mask_to_bias(mask: Array, dtype: DType) -> Array:
 
 @flax.struct.dataclass
 class LayerPrefix:
-  """Extra attention memory of one layer: DESIGN.md's second extension point.
+  """Extra attention memory of one layer: the backbone's second hook (docs/design.md,
+  "The prompt contract").
 
   `key`/`value` [P, heads * head_dim] are prepended to the layer's self-attention keys
   and values (Prefix-Tuning); `cross_key`/`cross_value` likewise to a decoder layer's

@@ -2,12 +2,15 @@
 
 The parameter tree is T5X's (`token_embedder/embedding`, `encoder/layers_0/attention/
 query/kernel`, `decoder/logits_dense/kernel`, ...). The backbone knows two hooks for
-trainable additions and nothing else about them (DESIGN.md):
+trainable additions and nothing else about them (docs/design.md, "The prompt contract"):
 
-1. `input_prompt`: a module factory; its module receives `(tokens, embedded)` after the
-   token embedding and returns `(embedded', mask')`, typically with prompt vectors
-   prepended. The encoder output then has extra leading positions, which the decoder's
-   cross-attention always sees.
+1. `input_prompt`: a module factory; its module is called as
+   `prompt(embedded, prompt_inputs)` after the token embedding and returns only the prompt
+   rows, [batch, P, d] or [P, d] for every row alike. `prompt_inputs` is the one mapping
+   of per-example prompt inputs (e.g. `prompt_ids`), or None. `prepend_prompt` puts the
+   rows in front of the embedded tokens and builds the encoder mask: prompt positions
+   always visible, then the tokens that are not padding. `encode` returns that mask with
+   the encoded sequence (`Encoded`), and the decoder's cross-attention uses it as given.
 2. `layer_prefix`: a module factory called once per stack as
    `layer_prefix(config=..., stack="encoder"|"decoder", name="layer_prompt")`; its
    module takes no arguments and returns one `layers.LayerPrefix` (or None) per layer:
@@ -17,7 +20,7 @@ trainable additions and nothing else about them (DESIGN.md):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import flax.linen as nn
 import gin
@@ -29,6 +32,7 @@ from prompt_tuning.t5.config import T5Config
 
 Array = jax.Array
 PromptFactory = Callable[..., nn.Module]
+PromptInputs = Optional[Mapping[str, Array]]
 
 
 def _remat(module_class: type[nn.Module], policy_name: str,
@@ -49,16 +53,36 @@ def _remat(module_class: type[nn.Module], policy_name: str,
                   static_argnums=static_argnums)
 
 
-def encoder_mask_from_tokens(encoder_input_tokens: Array, encoded_length: int) -> Array:
-  """Which encoder positions are real: the tokens that are not padding, plus any leading
-  positions the input prompt added (those are always visible)."""
-  token_mask = encoder_input_tokens > 0
-  extra = encoded_length - encoder_input_tokens.shape[1]
-  if extra < 0:
-    raise ValueError(f"encoded length {encoded_length} is shorter than the input "
-                     f"({encoder_input_tokens.shape[1]})")
-  prompt_mask = jnp.ones((encoder_input_tokens.shape[0], extra), dtype=bool)
-  return jnp.concatenate([prompt_mask, token_mask], axis=1)
+class Encoded(NamedTuple):
+  """The encoder's output and which of its positions are real: what `decode` needs.
+
+  The mask is built once, where the prompt rows meet the tokens (`prepend_prompt`), so
+  nothing downstream has to know how long the prompt was or where it went.
+  """
+
+  sequence: Array  # [batch, P + L, embed]
+  mask: Array      # [batch, P + L], bool
+
+
+def prepend_prompt(prompt: Array | None, embedded: Array, tokens: Array
+                   ) -> tuple[Array, Array]:
+  """(prompt rows ++ embedded tokens, their mask): the one place prompts meet the input.
+
+  `prompt` is [batch, P, d], [P, d] (the same rows for every example) or None. Prompt
+  positions are always visible; token positions are visible where `tokens > 0`.
+  """
+  token_mask = tokens > 0
+  if prompt is None or prompt.shape[-2] == 0:
+    return embedded, token_mask
+  batch, _, width = embedded.shape
+  if prompt.ndim == 2:
+    prompt = jnp.broadcast_to(prompt[None], (batch,) + prompt.shape)
+  if prompt.ndim != 3 or prompt.shape[0] != batch or prompt.shape[2] != width:
+    raise ValueError(f"the input prompt gave rows of shape {tuple(prompt.shape)}; expected "
+                     f"[{batch}, P, {width}] or [P, {width}]")
+  length = prompt.shape[1]
+  mask = jnp.concatenate([jnp.ones((batch, length), bool), token_mask], axis=1)
+  return jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1), mask
 
 
 def layer_prefixes(factory: Optional[PromptFactory], config: T5Config, stack: str,
@@ -154,19 +178,17 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoder_input_tokens: Array, deterministic: bool = True,
-               prompt_ids: Array | None = None) -> Array:
+               prompt_inputs: PromptInputs = None) -> Encoded:
     cfg = self.config
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
+    prompt = None
     if self.input_prompt is not None:
-      # `prompt_ids` [batch] picks each row's prompt (multi-prompt modules); it is only
-      # passed when given, so single-prompt modules need not accept it.
-      extra = {} if prompt_ids is None else {"prompt_ids": prompt_ids}
-      x, mask = self.input_prompt(name="prompt")(encoder_input_tokens, x, **extra)
-    elif prompt_ids is not None:
-      raise ValueError("prompt_ids were given but the model has no input prompt; drop "
-                       "them or configure a multi-prompt module (prompts.MultiPrompt)")
-    else:
-      mask = encoder_input_tokens > 0
+      prompt = self.input_prompt(name="prompt")(x, prompt_inputs)
+    elif prompt_inputs:
+      raise ValueError(f"prompt inputs {sorted(prompt_inputs)} were given but the model "
+                       "has no input prompt; drop them or configure a multi-prompt module "
+                       "(prompts.MultiPrompt)")
+    x, mask = prepend_prompt(prompt, x, encoder_input_tokens)
     x = layers.constrain(x, ("batch", "length", "embed"))
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic)
     length = x.shape[1]
@@ -182,7 +204,7 @@ class Encoder(nn.Module):
       x = layer_class(cfg, relpos, name=f"layers_{i}")(x, bias, deterministic, prefixes[i])
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, cfg.parameter_dtype,
                        name="encoder_norm")(x)
-    return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic)
+    return Encoded(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic), mask)
 
 
 class Decoder(nn.Module):
@@ -247,10 +269,11 @@ class Decoder(nn.Module):
 class Transformer(nn.Module):
   """T5 1.1 encoder-decoder with T5X's call signature.
 
-  `input_prompt` is the factory of the module that prepends a soft prompt (None for the
-  plain backbone). It is called with `name="prompt"` inside the encoder, so its
-  parameters live under `encoder/prompt/...`. `layer_prefix` is the per-layer hook
-  (module docstring, point 2); its parameters live under `{encoder,decoder}/layer_prompt/`.
+  `input_prompt` is the factory of the module that gives the soft prompt's rows (None
+  for the plain backbone; module docstring, point 1). It is called with `name="prompt"`
+  inside the encoder, so its parameters live under `encoder/prompt/...`. `layer_prefix`
+  is the per-layer hook (module docstring, point 2); its parameters live under
+  `{encoder,decoder}/layer_prompt/`.
   """
 
   config: T5Config
@@ -266,27 +289,32 @@ class Transformer(nn.Module):
     self.decoder = Decoder(cfg, self.token_embedder, layer_prefix=self.layer_prefix)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
-             prompt_ids: Array | None = None) -> Array:
-    """Encoder output [batch, prompt + input length, embed]; `prompt_ids` [batch] selects
-    each row's prompt when the input prompt holds several."""
-    return self.encoder(encoder_input_tokens, deterministic=not enable_dropout,
-                        prompt_ids=prompt_ids)
+             prompt_inputs: PromptInputs = None) -> Encoded:
+    """The encoder output [batch, prompt + input length, embed] and its mask.
 
-  def decode(self, encoded: Array | None, encoder_input_tokens: Array | None,
+    `prompt_inputs` (e.g. {"prompt_ids": [batch]}, which row uses which prompt of a
+    table) go to the input prompt and nowhere else.
+    """
+    return self.encoder(encoder_input_tokens, deterministic=not enable_dropout,
+                        prompt_inputs=prompt_inputs)
+
+  def decode(self, encoded: Array | None, encoder_mask: Array | None,
              decoder_input_tokens: Array, decoder_target_tokens: Array | None = None,
              enable_dropout: bool = False, decode: bool = False,
              max_decode_length: int | None = None) -> Array:
-    """Logits [batch, target length, vocab] given the encoder output.
+    """Logits [batch, target length, vocab] given the encoder output and its mask
+    (`Encoded.sequence`, `Encoded.mask`; a None mask lets every position be seen).
 
-    With `decode=True` the first call (full target length) creates the key/value cache
-    and later calls advance it by one token. Steps after the first may pass
-    `encoded=None`: cross-attention reuses the keys/values it cached.
+    With `decode=True` the first call (full target length) creates the key/value cache,
+    which keeps the cross-attention mask too, and later calls advance it by one token.
+    Steps after the first pass `encoded=None, encoder_mask=None`: cross-attention reuses
+    what it cached.
     """
-    encoder_mask = None
-    if encoder_input_tokens is not None and encoded is not None:
-      encoder_mask = encoder_mask_from_tokens(encoder_input_tokens, encoded.shape[1])
-    elif encoded is None and not decode:
+    if encoded is None and not decode:
       raise ValueError("decode() needs the encoder output unless decoding from a cache")
+    if encoder_mask is not None and encoder_mask.dtype != jnp.bool_:
+      raise ValueError(f"encoder_mask must be boolean (Encoded.mask), got dtype "
+                       f"{encoder_mask.dtype}; pass the mask `encode` returned, not tokens")
     return self.decoder(encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens,
                         deterministic=not enable_dropout, decode=decode,
                         max_decode_length=max_decode_length)
@@ -294,10 +322,10 @@ class Transformer(nn.Module):
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, enable_dropout: bool = False,
                decode: bool = False, max_decode_length: int | None = None,
-               prompt_ids: Array | None = None) -> Array:
+               prompt_inputs: PromptInputs = None) -> Array:
     encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout,
-                          prompt_ids=prompt_ids)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                          prompt_inputs=prompt_inputs)
+    return self.decode(encoded.sequence, encoded.mask, decoder_input_tokens,
                        decoder_target_tokens, enable_dropout=enable_dropout, decode=decode,
                        max_decode_length=max_decode_length)
 

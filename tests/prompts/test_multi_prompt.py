@@ -11,9 +11,9 @@ import pytest
 
 from prompt_tuning import models
 from prompt_tuning.prompts import Prompt, initializers
-from prompt_tuning.prompts.multi_prompt import (MultiPrompt, from_files,
-                                                load_prompt_files, per_prompt,
-                                                with_prompt_table)
+from prompt_tuning.models import with_prompt_table
+from prompt_tuning.prompts.multi_prompt import (MultiPrompt, from_files, load_prompt_files,
+                                                per_prompt)
 from prompt_tuning.t5 import T5Config, Transformer, init_params
 from prompt_tuning.t5.network import abstract_params, logical_axes
 from prompt_tuning.training import partitioning
@@ -100,13 +100,28 @@ def test_missing_or_misshaped_prompt_ids_are_errors(setup):
   with pytest.raises(ValueError, match="needs prompt_ids"):
     jax.eval_shape(lambda p: module.apply({"params": p}, *args), params)
   with pytest.raises(ValueError, match="one prompt index per row"):
-    jax.eval_shape(lambda p: module.apply({"params": p}, *args,
-                                          prompt_ids=np.zeros((2,), np.int32)), params)
+    jax.eval_shape(lambda p: module.apply(
+        {"params": p}, *args, prompt_inputs={"prompt_ids": np.zeros((2,), np.int32)}),
+        params)
+  with pytest.raises(ValueError, match="only the prompt input `prompt_ids`"):
+    jax.eval_shape(lambda p: module.apply(
+        {"params": p}, *args,
+        prompt_inputs={"prompt_ids": batch["prompt_ids"], "task_ids": batch["prompt_ids"]}),
+        params)
+  ids = {"prompt_ids": batch["prompt_ids"]}
   plain = Transformer(CFG)
   with pytest.raises(ValueError, match="no input prompt"):
-    jax.eval_shape(lambda p: plain.apply({"params": p}, *args,
-                                         prompt_ids=batch["prompt_ids"]),
+    jax.eval_shape(lambda p: plain.apply({"params": p}, *args, prompt_inputs=ids),
                    abstract_params(CFG))
+  # A single prompt serves every row alike: per-row ids would be silently ignored.
+  single = Transformer(CFG, input_prompt=functools.partial(Prompt, length=LENGTH))
+  with pytest.raises(ValueError, match="use prompts.MultiPrompt"):
+    jax.eval_shape(lambda p: single.apply({"params": p}, *args, prompt_inputs=ids),
+                   abstract_params(CFG, functools.partial(Prompt, length=LENGTH)))
+  # Through the model, the batch feature `prompt_ids` is what reaches the prompt.
+  model = models.EncoderDecoderModel(plain)
+  with pytest.raises(ValueError, match="no input prompt"):
+    jax.eval_shape(model.compute_logits, abstract_params(CFG), batch)
 
 
 def test_from_files_loads_the_table_in_order(tmp_path):
@@ -117,9 +132,8 @@ def test_from_files_loads_the_table_in_order(tmp_path):
     paths.append(str(tmp_path / f"p{i}.npy"))
     np.save(paths[-1], prompt)
   module = MultiPrompt.from_files(paths)()
-  tokens = np.ones((2, 3), np.int32)
   # The `init` field (the initialiser) shadows Module.init, as in `Prompt`.
-  params = flax.linen.Module.init(module, jax.random.PRNGKey(0), tokens,
+  params = flax.linen.Module.init(module, jax.random.PRNGKey(0),
                                   np.zeros((2, 3, CFG.emb_dim), np.float32))["params"]
   table = flax.linen.unbox(params)["prompt"]
   np.testing.assert_array_equal(table, np.stack(prompts))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.prompts import Prompt, initializers
-from prompt_tuning.t5 import T5Config, Transformer, init_params
+from prompt_tuning.t5 import T5Config, Transformer, init_params, logical_axes
 
 CFG = T5Config.from_size("tiny", vocab_size=128)
 
@@ -28,7 +28,6 @@ def test_prompt_parameter_path_shape_and_axes():
   factory = functools.partial(Prompt, length=5)
   params = init_params(CFG, jax.random.PRNGKey(0), input_prompt=factory)
   assert params["encoder"]["prompt"]["prompt"].shape == (5, CFG.emb_dim)
-  from prompt_tuning.t5 import logical_axes
   axes = logical_axes(CFG, input_prompt=factory)
   assert tuple(axes["encoder"]["prompt"]["prompt"]) == ("prompt", "embed")
 
@@ -49,7 +48,10 @@ def test_prompt_is_prepended_and_always_visible():
   enc, dec, tgt = _batch()
   encoded = jax.jit(lambda p, e: model.apply({"params": p}, e, method=model.encode))(
       params, enc)
-  assert encoded.shape == (2, 3 + 6, CFG.emb_dim)
+  assert encoded.sequence.shape == (2, 3 + 6, CFG.emb_dim)
+  # The encoder's mask: prompt positions always visible, then the tokens' own mask.
+  np.testing.assert_array_equal(encoded.mask, np.concatenate(
+      [np.ones((2, 3), bool), enc > 0], axis=1))
   # The prompt changes the output, and every prompt position matters to the decoder,
   # even for the row whose input is mostly padding.
   apply = jax.jit(model.apply)

@@ -137,9 +137,9 @@ def test_cached_greedy_decoding_equals_uncached_argmax(tiny_params):
   length = 6
   v = {"params": tiny_params}
   encoded = jax.jit(lambda v, e: model.apply(v, e, method=model.encode))(v, enc)
-  _, init = jax.jit(lambda v, e, x: model.apply(
-      v, x, e, jnp.zeros((2, length), jnp.int32), decode=True, max_decode_length=length,
-      mutable=["cache"], method=model.decode))(v, enc, encoded)
+  _, init = jax.jit(lambda v, x: model.apply(
+      v, x.sequence, x.mask, jnp.zeros((2, length), jnp.int32), decode=True,
+      max_decode_length=length, mutable=["cache"], method=model.decode))(v, encoded)
 
   @jax.jit
   def step(cache, token):
@@ -150,7 +150,8 @@ def test_cached_greedy_decoding_equals_uncached_argmax(tiny_params):
 
   @jax.jit
   def full(decoder_inputs):
-    return model.apply(v, encoded, enc, decoder_inputs, None, method=model.decode)
+    return model.apply(v, encoded.sequence, encoded.mask, decoder_inputs, None,
+                       method=model.decode)
 
   cache = init["cache"]
   # Head-major caches: a step's einsums read them without a transpose per layer.

@@ -136,9 +136,9 @@ def _full_and_cached_logits(model, params, enc, dec_in):
   full = jax.jit(model.apply)({"params": params}, enc, dec_in, np.ones_like(dec_in))
   encoded = jax.jit(lambda p, e: model.apply({"params": p}, e, method=model.encode))(
       params, enc)
-  _, init = jax.jit(lambda p, e, x: model.apply(
-      {"params": p}, x, e, jnp.zeros_like(dec_in), decode=True, max_decode_length=length,
-      mutable=["cache"], method=model.decode))(params, enc, encoded)
+  _, init = jax.jit(lambda p, x: model.apply(
+      {"params": p}, x.sequence, x.mask, jnp.zeros_like(dec_in), decode=True,
+      max_decode_length=length, mutable=["cache"], method=model.decode))(params, encoded)
 
   @jax.jit
   def step(cache, token):
