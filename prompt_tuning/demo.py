@@ -24,6 +24,7 @@ from absl import logging
 
 from prompt_tuning import launch
 from prompt_tuning.data import demo as demo_data
+from prompt_tuning.evaluation import evaluator
 from prompt_tuning.training import logging_utils, trainer
 
 TINY_DEMO_MODEL = dict(size="tiny", emb_dim=128, num_heads=4, head_dim=32,
@@ -46,7 +47,7 @@ def _train(gin_files: Sequence[str], bindings: dict[str, Any]) -> Any:
   launch.parse_gin(gin_files, _bindings(bindings), [])
   gin.finalize()
   try:
-    return trainer.train()
+    return trainer.train(evaluation_factory=evaluator.build_evaluation)
   finally:
     gin.clear_config()
 
