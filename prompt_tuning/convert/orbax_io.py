@@ -5,8 +5,9 @@ orbax's PyTree handler (OCDBT by default, per-array zarr before), usually as the
 `state/` of a step directory `checkpoint_N/`. Our own `save_params_orbax` writes the
 plain parameter tree, and our trainer's `MODEL_DIR/checkpoint_N` (see `runs`) keeps the
 trained parameters under `state/trainable` and, in a full checkpoint, the frozen ones in
-the item `frozen/`: one reader serves all of them. Orbax reads only the slices each device needs when given a
-sharding, so placement is delegated to it rather than done array by array.
+the item `frozen/`: one reader serves all of them. Orbax reads only the slices each
+device needs when given a sharding, so placement is delegated to it rather than done
+array by array.
 """
 
 from __future__ import annotations

@@ -1,13 +1,12 @@
 """Orbax checkpoints of a training run: save, keep the newest N, resume, export prompts.
 
-A step directory `MODEL_DIR/checkpoint_{step}` holds orbax items:
-  state     the TrainState as a plain dict (`step`, `trainable`, `opt_state`),
-  progress  JSON `{"step", "data_position"}` (batches consumed, for resuming the input),
-  metadata  JSON given by the trainer (base checkpoint path and fingerprint, config),
-  frozen    the frozen parameters, only with `save_full=True`.
-Prompt tuning saves only what trains (DESIGN.md, "trainable-only checkpoints"): resuming
-re-reads the frozen base, and the fingerprint in `metadata` tells whether it is the same
-base. Each save also exports every trainable leaf as `.npy` under
+A step directory `MODEL_DIR/checkpoint_{step}` holds the orbax items that
+`prompt_tuning.convert.runs` describes (state, progress, metadata and, with
+`save_full=True`, frozen); that module also lists the steps, and `prompt_tuning.convert`
+reads the parameters back for every other use (evaluation, export, a new run's base).
+Prompt tuning saves only what trains (docs/design.md, "Checkpoints"): resuming re-reads
+the frozen base, and the fingerprint in `metadata` (`fingerprint`) tells whether it is
+the same base. Each save also exports every trainable leaf as `.npy` under
 `MODEL_DIR/numpy_checkpoints/checkpoint_{step}/`, the upstream's format for prompts.
 
 Orbax writes a step into `checkpoint_{step}.orbax-checkpoint-tmp` and renames it when
@@ -19,43 +18,38 @@ warning naming each one skipped.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import math
-import os
-import re
 import uuid
 from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
+from prompt_tuning import errors
+from prompt_tuning.convert import runs
+from prompt_tuning.convert.errors import CheckpointMismatchError
+from prompt_tuning.training.fingerprint import named_leaves
 from prompt_tuning.training.train_step import TrainState
 
-STEP_PREFIX = "checkpoint"
+STEP_PREFIX = runs.STEP_PREFIX
 NUMPY_DIR = "numpy_checkpoints"
-STATE_ITEM = "state"
-PROGRESS_ITEM = "progress"
-METADATA_ITEM = "metadata"
-FROZEN_ITEM = "frozen"
+STATE_ITEM = runs.STATE_ITEM
+PROGRESS_ITEM = runs.PROGRESS_ITEM
+METADATA_ITEM = runs.METADATA_ITEM
+FROZEN_ITEM = runs.FROZEN_ITEM
 # A state at most this large is read completely to check a checkpoint (prompt tuning's
 # is a few MB); a larger one (model tuning) is checked through its metadata only, and a
 # damaged array then shows up when `restore` reads it (which also falls back).
 FULL_READ_CHECK_BYTES = 64 << 20
 
-_STEP_NAME = re.compile(rf"{STEP_PREFIX}_(0|[1-9][0-9]*)")
 _NUMPY_TMP_MARK = ".tmp-"
-
-
-class CheckpointMismatchError(ValueError):
-  """The checkpoint's trees do not have the target's structure or shapes."""
 
 
 class NoUsableCheckpointError(RuntimeError):
@@ -75,31 +69,18 @@ class RestoredCheckpoint:
 # Tree helpers.
 
 
-def _key_name(key: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def _named_leaves(tree: Any, sep: str = "/") -> list[tuple[str, Any]]:
-  """(path joined with `sep`, leaf) for every leaf; paths are dict keys / field names."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return [(sep.join(_key_name(k) for k in path), leaf) for path, leaf in flat]
-
-
 def _shape(leaf: Any) -> tuple[int, ...]:
   # Orbax's metadata leaves carry `.shape` but are not arrays.
   return tuple(int(d) for d in (leaf.shape if hasattr(leaf, "shape") else np.shape(leaf)))
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  return {name: _shape(leaf) for name, leaf in _named_leaves(tree)}
+  return {name: _shape(leaf) for name, leaf in named_leaves(tree)}
 
 
 def _nbytes(tree: Any) -> int:
   return sum(math.prod(_shape(leaf)) * np.dtype(leaf.dtype).itemsize
-             for _, leaf in _named_leaves(tree) if hasattr(leaf, "dtype"))
+             for _, leaf in named_leaves(tree) if hasattr(leaf, "dtype"))
 
 
 def _describe_mismatch(what: str, stored: Any, wanted: Any) -> str | None:
@@ -140,113 +121,8 @@ def _to_host(x: Any) -> np.ndarray:
   """The whole array on this host; gathers across processes when it is split among them
   (a collective: every process must call it for the same arrays)."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
-
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(x)
-
-
-# ---------------------------------------------------------------------------------------
-# Fingerprints.
-
-_GOLDEN = 0x9E3779B9
-_NUMPY_CHUNK = 1 << 20
-
-
-def _fmix32(h: jax.Array) -> jax.Array:
-  """MurmurHash3's finaliser: a bijection on uint32 that spreads every bit."""
-  h = h ^ (h >> jnp.uint32(16))
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> jnp.uint32(13))
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> jnp.uint32(16))
-
-
-def _lane_sums(bits: jax.Array, index: jax.Array) -> jax.Array:
-  """Two position-keyed checksums of 32-bit words, modulo 2**32.
-
-  For a fixed position both terms are bijections of the word (xor with a constant then
-  a bijective mix; multiplication by an odd number), so changing any one value changes
-  both sums. Integer addition makes the result exact and independent of summation
-  order, hence of chunking, sharding and of the device or host that computes it.
-  """
-  mixed = _fmix32(bits ^ (index * jnp.uint32(_GOLDEN)))
-  weighted = bits * (index * jnp.uint32(2) + jnp.uint32(1))
-  return jnp.stack([jnp.sum(mixed, dtype=jnp.uint32), jnp.sum(weighted, dtype=jnp.uint32)])
-
-
-def _unsigned_view_dtype(dtype: Any) -> Any:
-  return {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}[np.dtype(dtype).itemsize]
-
-
-@jax.jit
-def _device_lanes(x: jax.Array) -> jax.Array:
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  bits = jax.lax.bitcast_convert_type(x, _unsigned_view_dtype(x.dtype)).astype(jnp.uint32)
-  # Row-major positions, built from iotas so that a sharded array is never reshaped.
-  index = jnp.zeros(bits.shape, jnp.uint32)
-  stride = 1
-  for dim in reversed(range(bits.ndim)):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, dim) * jnp.uint32(
-        stride % (1 << 32))
-    stride *= bits.shape[dim]
-  return _lane_sums(bits, index)
-
-
-def _host_chunk_lanes(words: np.ndarray, start: int) -> tuple[int, int]:
-  """`_lane_sums` of one chunk with numpy, in place to spare memory traffic; position
-  `start + i` enters through (start + i) * c = start * c + i * c (mod 2**32)."""
-  i = np.arange(words.size, dtype=np.uint32)
-  bits = words.astype(np.uint32)
-  mixed = i * np.uint32(_GOLDEN)
-  mixed += np.uint32(start * _GOLDEN % (1 << 32))
-  mixed ^= bits
-  mixed ^= mixed >> np.uint32(16)
-  mixed *= np.uint32(0x85EBCA6B)
-  mixed ^= mixed >> np.uint32(13)
-  mixed *= np.uint32(0xC2B2AE35)
-  mixed ^= mixed >> np.uint32(16)
-  i *= np.uint32(2)
-  i += np.uint32((2 * start + 1) % (1 << 32))
-  bits *= i
-  return int(mixed.sum(dtype=np.uint32)), int(bits.sum(dtype=np.uint32))
-
-
-def _host_lanes(x: np.ndarray) -> tuple[int, int]:
-  if x.dtype == np.bool_:
-    x = x.astype(np.uint8)
-  words = np.ascontiguousarray(x).reshape(-1).view(_unsigned_view_dtype(x.dtype))
-  starts = range(0, words.size, _NUMPY_CHUNK)
-  chunk = lambda start: _host_chunk_lanes(words[start:start + _NUMPY_CHUNK], start)
-  if len(starts) > 1:  # numpy releases the GIL, so threads share big leaves.
-    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-      parts = list(pool.map(chunk, starts))
-  else:
-    parts = [chunk(start) for start in starts]
-  return (sum(a for a, _ in parts) & 0xFFFFFFFF, sum(b for _, b in parts) & 0xFFFFFFFF)
-
-
-def fingerprint_params(params: Any) -> str:
-  """A hash of every leaf's name, shape, dtype and values, used to notice that a run is
-  resumed on another frozen base than it was trained on.
-
-  Values enter through two exact 32-bit checksums per leaf computed where the leaf lives
-  (one fused pass on its devices for a jax array, chunked threads on the host for
-  numpy), so an XXL model costs one read of its weights and no copy; the result does
-  not depend on sharding or on the number of devices or processes.
-  """
-  digest = hashlib.sha256()
-  for name, leaf in sorted(_named_leaves(params), key=lambda item: item[0]):
-    if isinstance(leaf, jax.Array):
-      a, b = (int(v) for v in np.asarray(_device_lanes(leaf)))
-      shape, dtype = leaf.shape, np.dtype(leaf.dtype)
-    else:
-      array = np.asarray(leaf)
-      a, b = _host_lanes(array)
-      shape, dtype = array.shape, array.dtype
-    digest.update(f"{name}\t{tuple(shape)}\t{dtype.name}\t{a:08x}{b:08x}\n".encode())
-  return digest.hexdigest()[:32]
 
 
 # ---------------------------------------------------------------------------------------
@@ -269,7 +145,7 @@ def export_numpy(params: Any, directory: str) -> list[str]:
   process 0 writes.
   """
   final = epath.Path(directory)
-  named = [(name, _numpy_value(_to_host(leaf))) for name, leaf in _named_leaves(params, ".")]
+  named = [(name, _numpy_value(_to_host(leaf))) for name, leaf in named_leaves(params, ".")]
   paths = [str(final / f"{name}.npy") for name, _ in named]
   if jax.process_index() != 0:
     return paths
@@ -289,40 +165,8 @@ def export_numpy(params: Any, directory: str) -> list[str]:
   return paths
 
 
-def read_params(step_dir: str) -> dict[str, Any]:
-  """The parameters in one `checkpoint_{step}` directory as host numpy arrays: the
-  trainable ones, merged with the frozen ones of a full checkpoint.
-
-  Reads whatever mesh and device count wrote the checkpoint (a plain orbax restore
-  insists on the writer's topology), e.g. an LM-adapted model trained on a pod slice as
-  the frozen base of a prompt run on one GPU.
-  """
-  checkpointer = ocp.PyTreeCheckpointer()
-
-  def read(item: str) -> Any:
-    path = epath.Path(step_dir).absolute() / item
-    tree = ocp.PyTreeCheckpointHandler().metadata(path).tree
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-
-  params = read(STATE_ITEM)["trainable"]
-  if (epath.Path(step_dir) / FROZEN_ITEM).exists():
-    flat = flax.traverse_util.flatten_dict(dict(params), sep="/")
-    frozen = flax.traverse_util.flatten_dict(dict(read(FROZEN_ITEM)), sep="/")
-    both = sorted(flat.keys() & frozen.keys())
-    if both:
-      raise ValueError(f"{step_dir} holds {both[0]} both as trainable and as frozen")
-    params = flax.traverse_util.unflatten_dict({**frozen, **flat}, sep="/")
-  return params
-
-
 # ---------------------------------------------------------------------------------------
 # The manager.
-
-
-def _one_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
-  return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
 
 class CheckpointManager:
@@ -359,17 +203,17 @@ class CheckpointManager:
   # -- paths ----------------------------------------------------------------------------
 
   def step_dir(self, step: int) -> str:
-    return str(epath.Path(self.model_dir) / f"{STEP_PREFIX}_{step}")
+    return str(epath.Path(self.model_dir) / runs.step_name(step))
 
   def numpy_dir(self, step: int) -> str:
-    return str(epath.Path(self.model_dir) / NUMPY_DIR / f"{STEP_PREFIX}_{step}")
+    return str(epath.Path(self.model_dir) / NUMPY_DIR / runs.step_name(step))
 
   # -- queries --------------------------------------------------------------------------
 
   def all_steps(self) -> list[int]:
     """Every finished checkpoint on disk, oldest first (readability not checked)."""
     self._manager.wait_until_finished()
-    return sorted(self._manager.all_steps())
+    return runs.steps(self.model_dir)
 
   def latest_step(self) -> int | None:
     """The newest step whose checkpoint reads cleanly; None when there is none at all.
@@ -390,8 +234,6 @@ class CheckpointManager:
     if jax.process_count() > 1:
       # All processes must resume from the same step even if their views of the
       # filesystem disagree; process 0 decides.
-      from jax.experimental import multihost_utils
-
       chosen = int(multihost_utils.broadcast_one_to_all(
           np.int64(-1 if chosen is None else chosen)))
       chosen = None if chosen < 0 else chosen
@@ -426,7 +268,7 @@ class CheckpointManager:
         self._manager.restore(step, args=ocp.args.Composite(**{
             STATE_ITEM: ocp.args.PyTreeRestore(restore_args=restore_args)}))
     except Exception as e:  # Any failure to read means "do not use this one".
-      return _one_line(e)
+      return errors.one_line(e, with_type=True)
     return None
 
   def _read_json(self, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -457,8 +299,8 @@ class CheckpointManager:
     if self._save_full and frozen is None:
       raise ValueError("save_full=True needs the frozen parameters: pass save(..., frozen=)")
     self._manager.wait_until_finished()
-    existing = self._manager.all_steps()
-    for other in sorted(s for s in existing if s >= step):
+    self._manager.reload()  # Orbax deletes only the steps it knows of.
+    for other in [s for s in self.all_steps() if s >= step]:
       problem = self._problem(other)
       if problem is None:
         if other == step:
@@ -486,8 +328,7 @@ class CheckpointManager:
     root = epath.Path(self.model_dir) / NUMPY_DIR
     if not root.exists():
       return []
-    return sorted(int(m.group(1)) for p in root.iterdir()
-                  if (m := _STEP_NAME.fullmatch(p.name)))
+    return sorted(step for p in root.iterdir() if (step := runs.step_of(p.name)) is not None)
 
   def _prune_numpy(self) -> None:
     if self._keep is None:
@@ -516,7 +357,7 @@ class CheckpointManager:
     """
     self._manager.wait_until_finished()
     if step is not None:
-      if step not in self._manager.all_steps():
+      if step not in self.all_steps():
         raise ValueError(f"no checkpoint for step {step} in {self.model_dir}; "
                          f"available steps: {self.all_steps()}")
       self._check_fits(step, target, frozen_target)
@@ -532,7 +373,7 @@ class CheckpointManager:
         try:
           return self._read(candidate, target, frozen_target)
         except Exception as e:  # Damage that the metadata check could not see.
-          problem = _one_line(e)
+          problem = errors.one_line(e, with_type=True)
       self._warn_skipped(candidate, problem)
     raise self._none_usable(steps)
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Iterator, Mapping
 
+import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+
+from prompt_tuning.training import partitioning
 
 
 def feature_converter() -> seqio.FeatureConverter:
@@ -25,10 +28,6 @@ def shard_info() -> seqio.ShardInfo | None:
   seqio shards a file-based source by files, so it needs at least as many files as
   processes; in-memory and function sources are split example by example.
   """
-  import jax
-
-  from prompt_tuning.training import partitioning
-
   if jax.process_count() == 1:
     return None
   return partitioning.process_shard_info()
@@ -42,8 +41,6 @@ def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   `batch_size` is global: each process yields `batch_size / process_count` rows of its
   own shard, which the partitioner assembles into one global batch.
   """
-  import jax
-
   if batch_size % jax.process_count():
     raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the number of "
                      f"processes {jax.process_count()}")

@@ -1,14 +1,13 @@
 """Parameters at the start of a run: the frozen base from a checkpoint, fresh trainables.
 
 `INITIAL_CHECKPOINT_PATH` may be any format `prompt_tuning.convert` reads (T5X legacy,
-T5X orbax, our orbax, Hugging Face). Parameters whose name matches the assignment-map
-regex (default `.*prompt.*`) are initialised fresh; any other parameter missing from the
-checkpoint is an error that lists them.
+T5X orbax, our orbax, Hugging Face, a `checkpoint_N` of one of our runs). Parameters
+whose name matches the assignment-map regex (default `.*prompt.*`) are initialised
+fresh; any other parameter missing from the checkpoint is an error that lists them.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Callable
 
@@ -16,9 +15,8 @@ import flax
 import jax
 import numpy as np
 
+from prompt_tuning import convert, tree
 from prompt_tuning.t5 import network
-from prompt_tuning.training import checkpoints
-from prompt_tuning.training import trainable as trainable_lib
 
 Params = dict[str, Any]
 
@@ -36,49 +34,11 @@ def fresh_init(module: network.Transformer, rng: jax.Array, names: set[str] | No
     params = flax.linen.unbox(module.init(r, tokens, tokens, tokens)["params"])
     if names is None:
       return params
-    return {name: value for name, value in trainable_lib.flatten(params).items()
+    return {name: value for name, value in tree.flatten(params).items()
             if name in names}
 
   values = jax.jit(init)(rng)
-  return values if names is None else trainable_lib.unflatten(values)
-
-
-def is_training_checkpoint(path: str) -> bool:
-  """A `MODEL_DIR/checkpoint_N` written by our trainer (orbax items state + metadata)."""
-  return (os.path.isdir(os.path.join(path, "state")) and
-          os.path.isdir(os.path.join(path, "metadata")))
-
-
-def load_model_params(path: str) -> Params:
-  """Parameters from any checkpoint a run may start from.
-
-  A checkpoint of our own trainer holds the trainable parameters (and, when it is a
-  full checkpoint, the frozen ones); anything else goes to `prompt_tuning.convert`,
-  which reads T5X legacy/orbax and Hugging Face formats.
-  """
-  if is_training_checkpoint(path):
-    return _read_training_checkpoint(path)
-  from prompt_tuning import convert
-
-  return convert.load_params(path)
-
-
-def _read_training_checkpoint(path: str) -> Params:
-  # Topology-free: the run that wrote it may have used another mesh or device count.
-  return jax.tree.map(np.asarray, checkpoints.read_params(path))
-
-
-def read_variable(path: str, name: str) -> np.ndarray:
-  """One parameter (e.g. `token_embedder/embedding`) without loading the others when the
-  format allows it."""
-  if is_training_checkpoint(path):
-    return np.asarray(trainable_lib.flatten(load_model_params(path))[name])
-  from prompt_tuning import convert
-
-  with convert.open_checkpoint(path) as reader:
-    if name not in reader.arrays():
-      raise ValueError(f"{path} has no parameter {name!r}")
-    return np.asarray(reader.read(name))
+  return values if names is None else tree.unflatten(values)
 
 
 def initial_params(module: network.Transformer, rng: jax.Array,
@@ -87,10 +47,10 @@ def initial_params(module: network.Transformer, rng: jax.Array,
   """The full parameter tree for the start of training (before any resume)."""
   if not initial_checkpoint_path:
     return fresh_init(module, rng)
-  abstract = trainable_lib.flatten(
+  abstract = tree.flatten(
       network.abstract_params(module.config, module.input_prompt, module.layer_prefix))
-  loader = loader or load_model_params
-  loaded = trainable_lib.flatten(loader(initial_checkpoint_path))
+  loader = loader or convert.load_params
+  loaded = tree.flatten(loader(initial_checkpoint_path))
   pattern = re.compile(fresh_regex)
   fresh = {name for name in abstract if pattern.fullmatch(name)}
   missing = sorted(name for name in abstract if name not in loaded and name not in fresh)
@@ -107,5 +67,5 @@ def initial_params(module: network.Transformer, rng: jax.Array,
                      "initialised fresh, every other one must be in the checkpoint")
   params = {name: loaded[name] for name in abstract if name not in fresh}
   if fresh:
-    params.update(trainable_lib.flatten(fresh_init(module, rng, fresh)))
-  return trainable_lib.unflatten(params)
+    params.update(tree.flatten(fresh_init(module, rng, fresh)))
+  return tree.unflatten(params)

@@ -1,7 +1,7 @@
 """Where training numbers go: TensorBoard (clu), `metrics.jsonl`, and the terminal.
 
-On a terminal a one-line progress bar shows steps/s and the ETA; otherwise (a pod, a
-log file) plain lines are printed every `log_period` steps.
+On a terminal a tqdm bar shows steps/s, the ETA and the loss per target token;
+otherwise (a pod, a log file) plain lines are printed every `log_period` steps.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from typing import Any, Mapping
 
 import jax
+import tqdm
 from clu import metric_writers
 
 
@@ -67,44 +68,51 @@ def read_metrics(model_dir: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-class Progress:
-  """Steps/s and ETA, as a live bar on a terminal or periodic log lines elsewhere."""
+def flatten_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+  """{"task/metric": value} of an evaluation's {task: {metric: value}}, numbers only:
+  what metrics.jsonl and TensorBoard take."""
+  flat = {}
+  for task, values in metrics.items():
+    for name, value in values.items():
+      if isinstance(value, (int, float)):
+        flat[f"{task}/{name}"] = float(value)
+  return flat
 
-  def __init__(self, total_steps: int, start_step: int, log_period: int = 100,
-               stream: Any = None):
+
+class Progress:
+  """Steps/s, ETA and the last loss per target token, on stderr of the leader only.
+
+  On a terminal tqdm draws a live bar; elsewhere (a pod, a log file, a test capturing
+  stderr) a bar would be a stream of carriage returns, so one plain line is written
+  every `log_period` steps and at the last step instead.
+  """
+
+  def __init__(self, total_steps: int, start_step: int, log_period: int = 100, *,
+               enabled: bool = True, stream: Any = None):
     self.total = total_steps
     self.start = start_step
     self.log_period = max(1, log_period)
+    self.enabled = enabled
     self.stream = stream or sys.stderr
-    self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+    interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+    self.bar = None
+    if enabled and interactive:
+      self.bar = tqdm.tqdm(total=total_steps, initial=start_step, file=self.stream,
+                           unit="step", dynamic_ncols=True)
     self.t0 = time.time()
 
-  def update(self, step: int, values: Mapping[str, float]) -> None:
-    done = step - self.start
-    elapsed = max(time.time() - self.t0, 1e-9)
-    rate = done / elapsed
-    eta = (self.total - step) / rate if rate > 0 else float("inf")
-    shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-    if self.interactive:
-      width = 30
-      filled = int(width * step / max(self.total, 1))
-      bar = "#" * filled + "-" * (width - filled)
-      self.stream.write(f"\r[{bar}] {step}/{self.total} {rate:.2f} steps/s "
-                        f"ETA {_duration(eta)} {shown}   ")
-      self.stream.flush()
-    elif step % self.log_period == 0 or step == self.total:
-      self.stream.write(f"step {step}/{self.total}  {rate:.2f} steps/s  ETA "
-                        f"{_duration(eta)}  {shown}\n")
+  def update(self, step: int, loss_per_token: float) -> None:
+    postfix = f"loss/token={loss_per_token:.4g}"
+    if self.bar is not None:
+      self.bar.set_postfix_str(postfix, refresh=False)
+      self.bar.update(step - self.bar.n)
+    elif self.enabled and (step % self.log_period == 0 or step == self.total):
+      rate = (step - self.start) / max(time.time() - self.t0, 1e-9)
+      eta = tqdm.tqdm.format_interval((self.total - step) / rate) if rate > 0 else "?"
+      self.stream.write(f"step {step}/{self.total}  {rate:.2f} steps/s  ETA {eta}  "
+                        f"{postfix}\n")
       self.stream.flush()
 
   def close(self) -> None:
-    if self.interactive:
-      self.stream.write("\n")
-      self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-  if seconds == float("inf"):
-    return "?"
-  seconds = int(seconds)
-  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    if self.bar is not None:
+      self.bar.close()

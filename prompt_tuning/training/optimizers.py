@@ -1,6 +1,6 @@
 """Adafactor as T5X and the paper use it, built from optax transformations.
 
-Paper settings (REFERENCE.md): learning rate 0.3 constant, decay rate 0.8
+Paper settings (Lester et al. 2021, following T5X): learning rate 0.3 constant, decay rate 0.8
 (beta2_t = 1 - (t+1)^-0.8), update clipping at RMS 1.0, epsilon 1e-30, no momentum, no
 parameter scaling, weight decay 1e-5 applied as `p <- (1 - wd) p - lr u` (decoupled from
 the learning rate, unlike optax.adafactor's `weight_decay_rate`), and second moments
@@ -21,18 +21,6 @@ Schedule = Callable[[int], float]
 @gin.configurable
 def constant_schedule(value: float = 0.3) -> Schedule:
   return optax.constant_schedule(value)
-
-
-@gin.configurable
-def rsqrt_schedule(base: float = 1.0, warmup_steps: int = 10_000) -> Schedule:
-  """T5's pre-training schedule: base / sqrt(max(step, warmup))."""
-
-  def schedule(step):
-    import jax.numpy as jnp
-
-    return base * jnp.reciprocal(jnp.sqrt(jnp.maximum(step, warmup_steps)))
-
-  return schedule
 
 
 @gin.configurable

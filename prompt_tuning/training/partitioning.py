@@ -18,7 +18,6 @@ import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
-import flax.traverse_util
 import gin
 import jax
 import numpy as np
@@ -26,6 +25,7 @@ import optax
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from prompt_tuning import tree
 from prompt_tuning.training.train_step import TrainState
 
 LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
@@ -222,51 +222,41 @@ class Partitioner:
     `abstract_params` (arrays or ShapeDtypeStructs of the same structure) lets
     non-dividing dimensions fall back to replication.
     """
-    flat_axes = flax.traverse_util.flatten_dict(dict(logical_axes_tree))
-    flat_shapes = ({} if abstract_params is None
-                   else flax.traverse_util.flatten_dict(dict(abstract_params)))
+    flat_axes = tree.flatten(logical_axes_tree)
+    flat_shapes = {} if abstract_params is None else tree.flatten(abstract_params)
     if flat_shapes and flat_shapes.keys() != flat_axes.keys():
-      missing = sorted("/".join(k) for k in flat_axes.keys() ^ flat_shapes.keys())
+      missing = sorted(flat_axes.keys() ^ flat_shapes.keys())
       raise ValueError(f"logical axes and parameters differ in: {', '.join(missing[:5])}")
     shardings = {}
     for path, spec in flat_axes.items():
       shape = flat_shapes[path].shape if flat_shapes else None
       shardings[path] = self.sharding(spec, shape)
-    return flax.traverse_util.unflatten_dict(shardings)
+    return tree.unflatten(shardings)
 
   def opt_state_shardings(self, optimizer: optax.GradientTransformation,
                           trainable_abstract: Any, trainable_shardings: Any) -> Any:
     """Shardings for `optimizer.init(trainable)`, derived from the parameters' own.
 
-    Each state leaf is matched to the parameter whose path ends its own path (optax
-    nests copies of the parameter tree inside its state). A leaf of the parameter's
-    shape takes its sharding; a factored Adafactor row/column statistic (the shape with
-    one dimension removed) keeps the spec of the remaining dimensions; everything else
-    (step counts, the (1,) placeholders of unfactored moments) is replicated. When
-    dropping either of two equal dimensions gives the same shape, the leaf is
-    replicated, since which one was dropped is unknowable from shapes alone.
+    `optax.tree_map_params` finds the copies of the parameter tree inside the state
+    (moments, factored statistics) and pairs each of their leaves with its parameter. A
+    leaf of the parameter's shape takes its sharding; a factored Adafactor row/column
+    statistic (the shape with one dimension removed) keeps the spec of the remaining
+    dimensions; everything else (step counts, the (1,) placeholders of unfactored
+    moments) is replicated. When dropping either of two equal dimensions gives the same
+    shape, the leaf is replicated, since which one was dropped is unknowable from shapes
+    alone.
     """
-    state_abstract = jax.eval_shape(optimizer.init, trainable_abstract)
-    params = {}
-    param_leaves = jax.tree_util.tree_flatten_with_path(trainable_abstract)[0]
-    sharding_leaves = jax.tree.leaves(trainable_shardings)
-    if len(param_leaves) != len(sharding_leaves):
+    if jax.tree.structure(trainable_abstract) != jax.tree.structure(trainable_shardings):
       raise ValueError("trainable_shardings must have the structure of trainable_abstract")
-    for (path, leaf), sharding in zip(param_leaves, sharding_leaves):
-      params[tuple(path)] = (tuple(leaf.shape), sharding)
+    state_abstract = jax.eval_shape(optimizer.init, trainable_abstract)
 
-    def state_sharding(path: tuple[Any, ...], leaf: Any) -> NamedSharding:
-      match = None
-      for param_path, value in params.items():
-        if len(param_path) <= len(path) and tuple(path[-len(param_path):]) == param_path:
-          if match is None or len(param_path) > len(match[0]):
-            match = (param_path, value)
-      if match is None:
-        return self.replicated
-      param_shape, param_sharding = match[1]
-      return self._derived_sharding(tuple(leaf.shape), param_shape, param_sharding)
+    def state_sharding(leaf: Any, param: Any, param_sharding: NamedSharding
+                       ) -> NamedSharding:
+      return self._derived_sharding(tuple(leaf.shape), tuple(param.shape), param_sharding)
 
-    return jax.tree_util.tree_map_with_path(state_sharding, state_abstract)
+    return optax.tree_map_params(optimizer, state_sharding, state_abstract,
+                                 trainable_abstract, trainable_shardings,
+                                 transform_non_params=lambda _: self.replicated)
 
   def _derived_sharding(self, shape: tuple[int, ...], param_shape: tuple[int, ...],
                         param_sharding: NamedSharding) -> NamedSharding:

@@ -3,7 +3,8 @@
 Same code for prompt tuning (trainable `.*prompt.*`), model tuning and LM adaptation
 (trainable `.*`). A run is resumable: starting it again with the same MODEL_DIR
 continues from the newest good checkpoint, and (same seed, same data order, dropout
-keyed by step) ends with the same parameters, bit for bit, as an uninterrupted run.
+keyed by step) ends with the same parameters, bit for bit, as an uninterrupted run
+(docs/design.md, "Training loop").
 
 Everything runs on one device mesh (`partitioning.Partitioner`): the frozen backbone is
 split T5X-style over the "model" axis, the trainable parameters and their optimiser
@@ -11,6 +12,9 @@ state follow the same logical axis rules (the prompt is replicated), each proces
 its own rows of the global batch, and the step is jitted with those shardings. One
 device is the 1x1 case of the same code. Checkpoints restore onto whatever mesh the
 resumed run uses.
+
+Evaluation lives a layer above training, so `train` takes it as a factory
+(`evaluation_factory`); the command line passes `prompt_tuning.evaluation`'s.
 """
 
 from __future__ import annotations
@@ -19,18 +23,18 @@ import dataclasses
 import functools
 import os
 import sys
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import gin
 import jax
 import optax
 from absl import logging
 
-from prompt_tuning import models
+from prompt_tuning import models, tree
 from prompt_tuning.t5 import network
 from prompt_tuning.training import checkpoints as checkpoints_lib
 from prompt_tuning.training import data as data_lib
-from prompt_tuning.training import evaluation as evaluation_lib
+from prompt_tuning.training import fingerprint
 from prompt_tuning.training import initialization
 from prompt_tuning.training import logging_utils
 from prompt_tuning.training import optimizers
@@ -68,7 +72,7 @@ def _eval_summary(metrics: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _flat_logical_axes(module: network.Transformer) -> dict[str, Any]:
-  return trainable_lib.flatten(network.logical_axes(
+  return tree.flatten(network.logical_axes(
       module.config, module.input_prompt, getattr(module, "layer_prefix", None)))
 
 
@@ -78,12 +82,12 @@ def parameter_shardings(partitioner: partitioning.Partitioner, module: network.T
   frozen half), from the logical axis names the module gives each parameter (`axes`:
   those names, flattened, when already at hand)."""
   axes = _flat_logical_axes(module) if axes is None else axes
-  names = trainable_lib.flatten(params)
+  names = tree.flatten(params)
   unknown = sorted(set(names) - set(axes))
   if unknown:
     raise ValueError(f"parameters not in the model: {', '.join(unknown[:5])}")
   return partitioner.param_shardings(
-      trainable_lib.unflatten({name: axes[name] for name in names}), params)
+      tree.unflatten({name: axes[name] for name in names}), params)
 
 
 def place_params(partitioner: partitioning.Partitioner, module: network.Transformer,
@@ -92,36 +96,172 @@ def place_params(partitioner: partitioning.Partitioner, module: network.Transfor
   return partitioner.place(params, parameter_shardings(partitioner, module, params))
 
 
-class PartitionedEvaluation(evaluation_lib.Evaluation):
-  """Evaluation whose model functions run on the partitioner's mesh: parameters stay
-  sharded as they are, each batch is split over "data" (every process reads the same
-  evaluation examples), and the activations follow the logical axis rules."""
+@dataclasses.dataclass
+class PlacedRun:
+  """A run laid out on the mesh: the frozen parameters and the train state with their
+  shardings, the base fingerprint its checkpoints carry, and how far the data has been
+  read. `state` is None until `resume_or_initialise`; `state_target` is its abstract
+  (shapes, dtypes, shardings) to restore a checkpoint into."""
 
-  def __init__(self, partitioner: partitioning.Partitioner, *args: Any, **kwargs: Any):
-    super().__init__(*args, batch_transform=partitioner.shard_replicated_batch, **kwargs)
-    self.partitioner = partitioner
-    # Outputs come back as host arrays in every process, also when they span several.
-    predict, score = self._predict, self._score
-    self._predict = lambda params, batch: partitioning.fetch(predict(params, batch))
-    self._score = lambda params, batch: partitioning.fetch(score(params, batch))
+  partitioner: partitioning.Partitioner
+  frozen: Any
+  frozen_shardings: Any
+  state_target: TrainState
+  state_shardings: TrainState
+  base_fingerprint: str
+  state: TrainState | None = None
+  data_position: int = 0
 
-  def evaluate(self, params: Any, step: int | None = None) -> dict[str, dict[str, Any]]:
-    with self.partitioner.activate():  # Tracing must see the mesh and the rules.
-      return super().evaluate(params, step)
+  @property
+  def params(self) -> Any:
+    return trainable_lib.merge(self.state.trainable, self.frozen)
 
 
-@gin.configurable(denylist=["model", "partitioner"])
-def build_evaluation(model: models.EncoderDecoderModel, mixture_or_task_name: str,
-                     task_feature_lengths: Mapping[str, int], batch_size: int,
-                     split: str = "validation", num_examples: int | None = None,
-                     partitioner: partitioning.Partitioner | None = None
-                     ) -> evaluation_lib.Evaluation:
-  """Without a partitioner the model functions run wherever the parameters are."""
-  args = (mixture_or_task_name, task_feature_lengths, batch_size, model.predict_batch,
-          model.score_batch)
-  if partitioner is None:
-    return evaluation_lib.Evaluation(*args, split=split, num_examples=num_examples)
-  return PartitionedEvaluation(partitioner, *args, split=split, num_examples=num_examples)
+def place_run(module: network.Transformer, partitioner: partitioning.Partitioner,
+              optimizer: optax.GradientTransformation, rng: jax.Array,
+              initial_checkpoint_path: str | None, trainable_regex: str, fresh_regex: str,
+              frozen_dtype: str | None) -> tuple[PlacedRun, Any]:
+  """The parameters read (or initialised), split, fingerprinted, the frozen half placed;
+  returns the run and the host copy of the initial trainable parameters."""
+  params = initialization.initial_params(module, rng, initial_checkpoint_path, fresh_regex)
+  trainable, frozen = trainable_lib.split(params, trainable_regex)
+  del params
+  # Before placement: the host copies hash the same in every process and on any mesh.
+  base_fingerprint = fingerprint.fingerprint_params(frozen) if frozen else ""
+  if frozen_dtype:
+    frozen = trainable_lib.cast(frozen, frozen_dtype)
+  logging.info("trainable parameters: %s (%d values); frozen: %d values",
+               ", ".join(tree.names(trainable)), tree.count(trainable), tree.count(frozen))
+  axes = _flat_logical_axes(module)
+  frozen_shardings = parameter_shardings(partitioner, module, frozen, axes=axes)
+  trainable_shardings = parameter_shardings(partitioner, module, trainable, axes=axes)
+  state_shardings = partitioner.train_state_shardings(optimizer, trainable,
+                                                      trainable_shardings)
+  state_target = jax.tree.map(
+      lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype,
+                                                   sharding=sharding),
+      jax.eval_shape(functools.partial(TrainState.create, optimizer=optimizer), trainable),
+      state_shardings)
+  run = PlacedRun(partitioner=partitioner, frozen=partitioner.place(frozen, frozen_shardings),
+                  frozen_shardings=frozen_shardings, state_target=state_target,
+                  state_shardings=state_shardings, base_fingerprint=base_fingerprint)
+  return run, trainable
+
+
+def resume_or_initialise(run: PlacedRun, trainable: Any,
+                         optimizer: optax.GradientTransformation,
+                         manager: checkpoints_lib.CheckpointManager,
+                         initial_checkpoint_path: str | None) -> None:
+  """Sets `run.state` (and `run.data_position`) from the newest readable checkpoint in
+  the manager's MODEL_DIR, refusing one trained on another frozen base; with no
+  checkpoint, from `trainable` and a fresh optimiser state."""
+  partitioner = run.partitioner
+  if manager.latest_step() is None:
+    # Made by a jitted function, the state owns its buffers: donating it to the train
+    # step cannot delete an array that something else still holds.
+    create = functools.partial(TrainState.create, optimizer=optimizer)
+    trainable_shardings = run.state_shardings.trainable
+    run.state = partitioner.partition(create, in_shardings=(trainable_shardings,),
+                                      out_shardings=run.state_shardings)(
+                                          partitioner.place(trainable, trainable_shardings))
+    return
+  # Read straight into this run's shardings, whatever mesh wrote the checkpoint.
+  restored = manager.restore(run.state_target)
+  if (restored.metadata or {}).get("base_fingerprint", "") != run.base_fingerprint:
+    raise BaseCheckpointMismatchError(
+        f"{manager.model_dir} holds a run trained on a different frozen model than "
+        f"{initial_checkpoint_path!r}; use a new MODEL_DIR or the original checkpoint")
+  # A no-op when orbax placed the arrays as asked; jit refuses any other layout.
+  run.state = partitioner.place(restored.state, run.state_shardings)
+  run.data_position = restored.data_position or 0
+  if logging_utils.is_leader():
+    print(f"resumed from {manager.model_dir} at step {_host_int(run.state.step)} "
+          f"({run.data_position} batches consumed)", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class _Loop:
+  """The steps from the run's current one to `end_step`: what a step writes (metrics,
+  progress, checkpoints, evaluations) and when."""
+
+  run: PlacedRun
+  manager: checkpoints_lib.CheckpointManager
+  evaluation: Any | None
+  save_frozen: bool
+  metadata: dict[str, Any]
+  train_steps: int
+  end_step: int
+  log_period: int
+  checkpoint_period: int
+  eval_period: int | None
+  learning_rate: float | Callable[[int], float]
+  log: logging_utils.MetricsLog
+  last_eval: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+  losses: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+
+  def save(self) -> None:
+    self.manager.save(self.run.state, frozen=self.run.frozen if self.save_frozen else None,
+                      data_position=self.run.data_position, metadata=self.metadata)
+
+  def evaluate(self, step: int) -> None:
+    self.last_eval = self.evaluation.evaluate(self.run.params, step)
+    self.log.write(step, "eval", logging_utils.flatten_metrics(self.last_eval))
+    if logging_utils.is_leader():
+      print(f"eval at step {step}: {_eval_summary(self.last_eval)}", file=sys.stderr,
+            flush=True)
+
+  def after_step(self, step: int, metrics: Mapping[str, Any],
+                 progress: logging_utils.Progress) -> None:
+    """The NaN guard, then the step's logs, checkpoint and evaluation."""
+    loss = float(metrics["loss"])
+    if not bool(metrics["finite"]):
+      raise NonFiniteLossError(
+          f"loss became {loss} (or the updated parameters non-finite) at step {step}; "
+          f"the last good checkpoint is kept in {self.manager.model_dir}. Lower the "
+          "learning rate or check the data, then rerun.")
+    self.losses.append((step, loss))
+    # The summed loss follows each batch's token count; per token it is comparable.
+    loss_per_token = loss / max(float(metrics["num_tokens"]), 1.0)
+    if step % self.log_period == 0 or step == self.end_step:
+      values = {k: float(v) for k, v in metrics.items() if k != "finite"}
+      values["loss_per_token"] = loss_per_token
+      values["learning_rate"] = float(self.learning_rate(step) if callable(self.learning_rate)
+                                      else self.learning_rate)
+      self.log.write(step, "train", values)
+    progress.update(step, loss_per_token)
+    if step % self.checkpoint_period == 0 or step == self.train_steps:
+      self.save()
+    if self.evaluation is not None and (step % self.eval_period == 0
+                                        or step == self.train_steps):
+      self.evaluate(step)
+
+  def run_steps(self, step_fn: Callable[..., Any], batches: Iterator[dict[str, Any]],
+                dropout_rng: jax.Array) -> None:
+    start_step = _host_int(self.run.state.step)
+    progress = logging_utils.Progress(self.train_steps, start_step, self.log_period,
+                                      enabled=logging_utils.is_leader())
+    try:
+      for step in range(start_step + 1, self.end_step + 1):
+        batch = self.run.partitioner.shard_batch(next(batches))
+        self.run.state, metrics = step_fn(self.run.state, self.run.frozen, batch,
+                                          dropout_rng)
+        self.run.data_position += 1
+        self.after_step(step, partitioning.fetch(metrics), progress)
+      if self.end_step < self.train_steps and (_host_int(self.run.state.step)
+                                               % self.checkpoint_period):
+        self.save()  # A time-sliced run leaves a checkpoint where it stopped.
+    finally:
+      progress.close()
+      self.manager.wait()
+      self.log.close()
+
+
+def _fresh_regex(trainable_regex: str, fresh_regex: str | None) -> str:
+  """The assignment map's default: what trains starts fresh, except in model tuning
+  (`.*`), where everything comes from the checkpoint."""
+  if fresh_regex is not None:
+    return fresh_regex
+  return trainable_regex if trainable_regex != ".*" else "(?!)"
 
 
 @gin.configurable
@@ -142,7 +282,8 @@ def train(*, model: models.EncoderDecoderModel = gin.REQUIRED,
           evaluate_at_start: bool = False, frozen_dtype: str | None = None,
           num_microbatches: int = 1, log_period: int = 50,
           stop_after_steps: int | None = None,
-          partitioner: partitioning.Partitioner | None = None) -> TrainResult:
+          partitioner: partitioning.Partitioner | None = None,
+          evaluation_factory: Callable[..., Any] | None = None) -> TrainResult:
   """Trains `model` on a seqio task/mixture and writes everything under `model_dir`.
 
   `fresh_regex` (the assignment map) names the parameters initialised fresh instead of
@@ -152,139 +293,55 @@ def train(*, model: models.EncoderDecoderModel = gin.REQUIRED,
   schedule still targets `train_steps`. `partitioner` lays out the mesh (default: every
   device splits the batch; see `partitioning.Partitioner.for_batch`); `batch_size` is
   global, each of the job's processes reads `batch_size / process_count` rows.
+  `evaluation_factory(model, mixture_or_task_name, task_feature_lengths, batch_size, *,
+  split, num_examples, partitioner)` builds an object whose `evaluate(params, step)`
+  returns {task: {metric: value}}; every `eval_period` steps it runs. Without a factory
+  (None) no evaluation runs, whatever `eval_period` says.
   """
   os.makedirs(model_dir, exist_ok=True)
-  leader = logging_utils.is_leader()
-  module = model.module
   optimizer = optimizer_factory(learning_rate=learning_rate)
   partitioner = (partitioner or partitioning.Partitioner()).for_batch(batch_size,
                                                                       num_microbatches)
   logging.info("mesh: %d (data) x %d (model) devices over %d process(es)",
                partitioner.data_size, partitioner.model_size, jax.process_count())
-  if fresh_regex is None:
-    fresh_regex = trainable_regex if trainable_regex != ".*" else "(?!)"
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
-
-  params = initialization.initial_params(module, init_rng, initial_checkpoint_path,
-                                         fresh_regex)
-  trainable, frozen = trainable_lib.split(params, trainable_regex)
-  del params
-  # Before placement: the host copies hash the same in every process and on any mesh.
-  base_fingerprint = checkpoints_lib.fingerprint_params(frozen) if frozen else ""
-  if frozen_dtype:
-    frozen = trainable_lib.cast(frozen, frozen_dtype)
-  logging.info("trainable parameters: %s (%d values); frozen: %d values",
-               ", ".join(trainable_lib.parameter_names(trainable)),
-               trainable_lib.count(trainable), trainable_lib.count(frozen))
-  axes = _flat_logical_axes(module)
-  frozen_shardings = parameter_shardings(partitioner, module, frozen, axes=axes)
-  trainable_shardings = parameter_shardings(partitioner, module, trainable, axes=axes)
-  state_shardings = partitioner.train_state_shardings(optimizer, trainable,
-                                                      trainable_shardings)
-  frozen = partitioner.place(frozen, frozen_shardings)
-  create_state = functools.partial(TrainState.create, optimizer=optimizer)
-  state_target = jax.tree.map(
-      lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype,
-                                                   sharding=sharding),
-      jax.eval_shape(create_state, trainable), state_shardings)
-
+  run, trainable = place_run(model.module, partitioner, optimizer, init_rng,
+                             initial_checkpoint_path, trainable_regex,
+                             _fresh_regex(trainable_regex, fresh_regex), frozen_dtype)
   # When everything trains (model tuning, LM adaptation) the state already holds the
   # whole model; a separate frozen item exists only when something is frozen.
-  save_frozen = save_full_checkpoints and bool(jax.tree.leaves(frozen))
+  save_frozen = save_full_checkpoints and bool(jax.tree.leaves(run.frozen))
   manager = checkpoints_lib.CheckpointManager(model_dir, keep=keep_checkpoints,
                                               save_full=save_frozen)
-  data_position = 0
-  if manager.latest_step() is not None:
-    # Read straight into this run's shardings, whatever mesh wrote the checkpoint.
-    restored = manager.restore(state_target)
-    stored_fingerprint = (restored.metadata or {}).get("base_fingerprint", "")
-    if stored_fingerprint != base_fingerprint:
-      raise BaseCheckpointMismatchError(
-          f"{model_dir} holds a run trained on a different frozen model than "
-          f"{initial_checkpoint_path!r}; use a new MODEL_DIR or the original checkpoint")
-    # A no-op when orbax placed the arrays as asked; jit refuses any other layout.
-    state = partitioner.place(restored.state, state_shardings)
-    data_position = restored.data_position or 0
-    if leader:
-      print(f"resumed from {model_dir} at step {_host_int(state.step)} ({data_position} "
-            "batches consumed)", file=sys.stderr, flush=True)
-  else:
-    # Made by a jitted function, the state owns its buffers: donating it to the train
-    # step cannot delete an array that something else still holds.
-    state = partitioner.partition(create_state, in_shardings=(trainable_shardings,),
-                                  out_shardings=state_shardings)(
-                                      partitioner.place(trainable, trainable_shardings))
+  resume_or_initialise(run, trainable, optimizer, manager, initial_checkpoint_path)
   del trainable
-  start_step = _host_int(state.step)
-  metadata = {"base_checkpoint": initial_checkpoint_path or "",
-              "base_fingerprint": base_fingerprint, "trainable_regex": trainable_regex,
-              "mixture_or_task_name": mixture_or_task_name, "seed": seed,
-              "train_steps": train_steps}
-
-  step_fn = partitioner.partition_train_step(
-      make_train_step(model, optimizer, num_microbatches), state_shardings,
-      frozen_shardings)
-  dropout_rng = partitioner.place(dropout_rng, partitioner.replicated)
+  start_step = _host_int(run.state.step)
   evaluation = None
-  if eval_period:
-    evaluation = build_evaluation(
+  if eval_period and evaluation_factory is not None:
+    evaluation = evaluation_factory(
         model, eval_mixture_or_task_name or mixture_or_task_name, task_feature_lengths,
         eval_batch_size or batch_size, split=eval_split, num_examples=num_eval_examples,
         partitioner=partitioner)
-  log = logging_utils.MetricsLog(model_dir, enabled=leader)
-  last_eval: dict[str, dict[str, Any]] = {}
-
-  def run_eval(step: int) -> None:
-    nonlocal last_eval
-    last_eval = evaluation.evaluate(trainable_lib.merge(state.trainable, frozen), step)
-    log.write(step, "eval", evaluation_lib.flatten_metrics(last_eval))
-    if leader:
-      print(f"eval at step {step}: {_eval_summary(last_eval)}", file=sys.stderr,
-            flush=True)
-
-  def save() -> None:
-    manager.save(state, frozen=frozen if save_frozen else None,
-                 data_position=data_position, metadata=metadata)
-
+  loop = _Loop(
+      run=run, manager=manager, evaluation=evaluation, save_frozen=save_frozen,
+      metadata={"base_checkpoint": initial_checkpoint_path or "",
+                "base_fingerprint": run.base_fingerprint, "trainable_regex": trainable_regex,
+                "mixture_or_task_name": mixture_or_task_name, "seed": seed,
+                "train_steps": train_steps},
+      train_steps=train_steps, log_period=log_period, checkpoint_period=checkpoint_period,
+      end_step=(train_steps if stop_after_steps is None
+                else min(train_steps, start_step + stop_after_steps)),
+      eval_period=eval_period, learning_rate=learning_rate,
+      log=logging_utils.MetricsLog(model_dir, enabled=logging_utils.is_leader()))
   if evaluation is not None and evaluate_at_start and start_step == 0:
-    run_eval(0)
+    loop.evaluate(0)
+  step_fn = partitioner.partition_train_step(
+      make_train_step(model, optimizer, num_microbatches), run.state_shardings,
+      run.frozen_shardings)
   batches = data_lib.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
-                                   seed, start_position=data_position)
-  progress = logging_utils.Progress(train_steps, start_step, log_period)
-  losses: list[tuple[int, float]] = []
-  end_step = train_steps if stop_after_steps is None else min(train_steps,
-                                                              start_step + stop_after_steps)
-  try:
-    for step in range(start_step + 1, end_step + 1):
-      batch = partitioner.shard_batch(next(batches))
-      state, metrics = step_fn(state, frozen, batch, dropout_rng)
-      data_position += 1
-      metrics = partitioning.fetch(metrics)
-      loss = float(metrics["loss"])
-      if not bool(metrics["finite"]):
-        raise NonFiniteLossError(
-            f"loss became {loss} (or the updated parameters non-finite) at step {step}; "
-            f"the last good checkpoint is kept in {model_dir}. Lower the learning rate or "
-            "check the data, then rerun.")
-      losses.append((step, loss))
-      if step % log_period == 0 or step == end_step:
-        values = {k: float(v) for k, v in metrics.items() if k != "finite"}
-        values["learning_rate"] = float(
-            learning_rate(step) if callable(learning_rate) else learning_rate)
-        log.write(step, "train", values)
-      if leader:
-        progress.update(step, {"loss": loss})
-      if step % checkpoint_period == 0 or step == train_steps:
-        save()
-      if evaluation is not None and (step % eval_period == 0 or step == train_steps):
-        run_eval(step)
-    if end_step < train_steps and _host_int(state.step) % checkpoint_period:
-      save()  # A time-sliced run leaves a checkpoint where it stopped.
-  finally:
-    progress.close()
-    manager.wait()
-    log.close()
+                                   seed, start_position=run.data_position)
+  loop.run_steps(step_fn, batches, partitioner.place(dropout_rng, partitioner.replicated))
   manager.close()
-  return TrainResult(step=_host_int(state.step),
-                     params=trainable_lib.merge(state.trainable, frozen),
-                     trainable=state.trainable, last_eval=last_eval, losses=losses)
+  return TrainResult(step=_host_int(run.state.step), params=run.params,
+                     trainable=run.state.trainable, last_eval=loop.last_eval,
+                     losses=loop.losses)

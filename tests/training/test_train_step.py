@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import models
+from prompt_tuning import models, tree
 from prompt_tuning.prompts import Prompt
 from prompt_tuning.t5 import T5Config, Transformer, init_params
 from prompt_tuning.training import optimizers, trainable
@@ -40,10 +40,10 @@ def setup():
 def test_split_selects_only_the_prompt(setup):
   _, params = setup
   train, frozen = trainable.split(params)
-  assert trainable.parameter_names(train) == ["encoder/prompt/prompt"]
-  assert "encoder/prompt/prompt" not in trainable.parameter_names(frozen)
-  assert trainable.parameter_names(trainable.merge(train, frozen)) == \
-      trainable.parameter_names(params)
+  assert tree.names(train) == ["encoder/prompt/prompt"]
+  assert "encoder/prompt/prompt" not in tree.names(frozen)
+  assert tree.names(trainable.merge(train, frozen)) == \
+      tree.names(params)
   with pytest.raises(ValueError, match="matches no parameter"):
     trainable.split(params, "nothing_matches")
 
