@@ -74,7 +74,8 @@ def write_checkpoints(size: str, workdir: str, formats: list[str]) -> None:
   """Child process: random parameters, written in every requested format."""
   import numpy as np
 
-  from prompt_tuning.convert import save_params_orbax, tree, validation
+  from prompt_tuning import tree
+  from prompt_tuning.convert import save_params_orbax, validation
   from prompt_tuning.convert import write_hf_checkpoint, write_t5x_checkpoint
   from prompt_tuning.t5 import T5Config
 
@@ -101,7 +102,8 @@ def load_one(size: str, path: str, dtype: str | None) -> None:
   import jax
   import jax.numpy as jnp
 
-  from prompt_tuning.convert import load_params, tree
+  from prompt_tuning import tree
+  from prompt_tuning.convert import load_params
   from prompt_tuning.t5 import T5Config
 
   config = T5Config.from_size(size)

@@ -293,7 +293,7 @@ def build_ours(setting: Setting, workload: str) -> OursWorkload:
   import jax
   import jax.numpy as jnp
 
-  from prompt_tuning import decoding, models
+  from prompt_tuning import decoding, models, tree
   from prompt_tuning.prompts import Prompt
   from prompt_tuning.t5 import T5Config, Transformer, abstract_params
   from prompt_tuning.training import optimizers, train_step, trainable
@@ -323,13 +323,13 @@ def build_ours(setting: Setting, workload: str) -> OursWorkload:
       state[0], metrics = step(state[0], frozen, batch, rng)
       jax.block_until_ready((state[0], metrics))
 
-    counts = {"trainable": trainable.count(trained),
-              "parameters": trainable.count(trained) + trainable.count(frozen),
+    counts = {"trainable": tree.count(trained),
+              "parameters": tree.count(trained) + tree.count(frozen),
               "param_dtypes": _jax_param_dtypes(trainable.merge(trained, frozen))}
   elif workload == "forward":
     model = models.EncoderDecoderModel(module)
     score = jax.jit(model.score_batch)
-    counts = {"parameters": trainable.count(params),
+    counts = {"parameters": tree.count(params),
               "param_dtypes": _jax_param_dtypes(params)}
 
     def call() -> None:
@@ -339,7 +339,7 @@ def build_ours(setting: Setting, workload: str) -> OursWorkload:
     model = models.EncoderDecoderModel(module, decode_fn=decoding.temperature_sample,
                                        decode_kwargs={"temperature": 0.0}, eos_id=-1)
     predict = jax.jit(model.predict_batch)
-    counts = {"parameters": trainable.count(params),
+    counts = {"parameters": tree.count(params),
               "param_dtypes": _jax_param_dtypes(params)}
 
     def decode_call(tokens: int) -> Callable[[], Any]:

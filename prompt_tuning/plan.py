@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning import models
+from prompt_tuning import models, tree
 from prompt_tuning.prompts import family
 from prompt_tuning.t5 import T5Config, Transformer, abstract_params, logical_axes
 from prompt_tuning.training import optimizers
@@ -217,7 +217,7 @@ def plan_train_step(config: T5Config, mesh_shape: tuple[int, int], batch_size: i
               xla_outputs=memory.output_size_in_bytes,
               xla_aliased=memory.alias_size_in_bytes,
               generated_code=memory.generated_code_size_in_bytes,
-              trainable_count=trainable_lib.count(trainable_abs), compile_seconds=seconds)
+              trainable_count=tree.count(trainable_abs), compile_seconds=seconds)
 
 
 def format_plan(plan: Plan, device_memory: int) -> list[str]:

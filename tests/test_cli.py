@@ -108,21 +108,21 @@ def test_lm_adaptation_then_sentinel_prompt_then_model_tuning_recipes(tmp_path, 
   run (here with the "+ sentinel" task switch) and runs/finetune.gin start from."""
   import numpy as np
 
-  from prompt_tuning import convert
+  from prompt_tuning import convert, tree
   from prompt_tuning.data import demo
   from prompt_tuning.t5 import T5Config
-  from prompt_tuning.training import initialization, logging_utils, trainable
+  from prompt_tuning.training import logging_utils
 
   base_dir, lm_dir, prompt_dir, tuned_dir = (
       str(tmp_path / d) for d in ("base", "lm", "prompt", "tuned"))
   config = T5Config.from_size("tiny", vocab_size=demo.demo_vocab_size())
-  base = trainable.flatten(random_params(config))
-  convert.save_params_orbax(trainable.unflatten(base), base_dir)
+  base = tree.flatten(random_params(config))
+  convert.save_params_orbax(tree.unflatten(base), base_dir)
   _train(capsys, ["models/t5_1_1_small.gin", "runs/lm_adapt.gin"],
          MIXTURE_OR_TASK_NAME="'demo_lm_adaptation'", INITIAL_CHECKPOINT_PATH=repr(base_dir),
          TASK_FEATURE_LENGTHS="{'inputs': 16, 'targets': 8}", MODEL_DIR=repr(lm_dir),
          TRAIN_STEPS="1", BATCH_SIZE="2", CHECKPOINT_PERIOD="1", LEARNING_RATE="0.01")
-  adapted = trainable.flatten(initialization.load_model_params(f"{lm_dir}/checkpoint_1"))
+  adapted = tree.flatten(convert.load_params(f"{lm_dir}/checkpoint_1"))
   assert base.keys() == adapted.keys()  # A full checkpoint: it can be the next base.
   unchanged = [n for n in adapted if np.array_equal(base[n], adapted[n])]
   assert not unchanged  # Every parameter trains in LM adaptation.
@@ -143,7 +143,7 @@ def test_lm_adaptation_then_sentinel_prompt_then_model_tuning_recipes(tmp_path, 
          INITIAL_CHECKPOINT_PATH=repr(f"{lm_dir}/checkpoint_1"),
          TASK_FEATURE_LENGTHS="{'inputs': 16, 'targets': 4}", MODEL_DIR=repr(tuned_dir),
          TRAIN_STEPS="1", BATCH_SIZE="2", CHECKPOINT_PERIOD="1")
-  tuned = trainable.flatten(initialization.load_model_params(f"{tuned_dir}/checkpoint_1"))
+  tuned = tree.flatten(convert.load_params(f"{tuned_dir}/checkpoint_1"))
   assert not [n for n in tuned if np.array_equal(tuned[n], adapted[n])]
 
 
