@@ -53,8 +53,7 @@ def majority_vote(predictions: Sequence[Sequence[Any]]) -> list[Any]:
   return [predictions[k][i] for i, k in enumerate(vote(predictions))]
 
 
-def rows_for_prompts(batch: Mapping[str, np.ndarray], num_prompts: int
-                     ) -> dict[str, np.ndarray]:
+def rows_for_prompts(batch: Mapping[str, np.ndarray], num_prompts: int) -> dict[str, np.ndarray]:
   """[B, ...] features -> [N·B, ...], prompt-major, with prompt_ids [N·B]."""
   rows = len(batch["encoder_input_tokens"])
   tiled = {k: np.concatenate([v] * num_prompts, axis=0) for k, v in batch.items()}
@@ -62,45 +61,60 @@ def rows_for_prompts(batch: Mapping[str, np.ndarray], num_prompts: int
   return tiled
 
 
-def _decode(evaluation: evaluator_lib.SeqioEvaluation, task: seqio.Task,
-            predict: evaluator_lib.ModelFn, params: Params, num_prompts: int,
-            batch_size: int) -> list[evaluator_lib.Outputs]:
+def _decode(
+  evaluation: evaluator_lib.SeqioEvaluation,
+  task: seqio.Task,
+  predict: evaluator_lib.ModelFn,
+  params: Params,
+  num_prompts: int,
+  batch_size: int,
+) -> list[evaluator_lib.Outputs]:
   """Each prompt's (example index, tokens) for the task: one N·B-row call per batch."""
   decodes: list[evaluator_lib.Outputs] = [[] for _ in range(num_prompts)]
-  for indices, batch, rows in evaluator_lib.batches(evaluation.datasets[task.name],
-                                                    batch_size):
+  for indices, batch, rows in evaluator_lib.batches(evaluation.datasets[task.name], batch_size):
     tokens = predict(params, rows_for_prompts(batch, num_prompts))
     for k, outputs in enumerate(decodes):
-      outputs.extend(zip(indices, tokens[k * batch_size:k * batch_size + rows].tolist()))
+      outputs.extend(zip(indices, tokens[k * batch_size : k * batch_size + rows].tolist()))
   return decodes
 
 
-def _evaluate_task(task: seqio.Task, predict: evaluator_lib.ModelFn, params: Params,
-                   num_prompts: int, task_feature_lengths: Mapping[str, int],
-                   batch_size: int, split: str, num_examples: int | None) -> dict[str, Any]:
+def _evaluate_task(
+  task: seqio.Task,
+  predict: evaluator_lib.ModelFn,
+  params: Params,
+  num_prompts: int,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  split: str,
+  num_examples: int | None,
+) -> dict[str, Any]:
   # Not a per-process seqio shard: every process feeds the same whole batches, so the
   # decoded tokens cover the whole split in each of them.
-  evaluation = evaluator_lib.SeqioEvaluation(task.name, task_feature_lengths, split,
-                                             num_examples)
+  evaluation = evaluator_lib.SeqioEvaluation(task.name, task_feature_lengths, split, num_examples)
   decodes = _decode(evaluation, task, predict, params, num_prompts, batch_size)
   prompt_metrics, per_prompt = [], []
   for outputs in decodes:
     prompt_metrics.append(
-        evaluation.run(predict_fn=evaluator_lib.cached_outputs(outputs))[task.name])
+      evaluation.run(predict_fn=evaluator_lib.cached_outputs(outputs))[task.name]
+    )
     per_prompt.append(evaluation.predictions[task.name])
   winners = vote(per_prompt)
   # The winner's decode postprocesses to the voted value, so seqio scores the vote.
   voted_outputs = [decodes[k][i] for i, k in enumerate(winners)]
-  voted_metrics = evaluation.run(
-      predict_fn=evaluator_lib.cached_outputs(voted_outputs))[task.name]
-  names = [name for name, value in prompt_metrics[0].items()
-           if isinstance(value, (int, float))]
+  voted_metrics = evaluation.run(predict_fn=evaluator_lib.cached_outputs(voted_outputs))[task.name]
+  names = [name for name, value in prompt_metrics[0].items() if isinstance(value, (int, float))]
   mean = {name: float(np.mean([m[name] for m in prompt_metrics])) for name in names}
   best_prompt = {name: int(np.argmax([m[name] for m in prompt_metrics])) for name in names}
   best = {name: prompt_metrics[index][name] for name, index in best_prompt.items()}
-  return {"prompts": prompt_metrics, "mean": mean, "best": best, "best_prompt": best_prompt,
-          "majority_vote": voted_metrics, "predictions": per_prompt,
-          "majority_vote_predictions": [per_prompt[k][i] for i, k in enumerate(winners)]}
+  return {
+    "prompts": prompt_metrics,
+    "mean": mean,
+    "best": best,
+    "best_prompt": best_prompt,
+    "majority_vote": voted_metrics,
+    "predictions": per_prompt,
+    "majority_vote_predictions": [per_prompt[k][i] for i, k in enumerate(winners)],
+  }
 
 
 def _ensemble_tasks(mixture_or_task_name: str, split: str) -> list[seqio.Task]:
@@ -110,23 +124,31 @@ def _ensemble_tasks(mixture_or_task_name: str, split: str) -> list[seqio.Task]:
   evaluated = []
   for task in provider.tasks if isinstance(provider, seqio.Mixture) else [provider]:
     if task.score_metric_fns:
-      raise ValueError(f"task {task.name} has score (rank classification) metrics; "
-                       "ensembling votes over decoded predictions, so use a task with "
-                       "predict metrics")
+      raise ValueError(
+        f"task {task.name} has score (rank classification) metrics; "
+        "ensembling votes over decoded predictions, so use a task with "
+        "predict metrics"
+      )
     if split in task.splits and task.predict_metric_fns:
       evaluated.append(task)
   if not evaluated:
-    raise ValueError(f"{mixture_or_task_name} has no task with predict metrics and a "
-                     f"{split!r} split")
+    raise ValueError(
+      f"{mixture_or_task_name} has no task with predict metrics and a {split!r} split"
+    )
   return evaluated
 
 
-def evaluate_ensemble(model: models.EncoderDecoderModel, params_without_prompt: Params,
-                      prompt_files: Sequence[str], mixture_or_task_name: str,
-                      task_feature_lengths: Mapping[str, int], batch_size: int,
-                      split: str = "validation", num_examples: int | None = None,
-                      partitioner: partitioning.Partitioner | None = None
-                      ) -> dict[str, dict[str, Any]]:
+def evaluate_ensemble(
+  model: models.EncoderDecoderModel,
+  params_without_prompt: Params,
+  prompt_files: Sequence[str],
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  split: str = "validation",
+  num_examples: int | None = None,
+  partitioner: partitioning.Partitioner | None = None,
+) -> dict[str, dict[str, Any]]:
   """{task: {"prompts": [metrics per prompt], "mean", "best", "best_prompt",
   "majority_vote", "predictions", "majority_vote_predictions"}}.
 
@@ -136,36 +158,47 @@ def evaluate_ensemble(model: models.EncoderDecoderModel, params_without_prompt: 
   as gin binds it) when it divides them.
   """
   table = multi_prompt.load_prompt_files(list(prompt_files))
-  ensemble_model, params = models.with_prompt_table(model, params_without_prompt,
-                                                          table)
+  ensemble_model, params = models.with_prompt_table(model, params_without_prompt, table)
   tasks = _ensemble_tasks(mixture_or_task_name, split)
   partitioner = partitioner or partitioning.Partitioner()
   params = trainer_lib.place_params(partitioner, ensemble_model.module, params)
   predict = evaluator_lib.on_mesh(ensemble_model.predict_batch, partitioner)
-  return {task.name: _evaluate_task(task, predict, params, table.shape[0],
-                                    task_feature_lengths, batch_size, split, num_examples)
-          for task in tasks}
+  return {
+    task.name: _evaluate_task(
+      task, predict, params, table.shape[0], task_feature_lengths, batch_size, split, num_examples
+    )
+    for task in tasks
+  }
 
 
-def format_table(results: Mapping[str, Mapping[str, Any]],
-                 prompt_files: Sequence[str] | None = None) -> str:
+def format_table(
+  results: Mapping[str, Mapping[str, Any]], prompt_files: Sequence[str] | None = None
+) -> str:
   """Per task, one row per prompt, then mean, best (with its prompt's index) and majority
   vote; one column per numeric metric. Prompt files are listed by index first, since
   exported prompts all share one base name."""
   lines = [f"prompt {k}: {path}" for k, path in enumerate(prompt_files or ())]
   for task, summary in results.items():
     names = list(summary["mean"])
-    rows = [(f"prompt {k}", [_number(m.get(name)) for name in names])
-            for k, m in enumerate(summary["prompts"])]
+    rows = [
+      (f"prompt {k}", [_number(m.get(name)) for name in names])
+      for k, m in enumerate(summary["prompts"])
+    ]
     rows.append(("mean", [_number(summary["mean"][name]) for name in names]))
-    rows.append(("best", [f"{_number(summary['best'][name])} "
-                          f"(#{summary['best_prompt'][name]})" for name in names]))
-    rows.append(("majority vote", [_number(summary["majority_vote"].get(name))
-                                   for name in names]))
+    rows.append(
+      (
+        "best",
+        [f"{_number(summary['best'][name])} (#{summary['best_prompt'][name]})" for name in names],
+      )
+    )
+    rows.append(("majority vote", [_number(summary["majority_vote"].get(name)) for name in names]))
     # Labels indented under the task name; two more spaces before the first number.
     lines.append("")
-    lines.append(tables.format_table([f"{task}  ", *names],
-                                     [[f"  {label}  ", *cells] for label, cells in rows]))
+    lines.append(
+      tables.format_table(
+        [f"{task}  ", *names], [[f"  {label}  ", *cells] for label, cells in rows]
+      )
+    )
   return "\n".join(lines).strip("\n")
 
 

@@ -26,8 +26,13 @@ from prompt_tuning.training import partitioning
 
 # What the model reads of a batch; `prompt_ids` only exists when a prompt table picks
 # each row's prompt (ensembles, serving).
-MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                  "decoder_loss_weights", "prompt_ids")
+MODEL_FEATURES = (
+  "encoder_input_tokens",
+  "decoder_input_tokens",
+  "decoder_target_tokens",
+  "decoder_loss_weights",
+  "prompt_ids",
+)
 
 # (example index, model output) per example: what seqio's model functions return.
 Outputs = list[tuple[int, Any]]
@@ -35,24 +40,23 @@ Outputs = list[tuple[int, Any]]
 ModelFn = Callable[[Any, Mapping[str, np.ndarray]], np.ndarray]
 
 
-def model_batch(features: Mapping[str, Any], batch_size: int
-                ) -> tuple[dict[str, np.ndarray], int]:
+def model_batch(features: Mapping[str, Any], batch_size: int) -> tuple[dict[str, np.ndarray], int]:
   """The model's features of up to `batch_size` rows, padded with zero rows to
   `batch_size` so that every call has one compiled shape; and how many rows are real."""
   batch = {k: np.asarray(features[k]) for k in MODEL_FEATURES if k in features}
   return data_lib.pad_batch(batch, batch_size)
 
 
-def batches(dataset: tf.data.Dataset, batch_size: int
-            ) -> Iterator[tuple[list[int], dict[str, np.ndarray], int]]:
+def batches(
+  dataset: tf.data.Dataset, batch_size: int
+) -> Iterator[tuple[list[int], dict[str, np.ndarray], int]]:
   """(example indices, padded batch, real rows) over one of seqio's enumerated datasets."""
   for indices, features in dataset.batch(batch_size).as_numpy_iterator():
     batch, rows = model_batch(features, batch_size)
     yield np.asarray(indices)[:rows].tolist(), batch, rows
 
 
-def on_mesh(fn: Callable[..., Any],
-            partitioner: partitioning.Partitioner | None = None) -> ModelFn:
+def on_mesh(fn: Callable[..., Any], partitioner: partitioning.Partitioner | None = None) -> ModelFn:
   """`fn(params, batch)` jitted once, returning host arrays.
 
   With a partitioner the call runs on its mesh: the parameters stay sharded as they are,
@@ -113,9 +117,15 @@ class _PredictionLog(seqio.Logger):
     super().__init__(output_dir)
     self.predictions: dict[str, list[Any]] = {}
 
-  def __call__(self, task_name: str, step: int | None, metrics: Mapping[str, Any],
-               dataset: tf.data.Dataset | None, inferences: Mapping[str, Any] | None,
-               targets: Any) -> None:
+  def __call__(
+    self,
+    task_name: str,
+    step: int | None,
+    metrics: Mapping[str, Any],
+    dataset: tf.data.Dataset | None,
+    inferences: Mapping[str, Any] | None,
+    targets: Any,
+  ) -> None:
     del step, metrics, dataset, targets
     self.predictions[task_name] = list((inferences or {}).get("prediction", []))
 
@@ -124,14 +134,25 @@ class SeqioEvaluation:
   """`seqio.Evaluator` over a task's or mixture's examples, read and converted once:
   each `run` takes model functions and returns {task: {metric: plain number}}."""
 
-  def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-               split: str = "validation", num_examples: int | None = None):
+  def __init__(
+    self,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    split: str = "validation",
+    num_examples: int | None = None,
+  ):
     # seqio insists on a log directory for any logger; the prediction log writes nothing.
     self.evaluator = seqio.Evaluator(
-        mixture_or_task_name, data_lib.feature_converter(), eval_split=split,
-        sequence_length=dict(task_feature_lengths), num_examples=num_examples,
-        use_memory_cache=True, async_compute_metrics=False, logger_cls=(_PredictionLog,),
-        log_dir=os.devnull)
+      mixture_or_task_name,
+      data_lib.feature_converter(),
+      eval_split=split,
+      sequence_length=dict(task_feature_lengths),
+      num_examples=num_examples,
+      use_memory_cache=True,
+      async_compute_metrics=False,
+      logger_cls=(_PredictionLog,),
+      log_dir=os.devnull,
+    )
     # Without any task to evaluate seqio stops before making its loggers.
     self._log = self.evaluator.loggers[0] if self.evaluator.eval_tasks else None
 
@@ -145,13 +166,20 @@ class SeqioEvaluation:
     """{task: postprocessed predictions} of the last run, in the datasets' order."""
     return dict(self._log.predictions) if self._log is not None else {}
 
-  def run(self, *, predict_fn: Callable[..., Outputs] | None = None,
-          score_fn: Callable[..., Outputs] | None = None,
-          step: int | None = None) -> dict[str, dict[str, Any]]:
-    metrics, _ = self.evaluator.evaluate(compute_metrics=True, step=step,
-                                         predict_fn=predict_fn, score_fn=score_fn)
-    return {task: {name: plain_number(value) for name, value in task_metrics.items()}
-            for task, task_metrics in (metrics.result() or {}).items()}
+  def run(
+    self,
+    *,
+    predict_fn: Callable[..., Outputs] | None = None,
+    score_fn: Callable[..., Outputs] | None = None,
+    step: int | None = None,
+  ) -> dict[str, dict[str, Any]]:
+    metrics, _ = self.evaluator.evaluate(
+      compute_metrics=True, step=step, predict_fn=predict_fn, score_fn=score_fn
+    )
+    return {
+      task: {name: plain_number(value) for name, value in task_metrics.items()}
+      for task, task_metrics in (metrics.result() or {}).items()
+    }
 
 
 class Evaluation:
@@ -162,14 +190,20 @@ class Evaluation:
   one is given), so evaluating every `eval_period` steps compiles once.
   """
 
-  def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-               batch_size: int, predict_fn: Callable[..., Any],
-               score_fn: Callable[..., Any], *, split: str = "validation",
-               num_examples: int | None = None,
-               partitioner: partitioning.Partitioner | None = None):
+  def __init__(
+    self,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    batch_size: int,
+    predict_fn: Callable[..., Any],
+    score_fn: Callable[..., Any],
+    *,
+    split: str = "validation",
+    num_examples: int | None = None,
+    partitioner: partitioning.Partitioner | None = None,
+  ):
     self.batch_size = batch_size
-    self.seqio = SeqioEvaluation(mixture_or_task_name, task_feature_lengths, split,
-                                 num_examples)
+    self.seqio = SeqioEvaluation(mixture_or_task_name, task_feature_lengths, split, num_examples)
     self._predict = on_mesh(predict_fn, partitioner)
     self._score = on_mesh(score_fn, partitioner)
 
@@ -180,20 +214,35 @@ class Evaluation:
 
   def evaluate(self, params: Any, step: int | None = None) -> dict[str, dict[str, Any]]:
     """{task: {metric: value}} for every task with metrics and the split."""
-    return self.seqio.run(predict_fn=seqio_model_fn(self._predict, params, self.batch_size),
-                          score_fn=seqio_model_fn(self._score, params, self.batch_size),
-                          step=step)
+    return self.seqio.run(
+      predict_fn=seqio_model_fn(self._predict, params, self.batch_size),
+      score_fn=seqio_model_fn(self._score, params, self.batch_size),
+      step=step,
+    )
 
 
 @gin.configurable(denylist=["model", "partitioner"])
-def build_evaluation(model: models.EncoderDecoderModel, mixture_or_task_name: str,
-                     task_feature_lengths: Mapping[str, int], batch_size: int, *,
-                     split: str = "validation", num_examples: int | None = None,
-                     partitioner: partitioning.Partitioner | None = None) -> Evaluation:
+def build_evaluation(
+  model: models.EncoderDecoderModel,
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  *,
+  split: str = "validation",
+  num_examples: int | None = None,
+  partitioner: partitioning.Partitioner | None = None,
+) -> Evaluation:
   """The model's evaluation on a task or mixture: what `trainer.train` runs every
   `eval_period` steps (its `evaluation_factory`) and `prompt-tuning eval` runs once.
   With a partitioner the model functions run on its mesh; every process reads the same
   examples and gets the same metrics."""
-  return Evaluation(mixture_or_task_name, task_feature_lengths, batch_size,
-                    model.predict_batch, model.score_batch, split=split,
-                    num_examples=num_examples, partitioner=partitioner)
+  return Evaluation(
+    mixture_or_task_name,
+    task_feature_lengths,
+    batch_size,
+    model.predict_batch,
+    model.score_batch,
+    split=split,
+    num_examples=num_examples,
+    partitioner=partitioner,
+  )

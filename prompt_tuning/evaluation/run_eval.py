@@ -42,38 +42,48 @@ from prompt_tuning.training import partitioning
 from prompt_tuning.training import trainer as trainer_lib
 
 
-def _params(model: models.EncoderDecoderModel, initial_checkpoint_path: str | None,
-            seed: int) -> Any:
+def _params(
+  model: models.EncoderDecoderModel, initial_checkpoint_path: str | None, seed: int
+) -> Any:
   """Base from the checkpoint; the prompt from its gin-bound initialiser (e.g. a file)."""
-  return initialization.initial_params(model.module, jax.random.PRNGKey(seed),
-                                       initial_checkpoint_path, fresh_regex=".*prompt.*")
+  return initialization.initial_params(
+    model.module, jax.random.PRNGKey(seed), initial_checkpoint_path, fresh_regex=".*prompt.*"
+  )
 
 
-def _params_without_prompt(model: models.EncoderDecoderModel,
-                           initial_checkpoint_path: str | None, seed: int) -> Any:
+def _params_without_prompt(
+  model: models.EncoderDecoderModel, initial_checkpoint_path: str | None, seed: int
+) -> Any:
   """The frozen base alone: the model's own prompt (and its initialiser, e.g. a required
   PROMPT_FILE) is never built, since a prompt table replaces it."""
   backbone = model.module.clone(input_prompt=None)
-  return initialization.initial_params(backbone, jax.random.PRNGKey(seed),
-                                       initial_checkpoint_path)
+  return initialization.initial_params(backbone, jax.random.PRNGKey(seed), initial_checkpoint_path)
 
 
 def _file_list(value: Sequence[str] | str, macro: str) -> list[str]:
   if isinstance(value, str):
-    raise ValueError(f"{macro} must be a list of .npy paths, e.g. "
-                     f"--gin.{macro}=\"['a.npy', 'b.npy']\"; got the string {value!r}")
+    raise ValueError(
+      f"{macro} must be a list of .npy paths, e.g. "
+      f"--gin.{macro}=\"['a.npy', 'b.npy']\"; got the string {value!r}"
+    )
   return [str(path) for path in value]
 
 
 @gin.configurable
-def evaluate(*, model: models.EncoderDecoderModel = gin.REQUIRED,
-             mixture_or_task_name: str = gin.REQUIRED,
-             task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-             batch_size: int = gin.REQUIRED, initial_checkpoint_path: str | None = None,
-             model_dir: str | None = None, split: str = "validation",
-             num_examples: int | None = None, seed: int = 0,
-             prompt_files: Sequence[str] | None = None,
-             output_dir: str | None = None) -> dict[str, dict[str, Any]]:
+def evaluate(
+  *,
+  model: models.EncoderDecoderModel = gin.REQUIRED,
+  mixture_or_task_name: str = gin.REQUIRED,
+  task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+  batch_size: int = gin.REQUIRED,
+  initial_checkpoint_path: str | None = None,
+  model_dir: str | None = None,
+  split: str = "validation",
+  num_examples: int | None = None,
+  seed: int = 0,
+  prompt_files: Sequence[str] | None = None,
+  output_dir: str | None = None,
+) -> dict[str, dict[str, Any]]:
   """Metrics of the configured prompt on a task or mixture; also logged under model_dir.
 
   With `prompt_files` (runs/prompt_ensemble_eval.gin) the model's prompt is replaced by
@@ -82,17 +92,31 @@ def evaluate(*, model: models.EncoderDecoderModel = gin.REQUIRED,
   written to `output_dir/prompt_ensemble-{split}.json`.
   """
   if prompt_files is not None:
-    return _evaluate_prompt_ensemble(model, _file_list(prompt_files, "PROMPT_FILES"),
-                                     mixture_or_task_name, task_feature_lengths,
-                                     batch_size, initial_checkpoint_path, split,
-                                     num_examples, seed, output_dir)
+    return _evaluate_prompt_ensemble(
+      model,
+      _file_list(prompt_files, "PROMPT_FILES"),
+      mixture_or_task_name,
+      task_feature_lengths,
+      batch_size,
+      initial_checkpoint_path,
+      split,
+      num_examples,
+      seed,
+      output_dir,
+    )
   partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
-  params = trainer_lib.place_params(partitioner, model.module,
-                                    _params(model, initial_checkpoint_path, seed))
-  evaluation = evaluator_lib.build_evaluation(model, mixture_or_task_name,
-                                              task_feature_lengths, batch_size, split=split,
-                                              num_examples=num_examples,
-                                              partitioner=partitioner)
+  params = trainer_lib.place_params(
+    partitioner, model.module, _params(model, initial_checkpoint_path, seed)
+  )
+  evaluation = evaluator_lib.build_evaluation(
+    model,
+    mixture_or_task_name,
+    task_feature_lengths,
+    batch_size,
+    split=split,
+    num_examples=num_examples,
+    partitioner=partitioner,
+  )
   metrics = evaluation.evaluate(params)
   if not logging_utils.is_leader():
     return metrics
@@ -106,26 +130,44 @@ def evaluate(*, model: models.EncoderDecoderModel = gin.REQUIRED,
   return metrics
 
 
-def _evaluate_prompt_ensemble(model: models.EncoderDecoderModel, prompt_files: list[str],
-                              mixture_or_task_name: str,
-                              task_feature_lengths: Mapping[str, int], batch_size: int,
-                              initial_checkpoint_path: str | None, split: str,
-                              num_examples: int | None, seed: int,
-                              output_dir: str | None) -> dict[str, dict[str, Any]]:
+def _evaluate_prompt_ensemble(
+  model: models.EncoderDecoderModel,
+  prompt_files: list[str],
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  initial_checkpoint_path: str | None,
+  split: str,
+  num_examples: int | None,
+  seed: int,
+  output_dir: str | None,
+) -> dict[str, dict[str, Any]]:
   # Read the prompts first: a bad file should not wait for the base checkpoint.
   multi_prompt.load_prompt_files(prompt_files)
   params = _params_without_prompt(model, initial_checkpoint_path, seed)
   partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
-  results = ensemble.evaluate_ensemble(model, params, prompt_files, mixture_or_task_name,
-                                       task_feature_lengths, batch_size, split,
-                                       num_examples, partitioner=partitioner)
+  results = ensemble.evaluate_ensemble(
+    model,
+    params,
+    prompt_files,
+    mixture_or_task_name,
+    task_feature_lengths,
+    batch_size,
+    split,
+    num_examples,
+    partitioner=partitioner,
+  )
   if not logging_utils.is_leader():
     return results
   print(ensemble.format_table(results, prompt_files))
   if output_dir:
     path = os.path.join(output_dir, f"prompt_ensemble-{split}.json")
-    report = {"mixture_or_task_name": mixture_or_task_name, "split": split,
-              "prompt_files": prompt_files, "tasks": results}
+    report = {
+      "mixture_or_task_name": mixture_or_task_name,
+      "split": split,
+      "prompt_files": prompt_files,
+      "tasks": results,
+    }
     with replaced_when_done({"report": path}) as files:
       json.dump(report, files["report"], indent=1, default=json_value)
     print(f"wrote {path}")
@@ -166,13 +208,19 @@ def json_value(value: Any) -> Any:
 
 
 @gin.configurable
-def infer(*, model: models.EncoderDecoderModel = gin.REQUIRED,
-          mixture_or_task_name: str = gin.REQUIRED,
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED, output_dir: str = gin.REQUIRED,
-          initial_checkpoint_path: str | None = None, split: str = "validation",
-          num_examples: int | None = None, seed: int = 0,
-          task_prompts: Mapping[str, str] | None = None) -> list[str]:
+def infer(
+  *,
+  model: models.EncoderDecoderModel = gin.REQUIRED,
+  mixture_or_task_name: str = gin.REQUIRED,
+  task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+  batch_size: int = gin.REQUIRED,
+  output_dir: str = gin.REQUIRED,
+  initial_checkpoint_path: str | None = None,
+  split: str = "validation",
+  num_examples: int | None = None,
+  seed: int = 0,
+  task_prompts: Mapping[str, str] | None = None,
+) -> list[str]:
   """Decodes every example of each task and writes `{task}-{split}.jsonl` files.
 
   The tasks of a mixture are interleaved row by row into the batches. With
@@ -196,10 +244,9 @@ def infer(*, model: models.EncoderDecoderModel = gin.REQUIRED,
   # Every process reads every task's whole split and decodes the same batches; the
   # leader writes all the rows, the others only take part in the decode.
   streams = [_examples(task, task_feature_lengths, split, num_examples) for task in tasks]
-  paths = {task.name: os.path.join(output_dir, f"{task.name}-{split}.jsonl")
-           for task in tasks}
+  paths = {task.name: os.path.join(output_dir, f"{task.name}-{split}.jsonl") for task in tasks}
   leader = logging_utils.is_leader()
-  with (replaced_when_done(paths) if leader else contextlib.nullcontext()) as outputs:
+  with replaced_when_done(paths) if leader else contextlib.nullcontext() as outputs:
     for chunk in _chunks(_round_robin(streams), batch_size):
       features = {key: np.stack([f[key] for _, _, f in chunk]) for key in chunk[0][2]}
       if serving:  # Task i's rows use row i of the prompt table.
@@ -214,14 +261,20 @@ def infer(*, model: models.EncoderDecoderModel = gin.REQUIRED,
   return list(paths.values())
 
 
-def _write_predictions(outputs: Mapping[str, IO[str]], tasks: Sequence[seqio.Task],
-                       chunk: Sequence[tuple[int, Any, Any]], tokens: np.ndarray) -> None:
+def _write_predictions(
+  outputs: Mapping[str, IO[str]],
+  tasks: Sequence[seqio.Task],
+  chunk: Sequence[tuple[int, Any, Any]],
+  tokens: np.ndarray,
+) -> None:
   """One JSON line per row, into its task's file."""
   for (index, raw, _), row in zip(chunk, tokens):
     vocabulary = tasks[index].output_features["targets"].vocabulary
-    record = {"inputs": _text(raw, "inputs", vocabulary),
-              "target": _text(raw, "targets", vocabulary),
-              "prediction": vocabulary.decode(row.tolist())}
+    record = {
+      "inputs": _text(raw, "inputs", vocabulary),
+      "target": _text(raw, "targets", vocabulary),
+      "prediction": vocabulary.decode(row.tolist()),
+    }
     outputs[tasks[index].name].write(json.dumps(record) + "\n")
 
 
@@ -243,18 +296,23 @@ def tasks_with_split(mixture_or_task_name: str, split: str) -> list[seqio.Task]:
   return tasks
 
 
-def serving_table(mixture_or_task_name: str, tasks: Sequence[seqio.Task],
-                  task_prompts: Mapping[str, str]) -> tuple[list[seqio.Task], list[str]]:
+def serving_table(
+  mixture_or_task_name: str, tasks: Sequence[seqio.Task], task_prompts: Mapping[str, str]
+) -> tuple[list[seqio.Task], list[str]]:
   """The served tasks (those of `tasks` with a prompt) and their prompt files, in table
   order: task i's rows use prompt i."""
   if not isinstance(task_prompts, Mapping) or not task_prompts:
-    raise ValueError("TASK_PROMPTS must map task names to prompt .npy files, e.g. "
-                     "--gin.TASK_PROMPTS=\"{'task_a': 'a.npy', 'task_b': 'b.npy'}\"")
+    raise ValueError(
+      "TASK_PROMPTS must map task names to prompt .npy files, e.g. "
+      "--gin.TASK_PROMPTS=\"{'task_a': 'a.npy', 'task_b': 'b.npy'}\""
+    )
   members = {task.name for task in _member_tasks(mixture_or_task_name)}
   unknown = sorted(set(task_prompts) - members)
   if unknown:
-    raise ValueError(f"TASK_PROMPTS names {', '.join(unknown)}, not a task of "
-                     f"{mixture_or_task_name} ({', '.join(sorted(members))})")
+    raise ValueError(
+      f"TASK_PROMPTS names {', '.join(unknown)}, not a task of "
+      f"{mixture_or_task_name} ({', '.join(sorted(members))})"
+    )
   served = [task for task in tasks if task.name in task_prompts]
   if not served:
     raise ValueError("none of the tasks in TASK_PROMPTS has the split being decoded")
@@ -264,8 +322,9 @@ def serving_table(mixture_or_task_name: str, tasks: Sequence[seqio.Task],
   return served, [str(task_prompts[task.name]) for task in served]
 
 
-def _examples(task: seqio.Task, task_feature_lengths: Mapping[str, int], split: str,
-              num_examples: int | None) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+def _examples(
+  task: seqio.Task, task_feature_lengths: Mapping[str, int], split: str, num_examples: int | None
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
   """(raw example, model features) pairs of one task, in the dataset's order."""
   dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False)
   if num_examples:
@@ -303,6 +362,5 @@ def _text(raw: Mapping[str, Any], feature: str, vocabulary: Any) -> str:
   """The example's original text when the task keeps it, else the decoded tokens."""
   pretokenized = raw.get(f"{feature}_pretokenized")
   if pretokenized is not None:
-    return (pretokenized.decode("utf-8") if isinstance(pretokenized, bytes)
-            else str(pretokenized))
+    return pretokenized.decode("utf-8") if isinstance(pretokenized, bytes) else str(pretokenized)
   return vocabulary.decode([int(t) for t in raw[feature] if t > 0])

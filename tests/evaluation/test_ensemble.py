@@ -25,9 +25,9 @@ NUM_PROMPTS, PROMPT_LENGTH, BATCH, EXAMPLES = 3, 3, 4, 6
 
 def test_majority_vote_hand_made_case():
   predictions = [
-      [1, 0, 1, 2, {"a": 1}],   # prompt 0
-      [1, 1, 0, 1, {"a": 2}],   # prompt 1
-      [0, 1, 2, 0, {"a": 2}],   # prompt 2
+    [1, 0, 1, 2, {"a": 1}],  # prompt 0
+    [1, 1, 0, 1, {"a": 2}],  # prompt 1
+    [0, 1, 2, 0, {"a": 2}],  # prompt 2
   ]
   # Column 0: 1 wins 2-1. Column 1: 1 wins 2-1. Columns 2 and 3: three-way ties go to
   # prompt 0. Column 4: unhashable values still count, {"a": 2} wins 2-1.
@@ -49,7 +49,8 @@ def setup(tmp_path_factory):
     paths.append(str(folder / f"prompt_{k}.npy"))
     np.save(paths[-1], rng.uniform(-3, 3, (PROMPT_LENGTH, CFG.emb_dim)).astype(np.float32))
   plain = models.EncoderDecoderModel(
-      Transformer(CFG, input_prompt=functools.partial(Prompt, length=PROMPT_LENGTH)))
+    Transformer(CFG, input_prompt=functools.partial(Prompt, length=PROMPT_LENGTH))
+  )
   return plain, base, paths
 
 
@@ -79,8 +80,13 @@ def _record_model_calls(monkeypatch):
     def call(params, batch):
       out = run(params, batch)
       ids = batch.get("prompt_ids")
-      calls.append((batch["encoder_input_tokens"].shape[0], np.asarray(out),
-                    None if ids is None else np.asarray(ids)))
+      calls.append(
+        (
+          batch["encoder_input_tokens"].shape[0],
+          np.asarray(out),
+          None if ids is None else np.asarray(ids),
+        )
+      )
       return out
 
     return call
@@ -95,9 +101,16 @@ def test_one_forward_per_batch_and_metrics_match_separate_runs(setup, monkeypatc
   plain, base, paths = setup
   calls = _record_model_calls(monkeypatch)
   specs = _record_batch_specs(monkeypatch)
-  results = ensemble.evaluate_ensemble(plain, base, paths, demo.SENTIMENT_TASK, LENGTHS,
-                                       BATCH, num_examples=EXAMPLES,
-                                       partitioner=partitioning.Partitioner(mesh_shape=(2, 4)))
+  results = ensemble.evaluate_ensemble(
+    plain,
+    base,
+    paths,
+    demo.SENTIMENT_TASK,
+    LENGTHS,
+    BATCH,
+    num_examples=EXAMPLES,
+    partitioner=partitioning.Partitioner(mesh_shape=(2, 4)),
+  )
   summary = results[demo.SENTIMENT_TASK]
   # ceil(6 / 4) = 2 calls, each with N·B rows, prompt-major, split over "data".
   assert [rows for rows, _, _ in calls] == [NUM_PROMPTS * BATCH] * 2
@@ -105,9 +118,14 @@ def test_one_forward_per_batch_and_metrics_match_separate_runs(setup, monkeypatc
   assert specs == [PartitionSpec("data")] * 2
   ensemble_calls = list(calls)
 
-  evaluation = evaluator.Evaluation(demo.SENTIMENT_TASK, LENGTHS, BATCH,
-                                    plain.predict_batch, plain.score_batch,
-                                    num_examples=EXAMPLES)
+  evaluation = evaluator.Evaluation(
+    demo.SENTIMENT_TASK,
+    LENGTHS,
+    BATCH,
+    plain.predict_batch,
+    plain.score_batch,
+    num_examples=EXAMPLES,
+  )
   for k, path in enumerate(paths):
     params = {**base, "encoder": {**base["encoder"], "prompt": {"prompt": np.load(path)}}}
     start = len(calls)
@@ -116,7 +134,7 @@ def test_one_forward_per_batch_and_metrics_match_separate_runs(setup, monkeypatc
     assert summary["predictions"][k] == evaluation.predictions[demo.SENTIMENT_TASK]
     # Same decoded tokens as the prompt alone: rows k·B.. of each ensemble call.
     alone = np.concatenate([out for _, out, _ in calls[start:]])
-    together = np.concatenate([out[k * BATCH:(k + 1) * BATCH] for _, out, _ in ensemble_calls])
+    together = np.concatenate([out[k * BATCH : (k + 1) * BATCH] for _, out, _ in ensemble_calls])
     np.testing.assert_array_equal(alone[:EXAMPLES], together[:EXAMPLES])
 
   accuracies = [m["accuracy"] for m in summary["prompts"]]
@@ -137,8 +155,7 @@ def test_ensemble_on_8x1_mesh_matches_one_device(setup, monkeypatch):
   real = evaluator.on_mesh
 
   def recording(fn, partitioner=None):
-    predict, outputs = real(fn, partitioner), tokens.setdefault(
-        partitioner.mesh.devices.shape, [])
+    predict, outputs = real(fn, partitioner), tokens.setdefault(partitioner.mesh.devices.shape, [])
 
     def run(params, batch):
       outputs.append(predict(params, batch))
@@ -149,17 +166,31 @@ def test_ensemble_on_8x1_mesh_matches_one_device(setup, monkeypatch):
   monkeypatch.setattr(evaluator, "on_mesh", recording)
   specs = _record_batch_specs(monkeypatch)
   sharded = ensemble.evaluate_ensemble(
-      plain, base, paths[:2], demo.SENTIMENT_TASK, LENGTHS, BATCH, num_examples=EXAMPLES,
-      partitioner=partitioning.Partitioner(mesh_shape=(8, 1)))
+    plain,
+    base,
+    paths[:2],
+    demo.SENTIMENT_TASK,
+    LENGTHS,
+    BATCH,
+    num_examples=EXAMPLES,
+    partitioner=partitioning.Partitioner(mesh_shape=(8, 1)),
+  )
   assert specs == [PartitionSpec("data")] * 2
   one_device = ensemble.evaluate_ensemble(
-      plain, base, paths[:2], demo.SENTIMENT_TASK, LENGTHS, BATCH, num_examples=EXAMPLES,
-      partitioner=partitioning.Partitioner(devices=jax.devices()[:1]))
+    plain,
+    base,
+    paths[:2],
+    demo.SENTIMENT_TASK,
+    LENGTHS,
+    BATCH,
+    num_examples=EXAMPLES,
+    partitioner=partitioning.Partitioner(devices=jax.devices()[:1]),
+  )
   assert sharded == one_device
   assert [len(p) for p in sharded[demo.SENTIMENT_TASK]["predictions"]] == [EXAMPLES] * 2
   on_mesh, alone = np.concatenate(tokens[(8, 1)]), np.concatenate(tokens[(1, 1)])
   np.testing.assert_array_equal(on_mesh, alone)
-  assert (on_mesh[:BATCH] != on_mesh[BATCH:2 * BATCH]).any()  # The prompts differ.
+  assert (on_mesh[:BATCH] != on_mesh[BATCH : 2 * BATCH]).any()  # The prompts differ.
 
 
 def _validation_labels(count):
@@ -174,8 +205,9 @@ def test_bad_inputs_are_clear_errors(setup, tmp_path):
   with pytest.raises(ValueError, match="d_model"):
     ensemble.evaluate_ensemble(plain, base, [wide], demo.SENTIMENT_TASK, LENGTHS, BATCH)
   with pytest.raises(ValueError, match="score"):
-    ensemble.evaluate_ensemble(plain, base, paths, demo.SENTIMENT_RANK_TASK, LENGTHS, BATCH,
-                               num_examples=2)
+    ensemble.evaluate_ensemble(
+      plain, base, paths, demo.SENTIMENT_RANK_TASK, LENGTHS, BATCH, num_examples=2
+    )
 
 
 def test_metrics_vote_and_table_on_known_predictions(setup, monkeypatch):
@@ -198,8 +230,9 @@ def test_metrics_vote_and_table_on_known_predictions(setup, monkeypatch):
       del params
       start, seen[0] = seen[0], seen[0] + BATCH
       rows = []
-      for prompt_id, row in zip(batch["prompt_ids"],
-                                np.tile(np.arange(BATCH), NUM_PROMPTS) + start):
+      for prompt_id, row in zip(
+        batch["prompt_ids"], np.tile(np.arange(BATCH), NUM_PROMPTS) + start
+      ):
         label = truth[row] if row < EXAMPLES else 0
         rows.append(label_tokens([1 - label, 1, label][prompt_id]))
       return np.array(rows, np.int32)
@@ -207,8 +240,9 @@ def test_metrics_vote_and_table_on_known_predictions(setup, monkeypatch):
     return predict
 
   monkeypatch.setattr(evaluator, "on_mesh", rigged)
-  results = ensemble.evaluate_ensemble(plain, base, paths, demo.SENTIMENT_TASK, LENGTHS,
-                                       BATCH, num_examples=EXAMPLES)
+  results = ensemble.evaluate_ensemble(
+    plain, base, paths, demo.SENTIMENT_TASK, LENGTHS, BATCH, num_examples=EXAMPLES
+  )
   summary = results[demo.SENTIMENT_TASK]
   positive = 100.0 * sum(truth) / EXAMPLES
   assert [m["accuracy"] for m in summary["prompts"]] == [0.0, positive, 100.0]
@@ -221,7 +255,7 @@ def test_metrics_vote_and_table_on_known_predictions(setup, monkeypatch):
 
   table = ensemble.format_table(results, paths).splitlines()
   assert table[:NUM_PROMPTS] == [f"prompt {k}: {path}" for k, path in enumerate(paths)]
-  rows = {line.split("  ")[1].strip(): line.split()[-1] for line in table[NUM_PROMPTS + 2:]}
+  rows = {line.split("  ")[1].strip(): line.split()[-1] for line in table[NUM_PROMPTS + 2 :]}
   assert table[NUM_PROMPTS + 1].split() == [demo.SENTIMENT_TASK, "accuracy"]
   assert rows["prompt 0"] == "0.00" and rows["prompt 2"] == "100.00"
   assert rows["mean"] == f"{(positive + 100.0) / 3:.2f}"
@@ -233,19 +267,24 @@ def test_the_table_keeps_its_layout_and_marks_missing_numbers():
   """The layout `prompt-tuning eval` has always printed: labels indented under the task,
   numbers right-aligned, the best prompt's index after its number, "-" for a metric the
   vote lacks."""
-  summary = {"prompts": [{"accuracy": 50.0, "f1": 12.5}, {"accuracy": 100.0, "f1": 7.25}],
-             "mean": {"accuracy": 75.0, "f1": 9.875}, "best": {"accuracy": 100.0, "f1": 12.5},
-             "best_prompt": {"accuracy": 1, "f1": 0}, "majority_vote": {"accuracy": 50.0}}
+  summary = {
+    "prompts": [{"accuracy": 50.0, "f1": 12.5}, {"accuracy": 100.0, "f1": 7.25}],
+    "mean": {"accuracy": 75.0, "f1": 9.875},
+    "best": {"accuracy": 100.0, "f1": 12.5},
+    "best_prompt": {"accuracy": 1, "f1": 0},
+    "majority_vote": {"accuracy": 50.0},
+  }
   assert ensemble.format_table({"demo_sentiment": summary}, ["a.npy", "b.npy"]) == (
-      "prompt 0: a.npy\n"
-      "prompt 1: b.npy\n"
-      "\n"
-      "demo_sentiment        accuracy          f1\n"
-      "  prompt 0               50.00       12.50\n"
-      "  prompt 1              100.00        7.25\n"
-      "  mean                   75.00        9.88\n"
-      "  best             100.00 (#1)  12.50 (#0)\n"
-      "  majority vote          50.00           -")
+    "prompt 0: a.npy\n"
+    "prompt 1: b.npy\n"
+    "\n"
+    "demo_sentiment        accuracy          f1\n"
+    "  prompt 0               50.00       12.50\n"
+    "  prompt 1              100.00        7.25\n"
+    "  mean                   75.00        9.88\n"
+    "  best             100.00 (#1)  12.50 (#0)\n"
+    "  majority vote          50.00           -"
+  )
 
 
 def test_the_vote_names_the_winning_prompt():

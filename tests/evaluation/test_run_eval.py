@@ -43,14 +43,19 @@ def files(tmp_path_factory):
 
 
 def _eval_args(base, run_file, **bindings):
-  values = {"network.t5_config.size": "'tiny'",
-            "network.t5_config.vocab_size": str(CFG.vocab_size),
-            "MIXTURE_OR_TASK_NAME": f"'{demo.SENTIMENT_TASK}'",
-            "INITIAL_CHECKPOINT_PATH": repr(base), "BATCH_SIZE": str(BATCH),
-            "TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 4}",
-            "run_eval.evaluate.num_examples": str(EXAMPLES), **bindings}
-  return (["eval", MODEL_GIN, f"--gin_file=prompt_tuning/configs/runs/{run_file}"]
-          + [f"--gin.{name}={value}" for name, value in values.items()])
+  values = {
+    "network.t5_config.size": "'tiny'",
+    "network.t5_config.vocab_size": str(CFG.vocab_size),
+    "MIXTURE_OR_TASK_NAME": f"'{demo.SENTIMENT_TASK}'",
+    "INITIAL_CHECKPOINT_PATH": repr(base),
+    "BATCH_SIZE": str(BATCH),
+    "TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 4}",
+    "run_eval.evaluate.num_examples": str(EXAMPLES),
+    **bindings,
+  }
+  return ["eval", MODEL_GIN, f"--gin_file=prompt_tuning/configs/runs/{run_file}"] + [
+    f"--gin.{name}={value}" for name, value in values.items()
+  ]
 
 
 def _as_process_1(monkeypatch):
@@ -87,8 +92,11 @@ def _ensemble_run(base, prompts, tmp_path, capsys, patch):
   patch.setattr(evaluator, "on_mesh", counting)
   _first_built(patch, evaluator, "on_mesh")
   out_dir = str(tmp_path / "report")
-  code = cli.main(_eval_args(base, "prompt_ensemble_eval.gin",
-                             PROMPT_FILES=repr(prompts), OUTPUT_DIR=repr(out_dir)))
+  code = cli.main(
+    _eval_args(
+      base, "prompt_ensemble_eval.gin", PROMPT_FILES=repr(prompts), OUTPUT_DIR=repr(out_dir)
+    )
+  )
   out = capsys.readouterr().out
   assert code == 0
   # ceil(6 / 4) = 2 decodes of N·B rows, prompt k on rows [k·B, (k+1)·B).
@@ -106,13 +114,11 @@ def _ensemble_run(base, prompts, tmp_path, capsys, patch):
   assert summary["mean"]["accuracy"] == pytest.approx(np.mean(accuracies))
   assert summary["best"]["accuracy"] == max(accuracies)
   assert [len(p) for p in summary["predictions"]] == [EXAMPLES] * NUM_PROMPTS
-  assert summary["majority_vote_predictions"] == ensemble.majority_vote(
-      summary["predictions"])
+  assert summary["majority_vote_predictions"] == ensemble.majority_vote(summary["predictions"])
   # The printed table carries the same numbers.
   lines = out.splitlines()
   assert lines[:NUM_PROMPTS] == [f"prompt {k}: {p}" for k, p in enumerate(prompts)]
-  row = {line.split("  ")[1]: line.split()[-1] for line in lines
-         if line.startswith("  ")}
+  row = {line.split("  ")[1]: line.split()[-1] for line in lines if line.startswith("  ")}
   assert row["prompt 1"] == f"{accuracies[1]:.2f}"
   assert row["majority vote"] == f"{summary['majority_vote']['accuracy']:.2f}"
   assert f"wrote {path}" in out
@@ -131,7 +137,8 @@ def _ensemble_run(base, prompts, tmp_path, capsys, patch):
 
 
 def test_eval_with_several_prompt_files_decodes_all_prompts_in_one_call(
-    files, tmp_path, capsys, monkeypatch):
+  files, tmp_path, capsys, monkeypatch
+):
   base, prompts = files
   with monkeypatch.context() as patch:  # The ensemble's decode, built once.
     accuracies = _ensemble_run(base, prompts, tmp_path, capsys, patch)
@@ -140,8 +147,13 @@ def test_eval_with_several_prompt_files_decodes_all_prompts_in_one_call(
   gin.clear_config()
   _first_built(monkeypatch, evaluator, "build_evaluation")
   model_dir = str(tmp_path / "alone")
-  args = _eval_args(base, "prompt_eval.gin", PROMPT_LENGTH=str(PROMPT_LENGTH),
-                    PROMPT_FILE=repr(prompts[1]), MODEL_DIR=repr(model_dir))
+  args = _eval_args(
+    base,
+    "prompt_eval.gin",
+    PROMPT_LENGTH=str(PROMPT_LENGTH),
+    PROMPT_FILE=repr(prompts[1]),
+    MODEL_DIR=repr(model_dir),
+  )
   code = cli.main(args)
   alone = capsys.readouterr().out
   assert code == 0
@@ -157,22 +169,32 @@ def test_eval_with_several_prompt_files_decodes_all_prompts_in_one_call(
 
 def test_missing_or_malformed_prompt_files_are_one_line_errors(files, tmp_path, capsys):
   base, prompts = files
-  code = cli.main(_eval_args(base, "prompt_ensemble_eval.gin",
-                             OUTPUT_DIR=repr(str(tmp_path))))
+  code = cli.main(_eval_args(base, "prompt_ensemble_eval.gin", OUTPUT_DIR=repr(str(tmp_path))))
   err = capsys.readouterr().err
   assert code == 2 and len(err.strip().splitlines()) == 1
   assert "required gin macro(s) not set: PROMPT_FILES" in err
 
   gin.clear_config()
-  code = cli.main(_eval_args(base, "prompt_ensemble_eval.gin", PROMPT_FILES=repr(prompts[0]),
-                             OUTPUT_DIR=repr(str(tmp_path))))
+  code = cli.main(
+    _eval_args(
+      base,
+      "prompt_ensemble_eval.gin",
+      PROMPT_FILES=repr(prompts[0]),
+      OUTPUT_DIR=repr(str(tmp_path)),
+    )
+  )
   err = capsys.readouterr().err
   assert code == 1 and "PROMPT_FILES must be a list of .npy paths" in err
 
   gin.clear_config()
-  code = cli.main(_eval_args(base, "prompt_ensemble_eval.gin",
-                             PROMPT_FILES=repr([prompts[0], str(tmp_path / "nope.npy")]),
-                             OUTPUT_DIR=repr(str(tmp_path))))
+  code = cli.main(
+    _eval_args(
+      base,
+      "prompt_ensemble_eval.gin",
+      PROMPT_FILES=repr([prompts[0], str(tmp_path / "nope.npy")]),
+      OUTPUT_DIR=repr(str(tmp_path)),
+    )
+  )
   err = capsys.readouterr().err
   assert code == 1 and "nope.npy does not exist" in err
   assert not os.listdir(tmp_path)  # Nothing written before the inputs are checked.

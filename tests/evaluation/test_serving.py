@@ -56,8 +56,7 @@ def _records(path):
     return [json.loads(line) for line in f]
 
 
-def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, capsys,
-                                                              monkeypatch):
+def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, capsys, monkeypatch):
   base, prompts = setup
   seen_ids = []
   real = evaluator.on_mesh
@@ -76,15 +75,25 @@ def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, c
 
   monkeypatch.setattr(evaluator, "on_mesh", recording)
   served_dir = str(tmp_path / "served")
-  bindings = {"network.t5_config.size": "'tiny'",
-              "network.t5_config.vocab_size": str(CFG.vocab_size),
-              "MIXTURE_OR_TASK_NAME": repr(MIXTURE), "INITIAL_CHECKPOINT_PATH": repr(base),
-              "TASK_PROMPTS": repr(prompts), "OUTPUT_DIR": repr(served_dir),
-              "BATCH_SIZE": str(BATCH), "TASK_FEATURE_LENGTHS": repr(LENGTHS),
-              "run_eval.infer.num_examples": str(EXAMPLES)}
-  code = cli.main(["infer", "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
-                   "--gin_file=prompt_tuning/configs/runs/prompt_serve.gin"]
-                  + [f"--gin.{name}={value}" for name, value in bindings.items()])
+  bindings = {
+    "network.t5_config.size": "'tiny'",
+    "network.t5_config.vocab_size": str(CFG.vocab_size),
+    "MIXTURE_OR_TASK_NAME": repr(MIXTURE),
+    "INITIAL_CHECKPOINT_PATH": repr(base),
+    "TASK_PROMPTS": repr(prompts),
+    "OUTPUT_DIR": repr(served_dir),
+    "BATCH_SIZE": str(BATCH),
+    "TASK_FEATURE_LENGTHS": repr(LENGTHS),
+    "run_eval.infer.num_examples": str(EXAMPLES),
+  }
+  code = cli.main(
+    [
+      "infer",
+      "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
+      "--gin_file=prompt_tuning/configs/runs/prompt_serve.gin",
+    ]
+    + [f"--gin.{name}={value}" for name, value in bindings.items()]
+  )
   assert code == 0, capsys.readouterr().err
   # Rows alternate between the tasks: every batch holds both prompts.
   assert len(seen_ids) == -(-2 * EXAMPLES // BATCH)
@@ -111,12 +120,19 @@ def test_mixed_batches_give_each_task_its_own_prompts_outputs(setup, tmp_path, c
   gin.clear_config()  # The direct calls below must not see the CLI's bindings.
   for index, name in enumerate(TASKS):
     alone_dir = str(tmp_path / f"alone_{index}")
-    prompt = functools.partial(Prompt, length=PROMPT_LENGTH,
-                               init=initializers.from_file(prompts[name]))
+    prompt = functools.partial(
+      Prompt, length=PROMPT_LENGTH, init=initializers.from_file(prompts[name])
+    )
     alone_model = models.EncoderDecoderModel(Transformer(CFG, input_prompt=prompt))
-    run_eval.infer(model=alone_model, mixture_or_task_name=name,
-                   task_feature_lengths=LENGTHS, batch_size=BATCH, output_dir=alone_dir,
-                   initial_checkpoint_path=base, num_examples=EXAMPLES)
+    run_eval.infer(
+      model=alone_model,
+      mixture_or_task_name=name,
+      task_feature_lengths=LENGTHS,
+      batch_size=BATCH,
+      output_dir=alone_dir,
+      initial_checkpoint_path=base,
+      num_examples=EXAMPLES,
+    )
     served = _records(os.path.join(served_dir, f"{name}-validation.jsonl"))
     alone = _records(os.path.join(alone_dir, f"{name}-validation.jsonl"))
     assert len(served) == EXAMPLES and served == alone
