@@ -161,11 +161,11 @@ def _export_prompt(argv: Sequence[str]) -> int:
                      "--gin_file=prompt_tuning/configs/models/t5_1_1_base_prompt.gin "
                      "--gin_file=prompt_tuning/configs/prompts/prefix_tuning.gin")
   parse_gin(files, bindings, paths)
-  from prompt_tuning.prompts import family
+  from prompt_tuning import export
   from prompt_tuning.t5 import network
 
   module = call_configured(network.transformer)
-  for path in family.export_checkpoint(module, args.checkpoint, args.out_dir):
+  for path in export.export_checkpoint(module, args.checkpoint, args.out_dir):
     print(path)
   return 0
 

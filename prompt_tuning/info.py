@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 
-import flax
-import numpy as np
-
-from prompt_tuning.prompts import Prompt
+from prompt_tuning import tree
+from prompt_tuning.prompts import family
 from prompt_tuning.t5 import T5Config, abstract_params
 
 
@@ -44,17 +41,13 @@ def parameter_groups(config: T5Config, prompt_length: int = 0,
                      method: str = "prompt") -> dict[str, int]:
   """Counts per group; with `prompt_length`, the trainable part of `method` (one of
   `prompts.family.METHODS`: prompt tuning, Prefix-Tuning, P-Tuning, P-Tuning v2) too."""
-  factory = functools.partial(Prompt, length=prompt_length) if prompt_length else None
-  layer_prefix = None
-  if prompt_length and method != "prompt":
-    from prompt_tuning.prompts import family
-
+  factory, layer_prefix = None, None
+  if prompt_length:
     factory, layer_prefix = family.hooks(method, prompt_length)
-  flat = flax.traverse_util.flatten_dict(abstract_params(config, factory, layer_prefix),
-                                         sep="/")
   groups: dict[str, int] = collections.OrderedDict()
+  flat = tree.flatten(abstract_params(config, factory, layer_prefix))
   for name, value in sorted(flat.items()):
-    groups[_group(name)] = groups.get(_group(name), 0) + int(np.prod(value.shape))
+    groups[_group(name)] = groups.get(_group(name), 0) + tree.count(value)
   return groups
 
 
@@ -65,7 +58,7 @@ def _human(n: float) -> str:
   return str(int(n))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="prompt-tuning info",
       description="Parameter counts of a T5 1.1 size (no weights are allocated).")
@@ -73,22 +66,20 @@ def main(argv: list[str] | None = None) -> int:
                       help="tiny, small, base, large, xl, xxl, mt5_small ... mt5_xxl")
   parser.add_argument("--prompt-length", type=int, default=0,
                       help="also report a soft prompt of this length (trainable)")
-  parser.add_argument("--method", default="prompt",
-                      help="which prompt method --prompt-length counts: prompt, prefix, "
-                           "prefix_folded, p_tuning, p_tuning_mlp, p_tuning_v2, "
-                           "p_tuning_v2_mlp (see prompts/family.py)")
+  parser.add_argument("--method", default="prompt", choices=tuple(family.METHODS),
+                      help="which prompt method --prompt-length counts (see "
+                           "--compare-methods)")
   parser.add_argument("--compare-methods", action="store_true",
                       help="print a table of every method's trainable parameters at "
                            "--prompt-length (100 if not given) instead")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
   config = T5Config.from_size(args.size)
   if args.compare_methods:
     return _print_method_table(config, args.size, args.prompt_length or 100)
-  from prompt_tuning.prompts import family
-
-  if args.method not in family.METHODS:
-    parser.error(f"unknown --method {args.method!r}; choose one of "
-                 f"{', '.join(family.METHODS)}")
   groups = parameter_groups(config, args.prompt_length, args.method)
   frozen = sum(v for k, v in groups.items() if not k.startswith("prompt"))
   print(f"T5 1.1 {args.size}: d_model={config.emb_dim} heads={config.num_heads} "
@@ -109,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 def method_table(config: T5Config, prompt_length: int) -> list[dict[str, object]]:
   """One row per prompt method: trainable parameters, their share of the frozen model,
   and what serves after folding the reparameterisation away."""
-  from prompt_tuning.prompts import family
-
-  frozen = sum(int(np.prod(x.shape)) for x in flax.traverse_util.flatten_dict(
-      abstract_params(config)).values())
+  frozen = tree.count(abstract_params(config))
   rows = []
   for name, method in family.METHODS.items():
     trainable = family.trainable_count(config, name, prompt_length)

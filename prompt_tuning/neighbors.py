@@ -18,6 +18,10 @@ import re
 from typing import Any, Sequence
 
 import numpy as np
+import seqio
+
+from prompt_tuning import convert, tables
+from prompt_tuning.data import vocab as vocab_lib
 
 EMBEDDING_NAME = "token_embedder/embedding"
 _SENTINEL_PIECE = re.compile("\u2581?<extra_id_[0-9]+>")
@@ -93,14 +97,13 @@ def read_embedding(checkpoint: str) -> np.ndarray:
     return np.load(checkpoint)
   if not os.path.exists(checkpoint) and "://" not in checkpoint:
     raise ValueError(f"checkpoint {checkpoint} does not exist")
-  from prompt_tuning.training import initialization
-
-  try:
-    return initialization.read_variable(checkpoint, EMBEDDING_NAME)
-  except KeyError as error:  # A trainer checkpoint that holds only the prompt.
-    raise ValueError(f"checkpoint {checkpoint} has no {EMBEDDING_NAME!r} (prompt-tuning "
-                     "checkpoints keep only the prompt); pass the frozen model's "
-                     "checkpoint, the run's INITIAL_CHECKPOINT_PATH") from error
+  with convert.open_checkpoint(checkpoint) as reader:
+    # A trainer checkpoint usually holds only the prompt.
+    if EMBEDDING_NAME not in reader.arrays():
+      raise ValueError(f"checkpoint {checkpoint} has no {EMBEDDING_NAME!r} (prompt-tuning "
+                       "checkpoints keep only the prompt); pass the frozen model's "
+                       "checkpoint, the run's INITIAL_CHECKPOINT_PATH")
+  return convert.read_variable(checkpoint, EMBEDDING_NAME)
 
 
 def read_prompt(path: str) -> np.ndarray:
@@ -116,21 +119,21 @@ def read_prompt(path: str) -> np.ndarray:
 def format_table(ids: np.ndarray, sims: np.ndarray, names: PieceNames,
                  label_ids: dict[int, str]) -> str:
   """One line per prompt position: the label flag, then `piece (cosine)` by rank."""
-  lines = [f"{'position':>8}  {'label':<12}  nearest tokens (cosine similarity)"]
+  rows = []
   for position, (row_ids, row_sims) in enumerate(zip(ids, sims)):
     flag = label_ids.get(int(row_ids[0]), "")
     shown = "  ".join(f"{names(int(i))} ({s:.3f})" for i, s in zip(row_ids, row_sims))
-    lines.append(f"{position:>8}  {('*' + flag) if flag else '':<12}  {shown}")
+    rows.append([str(position), f"*{flag}" if flag else "", shown])
+  table = tables.format_table(["position", "label", "nearest tokens (cosine similarity)"],
+                              rows, align="><<")
   if label_ids:
     flagged = sum(int(row[0]) in label_ids for row in ids)
-    lines.append(f"{flagged} of {len(ids)} positions have a class label (*) as their "
-                 "nearest token")
-  return "\n".join(lines)
+    table += (f"\n{flagged} of {len(ids)} positions have a class label (*) as their "
+              "nearest token")
+  return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  from prompt_tuning.data import vocab as vocab_lib
-
   parser = argparse.ArgumentParser(
       prog="prompt-tuning neighbors",
       description="For each prompt position, its k nearest vocabulary tokens by cosine "
@@ -147,9 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--labels", default="",
                       help="comma-separated class labels to flag, e.g. positive,negative")
   args = parser.parse_args(argv)
-
-  import seqio
-
   prompt = read_prompt(args.prompt)
   embedding = read_embedding(args.checkpoint)
   if prompt.shape[1] != embedding.shape[1]:

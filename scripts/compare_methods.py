@@ -7,7 +7,7 @@ and prompt length through the gin files a user would pass to `prompt-tuning trai
 (configs/prompts/{prefix_tuning,p_tuning,p_tuning_v2}.gin), in this process. Each run is
 evaluated `--evals` times on the validation split (the best is the early-stopping score,
 as in the paper; the last is reported too) and ends with an export of what serves
-(`prompts.family.export`). Printed and written to `--out`: a table of accuracy against
+(`prompt_tuning.export`). Printed and written to `--out`: a table of accuracy against
 trainable parameters (`results.csv`) and its plot (`score_vs_trainable.png`).
 
   python scripts/compare_methods.py --out /tmp/compare --steps 300 --lm-steps 400
@@ -30,21 +30,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # Run as a file: make the checkout's package importable.
   sys.path.insert(0, REPO)
 
+# The package imports follow the path set-up.
+import gin  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from prompt_tuning import convert, demo, export, launch, tables, tree  # noqa: E402
+from prompt_tuning.data import demo as demo_data  # noqa: E402
+from prompt_tuning.evaluation import evaluator  # noqa: E402
+from prompt_tuning.prompts import family  # noqa: E402
+from prompt_tuning.t5 import T5Config, init_params, network  # noqa: E402
+from prompt_tuning.training import logging_utils, trainer  # noqa: E402
+
 TASK = "demo_sentiment"
 METRIC = "accuracy"
-# Method -> (its gin file after the model file, or None for plain prompt tuning).
-GIN_FILES = {
-    "prompt": None,
-    "prefix": "prompt_tuning/configs/prompts/prefix_tuning.gin",
-    "p_tuning": "prompt_tuning/configs/prompts/p_tuning.gin",
-    "p_tuning_mlp": "prompt_tuning/configs/prompts/p_tuning.gin",
-    "p_tuning_v2": "prompt_tuning/configs/prompts/p_tuning_v2.gin",
-    "p_tuning_v2_mlp": "prompt_tuning/configs/prompts/p_tuning_v2.gin",
-}
-EXTRA_BINDINGS = {
-    "p_tuning_mlp": {"P_TUNING_ENCODER": "'mlp'"},
-    "p_tuning_v2_mlp": {"REPARAMETERIZE": "True"},
-}
+# Every method a run can train; each one's gin file and bindings come from the registry
+# (`family.gin_config`).
+METHODS = family.TRAINING_METHODS
 DEFAULT_METHODS = ("prompt", "prefix", "p_tuning", "p_tuning_v2")
 # Adafactor rates: the paper's 0.3 for prompt tuning; the others from a sweep on this
 # task (200 steps, batch 16, P=20): prefix {3e-4, 1e-3, 3e-3, 1e-2, 3e-2}, P-Tuning
@@ -58,9 +60,6 @@ CSV_FIELDS = ("method", "trainable_params", "served_params", "percent_of_model",
 
 
 def model_bindings() -> dict[str, str]:
-  from prompt_tuning import demo
-  from prompt_tuning.data import demo as demo_data
-
   overrides = {**demo.TINY_DEMO_MODEL, "vocab_size": demo_data.demo_vocab_size()}
   return {f"network.t5_config.{k}": repr(v) for k, v in overrides.items()}
 
@@ -68,12 +67,6 @@ def model_bindings() -> dict[str, str]:
 def frozen_base(out_dir: str, lm_steps: int, batch_size: int = 32) -> str:
   """The frozen model every method shares: LM-adapted on the bundled corpus (kept in
   `out/lm_adapt` and reused by later runs), or random with `lm_steps=0`."""
-  import jax
-
-  from prompt_tuning import convert, demo
-  from prompt_tuning.data import demo as demo_data
-  from prompt_tuning.t5 import T5Config, init_params
-
   if lm_steps <= 0:
     path = os.path.join(out_dir, "random_base")
     if not (os.path.isdir(path) and os.listdir(path)):
@@ -95,21 +88,13 @@ def train_method(method: str, out_dir: str, base: str, steps: int, batch_size: i
                  seed: int, evals: int = 4) -> dict[str, Any]:
   """One gin-configured training run, as `prompt-tuning train` would do it, evaluated
   `evals` times; the best evaluation is the early-stopping score (as in the paper)."""
-  import gin
-
-  from prompt_tuning import cli
-  from prompt_tuning.prompts import family
-  from prompt_tuning.t5 import network
-  from prompt_tuning.training import logging_utils
-  from prompt_tuning.training import trainable as trainable_lib
-  from prompt_tuning.training import trainer
-
   model_dir = os.path.join(out_dir, method)
+  method_file, method_bindings = family.gin_config(method)
   files = ["prompt_tuning/configs/models/t5_1_1_small_prompt.gin"]
-  if GIN_FILES[method]:
-    files.append(GIN_FILES[method])
+  if method_file:
+    files.append(method_file)
   files.append("prompt_tuning/configs/runs/prompt_finetune.gin")
-  bindings = {**model_bindings(), **EXTRA_BINDINGS.get(method, {}),
+  bindings = {**model_bindings(), **method_bindings,
               "MIXTURE_OR_TASK_NAME": repr(TASK),
               "TASK_FEATURE_LENGTHS": "{'inputs': 48, 'targets': 4}",
               "MODEL_DIR": repr(model_dir), "INITIAL_CHECKPOINT_PATH": repr(base),
@@ -124,24 +109,22 @@ def train_method(method: str, out_dir: str, base: str, steps: int, batch_size: i
   gin.clear_config()
   started = time.time()
   try:
-    cli.parse_gin(files, [f"{k} = {v}" for k, v in bindings.items()], [])
+    launch.parse_gin(files, [f"{k} = {v}" for k, v in bindings.items()], [])
     gin.finalize()
-    result = trainer.train()
+    result = trainer.train(evaluation_factory=evaluator.build_evaluation)
     module = network.transformer()
-    served = family.export(module, result.trainable, os.path.join(model_dir, "export"))
+    served = export.export(module, result.trainable, os.path.join(model_dir, "export"))
   finally:
     gin.clear_config()
   seconds = time.time() - started
-  trainable = trainable_lib.count(result.trainable)
-  frozen = trainable_lib.count(result.params) - trainable
+  trainable = tree.count(result.trainable)
+  frozen = tree.count(result.params) - trainable
   losses = [loss for _, loss in result.losses]
   tail = losses[-max(1, len(losses) // 10):]
   key = f"{TASK}/{METRIC}"
   scores = [(r[key], r["step"]) for r in logging_utils.read_metrics(model_dir)
             if r.get("kind") == "eval" and key in r]
   best, best_step = max(scores, key=lambda s: (s[0], -s[1])) if scores else (math.nan, 0)
-  import numpy as np
-
   return {"method": method, "trainable_params": trainable,
           "served_params": int(sum(np.load(p, mmap_mode="r").size for p in served)),
           "percent_of_model": 100.0 * trainable / frozen,
@@ -161,14 +144,13 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-  lines = [f"{'method':<17}{'trainable':>12}{'% model':>9}{'served':>11}{'best acc':>9}"
-           f"{'@step':>7}{'final acc':>10}{'loss':>8}{'lr':>8}{'seconds':>9}"]
-  for r in rows:
-    lines.append(f"{r['method']:<17}{r['trainable_params']:>12,}{r['percent_of_model']:>8.2f}%"
-                 f"{r['served_params']:>11,}{r['best_accuracy']:>9.1f}{r['best_step']:>7}"
-                 f"{r['final_accuracy']:>10.1f}{r['final_loss']:>8.2f}"
-                 f"{r['learning_rate']:>8g}{r['seconds']:>9.0f}")
-  return "\n".join(lines)
+  header = ["method", "trainable", "% model", "served", "best acc", "@step", "final acc",
+            "loss", "lr", "seconds"]
+  cells = [[r["method"], f"{r['trainable_params']:,}", f"{r['percent_of_model']:.2f}%",
+            f"{r['served_params']:,}", f"{r['best_accuracy']:.1f}", str(r["best_step"]),
+            f"{r['final_accuracy']:.1f}", f"{r['final_loss']:.2f}",
+            f"{r['learning_rate']:g}", f"{r['seconds']:.0f}"] for r in rows]
+  return tables.format_table(header, cells)
 
 
 def plot(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
@@ -200,19 +182,19 @@ def _learning_rates(specs: Sequence[str]) -> dict[str, float]:
   rates = dict(DEFAULT_LEARNING_RATES)
   for spec in specs:
     method, eq, value = spec.partition("=")
-    if not eq or method not in GIN_FILES:
+    if not eq or method not in METHODS:
       raise ValueError(f"bad --lr {spec!r}: write METHOD=RATE with METHOD one of "
-                       f"{', '.join(GIN_FILES)}")
+                       f"{', '.join(METHODS)}")
     rates[method] = float(value)
   return rates
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="scripts/compare_methods.py",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True, help="output directory (one run per method)")
   parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                      help=f"comma-separated, from {', '.join(GIN_FILES)}")
+                      help=f"comma-separated, from {', '.join(METHODS)}")
   parser.add_argument("--steps", type=int, default=300, help="train steps of every method")
   parser.add_argument("--lm-steps", type=int, default=400,
                       help="LM-adaptation steps of the frozen model (0: random model)")
@@ -227,11 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--evals", type=int, default=4,
                       help="evaluations per run, evenly spaced (the best one is reported)")
   parser.add_argument("--seed", type=int, default=0)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = _parser()
   args = parser.parse_args(argv)
   methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-  unknown = [m for m in methods if m not in GIN_FILES]
+  unknown = [m for m in methods if m not in METHODS]
   if unknown or not methods:
-    parser.error(f"unknown method(s) {unknown}; choose from {', '.join(GIN_FILES)}")
+    parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
   try:
     rates = _learning_rates(args.lr)
   except ValueError as error:

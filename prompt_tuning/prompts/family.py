@@ -1,5 +1,6 @@
-"""The prompt family side by side: which backbone hooks each method uses, and folding
-the reparameterised ones into the plain parameters that serve.
+"""The prompt family side by side, the one registry of its methods: which backbone hooks
+each uses, which gin files configure it, and folding the reparameterised ones into the
+plain parameters that serve.
 
 Methods (P = prompt length):
   prompt           prompt tuning: P vectors at the input (`Prompt`)
@@ -10,13 +11,15 @@ Methods (P = prompt length):
   p_tuning_v2      P-Tuning v2: a deep prompt at every layer of both stacks
   p_tuning_v2_mlp  P-Tuning v2 with the MLP reparameterisation
 
+Every file of `prompt_tuning/configs/prompts/` belongs to exactly one method: the
+initialiser files to "prompt", each method file to its method; a variant is its base
+method's file plus gin bindings (`gin_config`). Every `--method` choice of the tools
+comes from `METHODS`.
+
 A reparameterised module computes its prompt from other parameters; `fold` runs that
 computation once and returns the plain module (prompts.Prompt, or the same layer module
-with `reparameterize=False`) with parameters that give identical outputs. `export`
-writes the folded prompt parameters as `.npy` files named by their dotted path, the
-trainer's numpy-checkpoint format: `encoder.prompt.prompt.npy` (a plain prompt, for
-PROMPT_FILE), `{encoder,decoder}.layer_prompt.{key,value,prompt}.npy` (for
-LAYER_PROMPT_DIR).
+with `reparameterize=False`) with parameters that give identical outputs.
+`prompt_tuning.export` writes them for serving.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import dataclasses
 import functools
 import os
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 
+from prompt_tuning import tree
 from prompt_tuning.prompts import deep_prompt, p_tuning, prefix_tuning
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import network
@@ -38,13 +42,31 @@ Params = dict[str, Any]
 Factory = Optional[Callable[..., Any]]
 
 
+# Where the method gin files live, as `prompt-tuning train --gin_file` takes them.
+GIN_DIR = "prompt_tuning/configs/prompts"
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
+  """One prompt-family method.
+
+  gin_files: the files of GIN_DIR this method owns. For "prompt" they only choose the
+    initialiser (the model's `*_prompt.gin` already configures prompt tuning); for the
+    others the one file is what selects the method.
+  variant_of / bindings: a variant owns no file; it is `variant_of`'s file plus these
+    gin macro bindings.
+  trains: False for a form that only serves (the folded prefixes).
+  """
+
   name: str
   description: str
   input_prompt: Callable[[int], Factory]
   layer_prefix: Callable[[int], Factory]
   serves_as: str  # The method whose parameters serve after `fold` (itself if plain).
+  gin_files: tuple[str, ...] = ()
+  variant_of: str | None = None
+  bindings: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  trains: bool = True
 
 
 def _none(length: int) -> Factory:
@@ -52,46 +74,69 @@ def _none(length: int) -> Factory:
   return None
 
 
+PROMPT_INITIALIZER_FILES = ("uniform.gin", "uniform_positive.gin", "from_sampled_vocab.gin",
+                            "from_class_labels.gin", "from_string.gin", "from_file.gin")
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("prompt", "prompt tuning (input prompt)",
-           lambda p: functools.partial(Prompt, length=p), _none, "prompt"),
+           lambda p: functools.partial(Prompt, length=p), _none, "prompt",
+           gin_files=PROMPT_INITIALIZER_FILES),
     Method("prefix", "Prefix-Tuning, MLP-reparameterised (training)", _none,
            lambda p: functools.partial(prefix_tuning.PrefixTuning, length=p),
-           "prefix_folded"),
+           "prefix_folded", gin_files=("prefix_tuning.gin",)),
     Method("prefix_folded", "Prefix-Tuning after folding (serving)", _none,
            lambda p: functools.partial(prefix_tuning.PrefixTuning, length=p,
-                                       reparameterize=False), "prefix_folded"),
+                                       reparameterize=False), "prefix_folded",
+           variant_of="prefix", bindings={"REPARAMETERIZE": "False"}, trains=False),
     Method("p_tuning", "P-Tuning, bi-LSTM + MLP prompt encoder",
            lambda p: functools.partial(p_tuning.PTuningPrompt, length=p), _none,
-           "prompt"),
+           "prompt", gin_files=("p_tuning.gin",)),
     Method("p_tuning_mlp", "P-Tuning, MLP prompt encoder",
            lambda p: functools.partial(p_tuning.PTuningPrompt, length=p,
-                                       prompt_encoder="mlp"), _none, "prompt"),
+                                       prompt_encoder="mlp"), _none, "prompt",
+           variant_of="p_tuning", bindings={"P_TUNING_ENCODER": "'mlp'"}),
     Method("p_tuning_v2", "P-Tuning v2, deep prompts at every layer", _none,
            lambda p: functools.partial(deep_prompt.DeepPrompt, length=p),
-           "p_tuning_v2"),
+           "p_tuning_v2", gin_files=("p_tuning_v2.gin",)),
     Method("p_tuning_v2_mlp", "P-Tuning v2, MLP-reparameterised", _none,
            lambda p: functools.partial(deep_prompt.DeepPrompt, length=p,
-                                       reparameterize=True), "p_tuning_v2"),
+                                       reparameterize=True), "p_tuning_v2",
+           variant_of="p_tuning_v2", bindings={"REPARAMETERIZE": "True"}),
 )}
+# The methods a run can train (every `--method` of the training tools).
+TRAINING_METHODS = tuple(name for name, method in METHODS.items() if method.trains)
 
 
-def hooks(method: str, length: int) -> tuple[Factory, Factory]:
+def method(name: str) -> Method:
+  if name not in METHODS:
+    raise ValueError(f"unknown prompt method {name!r}; choose one of {', '.join(METHODS)}")
+  return METHODS[name]
+
+
+def gin_config(name: str) -> tuple[str | None, dict[str, str]]:
+  """(gin file to pass after the model file, or None for prompt tuning; the gin macro
+  bindings that select this method on top of it)."""
+  entry = method(name)
+  if entry.variant_of is not None:
+    file, bindings = gin_config(entry.variant_of)
+    return file, {**bindings, **entry.bindings}
+  if entry.name == "prompt":
+    return None, dict(entry.bindings)
+  (file,) = entry.gin_files
+  return os.path.join(GIN_DIR, file), dict(entry.bindings)
+
+
+def hooks(name: str, length: int) -> tuple[Factory, Factory]:
   """(input_prompt, layer_prefix) factories of a method at prompt length `length`."""
-  if method not in METHODS:
-    raise ValueError(f"unknown prompt method {method!r}; choose one of "
-                     f"{', '.join(METHODS)}")
-  entry = METHODS[method]
+  entry = method(name)
   return entry.input_prompt(length), entry.layer_prefix(length)
 
 
-def trainable_count(config: Any, method: str, length: int) -> int:
+def trainable_count(config: Any, name: str, length: int) -> int:
   """Trainable (prompt) parameters of a method, from shapes alone."""
-  from prompt_tuning.training import trainable as trainable_lib
-
-  input_prompt, layer_prefix = hooks(method, length)
-  abstract = network.abstract_params(config, input_prompt, layer_prefix)
-  return trainable_lib.count(prompt_params(abstract))
+  input_prompt, layer_prefix = hooks(name, length)
+  return tree.count(prompt_params(network.abstract_params(config, input_prompt,
+                                                          layer_prefix)))
 
 
 def fold(module: network.Transformer, params: Params
@@ -129,46 +174,17 @@ def fold(module: network.Transformer, params: Params
   return module.clone(input_prompt=input_prompt, layer_prefix=layer_prefix), folded
 
 
+# What trains in every method of the family: each parameter whose path names a prompt
+# (`encoder/prompt/...`, `{encoder,decoder}/layer_prompt/...`), the trainer's default.
 PROMPT_PARAMETERS = re.compile(r".*prompt.*")
 
 
 def prompt_params(params: Params) -> Params:
-  """The prompt parts of a tree (every parameter whose path names a prompt)."""
-  from prompt_tuning.training import trainable as trainable_lib
-
-  return trainable_lib.split(params, PROMPT_PARAMETERS.pattern)[0]
-
-
-def export(module: network.Transformer, params: Params, directory: str) -> list[str]:
-  """Folds and writes the prompt parameters as `.npy` files; returns their paths."""
-  from prompt_tuning.training import checkpoints
-
-  _, folded = fold(module, prompt_params(params))
-  return checkpoints.export_numpy(folded, directory)
-
-
-def newest_checkpoint(path: str) -> str:
-  """`path` itself when it is a training checkpoint, else the newest
-  `checkpoint_N` inside it (a MODEL_DIR)."""
-  from prompt_tuning.training import initialization
-
-  if initialization.is_training_checkpoint(path):
-    return path
-  if not os.path.isdir(path):
-    raise ValueError(f"{path} is not a training checkpoint or a MODEL_DIR")
-  steps = [(int(m.group(1)), name) for name in os.listdir(path)
-           if (m := re.fullmatch(r"checkpoint_(\d+)", name))
-           and initialization.is_training_checkpoint(os.path.join(path, name))]
-  if not steps:
-    raise ValueError(f"{path} holds no training checkpoint (checkpoint_N with orbax "
-                     "state and metadata); pass MODEL_DIR or MODEL_DIR/checkpoint_N")
-  return os.path.join(path, max(steps)[1])
-
-
-def export_checkpoint(module: network.Transformer, checkpoint: str, directory: str
-                      ) -> list[str]:
-  """`export` of a training run's (trainable-only or full) checkpoint."""
-  from prompt_tuning.training import initialization
-
-  params = initialization.load_model_params(newest_checkpoint(checkpoint))
-  return export(module, params, directory)
+  """The prompt parts of a tree; a tree without any is an error (nothing to train or
+  export)."""
+  flat = tree.flatten(params)
+  found = {name: value for name, value in flat.items() if PROMPT_PARAMETERS.fullmatch(name)}
+  if not found:
+    raise ValueError(f"no prompt parameters (names matching {PROMPT_PARAMETERS.pattern!r}) "
+                     f"among {', '.join(sorted(flat)[:5])}")
+  return tree.unflatten(found)

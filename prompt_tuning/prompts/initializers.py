@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning import convert
+from prompt_tuning.data import vocab
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 EMBEDDING_PATH = "token_embedder/embedding"
@@ -49,11 +52,9 @@ def _load_embedding_cached(source: str) -> np.ndarray:
       raise ValueError(f"embedding file {source} does not exist; extract one with "
                        f"`prompt-tuning extract-variable CKPT '{EMBEDDING_PATH}' OUT.npy`")
     return np.load(source)
-  from prompt_tuning.training import initialization  # Heavy: only for checkpoints.
-
   # Initialisers run while `init` is being traced; reading must happen eagerly.
   with jax.ensure_compile_time_eval():
-    return np.asarray(initialization.read_variable(source, EMBEDDING_PATH))
+    return np.asarray(convert.read_variable(source, EMBEDDING_PATH))
 
 
 def load_embedding(embedding: Any) -> np.ndarray:
@@ -112,9 +113,7 @@ def _fill_rows(rows: np.ndarray, rng: Array, shape: Sequence[int], dtype: Any,
 
 def _resolve_vocabulary(vocabulary: Any) -> Any:
   if vocabulary is None:
-    from prompt_tuning.data import vocab  # The gin-configured task vocabulary.
-
-    return vocab.get_vocabulary()
+    return vocab.get_vocabulary()  # The gin-configured task vocabulary.
   return vocabulary
 
 
@@ -127,10 +126,10 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED, embedding: Any = None,
   def init(rng: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
     table = load_embedding(embedding)
     _check_width(table, shape)
-    vocab = _resolve_vocabulary(vocabulary)
+    pieces = _resolve_vocabulary(vocabulary)
     rows = []
     for label in labels:
-      ids = list(vocab.encode(label))
+      ids = list(pieces.encode(label))
       if not ids:
         raise ValueError(f"class label {label!r} tokenises to nothing")
       rows.append(table[ids].mean(axis=0))

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from prompt_tuning import export, tree
 from prompt_tuning.prompts import family
 from prompt_tuning.prompts.deep_prompt import DeepPrompt
 from prompt_tuning.t5 import Transformer, abstract_params
@@ -43,9 +44,8 @@ def test_parameters_per_layer_range_stack_and_reparameterisation():
   assert reparameterized["encoder/layer_prompt/mlp/embedding"] == (3, CFG.emb_dim)
   assert reparameterized["encoder/layer_prompt/mlp/out/kernel"] == (16, layers * CFG.emb_dim)
   train, frozen = trainable.split(abstract_params(CFG, layer_prefix=DEEP))
-  assert trainable.parameter_names(train) == ["decoder/layer_prompt/prompt",
-                                              "encoder/layer_prompt/prompt"]
-  assert trainable.parameter_names(frozen) == trainable.parameter_names(abstract_params(CFG))
+  assert tree.names(train) == ["decoder/layer_prompt/prompt", "encoder/layer_prompt/prompt"]
+  assert tree.names(frozen) == tree.names(abstract_params(CFG))
 
 
 def test_only_the_chosen_layers_get_a_prompt():
@@ -83,7 +83,7 @@ def test_fold_export_reload_and_cached_decoding(tmp_path):
   logits = logits_of(module, params, size=2)
   np.testing.assert_allclose(logits_of(folded_module, folded, size=2), logits, atol=1e-5)
 
-  paths = family.export(module, params, str(tmp_path))
+  paths = export.export(module, params, str(tmp_path))
   assert sorted(os.path.basename(p) for p in paths) == [
       "decoder.layer_prompt.prompt.npy", "encoder.layer_prompt.prompt.npy"]
   reloaded = init(functools.partial(DeepPrompt, length=3, init_dir=str(tmp_path)))

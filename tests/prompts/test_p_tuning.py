@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from prompt_tuning import export, tree
 from prompt_tuning.prompts import Prompt, family, initializers
 from prompt_tuning.prompts.p_tuning import PTuningPrompt
 from prompt_tuning.t5 import Transformer, abstract_params
@@ -40,9 +41,9 @@ def test_prompt_encoder_parameters_and_the_default_trainable_regex():
   assert lstm["encoder/prompt/mlp_hidden/kernel"].shape == (CFG.emb_dim, CFG.emb_dim)
   assert lstm["encoder/prompt/mlp_out/kernel"].shape == (CFG.emb_dim, CFG.emb_dim)
   train, frozen = trainable.split(abstract_params(CFG, LSTM))
-  assert all(n.startswith("encoder/prompt/") for n in trainable.parameter_names(train))
-  assert trainable.parameter_names(frozen) == trainable.parameter_names(abstract_params(CFG))
-  mlp = trainable.parameter_names(trainable.split(abstract_params(CFG, MLP))[0])
+  assert all(n.startswith("encoder/prompt/") for n in tree.names(train))
+  assert tree.names(frozen) == tree.names(abstract_params(CFG))
+  mlp = tree.names(trainable.split(abstract_params(CFG, MLP))[0])
   assert mlp == ["encoder/prompt/embedding", "encoder/prompt/mlp_hidden/bias",
                  "encoder/prompt/mlp_hidden/kernel", "encoder/prompt/mlp_out/bias",
                  "encoder/prompt/mlp_out/kernel"]
@@ -68,7 +69,7 @@ def test_training_moves_only_the_prompt_encoder_and_the_loss_falls():
 def test_exported_prompt_serves_as_a_plain_prompt_and_cached_decoding_matches(tmp_path):
   module = Transformer(CFG, input_prompt=MLP)
   params = init(MLP)
-  paths = family.export(module, params, str(tmp_path))
+  paths = export.export(module, params, str(tmp_path))
   assert [os.path.basename(p) for p in paths] == ["encoder.prompt.prompt.npy"]
   prompt = np.load(paths[0])
   assert prompt.shape == (3, CFG.emb_dim) and prompt.dtype == np.float32

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from prompt_tuning import export, tree
 from prompt_tuning.prompts import family
 from prompt_tuning.prompts.prefix_tuning import PrefixTuning
 from prompt_tuning.t5 import Transformer, abstract_params
@@ -48,10 +49,9 @@ def test_parameters_shapes_and_the_default_trainable_regex():
   # The decoder's MLP also makes the cross-attention prefixes.
   assert flat["decoder/layer_prompt/mlp/out/kernel"] == (16, layers * 4 * WIDTH)
   train, frozen = trainable.split(abstract)
-  assert all("/layer_prompt/mlp/" in name for name in trainable.parameter_names(train))
-  assert len(trainable.parameter_names(train)) == 2 * 5
-  assert trainable.parameter_names(frozen) == trainable.parameter_names(
-      abstract_params(CFG))
+  assert all("/layer_prompt/mlp/" in name for name in tree.names(train))
+  assert len(tree.names(train)) == 2 * 5
+  assert tree.names(frozen) == tree.names(abstract_params(CFG))
   folded = flax.traverse_util.flatten_dict(
       abstract_params(CFG, layer_prefix=functools.partial(PREFIX, reparameterize=False)),
       sep="/")
@@ -72,7 +72,7 @@ def test_training_moves_only_the_prefix_mlp_and_the_loss_falls():
                                                     steps=8)
   assert losses[-1] < 0.8 * losses[0], losses
   # The optimiser holds state for the trainable parameters only.
-  assert sum(x.size for x in jax.tree.leaves(state.opt_state)) < 3 * trainable.count(train)
+  assert sum(x.size for x in jax.tree.leaves(state.opt_state)) < 3 * tree.count(train)
 
 
 def test_fold_gives_identical_outputs_and_cached_decoding_equals_uncached(plain_logits):
@@ -92,7 +92,7 @@ def test_fold_gives_identical_outputs_and_cached_decoding_equals_uncached(plain_
 def test_export_writes_folded_prefixes_that_load_as_the_plain_module(tmp_path):
   module = Transformer(CFG, layer_prefix=PREFIX)
   params = init(PREFIX)
-  paths = family.export(module, params, str(tmp_path / "export"))
+  paths = export.export(module, params, str(tmp_path / "export"))
   assert sorted(os.path.basename(p) for p in paths) == [
       "decoder.layer_prompt.cross_key.npy", "decoder.layer_prompt.cross_value.npy",
       "decoder.layer_prompt.key.npy", "decoder.layer_prompt.value.npy",

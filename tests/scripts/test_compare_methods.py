@@ -30,27 +30,32 @@ compare = _load_script()
     ("prompt", "encoder/prompt/prompt"),
     ("prefix", "encoder/layer_prompt/mlp/"),
     ("p_tuning", "encoder/prompt/lstm_0_forward/"),
+    ("p_tuning_mlp", "encoder/prompt/mlp_hidden/"),
     ("p_tuning_v2", "encoder/layer_prompt/prompt"),
+    ("p_tuning_v2_mlp", "encoder/layer_prompt/mlp/"),
 ])
 def test_gin_files_wire_each_method_with_the_run_files_trainable_regex(
     clean_gin, method, trainable_prefix):
-  from prompt_tuning import cli
+  from prompt_tuning import launch, tree
+  from prompt_tuning.prompts import family
   from prompt_tuning.t5 import network
   from prompt_tuning.training import trainable
 
+  method_file, bindings = family.gin_config(method)
   files = ["prompt_tuning/configs/models/t5_1_1_small_prompt.gin"]
-  files += [compare.GIN_FILES[method]] if compare.GIN_FILES[method] else []
+  files += [method_file] if method_file else []
   files.append("prompt_tuning/configs/runs/prompt_finetune.gin")
-  cli.parse_gin(files, ["network.t5_config.size = 'tiny'", "PROMPT_LENGTH = 2"], [])
+  launch.parse_gin(files, ["network.t5_config.size = 'tiny'", "PROMPT_LENGTH = 2",
+                           *[f"{k} = {v}" for k, v in bindings.items()]], [])
   module = network.transformer()
   regex = gin.query_parameter("trainer.train.trainable_regex")
   train, frozen = trainable.split(
       network.abstract_params(module.config, module.input_prompt, module.layer_prefix),
       regex)
-  names = trainable.parameter_names(train)
+  names = tree.names(train)
   assert any(name.startswith(trainable_prefix) for name in names), names
   assert not any("layers_" in name for name in names)
-  assert "token_embedder/embedding" in trainable.parameter_names(frozen)
+  assert "token_embedder/embedding" in tree.names(frozen)
 
 
 def test_layer_prompt_eval_run_needs_only_the_layer_prompt_dir(clean_gin):
@@ -65,6 +70,28 @@ def test_layer_prompt_eval_run_needs_only_the_layer_prompt_dir(clean_gin):
   gin.finalize()  # No PROMPT_FILE is required: the layer prompts replace the input prompt.
   hook = network.transformer().layer_prefix(config=network.t5_config(), stack="encoder")
   assert hook.reparameterize is False and hook.init_dir == "/export"
+
+
+def test_the_scripts_methods_are_the_registrys_training_methods():
+  from prompt_tuning.prompts import family
+
+  assert compare.METHODS == family.TRAINING_METHODS
+  assert set(compare.DEFAULT_LEARNING_RATES) == set(family.TRAINING_METHODS)
+  assert set(compare.DEFAULT_METHODS) <= set(family.TRAINING_METHODS)
+  with pytest.raises(SystemExit):
+    compare.main(["--out", "/nonexistent", "--methods", "prefix_folded"])
+
+
+def test_the_table_lines_up_one_method_per_row():
+  row = {"method": "p_tuning_v2", "trainable_params": 12800, "percent_of_model": 0.5,
+         "served_params": 12800, "best_accuracy": 75.0, "best_step": 300,
+         "final_accuracy": 70.0, "final_loss": 0.25, "learning_rate": 0.03, "seconds": 12.0}
+  lines = compare.format_table([row, {**row, "method": "prompt", "trainable_params": 256}])
+  header, first, second = lines.splitlines()
+  assert header.split()[:3] == ["method", "trainable", "%"]
+  assert first.split() == ["p_tuning_v2", "12,800", "0.50%", "12,800", "75.0", "300",
+                           "70.0", "0.25", "0.03", "12"]
+  assert second.startswith("prompt ") and len(first) == len(second) == len(header)
 
 
 def test_bad_learning_rate_override_is_a_clear_error():
