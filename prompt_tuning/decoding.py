@@ -32,8 +32,9 @@ jit-compatible when `tokens_to_logits` and the Python-valued options are closed 
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -245,58 +246,33 @@ def temperature_sample(
   """
   _check_inputs(inputs)
   _validate_sampling(num_decodes, temperature, topk, topp)
-  temperature = float(temperature)
-  greedy = temperature == 0.0 or topk == 1
-  batch, length = inputs.shape
   if max_decode_steps is not None and (
       not isinstance(max_decode_steps, (int, np.integer)) or max_decode_steps < 1):
     raise ValueError(
         f"max_decode_steps must be a positive int or None, got {max_decode_steps!r}")
   if decode_rng is None:
     decode_rng = jax.random.PRNGKey(0)
-
-  rows = batch * num_decodes
+  batch, length = inputs.shape
   forced = repeat_rows(_forced_tokens(inputs, length), num_decodes)
   # Last position (exclusive) each row may write; forced tokens do not count as steps.
   if max_decode_steps is None:
-    row_end = jnp.full((rows,), length, jnp.int32)
+    row_end = jnp.full((batch * num_decodes,), length, jnp.int32)
   else:
     num_forced = jnp.sum(forced != 0, axis=1).astype(jnp.int32)
     row_end = jnp.minimum(length, num_forced + max_decode_steps)
 
-  def cond_fn(state):
-    step, _, _, _, ended, _ = state
-    return (step < length) & ~jnp.all(ended)
+  temperature = float(temperature)
+  if temperature == 0.0 or topk == 1:  # Greedy: no randomness.
+    def choose(logits: jax.Array, step: jax.Array) -> jax.Array:
+      del step
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  else:
+    def choose(logits: jax.Array, step: jax.Array) -> jax.Array:
+      return _sample_tokens(logits, jax.random.fold_in(decode_rng, step), temperature,
+                            topk, topp)
 
-  def body_fn(state):
-    step, last_tokens, sequences, log_probs, ended, cache = state
-    logits, cache = _call_model(tokens_to_logits, last_tokens, cache)
-    if greedy:
-      chosen = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    else:
-      chosen = _sample_tokens(logits, jax.random.fold_in(decode_rng, step),
-                              temperature, topk, topp)
-    forced_now = jax.lax.dynamic_index_in_dim(forced, step, axis=1, keepdims=False)
-    is_forced = forced_now != 0
-    tokens = jnp.where(is_forced, forced_now, chosen)
-    tokens = jnp.where(ended, 0, tokens)
-
-    token_log_probs = jnp.take_along_axis(
-        jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)[:, 0]
-    log_probs += jnp.where(ended | is_forced, 0.0, token_log_probs)
-    sequences = jax.lax.dynamic_update_index_in_dim(sequences, tokens, step, axis=1)
-    ended = ended | (~is_forced & (tokens == eos_id)) | (step + 1 >= row_end)
-    return step + 1, tokens, sequences, log_probs, ended, cache
-
-  init = (
-      jnp.zeros((), jnp.int32),
-      jnp.zeros((rows,), jnp.int32),
-      jnp.zeros((rows, length), jnp.int32),
-      jnp.zeros((rows,), jnp.float32),
-      jnp.zeros((rows,), jnp.bool_),
-      repeat_rows(cache, num_decodes),
-  )
-  _, _, sequences, log_probs, _, _ = jax.lax.while_loop(cond_fn, body_fn, init)
+  sequences, log_probs = _sampling_loop(tokens_to_logits, repeat_rows(cache, num_decodes),
+                                        forced, row_end, eos_id, choose)
 
   sequences = sequences.reshape(batch, num_decodes, length)
   log_probs = log_probs.reshape(batch, num_decodes)
@@ -306,27 +282,52 @@ def temperature_sample(
   return sequences, log_probs
 
 
-def greedy_decode(
-    inputs: jax.Array,
-    cache: PyTree,
-    tokens_to_logits: TokensToLogits,
-    eos_id: int,
-    *,
-    max_decode_steps: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
-  """The argmax continuation of each example, without the num_decodes axis.
+class _SamplingState(NamedTuple):
+  step: jax.Array         # Scalar: the output position written next.
+  last_tokens: jax.Array  # [rows]: fed to the model at this step.
+  sequences: jax.Array    # [rows, length]
+  log_probs: jax.Array    # [rows]: the unmodified model's, of generated tokens.
+  ended: jax.Array        # [rows]: EOS generated or the row's end reached.
+  cache: PyTree
 
-  Same as `temperature_sample(..., temperature=0.0)` with one decode; exists so
-  that callers which want one answer per example need not squeeze axis 1.
 
-  Returns:
-    sequences: int32[batch, max_decode_len]; log_probs: float32[batch], the
-    model's log-probability of each sequence (see `temperature_sample`).
-  """
-  sequences, log_probs = temperature_sample(
-      inputs, cache, tokens_to_logits, eos_id, num_decodes=1, temperature=0.0,
-      max_decode_steps=max_decode_steps)
-  return sequences[:, 0], log_probs[:, 0]
+def _sampling_loop(tokens_to_logits: TokensToLogits, cache: PyTree, forced: jax.Array,
+                   row_end: jax.Array, eos_id: int,
+                   choose: Callable[[jax.Array, jax.Array], jax.Array]
+                   ) -> tuple[jax.Array, jax.Array]:
+  """Decodes every row until all have ended: `choose(logits, step)` picks the token of a
+  row where no token is forced. Returns (sequences [rows, length], log_probs [rows])."""
+  rows, length = forced.shape
+
+  def cond_fn(state: _SamplingState) -> jax.Array:
+    return (state.step < length) & ~jnp.all(state.ended)
+
+  def body_fn(state: _SamplingState) -> _SamplingState:
+    step, ended = state.step, state.ended
+    logits, cache = _call_model(tokens_to_logits, state.last_tokens, state.cache)
+    chosen = choose(logits, step)
+    forced_now = jax.lax.dynamic_index_in_dim(forced, step, axis=1, keepdims=False)
+    is_forced = forced_now != 0
+    tokens = jnp.where(is_forced, forced_now, chosen)
+    tokens = jnp.where(ended, 0, tokens)
+
+    token_log_probs = jnp.take_along_axis(
+        jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)[:, 0]
+    log_probs = state.log_probs + jnp.where(ended | is_forced, 0.0, token_log_probs)
+    sequences = jax.lax.dynamic_update_index_in_dim(state.sequences, tokens, step, axis=1)
+    ended = ended | (~is_forced & (tokens == eos_id)) | (step + 1 >= row_end)
+    return _SamplingState(step + 1, tokens, sequences, log_probs, ended, cache)
+
+  init = _SamplingState(
+      step=jnp.zeros((), jnp.int32),
+      last_tokens=jnp.zeros((rows,), jnp.int32),
+      sequences=jnp.zeros((rows, length), jnp.int32),
+      log_probs=jnp.zeros((rows,), jnp.float32),
+      ended=jnp.zeros((rows,), jnp.bool_),
+      cache=cache,
+  )
+  final = jax.lax.while_loop(cond_fn, body_fn, init)
+  return final.sequences, final.log_probs
 
 
 # ------------------------------------------------------------------------------
@@ -390,87 +391,103 @@ def beam_search(
     raise ValueError(
         f"max_decode_len must be an int in [1, {input_length}] (inputs.shape[1]), "
         f"got {max_decode_len!r}")
-  beams = num_decodes
   forced = _forced_tokens(inputs, length)
-  final_penalty = brevity_penalty(alpha, length)
+  final = jax.lax.while_loop(
+      functools.partial(_beam_search_continues, alpha=alpha, length=length),
+      functools.partial(_beam_search_step, tokens_to_logits, forced, eos_id, alpha),
+      _beam_search_start(batch, num_decodes, length, cache))
+  return (jnp.where(final.finished_flags[:, :, None], final.finished_seqs, 0),
+          final.finished_scores)
 
-  def best_possible_live_scores(step, live_log_probs):
-    # Lengths still reachable are step + 1 .. length; the penalty is monotone in
-    # length, so its maximum over them is at one of the two ends.
-    largest_penalty = jnp.maximum(brevity_penalty(alpha, step + 1), final_penalty)
-    return jnp.max(live_log_probs, axis=1) / largest_penalty
 
-  def cond_fn(state):
-    step, live_log_probs, _, _, finished_scores, finished_flags, _, _ = state
-    best_live = best_possible_live_scores(step, live_log_probs)
-    settled = jnp.all(finished_flags, axis=1) & (
-        jnp.min(finished_scores, axis=1) >= best_live)
-    nothing_live = best_live == _NEG_INF
-    return (step < length) & ~jnp.all(settled | nothing_live)
+class _BeamState(NamedTuple):
+  step: jax.Array             # Scalar: the output position written next.
+  live_log_probs: jax.Array   # [batch, beams]; -inf for a dead beam.
+  live_seqs: jax.Array        # [batch, beams, length]
+  finished_seqs: jax.Array    # [batch, beams, length]
+  finished_scores: jax.Array  # [batch, beams], length-penalised, best first.
+  finished_flags: jax.Array   # [batch, beams]: whether the slot holds a sequence.
+  last_tokens: jax.Array      # [batch, beams]: fed to the model at this step.
+  cache: PyTree               # batch * beams rows.
 
-  def body_fn(state):
-    (step, live_log_probs, live_seqs, finished_seqs, finished_scores,
-     finished_flags, last_tokens, cache) = state
-    logits, cache = _call_model(tokens_to_logits, last_tokens.reshape(-1), cache)
-    vocab = logits.shape[-1]
-    token_log_probs = jax.nn.log_softmax(logits, axis=-1).reshape(batch, beams, vocab)
 
-    # A forced position offers each beam only the forced token, at no cost.
-    forced_now = jax.lax.dynamic_index_in_dim(forced, step, axis=1, keepdims=False)
-    is_forced = forced_now != 0
-    forced_only = jnp.where(
-        jnp.arange(vocab)[None, None, :] == forced_now[:, None, None], 0.0, _NEG_INF)
-    token_log_probs = jnp.where(
-        is_forced[:, None, None], forced_only, token_log_probs)
-
-    # The best 2 * beams extensions of all live beams of each example.
-    candidates = (live_log_probs[:, :, None] + token_log_probs).reshape(batch, -1)
-    num_candidates = min(2 * beams, beams * vocab)
-    cand_log_probs, flat_index = jax.lax.top_k(candidates, num_candidates)
-    cand_parents = flat_index // vocab
-    cand_tokens = (flat_index % vocab).astype(jnp.int32)
-    cand_seqs = jnp.take_along_axis(live_seqs, cand_parents[:, :, None], axis=1)
-    cand_seqs = jax.lax.dynamic_update_index_in_dim(
-        cand_seqs, cand_tokens, step, axis=2)
-
-    real = cand_log_probs > _NEG_INF  # Extensions of dead beams are not candidates.
-    ends_here = real & (
-        ((cand_tokens == eos_id) & ~is_forced[:, None]) | (step + 1 >= length))
-
-    # Finished set: the best `beams` of the old members and the newly ended.
-    new_scores = jnp.where(
-        ends_here, cand_log_probs / brevity_penalty(alpha, step + 1), _NEG_INF)
-    all_scores = jnp.concatenate([finished_scores, new_scores], axis=1)
-    all_flags = jnp.concatenate([finished_flags, ends_here], axis=1)
-    all_seqs = jnp.concatenate([finished_seqs, cand_seqs], axis=1)
-    finished_scores, keep = jax.lax.top_k(all_scores, beams)
-    finished_flags = jnp.take_along_axis(all_flags, keep, axis=1)
-    finished_seqs = jnp.take_along_axis(all_seqs, keep[:, :, None], axis=1)
-
-    # Live set: the best `beams` candidates that did not end.
-    live_candidates = jnp.where(ends_here, _NEG_INF, cand_log_probs)
-    live_log_probs, keep = jax.lax.top_k(live_candidates, beams)
-    live_seqs = jnp.take_along_axis(cand_seqs, keep[:, :, None], axis=1)
-    last_tokens = jnp.take_along_axis(cand_tokens, keep, axis=1)
-    parents = jnp.take_along_axis(cand_parents, keep, axis=1)
-    cache = _gather_beams(cache, parents)
-    return (step + 1, live_log_probs, live_seqs, finished_seqs, finished_scores,
-            finished_flags, last_tokens, cache)
-
+def _beam_search_start(batch: int, beams: int, length: int, cache: PyTree) -> _BeamState:
   # Only beam 0 is live at first, so the first step does not pick duplicates.
   initial_live = jnp.concatenate(
       [jnp.zeros((batch, 1), jnp.float32),
        jnp.full((batch, beams - 1), _NEG_INF, jnp.float32)], axis=1)
-  init = (
-      jnp.zeros((), jnp.int32),
-      initial_live,
-      jnp.zeros((batch, beams, length), jnp.int32),
-      jnp.zeros((batch, beams, length), jnp.int32),
-      jnp.full((batch, beams), _NEG_INF, jnp.float32),
-      jnp.zeros((batch, beams), jnp.bool_),
-      jnp.zeros((batch, beams), jnp.int32),
-      repeat_rows(cache, beams),
+  return _BeamState(
+      step=jnp.zeros((), jnp.int32),
+      live_log_probs=initial_live,
+      live_seqs=jnp.zeros((batch, beams, length), jnp.int32),
+      finished_seqs=jnp.zeros((batch, beams, length), jnp.int32),
+      finished_scores=jnp.full((batch, beams), _NEG_INF, jnp.float32),
+      finished_flags=jnp.zeros((batch, beams), jnp.bool_),
+      last_tokens=jnp.zeros((batch, beams), jnp.int32),
+      cache=repeat_rows(cache, beams),
   )
-  final = jax.lax.while_loop(cond_fn, body_fn, init)
-  _, _, _, finished_seqs, finished_scores, finished_flags, _, _ = final
-  return jnp.where(finished_flags[:, :, None], finished_seqs, 0), finished_scores
+
+
+def _beam_search_continues(state: _BeamState, *, alpha: float, length: int) -> jax.Array:
+  """False once every example is settled: its finished set is full and no live beam can
+  beat the worst member, or nothing is live."""
+  # Lengths still reachable are step + 1 .. length; the penalty is monotone in length,
+  # so its maximum over them is at one of the two ends.
+  largest_penalty = jnp.maximum(brevity_penalty(alpha, state.step + 1),
+                                brevity_penalty(alpha, length))
+  best_live = jnp.max(state.live_log_probs, axis=1) / largest_penalty
+  settled = jnp.all(state.finished_flags, axis=1) & (
+      jnp.min(state.finished_scores, axis=1) >= best_live)
+  nothing_live = best_live == _NEG_INF
+  return (state.step < length) & ~jnp.all(settled | nothing_live)
+
+
+def _beam_search_step(tokens_to_logits: TokensToLogits, forced: jax.Array, eos_id: int,
+                      alpha: float, state: _BeamState) -> _BeamState:
+  """Extends every live beam by every token and keeps the best finished and live ones."""
+  batch, beams = state.live_log_probs.shape
+  length = forced.shape[1]
+  step = state.step
+  logits, cache = _call_model(tokens_to_logits, state.last_tokens.reshape(-1), state.cache)
+  vocab = logits.shape[-1]
+  token_log_probs = jax.nn.log_softmax(logits, axis=-1).reshape(batch, beams, vocab)
+
+  # A forced position offers each beam only the forced token, at no cost.
+  forced_now = jax.lax.dynamic_index_in_dim(forced, step, axis=1, keepdims=False)
+  is_forced = forced_now != 0
+  forced_only = jnp.where(
+      jnp.arange(vocab)[None, None, :] == forced_now[:, None, None], 0.0, _NEG_INF)
+  token_log_probs = jnp.where(is_forced[:, None, None], forced_only, token_log_probs)
+
+  # The best 2 * beams extensions of all live beams of each example.
+  candidates = (state.live_log_probs[:, :, None] + token_log_probs).reshape(batch, -1)
+  cand_log_probs, flat_index = jax.lax.top_k(candidates, min(2 * beams, beams * vocab))
+  cand_parents = flat_index // vocab
+  cand_tokens = (flat_index % vocab).astype(jnp.int32)
+  cand_seqs = jnp.take_along_axis(state.live_seqs, cand_parents[:, :, None], axis=1)
+  cand_seqs = jax.lax.dynamic_update_index_in_dim(cand_seqs, cand_tokens, step, axis=2)
+
+  real = cand_log_probs > _NEG_INF  # Extensions of dead beams are not candidates.
+  ends_here = real & (
+      ((cand_tokens == eos_id) & ~is_forced[:, None]) | (step + 1 >= length))
+
+  # Finished set: the best `beams` of the old members and the newly ended.
+  new_scores = jnp.where(
+      ends_here, cand_log_probs / brevity_penalty(alpha, step + 1), _NEG_INF)
+  all_scores = jnp.concatenate([state.finished_scores, new_scores], axis=1)
+  all_flags = jnp.concatenate([state.finished_flags, ends_here], axis=1)
+  all_seqs = jnp.concatenate([state.finished_seqs, cand_seqs], axis=1)
+  finished_scores, keep = jax.lax.top_k(all_scores, beams)
+  finished_flags = jnp.take_along_axis(all_flags, keep, axis=1)
+  finished_seqs = jnp.take_along_axis(all_seqs, keep[:, :, None], axis=1)
+
+  # Live set: the best `beams` candidates that did not end.
+  live_candidates = jnp.where(ends_here, _NEG_INF, cand_log_probs)
+  live_log_probs, keep = jax.lax.top_k(live_candidates, beams)
+  return _BeamState(
+      step=step + 1, live_log_probs=live_log_probs,
+      live_seqs=jnp.take_along_axis(cand_seqs, keep[:, :, None], axis=1),
+      finished_seqs=finished_seqs, finished_scores=finished_scores,
+      finished_flags=finished_flags,
+      last_tokens=jnp.take_along_axis(cand_tokens, keep, axis=1),
+      cache=_gather_beams(cache, jnp.take_along_axis(cand_parents, keep, axis=1)))
