@@ -47,10 +47,11 @@ def run_gin_job(command: str, argv: Sequence[str]) -> int:
 
   tasks.register_all()  # Tasks follow the gin-bound vocabulary.
   finalize_gin()
-  from prompt_tuning.training import logging_utils, run_eval, trainer
+  from prompt_tuning.evaluation import evaluator, run_eval
+  from prompt_tuning.training import logging_utils, trainer
 
   if command == "train":
-    result = call_configured(trainer.train)
+    result = call_configured(trainer.train, evaluation_factory=evaluator.build_evaluation)
     if logging_utils.is_leader():  # Every process of a multi-host job gets here.
       print(f"trained to step {result.step}; outputs in "
             f"{gin.query_parameter('MODEL_DIR/macro.value')}")
