@@ -61,6 +61,8 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Sequence
 
+from prompt_tuning import tables  # Pure Python: the parent process stays jax-free.
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_RESULTS = {"cpu": os.path.join(_ROOT, "benchmarks", "results.md"),
                     "gpu": os.path.join(_ROOT, "benchmarks", "results_gpu.md")}
@@ -777,19 +779,9 @@ def _peak_of(values: Sequence[int | None]) -> int | None:
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
-  """A Markdown table whose columns also line up in a terminal."""
+  """A Markdown table whose columns also line up in a terminal: numbers right-aligned."""
   header = ("metric", SIDE_NAMES["ours"], SIDE_NAMES["peft"], "ours/PEFT", "target")
-  table = [header] + [tuple(r) for r in rows]
-  widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-
-  def line(cells: Sequence[str]) -> str:
-    padded = [c.ljust(w) if i == 0 else c.rjust(w) if i < 4 else c.ljust(w)
-              for i, (c, w) in enumerate(zip(cells, widths))]
-    return "| " + " | ".join(padded) + " |"
-
-  rule = "|" + "|".join("-" * (w + 1) + (":" if 0 < i < 4 else "-")
-                        for i, w in enumerate(widths)) + "|"
-  return "\n".join([line(header), rule] + [line(r) for r in table[1:]])
+  return tables.format_table(header, rows, align="<>>><", markdown=True)
 
 
 def cpu_model() -> str:
