@@ -356,24 +356,24 @@ def test_initialize_distributed_reads_flags_or_environment(monkeypatch):
 
 
 def test_cli_multi_process_flags_reach_initialize(monkeypatch):
-  from prompt_tuning import cli
+  from prompt_tuning import launch
 
   calls = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     monkeypatch.delenv(name, raising=False)
-  kwargs, rest = cli.split_distributed_args(
+  kwargs, rest = launch.split_distributed_args(
       ["--coordinator_address=10.0.0.1:1234", "--num_processes", "2", "--process_id=1",
        "--gin.X=1"])
   assert rest == ["--gin.X=1"]
-  cli._initialize_distributed(kwargs)
+  launch.initialize_distributed(kwargs)
   assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2,
                     "process_id": 1}]
-  assert cli.split_distributed_args(["--distributed"])[0] == {"auto_detect": True}
-  with pytest.raises(cli.UsageError, match="--num_processes must be an integer"):
-    cli.split_distributed_args(["--num_processes=two"])
-  with pytest.raises(cli.UsageError, match="together"):
-    cli._initialize_distributed({"num_processes": 2})
+  assert launch.split_distributed_args(["--distributed"])[0] == {"auto_detect": True}
+  with pytest.raises(launch.UsageError, match="--num_processes must be an integer"):
+    launch.split_distributed_args(["--num_processes=two"])
+  with pytest.raises(launch.UsageError, match="together"):
+    launch.initialize_distributed({"num_processes": 2})
 
 
 def test_process_shard_info_names_this_process():
