@@ -34,7 +34,7 @@ class Prompt(nn.Module):
   """Owns one parameter, `prompt` [length, d_model], kept in float32.
 
   The prompt is stored in float32 even when the frozen model runs in bfloat16: Adafactor
-  updates on a bfloat16 prompt would round away (docs/design.md, "Decisions").
+  updates on a bfloat16 prompt would round away.
   """
 
   length: int = 100

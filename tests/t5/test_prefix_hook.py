@@ -1,5 +1,6 @@
-"""The backbone's per-layer hook (DESIGN.md extension point 2): extra keys/values and
-deep-prompt hidden positions per layer, their masks, and cached decoding with them."""
+"""The backbone's per-layer hook (docs/design.md, "The prompt contract"): extra
+keys/values and deep-prompt hidden positions per layer, their masks, and cached decoding
+with them."""
 
 from __future__ import annotations
 
