@@ -437,7 +437,7 @@ def generate(out_dir: str = DEFAULT_OUT_DIR) -> dict[str, str]:
       if "\t" in text or "\n" in text:
         raise ValueError(f"Generated text contains a tab or newline: {text!r}")
     paths[name] = os.path.join(out_dir, name)
-    _write_text(paths[name], "".join(f"{t}\t{l}\n" for t, l in sentiment[split]))
+    _write_text(paths[name], "".join(f"{text}\t{label}\n" for text, label in sentiment[split]))
   for split, name in LM_FILES.items():
     paths[name] = os.path.join(out_dir, name)
     _write_gzip(paths[name], "".join(f"{line}\n" for line in corpus[split]))

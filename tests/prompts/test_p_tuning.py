@@ -7,17 +7,16 @@ import functools
 import os
 
 import flax
-import jax
 import numpy as np
 import pytest
 
 from prompt_tuning import export, tree
-from prompt_tuning.prompts import Prompt, family, initializers
+from prompt_tuning.prompts import Prompt, initializers
 from prompt_tuning.prompts.p_tuning import PTuningPrompt
 from prompt_tuning.t5 import Transformer, abstract_params
 from prompt_tuning.training import trainable
 from tests.prompts import family_testing
-from tests.prompts.family_testing import CFG, toy_batch
+from tests.prompts.family_testing import CFG
 from tests.prompts.family_testing import logits as logits_of
 
 

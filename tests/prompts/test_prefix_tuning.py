@@ -17,7 +17,7 @@ from prompt_tuning.prompts.prefix_tuning import PrefixTuning
 from prompt_tuning.t5 import Transformer, abstract_params
 from prompt_tuning.training import trainable
 from tests.prompts import family_testing
-from tests.prompts.family_testing import CFG, toy_batch
+from tests.prompts.family_testing import CFG
 from tests.prompts.family_testing import logits as logits_of
 
 

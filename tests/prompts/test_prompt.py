@@ -6,7 +6,6 @@ import functools
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.prompts import Prompt, initializers

@@ -137,7 +137,7 @@ def test_eval_of_the_exported_prompt_reproduces_the_final_evaluation(trained_run
   model_dir, _ = trained_run
   result = _run_cli(_prompt_job_args("eval", base_checkpoint, model_dir, BATCH_SIZE="4"))
   assert result.returncode == 0, result.stderr[-3000:]
-  line = [l for l in result.stdout.splitlines() if l.startswith("demo_sentiment\taccuracy")]
+  line = [row for row in result.stdout.splitlines() if row.startswith("demo_sentiment\taccuracy")]
   assert line, result.stdout
   assert float(line[0].split("\t")[2]) == pytest.approx(
       _evals(model_dir)[-1]["demo_sentiment/accuracy"])
@@ -198,7 +198,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   result = _run_cli(_train_args(model_dir, base_checkpoint, LEARNING_RATE="1e39",
                                 CHECKPOINT_PERIOD="1", EVAL_PERIOD="None"))
   assert result.returncode == 1
-  error_lines = [l for l in result.stderr.splitlines() if "error:" in l]
+  error_lines = [row for row in result.stderr.splitlines() if "error:" in row]
   assert len(error_lines) == 1, result.stderr[-3000:]
   assert "at step 4" in error_lines[0] and "last good checkpoint" in error_lines[0]
   assert "Traceback" not in result.stderr
