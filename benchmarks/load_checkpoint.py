@@ -116,11 +116,19 @@ def load_one(size: str, path: str, dtype: str | None) -> None:
     jax.block_until_ready(params)
   seconds = time.perf_counter() - start
   leaves = list(tree.flatten(params).values())
-  print(json.dumps({
-      "params": sum(int(a.size) for a in leaves),
-      "bytes": sum(int(a.size) * a.dtype.itemsize for a in leaves),
-      "baseline_rss": baseline, "peak_rss": _peak_rss_bytes(),
-      "baseline_anon": baseline_anon, "peak_anon": anon.peak, "seconds": seconds}))
+  print(
+    json.dumps(
+      {
+        "params": sum(int(a.size) for a in leaves),
+        "bytes": sum(int(a.size) * a.dtype.itemsize for a in leaves),
+        "baseline_rss": baseline,
+        "peak_rss": _peak_rss_bytes(),
+        "baseline_anon": baseline_anon,
+        "peak_anon": anon.peak,
+        "seconds": seconds,
+      }
+    )
+  )
 
 
 def _gib(n: float) -> str:
@@ -148,47 +156,60 @@ def main() -> None:
 
   workdir = args.workdir or tempfile.mkdtemp(prefix="load_ckpt_bench_")
   os.makedirs(workdir, exist_ok=True)
-  env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
-             TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(
+    os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), TF_CPP_MIN_LOG_LEVEL="3"
+  )
   me = [sys.executable, os.path.abspath(__file__), "--size", args.size]
   try:
     missing = [f for f in formats if not os.path.exists(os.path.join(workdir, f))]
     if missing:
-      print(f"writing random {args.size} checkpoints ({', '.join(missing)}) to "
-            f"{workdir} ...", file=sys.stderr)
-      subprocess.run(me + ["--_write", "--workdir", workdir, "--formats",
-                           ",".join(missing)], env=env, check=True, cwd=_ROOT)
+      print(
+        f"writing random {args.size} checkpoints ({', '.join(missing)}) to {workdir} ...",
+        file=sys.stderr,
+      )
+      subprocess.run(
+        me + ["--_write", "--workdir", workdir, "--formats", ",".join(missing)],
+        env=env,
+        check=True,
+        cwd=_ROOT,
+      )
     runs = [(f, None) for f in formats] + [(f, "bfloat16") for f in formats[:1]]
     rows = []
     for fmt, dtype in runs:
       command = me + ["--_load", os.path.join(workdir, fmt)]
       if dtype:
         command += ["--_dtype", dtype]
-      out = subprocess.run(command, env=env, check=True, cwd=_ROOT, capture_output=True,
-                           text=True).stdout
+      out = subprocess.run(
+        command, env=env, check=True, cwd=_ROOT, capture_output=True, text=True
+      ).stdout
       result = json.loads(out.strip().splitlines()[-1])
       rows.append((fmt + (f" -> {dtype}" if dtype else ""), result))
   finally:
     if not args.keep and not args.workdir:
       shutil.rmtree(workdir, ignore_errors=True)
 
-  header = (f"{'format':<18}{'params':>14}{'bytes':>11}{'imports RSS':>13}"
-            f"{'peak RSS':>11}{'x bytes':>9}{'peak anon':>11}{'x bytes':>9}"
-            f"{'seconds':>9}")
-  print(f"load_params, T5 1.1 {args.size}, random weights, CPU, "
-        f"{os.cpu_count()} cores")
+  header = (
+    f"{'format':<18}{'params':>14}{'bytes':>11}{'imports RSS':>13}"
+    f"{'peak RSS':>11}{'x bytes':>9}{'peak anon':>11}{'x bytes':>9}"
+    f"{'seconds':>9}"
+  )
+  print(f"load_params, T5 1.1 {args.size}, random weights, CPU, {os.cpu_count()} cores")
   print(header)
   print("-" * len(header))
   for name, r in rows:
     over = r["peak_rss"] - r["baseline_rss"]
     over_anon = r["peak_anon"] - r["baseline_anon"]
-    print(f"{name:<18}{r['params']:>14,}{_gib(r['bytes']):>11}"
-          f"{_gib(r['baseline_rss']):>13}{_gib(r['peak_rss']):>11}"
-          f"{over / r['bytes']:>9.2f}{_gib(r['peak_anon']):>11}"
-          f"{over_anon / r['bytes']:>9.2f}{r['seconds']:>9.1f}")
-  print("x bytes: (peak - after imports) / parameter bytes; 1.0 = exactly one copy. "
-        "RSS includes checkpoint pages mapped by mmap (safetensors), which are "
-        "reclaimable page cache; 'anon' counts only process-owned memory.")
+    print(
+      f"{name:<18}{r['params']:>14,}{_gib(r['bytes']):>11}"
+      f"{_gib(r['baseline_rss']):>13}{_gib(r['peak_rss']):>11}"
+      f"{over / r['bytes']:>9.2f}{_gib(r['peak_anon']):>11}"
+      f"{over_anon / r['bytes']:>9.2f}{r['seconds']:>9.1f}"
+    )
+  print(
+    "x bytes: (peak - after imports) / parameter bytes; 1.0 = exactly one copy. "
+    "RSS includes checkpoint pages mapped by mmap (safetensors), which are "
+    "reclaimable page cache; 'anon' counts only process-owned memory."
+  )
 
 
 if __name__ == "__main__":

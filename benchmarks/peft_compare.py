@@ -64,8 +64,10 @@ from typing import Any, Callable, Iterable, Sequence
 from prompt_tuning import tables  # Pure Python: the parent process stays jax-free.
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DEFAULT_RESULTS = {"cpu": os.path.join(_ROOT, "benchmarks", "results.md"),
-                    "gpu": os.path.join(_ROOT, "benchmarks", "results_gpu.md")}
+_DEFAULT_RESULTS = {
+  "cpu": os.path.join(_ROOT, "benchmarks", "results.md"),
+  "gpu": os.path.join(_ROOT, "benchmarks", "results_gpu.md"),
+}
 
 SIDES = ("ours", "peft")
 WORKLOADS = ("prompt_train", "prompt_train_no_dropout", "full_train", "forward", "decode")
@@ -106,36 +108,49 @@ class Setting:
   attention: str = "einsum"
 
   def check(self) -> None:
-    for name in ("batch", "inputs", "prompt", "targets", "new_tokens", "threads",
-                 "warmup", "repeats"):
+    for name in (
+      "batch",
+      "inputs",
+      "prompt",
+      "targets",
+      "new_tokens",
+      "threads",
+      "warmup",
+      "repeats",
+    ):
       if getattr(self, name) < 1:
-        raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got "
-                         f"{getattr(self, name)}")
+        raise ValueError(
+          f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+        )
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
     if self.device not in DEVICES:
-      raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got "
-                       f"{self.device!r}")
+      raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
     if self.dtype not in DTYPES:
       raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
     if self.device == "cpu" and self.dtype != "float32":
       # On the CPU each framework handles bfloat16 matmuls its own way (converting to
       # float32, or native kernels where the CPU has them), so a timing there would
       # measure that choice rather than the two implementations.
-      raise ValueError(f"--dtype {self.dtype} needs --device gpu; on the CPU the "
-                       f"comparison runs in float32")
+      raise ValueError(
+        f"--dtype {self.dtype} needs --device gpu; on the CPU the comparison runs in float32"
+      )
     if self.device == "cpu" and self.matmul_precision is not None:
       raise ValueError("--matmul-precision applies to --device gpu only")
     if self.attention not in ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(f"--attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
-                       f", got {self.attention!r}")
+      raise ValueError(
+        f"--attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, got {self.attention!r}"
+      )
     if self.device == "gpu" and self.matmul_precision not in MATMUL_PRECISIONS:
-      raise ValueError(f"--matmul-precision must be one of "
-                       f"{', '.join(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
+      raise ValueError(
+        f"--matmul-precision must be one of "
+        f"{', '.join(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}"
+      )
 
 
-QUICK = dict(size="tiny", batch=2, inputs=32, prompt=8, targets=4, new_tokens=4,
-             warmup=1, repeats=2)
+QUICK = dict(
+  size="tiny", batch=2, inputs=32, prompt=8, targets=4, new_tokens=4, warmup=1, repeats=2
+)
 
 # ------------------------------------------------------------------------ measuring
 
@@ -152,8 +167,12 @@ class Timing:
     return statistics.median(self.samples)
 
 
-def measure_alternating(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int,
-                        clock: Callable[[], float] = time.perf_counter) -> list[Timing]:
+def measure_alternating(
+  fns: Sequence[Callable[[], Any]],
+  warmup: int,
+  repeats: int,
+  clock: Callable[[], float] = time.perf_counter,
+) -> list[Timing]:
   """Times each of `fns`, which must return only when their work is done.
 
   The first of the `warmup` calls of each is timed on its own (compilation); the others
@@ -180,8 +199,9 @@ def measure_alternating(fns: Sequence[Callable[[], Any]], warmup: int, repeats: 
   return [Timing(first, s) for first, s in zip(firsts, samples)]
 
 
-def measure(fn: Callable[[], Any], warmup: int, repeats: int,
-            clock: Callable[[], float] = time.perf_counter) -> Timing:
+def measure(
+  fn: Callable[[], Any], warmup: int, repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> Timing:
   """`measure_alternating` of one function."""
   return measure_alternating([fn], warmup, repeats, clock)[0]
 
@@ -214,8 +234,10 @@ def _use_jax_gpu(setting: Setting) -> dict[str, Any]:
 
   device = jax.devices()[0]
   if device.platform != "gpu":
-    raise RuntimeError(f"--device gpu, but JAX's default device is {device.platform!r}: "
-                       f"install jax with its CUDA plugin (pip install 'jax[cuda12]')")
+    raise RuntimeError(
+      f"--device gpu, but JAX's default device is {device.platform!r}: "
+      f"install jax with its CUDA plugin (pip install 'jax[cuda12]')"
+    )
   if setting.matmul_precision == "highest":
     jax.config.update("jax_default_matmul_precision", "float32")
   # "tf32" is JAX's own default on GPUs with tensor cores: nothing to set.
@@ -230,14 +252,17 @@ def random_batch(setting: Setting, vocab_size: int) -> dict[str, Any]:
   rng = np.random.default_rng(setting.seed)
   inputs = rng.integers(2, vocab_size, (setting.batch, setting.inputs), dtype=np.int32)
   targets = rng.integers(2, vocab_size, (setting.batch, setting.targets), dtype=np.int32)
-  decoder_inputs = np.concatenate(
-      [np.zeros((setting.batch, 1), np.int32), targets[:, :-1]], axis=1)
-  return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
-          "decoder_target_tokens": targets}
+  decoder_inputs = np.concatenate([np.zeros((setting.batch, 1), np.int32), targets[:, :-1]], axis=1)
+  return {
+    "encoder_input_tokens": inputs,
+    "decoder_input_tokens": decoder_inputs,
+    "decoder_target_tokens": targets,
+  }
 
 
-def _measure_workload(setting: Setting, call: Callable[[], Any],
-                      one_token: Callable[[], Any] | None) -> tuple[Timing, dict[str, Any]]:
+def _measure_workload(
+  setting: Setting, call: Callable[[], Any], one_token: Callable[[], Any] | None
+) -> tuple[Timing, dict[str, Any]]:
   """Times `call`; for decoding, alternately with a 1-token decode (`one_token`), whose
   paired differences give the cost of the cached decoding loop without the encoder."""
   if one_token is None:
@@ -284,6 +309,7 @@ def random_params(abstract: Any, seed: int) -> Any:
 class OursWorkload:
   """One of our workloads, ready to call: `call` runs it once and blocks; `one_token` is
   the 1-token decode timed alternately with a decode (None otherwise)."""
+
   call: Callable[[], Any]
   one_token: Callable[[], Any] | None
   counts: dict[str, Any]
@@ -302,9 +328,13 @@ def build_ours(setting: Setting, workload: str) -> OursWorkload:
 
   # The frozen parameters and activations in `setting.dtype`; Prompt keeps its own
   # parameter in float32 (its param_dtype), as the trainer does.
-  config = T5Config.from_size(setting.size, dropout_rate=_dropout(setting, workload),
-                              dtype=setting.dtype, param_dtype=setting.dtype,
-                              attention_implementation=setting.attention)
+  config = T5Config.from_size(
+    setting.size,
+    dropout_rate=_dropout(setting, workload),
+    dtype=setting.dtype,
+    param_dtype=setting.dtype,
+    attention_implementation=setting.attention,
+  )
   prompt = functools.partial(Prompt, length=setting.prompt)
   module = Transformer(config, input_prompt=prompt)
   params = random_params(abstract_params(config, input_prompt=prompt), setting.seed)
@@ -325,29 +355,31 @@ def build_ours(setting: Setting, workload: str) -> OursWorkload:
       state[0], metrics = step(state[0], frozen, batch, rng)
       jax.block_until_ready((state[0], metrics))
 
-    counts = {"trainable": tree.count(trained),
-              "parameters": tree.count(trained) + tree.count(frozen),
-              "param_dtypes": _jax_param_dtypes(trainable.merge(trained, frozen))}
+    counts = {
+      "trainable": tree.count(trained),
+      "parameters": tree.count(trained) + tree.count(frozen),
+      "param_dtypes": _jax_param_dtypes(trainable.merge(trained, frozen)),
+    }
   elif workload == "forward":
     model = models.EncoderDecoderModel(module)
     score = jax.jit(model.score_batch)
-    counts = {"parameters": tree.count(params),
-              "param_dtypes": _jax_param_dtypes(params)}
+    counts = {"parameters": tree.count(params), "param_dtypes": _jax_param_dtypes(params)}
 
     def call() -> None:
       jax.block_until_ready(score(params, batch))
   else:
     # eos_id -1 is no token: decoding never stops early, as PEFT's side with no EOS.
-    model = models.EncoderDecoderModel(module, decode_fn=decoding.temperature_sample,
-                                       decode_kwargs={"temperature": 0.0}, eos_id=-1)
+    model = models.EncoderDecoderModel(
+      module, decode_fn=decoding.temperature_sample, decode_kwargs={"temperature": 0.0}, eos_id=-1
+    )
     predict = jax.jit(model.predict_batch)
-    counts = {"parameters": tree.count(params),
-              "param_dtypes": _jax_param_dtypes(params)}
+    counts = {"parameters": tree.count(params), "param_dtypes": _jax_param_dtypes(params)}
 
     def decode_call(tokens: int) -> Callable[[], Any]:
-      decode_batch = {"encoder_input_tokens": batch["encoder_input_tokens"],
-                      "decoder_target_tokens": jnp.zeros((setting.batch, tokens),
-                                                         jnp.int32)}
+      decode_batch = {
+        "encoder_input_tokens": batch["encoder_input_tokens"],
+        "decoder_target_tokens": jnp.zeros((setting.batch, tokens), jnp.int32),
+      }
       return lambda: jax.block_until_ready(predict(params, decode_batch))
 
     call, one_token = decode_call(setting.new_tokens), decode_call(1)
@@ -371,18 +403,32 @@ def run_ours(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
   if workload == "decode":
     shape = call().shape
     if shape != (setting.batch, setting.new_tokens):
-      raise RuntimeError(f"our decode gave shape {shape}, expected "
-                         f"{(setting.batch, setting.new_tokens)}")
+      raise RuntimeError(
+        f"our decode gave shape {shape}, expected {(setting.batch, setting.new_tokens)}"
+      )
   memory = {"rss_before": rss_before, "peak_rss": _peak_rss_bytes()}
   if setting.device == "gpu":
-    memory.update(device_before=device_before, peak_device=_jax_device_memory()[1],
-                  device_name=gpu["device_name"])
-  versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-              "flax": flax.__version__, "optax": optax.__version__}
+    memory.update(
+      device_before=device_before,
+      peak_device=_jax_device_memory()[1],
+      device_name=gpu["device_name"],
+    )
+  versions = {
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+  }
   if setting.device == "gpu":
     versions["jax GPU backend"] = gpu["backend"]
-  return {"first": timing.first, "samples": timing.samples, **memory, **counts, **extra,
-          "versions": versions}
+  return {
+    "first": timing.first,
+    "samples": timing.samples,
+    **memory,
+    **counts,
+    **extra,
+    "versions": versions,
+  }
 
 
 def _jax_param_dtypes(params: Any) -> dict[str, str]:
@@ -392,8 +438,10 @@ def _jax_param_dtypes(params: Any) -> dict[str, str]:
   from prompt_tuning.training import trainable
 
   prompt, model = trainable.split(params)
-  return {"prompt": _joined_dtypes(str(x.dtype) for x in jax.tree.leaves(prompt)),
-          "model": _joined_dtypes(str(x.dtype) for x in jax.tree.leaves(model))}
+  return {
+    "prompt": _joined_dtypes(str(x.dtype) for x in jax.tree.leaves(prompt)),
+    "model": _joined_dtypes(str(x.dtype) for x in jax.tree.leaves(model)),
+  }
 
 
 def _joined_dtypes(names: Iterable[str]) -> str:
@@ -410,19 +458,30 @@ def _hf_model(setting: Setting, shapes: dict[str, int], dropout: float) -> Any:
   import torch
   from transformers import T5Config, T5ForConditionalGeneration
 
-  config = T5Config(vocab_size=shapes["vocab_size"], d_model=shapes["d_model"],
-                    d_kv=shapes["d_kv"], d_ff=shapes["d_ff"], num_layers=shapes["layers"],
-                    num_decoder_layers=shapes["decoder_layers"], num_heads=shapes["heads"],
-                    feed_forward_proj="gated-gelu", dropout_rate=dropout,
-                    tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
-                    eos_token_id=1)
+  config = T5Config(
+    vocab_size=shapes["vocab_size"],
+    d_model=shapes["d_model"],
+    d_kv=shapes["d_kv"],
+    d_ff=shapes["d_ff"],
+    num_layers=shapes["layers"],
+    num_decoder_layers=shapes["decoder_layers"],
+    num_heads=shapes["heads"],
+    feed_forward_proj="gated-gelu",
+    dropout_rate=dropout,
+    tie_word_embeddings=False,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+  )
   model = T5ForConditionalGeneration(config)
   if model.lm_head.weight is model.shared.weight:
     model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight))
   model.config.tie_word_embeddings = False
   if getattr(model.config, "scale_decoder_outputs", False):
-    raise RuntimeError("this transformers version rescales T5 decoder outputs; the "
-                       "benchmark needs T5 1.1's unscaled, untied output layer")
+    raise RuntimeError(
+      "this transformers version rescales T5 decoder outputs; the "
+      "benchmark needs T5 1.1's unscaled, untied output layer"
+    )
   return model
 
 
@@ -442,17 +501,23 @@ def run_peft(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
   # as a fresh float32 nn.Embedding on the model's device and casts the prompt to the
   # embeddings' dtype in forward, so the prompt stays float32, as on our side.
   base = _hf_model(setting, shapes, _dropout(setting, workload)).to(
-      device=device, dtype=getattr(torch, setting.dtype))
+    device=device, dtype=getattr(torch, setting.dtype)
+  )
   # num_transformer_submodules=1: PEFT's seq2seq default (2) allocates a second table of
   # `prompt` vectors that prompt tuning never uses; 1 gives the paper's P x d prompt.
   model = peft.get_peft_model(
-      base,
-      peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM,
-                              num_virtual_tokens=setting.prompt,
-                              num_transformer_submodules=1,
-                              prompt_tuning_init=peft.PromptTuningInit.RANDOM))
-  data = {k: torch.from_numpy(v).long().to(device)
-          for k, v in random_batch(setting, shapes["vocab_size"]).items()}
+    base,
+    peft.PromptTuningConfig(
+      task_type=peft.TaskType.SEQ_2_SEQ_LM,
+      num_virtual_tokens=setting.prompt,
+      num_transformer_submodules=1,
+      prompt_tuning_init=peft.PromptTuningInit.RANDOM,
+    ),
+  )
+  data = {
+    k: torch.from_numpy(v).long().to(device)
+    for k, v in random_batch(setting, shapes["vocab_size"]).items()
+  }
   input_ids = data["encoder_input_tokens"]
   attention_mask = torch.ones_like(input_ids)
   labels = data["decoder_target_tokens"]
@@ -465,9 +530,16 @@ def run_peft(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
     trained = [p for p in model.parameters() if p.requires_grad]
     # The paper's Adafactor: constant lr 0.3, decay rate 0.8, clipping 1.0, no parameter
     # scaling, weight decay 1e-5 (as in our optimizers.adafactor).
-    optimizer = Adafactor(trained, lr=0.3, relative_step=False, scale_parameter=False,
-                          warmup_init=False, decay_rate=-0.8, clip_threshold=1.0,
-                          weight_decay=1e-5)
+    optimizer = Adafactor(
+      trained,
+      lr=0.3,
+      relative_step=False,
+      scale_parameter=False,
+      warmup_init=False,
+      decay_rate=-0.8,
+      clip_threshold=1.0,
+      weight_decay=1e-5,
+    )
     model.train()
 
     def call() -> None:
@@ -476,16 +548,21 @@ def run_peft(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
       optimizer.step()
       optimizer.zero_grad(set_to_none=True)
 
-    counts = {"trainable": sum(p.numel() for p in trained),
-              "parameters": sum(p.numel() for p in model.parameters())}
+    counts = {
+      "trainable": sum(p.numel() for p in trained),
+      "parameters": sum(p.numel() for p in model.parameters()),
+    }
     call = _synchronised(call, device)
   elif workload == "forward":
     model.eval()
 
     def call() -> None:
       with torch.inference_mode():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                       decoder_input_ids=data["decoder_input_tokens"]).logits
+        logits = model(
+          input_ids=input_ids,
+          attention_mask=attention_mask,
+          decoder_input_ids=data["decoder_input_tokens"],
+        ).logits
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         torch.gather(log_probs, -1, labels[..., None])[..., 0].sum(-1)
 
@@ -497,13 +574,21 @@ def run_peft(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
     def decode_call(tokens: int) -> Callable[[], Any]:
       # eos_token_id None: `generate` never stops early; it always decodes `tokens`.
       generation = transformers.GenerationConfig(
-          max_new_tokens=tokens, min_new_tokens=None, do_sample=False, num_beams=1,
-          use_cache=True, eos_token_id=None, pad_token_id=0, decoder_start_token_id=0)
+        max_new_tokens=tokens,
+        min_new_tokens=None,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        eos_token_id=None,
+        pad_token_id=0,
+        decoder_start_token_id=0,
+      )
 
       def generate() -> Any:
         with torch.inference_mode():
-          return model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                generation_config=generation)
+          return model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=generation
+          )
 
       return _synchronised(generate, device)
 
@@ -521,19 +606,32 @@ def run_peft(setting: Setting, workload: str, shapes: dict[str, int]) -> dict[st
   if workload == "decode":
     shape = tuple(call().shape)
     if shape != (setting.batch, setting.new_tokens + 1):  # + the start token
-      raise RuntimeError(f"PEFT generate gave shape {shape}, expected "
-                         f"{(setting.batch, setting.new_tokens + 1)}")
+      raise RuntimeError(
+        f"PEFT generate gave shape {shape}, expected {(setting.batch, setting.new_tokens + 1)}"
+      )
   memory = {"rss_before": rss_before, "peak_rss": _peak_rss_bytes()}
-  versions = {"torch": torch.__version__, "transformers": transformers.__version__,
-              "peft": peft.__version__}
+  versions = {
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+    "peft": peft.__version__,
+  }
   if device.type == "cuda":
-    memory.update(device_before=device_before,
-                  peak_device=torch.cuda.max_memory_allocated(device),
-                  device_name=torch.cuda.get_device_name(device))
+    memory.update(
+      device_before=device_before,
+      peak_device=torch.cuda.max_memory_allocated(device),
+      device_name=torch.cuda.get_device_name(device),
+    )
     versions["torch CUDA"] = torch.version.cuda
-  return {"first": timing.first, "samples": timing.samples, **memory, **counts, **extra,
-          "versions": versions, "torch_threads": torch.get_num_threads(),
-          "attention": getattr(base.config, "_attn_implementation", None) or "n/a"}
+  return {
+    "first": timing.first,
+    "samples": timing.samples,
+    **memory,
+    **counts,
+    **extra,
+    "versions": versions,
+    "torch_threads": torch.get_num_threads(),
+    "attention": getattr(base.config, "_attn_implementation", None) or "n/a",
+  }
 
 
 def _use_torch_device(setting: Setting) -> Any:
@@ -544,10 +642,11 @@ def _use_torch_device(setting: Setting) -> Any:
   if setting.device == "cpu":
     return torch.device("cpu")
   if not torch.cuda.is_available():
-    raise RuntimeError("--device gpu, but torch sees no CUDA device: install a CUDA "
-                       "build of torch, or check CUDA_VISIBLE_DEVICES")
-  torch.set_float32_matmul_precision("high" if setting.matmul_precision == "tf32"
-                                     else "highest")
+    raise RuntimeError(
+      "--device gpu, but torch sees no CUDA device: install a CUDA "
+      "build of torch, or check CUDA_VISIBLE_DEVICES"
+    )
+  torch.set_float32_matmul_precision("high" if setting.matmul_precision == "tf32" else "highest")
   return torch.device("cuda", 0)
 
 
@@ -575,8 +674,9 @@ def pin_threads(threads: int) -> list[int]:
   """Restricts this process to `threads` of the CPUs it may use; returns them."""
   allowed = sorted(os.sched_getaffinity(0))
   if threads > len(allowed):
-    raise ValueError(f"--threads {threads} is more than the {len(allowed)} CPUs this "
-                     f"process may use")
+    raise ValueError(
+      f"--threads {threads} is more than the {len(allowed)} CPUs this process may use"
+    )
   cpus = allowed[:threads]
   os.sched_setaffinity(0, cpus)
   return cpus
@@ -585,12 +685,21 @@ def pin_threads(threads: int) -> list[int]:
 def child_environment(threads: int) -> dict[str, str]:
   """The same thread settings for both frameworks; no inherited fake-device count."""
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
+  flags = [
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   flags.append("--xla_cpu_multi_thread_eigen=true")
-  env.update(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-             TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
+  env.update(
+    XLA_FLAGS=" ".join(flags),
+    JAX_PLATFORMS="cpu",
+    TF_CPP_MIN_LOG_LEVEL="3",
+    OMP_NUM_THREADS=str(threads),
+    MKL_NUM_THREADS=str(threads),
+    TOKENIZERS_PARALLELISM="false",
+    CUDA_VISIBLE_DEVICES="",
+  )
   return env
 
 
@@ -601,16 +710,22 @@ def gpu_child_environment() -> dict[str, str]:
   nothing of JAX's is held when PEFT's process runs."""
   env = dict(os.environ)
   env.pop("JAX_PLATFORMS", None)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env.update(XLA_FLAGS=" ".join(flags), XLA_PYTHON_CLIENT_PREALLOCATE="false",
-             TF_CPP_MIN_LOG_LEVEL="3", TOKENIZERS_PARALLELISM="false")
+  flags = [
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
+  env.update(
+    XLA_FLAGS=" ".join(flags),
+    XLA_PYTHON_CLIENT_PREALLOCATE="false",
+    TF_CPP_MIN_LOG_LEVEL="3",
+    TOKENIZERS_PARALLELISM="false",
+  )
   return env
 
 
 def side_environment(setting: Setting) -> dict[str, str]:
-  return (gpu_child_environment() if setting.device == "gpu"
-          else child_environment(setting.threads))
+  return gpu_child_environment() if setting.device == "gpu" else child_environment(setting.threads)
 
 
 def model_shapes(size: str) -> dict[str, int]:
@@ -620,9 +735,15 @@ def model_shapes(size: str) -> dict[str, int]:
   c = T5Config.from_size(size)
   if c.mlp_activations != ("gelu", "linear") or c.logits_via_embedding:
     raise ValueError(f"size {size!r} is not a T5 1.1 gated-GELU, untied model")
-  return {"vocab_size": c.vocab_size, "d_model": c.emb_dim, "d_kv": c.head_dim,
-          "d_ff": c.mlp_dim, "layers": c.num_encoder_layers,
-          "decoder_layers": c.num_decoder_layers, "heads": c.num_heads}
+  return {
+    "vocab_size": c.vocab_size,
+    "d_model": c.emb_dim,
+    "d_kv": c.head_dim,
+    "d_ff": c.mlp_dim,
+    "layers": c.num_encoder_layers,
+    "decoder_layers": c.num_decoder_layers,
+    "heads": c.num_heads,
+  }
 
 
 def child_main(spec: str) -> None:
@@ -636,21 +757,38 @@ def child_main(spec: str) -> None:
   print(json.dumps({"cpus": cpus, "results": results}))
 
 
-def run_side(side: str, workloads: Sequence[str], setting: Setting,
-             shapes: dict[str, int]) -> dict[str, Any]:
-  spec = json.dumps({"side": side, "workloads": list(workloads),
-                     "setting": dataclasses.asdict(setting), "shapes": shapes})
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", spec],
-                        env=side_environment(setting), cwd=_ROOT,
-                        capture_output=True, text=True)
+def run_side(
+  side: str, workloads: Sequence[str], setting: Setting, shapes: dict[str, int]
+) -> dict[str, Any]:
+  spec = json.dumps(
+    {
+      "side": side,
+      "workloads": list(workloads),
+      "setting": dataclasses.asdict(setting),
+      "shapes": shapes,
+    }
+  )
+  proc = subprocess.run(
+    [sys.executable, os.path.abspath(__file__), "--_child", spec],
+    env=side_environment(setting),
+    cwd=_ROOT,
+    capture_output=True,
+    text=True,
+  )
   if proc.returncode != 0:
-    raise RuntimeError(f"{side} {','.join(workloads)} failed (exit {proc.returncode}):\n"
-                       f"{proc.stderr[-4000:]}")
+    raise RuntimeError(
+      f"{side} {','.join(workloads)} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    )
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_all(setting: Setting, sides: Sequence[str], workloads: Sequence[str],
-            isolate: str, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+def run_all(
+  setting: Setting,
+  sides: Sequence[str],
+  workloads: Sequence[str],
+  isolate: str,
+  log: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
   """{side: {workload: result}}; one subprocess per workload, or per side.
 
   Per workload, the sides alternate (ours, PEFT, ours, ...), so that a change in the
@@ -687,7 +825,8 @@ def decode_step_rate(setting: Setting, result: dict[str, Any] | None) -> float |
   if not result or "samples_one_token" not in result or setting.new_tokens < 2:
     return None
   extra = statistics.median(
-      n - one for n, one in zip(result["samples"], result["samples_one_token"]))
+    n - one for n, one in zip(result["samples"], result["samples_one_token"])
+  )
   return None if extra <= 0 else setting.batch * (setting.new_tokens - 1) / extra
 
 
@@ -695,8 +834,9 @@ def _fmt(value: float | None, digits: int = 2) -> str:
   return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def summarise(setting: Setting, results: dict[str, dict[str, Any]]
-              ) -> list[tuple[str, str, str, str, str]]:
+def summarise(
+  setting: Setting, results: dict[str, dict[str, Any]]
+) -> list[tuple[str, str, str, str, str]]:
   """Rows of (metric, ours, PEFT, ours/PEFT, target and whether it is met)."""
 
   def median(side: str, workload: str) -> float | None:
@@ -719,49 +859,103 @@ def summarise(setting: Setting, results: dict[str, dict[str, Any]]
   tokens = setting.batch * setting.new_tokens
   train = {s: per_second(s, "prompt_train", setting.batch) for s in SIDES}
   train_ratio = ratio(train["ours"], train["peft"])
-  rows.append(("prompt train step, examples/s", _fmt(train["ours"]), _fmt(train["peft"]),
-               _fmt(train_ratio), verdict(train_ratio, ">= 1.5x", lambda v: v >= 1.5)))
+  rows.append(
+    (
+      "prompt train step, examples/s",
+      _fmt(train["ours"]),
+      _fmt(train["peft"]),
+      _fmt(train_ratio),
+      verdict(train_ratio, ">= 1.5x", lambda v: v >= 1.5),
+    )
+  )
   no_dropout = no_dropout_workload(setting)
-  for workload, label in (("prompt_train", "prompt train step, ms"),
-                          (no_dropout, "prompt train step, dropout 0, ms"),
-                          ("full_train", "full fine-tune step, ms"),
-                          ("forward", "forward scoring, ms"),
-                          ("decode", f"greedy decode {setting.new_tokens} tokens, ms")):
+  for workload, label in (
+    ("prompt_train", "prompt train step, ms"),
+    (no_dropout, "prompt train step, dropout 0, ms"),
+    ("full_train", "full fine-tune step, ms"),
+    ("forward", "forward scoring, ms"),
+    ("decode", f"greedy decode {setting.new_tokens} tokens, ms"),
+  ):
     ours, theirs = median("ours", workload), median("peft", workload)
-    rows.append((label, _fmt(ours and ours * 1e3, 1), _fmt(theirs and theirs * 1e3, 1),
-                 _fmt(ratio(ours, theirs)), ""))
+    rows.append(
+      (
+        label,
+        _fmt(ours and ours * 1e3, 1),
+        _fmt(theirs and theirs * 1e3, 1),
+        _fmt(ratio(ours, theirs)),
+        "",
+      )
+    )
   full = {s: ratio(median(s, "prompt_train"), median(s, "full_train")) for s in SIDES}
-  rows.append(("prompt step / full step", _fmt(full["ours"]), _fmt(full["peft"]), "",
-               verdict(full["ours"], "ours <= 0.55", lambda v: v <= 0.55)))
-  for workload, label in (("prompt_train", "prompt step / forward"),
-                          (no_dropout, "prompt step, dropout 0 / forward")):
+  rows.append(
+    (
+      "prompt step / full step",
+      _fmt(full["ours"]),
+      _fmt(full["peft"]),
+      "",
+      verdict(full["ours"], "ours <= 0.55", lambda v: v <= 0.55),
+    )
+  )
+  for workload, label in (
+    ("prompt_train", "prompt step / forward"),
+    (no_dropout, "prompt step, dropout 0 / forward"),
+  ):
     fwd = {s: ratio(median(s, workload), median(s, "forward")) for s in SIDES}
-    rows.append((label, _fmt(fwd["ours"]), _fmt(fwd["peft"]), "",
-                 verdict(fwd["ours"], "ours <= 2.1", lambda v: v <= 2.1)))
+    rows.append(
+      (
+        label,
+        _fmt(fwd["ours"]),
+        _fmt(fwd["peft"]),
+        "",
+        verdict(fwd["ours"], "ours <= 2.1", lambda v: v <= 2.1),
+      )
+    )
   decode = {s: per_second(s, "decode", tokens) for s in SIDES}
   decode_ratio = ratio(decode["ours"], decode["peft"])
-  rows.append(("greedy decode, tokens/s", _fmt(decode["ours"], 1), _fmt(decode["peft"], 1),
-               _fmt(decode_ratio), verdict(decode_ratio, ">= 3x", lambda v: v >= 3.0)))
+  rows.append(
+    (
+      "greedy decode, tokens/s",
+      _fmt(decode["ours"], 1),
+      _fmt(decode["peft"], 1),
+      _fmt(decode_ratio),
+      verdict(decode_ratio, ">= 3x", lambda v: v >= 3.0),
+    )
+  )
   steps = {s: decode_step_rate(setting, results.get(s, {}).get("decode")) for s in SIDES}
-  rows.append(("greedy decode after the 1st token, tokens/s", _fmt(steps["ours"], 1),
-               _fmt(steps["peft"], 1), _fmt(ratio(steps["ours"], steps["peft"])), ""))
+  rows.append(
+    (
+      "greedy decode after the 1st token, tokens/s",
+      _fmt(steps["ours"], 1),
+      _fmt(steps["peft"], 1),
+      _fmt(ratio(steps["ours"], steps["peft"])),
+      "",
+    )
+  )
   key, memory = memory_metric(setting)
-  scopes = {r.get("peak_rss_scope", "workload")
-            for side in results.values() for r in side.values()}
+  scopes = {r.get("peak_rss_scope", "workload") for side in results.values() for r in side.values()}
   if scopes == {"side"}:
-    peaks = {s: _peak_of([r.get(key) for r in results.get(s, {}).values()])
-             for s in SIDES}
-    rows.append((f"{memory}, all workloads in one process, MiB",
-                 _fmt(peaks["ours"] and peaks["ours"] / MIB, 0),
-                 _fmt(peaks["peft"] and peaks["peft"] / MIB, 0),
-                 _fmt(ratio(peaks["ours"], peaks["peft"])), "lower is better"))
+    peaks = {s: _peak_of([r.get(key) for r in results.get(s, {}).values()]) for s in SIDES}
+    rows.append(
+      (
+        f"{memory}, all workloads in one process, MiB",
+        _fmt(peaks["ours"] and peaks["ours"] / MIB, 0),
+        _fmt(peaks["peft"] and peaks["peft"] / MIB, 0),
+        _fmt(ratio(peaks["ours"], peaks["peft"])),
+        "lower is better",
+      )
+    )
   else:
     for workload in (w for w in WORKLOADS if w != "prompt_train_no_dropout"):
       peaks = {s: results.get(s, {}).get(workload, {}).get(key) for s in SIDES}
-      rows.append((f"{memory}, {workload}, MiB",
-                   _fmt(peaks["ours"] and peaks["ours"] / MIB, 0),
-                   _fmt(peaks["peft"] and peaks["peft"] / MIB, 0),
-                   _fmt(ratio(peaks["ours"], peaks["peft"])), "lower is better"))
+      rows.append(
+        (
+          f"{memory}, {workload}, MiB",
+          _fmt(peaks["ours"] and peaks["ours"] / MIB, 0),
+          _fmt(peaks["peft"] and peaks["peft"] / MIB, 0),
+          _fmt(ratio(peaks["ours"], peaks["peft"])),
+          "lower is better",
+        )
+      )
   return rows
 
 
@@ -795,8 +989,9 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
-def describe(setting: Setting, results: dict[str, dict[str, Any]], isolate: str,
-             load: tuple[float, float]) -> str:
+def describe(
+  setting: Setting, results: dict[str, dict[str, Any]], isolate: str, load: tuple[float, float]
+) -> str:
   """The context a reader needs to trust or reproduce the table."""
   versions: dict[str, str] = {}
   details = []
@@ -807,37 +1002,47 @@ def describe(setting: Setting, results: dict[str, dict[str, Any]], isolate: str,
       trainable = f", trainable {r['trainable']:,}" if "trainable" in r else ""
       if "samples_one_token" in r:
         samples += "; 1-token decode: " + ", ".join(
-            f"{s * 1e3:.1f}" for s in r["samples_one_token"])
+          f"{s * 1e3:.1f}" for s in r["samples_one_token"]
+        )
       dtypes = r.get("param_dtypes")
-      dtypes = (f"; dtypes: prompt {dtypes['prompt']}, model {dtypes['model']}"
-                if dtypes else "")
+      dtypes = f"; dtypes: prompt {dtypes['prompt']}, model {dtypes['model']}" if dtypes else ""
       attention = f"; attention {r['attention']}" if "attention" in r else ""
-      details.append(f"- {side} {workload}: first call {r['first']:.2f} s; timed ms "
-                     f"[{samples}]; parameters {r['parameters']:,}{trainable}{dtypes}"
-                     f"{attention}; {_memory_detail(r)}")
+      details.append(
+        f"- {side} {workload}: first call {r['first']:.2f} s; timed ms "
+        f"[{samples}]; parameters {r['parameters']:,}{trainable}{dtypes}"
+        f"{attention}; {_memory_detail(r)}"
+      )
   versions["python"] = platform.python_version()
   torch_threads = {r.get("torch_threads") for r in results.get("peft", {}).values()}
   torch_threads_text = ", ".join(str(t) for t in sorted(torch_threads - {None})) or "n/a"
-  host = (f"{cpu_model()}, {os.cpu_count()} logical CPUs "
-          f"({len(os.sched_getaffinity(0))} usable), {platform.system()} "
-          f"{platform.release()}; 1-minute load average {load[0]:.2f} at the start, "
-          f"{load[1]:.2f} at the end (anything above 0 is other work competing for the "
-          f"same cores)")
+  host = (
+    f"{cpu_model()}, {os.cpu_count()} logical CPUs "
+    f"({len(os.sched_getaffinity(0))} usable), {platform.system()} "
+    f"{platform.release()}; 1-minute load average {load[0]:.2f} at the start, "
+    f"{load[1]:.2f} at the end (anything above 0 is other work competing for the "
+    f"same cores)"
+  )
   if setting.device == "gpu":
     machine = f"- machine: GPU {device_names(results)}; host {host}"
-    threads = (f"- threads: not pinned (GPU run); XLA and torch size their host thread "
-               f"pools themselves (torch reports {torch_threads_text}); "
-               f"XLA_PYTHON_CLIENT_PREALLOCATE=false")
+    threads = (
+      f"- threads: not pinned (GPU run); XLA and torch size their host thread "
+      f"pools themselves (torch reports {torch_threads_text}); "
+      f"XLA_PYTHON_CLIENT_PREALLOCATE=false"
+    )
   else:
     xla_flags = child_environment(setting.threads)["XLA_FLAGS"]
     machine = f"- machine: {host}"
-    threads = (f"- threads: {setting.threads} for each side: the process is pinned to "
-               f"{setting.threads} CPU(s) with sched_setaffinity (XLA sizes its intra-op "
-               f"pool from the affinity mask; XLA_FLAGS={xla_flags}), "
-               f"torch.set_num_threads({setting.threads}) (torch reports "
-               f"{torch_threads_text}), OMP_NUM_THREADS=MKL_NUM_THREADS={setting.threads}")
+    threads = (
+      f"- threads: {setting.threads} for each side: the process is pinned to "
+      f"{setting.threads} CPU(s) with sched_setaffinity (XLA sizes its intra-op "
+      f"pool from the affinity mask; XLA_FLAGS={xla_flags}), "
+      f"torch.set_num_threads({setting.threads}) (torch reports "
+      f"{torch_threads_text}), OMP_NUM_THREADS=MKL_NUM_THREADS={setting.threads}"
+    )
   warning = noise_warning(results, load)
-  return "\n".join(([f"**{warning}**", ""] if warning else []) + [
+  return "\n".join(
+    ([f"**{warning}**", ""] if warning else [])
+    + [
       f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
       machine,
       "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
@@ -857,8 +1062,13 @@ def describe(setting: Setting, results: dict[str, dict[str, Any]], isolate: str,
       f"- timing: first call excluded (JAX compiles there), {setting.warmup - 1} more "
       f"warm-up call(s), median of {setting.repeats} timed calls; each "
       + ("(side, workload)" if isolate == "workload" else "side")
-      + " in its own process; " + memory_method(setting),
-      "", "Per workload:", *details])
+      + " in its own process; "
+      + memory_method(setting),
+      "",
+      "Per workload:",
+      *details,
+    ]
+  )
 
 
 def _mib(value: int | None) -> str:
@@ -869,15 +1079,20 @@ def _memory_detail(r: dict[str, Any]) -> str:
   host = f"RSS before timing {_mib(r['rss_before'])}, peak {_mib(r['peak_rss'])}"
   if "peak_device" not in r:
     return host
-  return (f"device memory before timing {_mib(r.get('device_before'))}, peak "
-          f"{_mib(r['peak_device'])}; host {host}")
+  return (
+    f"device memory before timing {_mib(r.get('device_before'))}, peak "
+    f"{_mib(r['peak_device'])}; host {host}"
+  )
 
 
 def device_names(results: dict[str, dict[str, Any]]) -> str:
   """The GPU as each side named it (JAX's device_kind, torch's get_device_name)."""
-  names = {SIDE_NAMES[side].split()[0]: r["device_name"]
-           for side, by_workload in results.items()
-           for r in by_workload.values() if "device_name" in r}
+  names = {
+    SIDE_NAMES[side].split()[0]: r["device_name"]
+    for side, by_workload in results.items()
+    for r in by_workload.values()
+    if "device_name" in r
+  }
   if not names:
     return "n/a"
   if len(set(names.values())) == 1:
@@ -889,31 +1104,41 @@ def numerics(setting: Setting) -> str:
   """What --dtype and --matmul-precision mean, side by side."""
   if setting.device == "cpu":
     return "float32"
-  matmul = ("TF32 tensor cores for float32 matmuls (JAX's GPU default; torch "
-            "set_float32_matmul_precision('high'))" if setting.matmul_precision == "tf32"
-            else "full-float32 matmuls (jax_default_matmul_precision float32; torch "
-                 "set_float32_matmul_precision('highest'))")
+  matmul = (
+    "TF32 tensor cores for float32 matmuls (JAX's GPU default; torch "
+    "set_float32_matmul_precision('high'))"
+    if setting.matmul_precision == "tf32"
+    else "full-float32 matmuls (jax_default_matmul_precision float32; torch "
+    "set_float32_matmul_precision('highest'))"
+  )
   if setting.dtype == "float32":
     return f"float32, {matmul}"
-  return (f"{setting.dtype} activations and frozen parameters with the prompt in float32 "
-          f"on both sides (ours: T5Config dtype and param_dtype; PEFT: the T5 model "
-          f".to(torch.{setting.dtype}) before get_peft_model, which adds a float32 "
-          f"prompt); our output layer computes its logits in float32, transformers' in "
-          f"{setting.dtype}; {matmul}")
+  return (
+    f"{setting.dtype} activations and frozen parameters with the prompt in float32 "
+    f"on both sides (ours: T5Config dtype and param_dtype; PEFT: the T5 model "
+    f".to(torch.{setting.dtype}) before get_peft_model, which adds a float32 "
+    f"prompt); our output layer computes its logits in float32, transformers' in "
+    f"{setting.dtype}; {matmul}"
+  )
 
 
 def memory_method(setting: Setting) -> str:
   if setting.device == "gpu":
-    return ("peak device memory is each allocator's high-water mark since the process "
-            "started, first call included: JAX's memory_stats()['peak_bytes_in_use'] "
-            "(allocating on demand), torch.cuda.max_memory_allocated(); neither counts "
-            "the CUDA context or memory cached but unused")
-  return ("peak RSS is the kernel's high-water mark (getrusage), RSS before timing from "
-          "psutil")
+    return (
+      "peak device memory is each allocator's high-water mark since the process "
+      "started, first call included: JAX's memory_stats()['peak_bytes_in_use'] "
+      "(allocating on demand), torch.cuda.max_memory_allocated(); neither counts "
+      "the CUDA context or memory cached but unused"
+    )
+  return "peak RSS is the kernel's high-water mark (getrusage), RSS before timing from psutil"
 
 
-def noise_warning(results: dict[str, dict[str, Any]], load: tuple[float, float],
-                  max_spread: float = 0.15, max_load: float = 0.5) -> str | None:
+def noise_warning(
+  results: dict[str, dict[str, Any]],
+  load: tuple[float, float],
+  max_spread: float = 0.15,
+  max_load: float = 0.5,
+) -> str | None:
   """A warning when the timings cannot be trusted: repeats that disagree by more than
   `max_spread` of their median, or other work running (load average)."""
   spreads = []
@@ -926,77 +1151,125 @@ def noise_warning(results: dict[str, dict[str, Any]], load: tuple[float, float],
   widest, where = max(spreads, default=(0.0, ""))
   if widest <= max_spread and max(load) <= max_load:
     return None
-  return (f"WARNING: noisy machine: repeats differ by up to {widest:.0%} of their median "
-          f"({where}), load average {load[0]:.2f} -> {load[1]:.2f}. Ratios between rows "
-          f"measured in different processes are unreliable; rerun on an idle machine.")
+  return (
+    f"WARNING: noisy machine: repeats differ by up to {widest:.0%} of their median "
+    f"({where}), load average {load[0]:.2f} -> {load[1]:.2f}. Ratios between rows "
+    f"measured in different processes are unreliable; rerun on an idle machine."
+  )
 
 
 def title(setting: Setting, results: dict[str, dict[str, Any]]) -> str:
   """The results file's heading: which device and which dtype the numbers are for."""
   where = f"GPU ({device_names(results)})" if setting.device == "gpu" else "CPU"
-  return (f"Prompt tuning: ours (JAX) vs Hugging Face PEFT (PyTorch), {where}, "
-          f"{setting.dtype}")
+  return f"Prompt tuning: ours (JAX) vs Hugging Face PEFT (PyTorch), {where}, {setting.dtype}"
 
 
 def write_results(path: str, heading: str, table: str, context: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
-    f.write(f"# {heading}\n\n"
-            "Written by `benchmarks/peft_compare.py` (`make bench`).\n\n"
-            f"{table}\n\n{context}\n")
+    f.write(
+      f"# {heading}\n\n"
+      "Written by `benchmarks/peft_compare.py` (`make bench`).\n\n"
+      f"{table}\n\n{context}\n"
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   defaults = Setting()
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny model, short inputs, 2 repeats (smoke run); does not "
-                           "write results.md unless --results is given")
-  parser.add_argument("--size", default=None, help=f"model size (default "
-                      f"{defaults.size}; tiny with --quick)")
-  for name in ("batch", "inputs", "prompt", "targets", "new_tokens", "warmup",
-               "repeats"):
-    parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                        help=f"default {getattr(defaults, name)}"
-                             f"{f' ({QUICK[name]} with --quick)' if name in QUICK else ''}")
-  parser.add_argument("--dropout", type=float, default=None,
-                      help=f"training dropout, default {defaults.dropout}")
-  parser.add_argument("--threads", type=int, default=None,
-                      help="threads for each side (default: os.cpu_count()); CPU only")
-  parser.add_argument("--device", default=defaults.device,
-                      help=f"{' or '.join(DEVICES)} (default {defaults.device}): gpu runs "
-                           f"JAX's GPU backend and torch on cuda, unpinned")
-  parser.add_argument("--dtype", default=defaults.dtype,
-                      help=f"{' or '.join(DTYPES)} (default {defaults.dtype}): "
-                           f"activations and frozen parameters on both sides, the prompt "
-                           f"stays float32; bfloat16 needs --device gpu")
-  parser.add_argument("--matmul-precision", default=None,
-                      help=f"GPU only: {' or '.join(MATMUL_PRECISIONS)} (default tf32) "
-                           f"for float32 matmuls, the same on both sides")
-  parser.add_argument("--attention", default=defaults.attention,
-                      help=f"our attention: {' or '.join(ATTENTION_IMPLEMENTATIONS)} "
-                           f"(default {defaults.attention}); cudnn is fused flash "
-                           f"attention on NVIDIA GPUs in bfloat16")
-  parser.add_argument("--sides", default=",".join(SIDES),
-                      help="comma-separated subset of: ours, peft")
-  parser.add_argument("--workloads", default=",".join(WORKLOADS),
-                      help="comma-separated subset of: " + ", ".join(WORKLOADS))
-  parser.add_argument("--isolate", choices=("workload", "side"), default="workload",
-                      help="one process per (side, workload), so peak memory is per "
-                           "workload (default), or one per side (faster)")
-  parser.add_argument("--results", default=None,
-                      help=f"Markdown output (default "
-                           f"{os.path.relpath(_DEFAULT_RESULTS['cpu'])}, with --device "
-                           f"gpu {os.path.relpath(_DEFAULT_RESULTS['gpu'])}; none with "
-                           f"--quick)")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="tiny model, short inputs, 2 repeats (smoke run); does not "
+    "write results.md unless --results is given",
+  )
+  parser.add_argument(
+    "--size", default=None, help=f"model size (default {defaults.size}; tiny with --quick)"
+  )
+  for name in ("batch", "inputs", "prompt", "targets", "new_tokens", "warmup", "repeats"):
+    parser.add_argument(
+      "--" + name.replace("_", "-"),
+      type=int,
+      default=None,
+      help=f"default {getattr(defaults, name)}"
+      f"{f' ({QUICK[name]} with --quick)' if name in QUICK else ''}",
+    )
+  parser.add_argument(
+    "--dropout", type=float, default=None, help=f"training dropout, default {defaults.dropout}"
+  )
+  parser.add_argument(
+    "--threads",
+    type=int,
+    default=None,
+    help="threads for each side (default: os.cpu_count()); CPU only",
+  )
+  parser.add_argument(
+    "--device",
+    default=defaults.device,
+    help=f"{' or '.join(DEVICES)} (default {defaults.device}): gpu runs "
+    f"JAX's GPU backend and torch on cuda, unpinned",
+  )
+  parser.add_argument(
+    "--dtype",
+    default=defaults.dtype,
+    help=f"{' or '.join(DTYPES)} (default {defaults.dtype}): "
+    f"activations and frozen parameters on both sides, the prompt "
+    f"stays float32; bfloat16 needs --device gpu",
+  )
+  parser.add_argument(
+    "--matmul-precision",
+    default=None,
+    help=f"GPU only: {' or '.join(MATMUL_PRECISIONS)} (default tf32) "
+    f"for float32 matmuls, the same on both sides",
+  )
+  parser.add_argument(
+    "--attention",
+    default=defaults.attention,
+    help=f"our attention: {' or '.join(ATTENTION_IMPLEMENTATIONS)} "
+    f"(default {defaults.attention}); cudnn is fused flash "
+    f"attention on NVIDIA GPUs in bfloat16",
+  )
+  parser.add_argument(
+    "--sides", default=",".join(SIDES), help="comma-separated subset of: ours, peft"
+  )
+  parser.add_argument(
+    "--workloads",
+    default=",".join(WORKLOADS),
+    help="comma-separated subset of: " + ", ".join(WORKLOADS),
+  )
+  parser.add_argument(
+    "--isolate",
+    choices=("workload", "side"),
+    default="workload",
+    help="one process per (side, workload), so peak memory is per "
+    "workload (default), or one per side (faster)",
+  )
+  parser.add_argument(
+    "--results",
+    default=None,
+    help=f"Markdown output (default "
+    f"{os.path.relpath(_DEFAULT_RESULTS['cpu'])}, with --device "
+    f"gpu {os.path.relpath(_DEFAULT_RESULTS['gpu'])}; none with "
+    f"--quick)",
+  )
   parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
 
 def setting_from_args(args: argparse.Namespace) -> Setting:
   values: dict[str, Any] = dict(QUICK) if args.quick else {}
-  for name in ("size", "batch", "inputs", "prompt", "targets", "new_tokens", "warmup",
-               "repeats", "dropout", "threads"):
+  for name in (
+    "size",
+    "batch",
+    "inputs",
+    "prompt",
+    "targets",
+    "new_tokens",
+    "warmup",
+    "repeats",
+    "dropout",
+    "threads",
+  ):
     if getattr(args, name) is not None:
       values[name] = getattr(args, name)
   values.setdefault("threads", os.cpu_count() or 1)
@@ -1016,8 +1289,7 @@ def _subset(text: str, choices: Sequence[str], flag: str) -> list[str]:
   """The named choices, in the canonical order."""
   names = {n.strip() for n in text.split(",") if n.strip()}
   if not names or names - set(choices):
-    raise ValueError(f"{flag} takes a comma-separated subset of {', '.join(choices)}; "
-                     f"got {text!r}")
+    raise ValueError(f"{flag} takes a comma-separated subset of {', '.join(choices)}; got {text!r}")
   return [c for c in choices if c in names]
 
 

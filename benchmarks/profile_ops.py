@@ -35,8 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peft_compare  # noqa: E402  (sits next to this file)
 
 # `%name = shape kind(...)`, `ROOT %name = ...`: one optimised HLO instruction.
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)*?) "
-                          r"(fusion|custom-call|dot|convolution|[a-z\-]+)\(")
+_INSTRUCTION = re.compile(
+  r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)*?) "
+  r"(fusion|custom-call|dot|convolution|[a-z\-]+)\("
+)
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 # Ops whose trace events span the ops they run, which have events of their own.
 _CONTROL_FLOW = ("while", "conditional", "call")
@@ -69,14 +71,19 @@ def read_instructions(hlo_texts: Iterable[str]) -> dict[str, Instruction]:
         continue
       name, shape, kind = match.groups()
       op_name = _OP_NAME.search(line)
-      found.setdefault(name, Instruction(re.sub(r"\{[^}]*\}", "", shape), kind,
-                                         source_of(op_name.group(1)) if op_name else ""))
+      found.setdefault(
+        name,
+        Instruction(
+          re.sub(r"\{[^}]*\}", "", shape), kind, source_of(op_name.group(1)) if op_name else ""
+        ),
+      )
   return found
 
 
 @dataclasses.dataclass
 class OpTimes:
   """Per event name over a trace's complete ('X') events: summed microseconds, calls."""
+
   micros: collections.Counter[str]
   calls: collections.Counter[str]
 
@@ -91,8 +98,9 @@ def op_times(trace: dict[str, Any] | list[Any]) -> OpTimes:
   return times
 
 
-def group(times: OpTimes, instructions: dict[str, Instruction],
-          by: str) -> list[tuple[str, float, int]]:
+def group(
+  times: OpTimes, instructions: dict[str, Instruction], by: str
+) -> list[tuple[str, float, int]]:
   """(group, milliseconds, calls) for the events that are XLA ops, longest first; `by`
   is "op" (kind and shape) or "source" (kind, shape and model code)."""
   ms: collections.Counter[str] = collections.Counter()
@@ -115,20 +123,24 @@ def group(times: OpTimes, instructions: dict[str, Instruction],
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   defaults = peft_compare.Setting()
-  parser.add_argument("--workload", default="prompt_train",
-                      choices=peft_compare.WORKLOADS)
+  parser.add_argument("--workload", default="prompt_train", choices=peft_compare.WORKLOADS)
   parser.add_argument("--size", default=defaults.size)
   for name in ("batch", "inputs", "prompt", "targets", "new_tokens"):
-    parser.add_argument(f"--{name.replace('_', '-')}", type=int,
-                        default=getattr(defaults, name))
+    parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
   parser.add_argument("--dropout", type=float, default=defaults.dropout)
-  parser.add_argument("--attention", default=defaults.attention,
-                      choices=peft_compare.ATTENTION_IMPLEMENTATIONS)
-  parser.add_argument("--by", default="source", choices=("op", "source"),
-                      help="group by op kind and shape, or also by the model code")
+  parser.add_argument(
+    "--attention", default=defaults.attention, choices=peft_compare.ATTENTION_IMPLEMENTATIONS
+  )
+  parser.add_argument(
+    "--by",
+    default="source",
+    choices=("op", "source"),
+    help="group by op kind and shape, or also by the model code",
+  )
   parser.add_argument("--top", type=int, default=25, help="rows to print")
-  parser.add_argument("--out", default=None,
-                      help="keep the trace and HLO dump here (default: a temporary folder)")
+  parser.add_argument(
+    "--out", default=None, help="keep the trace and HLO dump here (default: a temporary folder)"
+  )
   return parser
 
 
@@ -137,15 +149,26 @@ def main(argv: list[str] | None = None) -> int:
   out = args.out or tempfile.mkdtemp(prefix="profile_ops_")
   dump = os.path.join(out, "hlo")
   # Before jax starts: dump optimised HLO, and have XLA:CPU name each op in the trace.
-  os.environ["XLA_FLAGS"] = " ".join([
-      os.environ.get("XLA_FLAGS", ""), f"--xla_dump_to={dump}",
-      "--xla_dump_hlo_pass_re=^$", "--xla_cpu_enable_xprof_traceme=true"]).strip()
+  os.environ["XLA_FLAGS"] = " ".join(
+    [
+      os.environ.get("XLA_FLAGS", ""),
+      f"--xla_dump_to={dump}",
+      "--xla_dump_hlo_pass_re=^$",
+      "--xla_cpu_enable_xprof_traceme=true",
+    ]
+  ).strip()
   import jax
 
-  setting = peft_compare.Setting(size=args.size, batch=args.batch, inputs=args.inputs,
-                                 prompt=args.prompt, targets=args.targets,
-                                 new_tokens=args.new_tokens, dropout=args.dropout,
-                                 attention=args.attention)
+  setting = peft_compare.Setting(
+    size=args.size,
+    batch=args.batch,
+    inputs=args.inputs,
+    prompt=args.prompt,
+    targets=args.targets,
+    new_tokens=args.new_tokens,
+    dropout=args.dropout,
+    attention=args.attention,
+  )
   built = peft_compare.build_ours(setting, args.workload)
   built.call()
   built.call()
@@ -154,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     built.call()
     wall_ms = (time.perf_counter() - start) * 1e3
-  traces = glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json.gz"),
-                     recursive=True)
+  traces = glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json.gz"), recursive=True)
   if not traces:
     raise RuntimeError(f"jax.profiler wrote no perfetto trace under {trace_dir}")
   with gzip.open(traces[0], "rt") as f:
@@ -166,15 +188,19 @@ def main(argv: list[str] | None = None) -> int:
       texts.append(f.read())
   rows = group(times, read_instructions(texts), args.by)
   if not rows:
-    raise RuntimeError("no trace event matched an XLA op of the dumped HLO; this jax "
-                       "backend may not name its ops in profiles")
+    raise RuntimeError(
+      "no trace event matched an XLA op of the dumped HLO; this jax "
+      "backend may not name its ops in profiles"
+    )
 
-  print(f"{args.workload}, T5 1.1 {args.size}, batch {args.batch}, inputs {args.inputs}, "
-        f"prompt {args.prompt}, targets {args.targets}, attention {args.attention}, "
-        f"{jax.devices()[0].platform}: one call {wall_ms:,.1f} ms; ops summed "
-        f"{sum(ms for _, ms, _ in rows):,.1f} ms (threads overlap)")
+  print(
+    f"{args.workload}, T5 1.1 {args.size}, batch {args.batch}, inputs {args.inputs}, "
+    f"prompt {args.prompt}, targets {args.targets}, attention {args.attention}, "
+    f"{jax.devices()[0].platform}: one call {wall_ms:,.1f} ms; ops summed "
+    f"{sum(ms for _, ms, _ in rows):,.1f} ms (threads overlap)"
+  )
   print(f"{'ms':>10}  {'calls':>5}  group")
-  for key, ms, count in rows[:args.top]:
+  for key, ms, count in rows[: args.top]:
     print(f"{ms:>10,.1f}  {count:>5}  {key}")
   print(f"trace and HLO: {out}")
   return 0

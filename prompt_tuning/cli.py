@@ -19,10 +19,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The gin half of the command line lives in launch.py (shared with the demo and the
 # scripts); its names are re-exported here, where scripts have always found them.
 from prompt_tuning.errors import one_line
-from prompt_tuning.launch import (DISTRIBUTED_HELP, GIN_HELP, PACKAGE_DIR,  # noqa: F401
-                                  REQUIRED_MACROS, UsageError, call_configured,
-                                  finalize_gin, initialize_distributed, parse_gin,
-                                  require_macros, split_distributed_args, split_gin_args)
+from prompt_tuning.launch import (
+  DISTRIBUTED_HELP,
+  GIN_HELP,
+  PACKAGE_DIR,  # noqa: F401
+  REQUIRED_MACROS,
+  UsageError,
+  call_configured,
+  finalize_gin,
+  initialize_distributed,
+  parse_gin,
+  require_macros,
+  split_distributed_args,
+  split_gin_args,
+)
 
 
 def run_gin_job(command: str, argv: Sequence[str]) -> int:
@@ -53,8 +63,9 @@ def run_gin_job(command: str, argv: Sequence[str]) -> int:
   if command == "train":
     result = call_configured(trainer.train, evaluation_factory=evaluator.build_evaluation)
     if logging_utils.is_leader():  # Every process of a multi-host job gets here.
-      print(f"trained to step {result.step}; outputs in "
-            f"{gin.query_parameter('MODEL_DIR/macro.value')}")
+      print(
+        f"trained to step {result.step}; outputs in {gin.query_parameter('MODEL_DIR/macro.value')}"
+      )
   elif command == "eval":
     call_configured(run_eval.evaluate)
   else:
@@ -63,8 +74,9 @@ def run_gin_job(command: str, argv: Sequence[str]) -> int:
 
 
 def _tasks(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(prog="prompt-tuning tasks",
-                                   description="List registered seqio tasks and mixtures.")
+  parser = argparse.ArgumentParser(
+    prog="prompt-tuning tasks", description="List registered seqio tasks and mixtures."
+  )
   parser.add_argument("pattern", nargs="?", default=None, help="glob or regex filter")
   args = parser.parse_args(argv)
   from prompt_tuning.data import listing, tasks  # noqa: F401
@@ -75,8 +87,9 @@ def _tasks(argv: Sequence[str]) -> int:
 
 
 def _show_task(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(prog="prompt-tuning show-task",
-                                   description="Print preprocessed examples of a task.")
+  parser = argparse.ArgumentParser(
+    prog="prompt-tuning show-task", description="Print preprocessed examples of a task."
+  )
   parser.add_argument("name")
   parser.add_argument("--split", default="train")
   parser.add_argument("-n", type=int, default=3, help="number of examples")
@@ -89,9 +102,10 @@ def _show_task(argv: Sequence[str]) -> int:
 
 def _inspect_checkpoint(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
-      prog="prompt-tuning inspect-checkpoint",
-      description="Format, every parameter's shape and dtype, the total count and the "
-                  "model size a checkpoint matches.")
+    prog="prompt-tuning inspect-checkpoint",
+    description="Format, every parameter's shape and dtype, the total count and the "
+    "model size a checkpoint matches.",
+  )
   parser.add_argument("path")
   args = parser.parse_args(argv)
   from prompt_tuning.convert import commands
@@ -101,13 +115,19 @@ def _inspect_checkpoint(argv: Sequence[str]) -> int:
 
 def _convert(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
-      prog="prompt-tuning convert",
-      description="Convert a checkpoint: T5X (legacy or orbax), orbax or Hugging Face in; "
-                  "orbax or Hugging Face out.")
+    prog="prompt-tuning convert",
+    description="Convert a checkpoint: T5X (legacy or orbax), orbax or Hugging Face in; "
+    "orbax or Hugging Face out.",
+  )
   parser.add_argument("src")
   parser.add_argument("dst")
-  parser.add_argument("--from", dest="src_format", choices=["t5x", "hf", "orbax"],
-                      default=None, help="source format (detected when omitted)")
+  parser.add_argument(
+    "--from",
+    dest="src_format",
+    choices=["t5x", "hf", "orbax"],
+    default=None,
+    help="source format (detected when omitted)",
+  )
   parser.add_argument("--to", dest="dst_format", choices=["orbax", "hf"], required=True)
   parser.add_argument("--size", default=None, help="model size, when it cannot be inferred")
   args = parser.parse_args(argv)
@@ -118,9 +138,10 @@ def _convert(argv: Sequence[str]) -> int:
 
 def _extract_variable(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
-      prog="prompt-tuning extract-variable",
-      description="Save the one checkpoint variable matching REGEX as a .npy file, e.g. "
-                  "'token_embedder/embedding' for sampled-vocabulary prompt init.")
+    prog="prompt-tuning extract-variable",
+    description="Save the one checkpoint variable matching REGEX as a .npy file, e.g. "
+    "'token_embedder/embedding' for sampled-vocabulary prompt init.",
+  )
   parser.add_argument("checkpoint")
   parser.add_argument("regex")
   parser.add_argument("out_npy")
@@ -132,8 +153,9 @@ def _extract_variable(argv: Sequence[str]) -> int:
 
 def _diff_checkpoints(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
-      prog="prompt-tuning diff-checkpoints",
-      description="Which parameters differ between two checkpoints and by how much.")
+    prog="prompt-tuning diff-checkpoints",
+    description="Which parameters differ between two checkpoints and by how much.",
+  )
   parser.add_argument("a")
   parser.add_argument("b")
   args = parser.parse_args(argv)
@@ -145,22 +167,26 @@ def _diff_checkpoints(argv: Sequence[str]) -> int:
 def _export_prompt(argv: Sequence[str]) -> int:
   files, bindings, paths, rest = split_gin_args(argv)
   parser = argparse.ArgumentParser(
-      prog="prompt-tuning export-prompt",
-      description="Write what serves from a training run as .npy files: a reparameterised "
-                  "prompt (Prefix-Tuning's MLP, P-Tuning's prompt encoder, P-Tuning v2 "
-                  "with MLP) is computed once and saved as its plain parameters "
-                  "(encoder.prompt.prompt.npy for PROMPT_FILE, or "
-                  "{encoder,decoder}.layer_prompt.*.npy for LAYER_PROMPT_DIR).",
-      epilog="Also takes the training run's gin flags (--gin_file=..., --gin.NAME=VALUE): "
-             "the model and prompt files describe the module that is folded.")
-  parser.add_argument("checkpoint", help="MODEL_DIR (its newest checkpoint) or "
-                                         "MODEL_DIR/checkpoint_N")
+    prog="prompt-tuning export-prompt",
+    description="Write what serves from a training run as .npy files: a reparameterised "
+    "prompt (Prefix-Tuning's MLP, P-Tuning's prompt encoder, P-Tuning v2 "
+    "with MLP) is computed once and saved as its plain parameters "
+    "(encoder.prompt.prompt.npy for PROMPT_FILE, or "
+    "{encoder,decoder}.layer_prompt.*.npy for LAYER_PROMPT_DIR).",
+    epilog="Also takes the training run's gin flags (--gin_file=..., --gin.NAME=VALUE): "
+    "the model and prompt files describe the module that is folded.",
+  )
+  parser.add_argument(
+    "checkpoint", help="MODEL_DIR (its newest checkpoint) or MODEL_DIR/checkpoint_N"
+  )
   parser.add_argument("out_dir", help="directory for the .npy files (replaced if present)")
   args = parser.parse_args(rest)
   if not files:
-    raise UsageError("export-prompt needs the run's model and prompt --gin_file(s), e.g. "
-                     "--gin_file=prompt_tuning/configs/models/t5_1_1_base_prompt.gin "
-                     "--gin_file=prompt_tuning/configs/prompts/prefix_tuning.gin")
+    raise UsageError(
+      "export-prompt needs the run's model and prompt --gin_file(s), e.g. "
+      "--gin_file=prompt_tuning/configs/models/t5_1_1_base_prompt.gin "
+      "--gin_file=prompt_tuning/configs/prompts/prefix_tuning.gin"
+    )
   parse_gin(files, bindings, paths)
   from prompt_tuning import export
   from prompt_tuning.t5 import network
@@ -181,32 +207,44 @@ def _lazy(module: str, function: str = "main") -> Callable[[Sequence[str]], int]
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
-    "train": (lambda argv: run_gin_job("train", argv), "train (prompt tuning, model tuning, "
-              "LM adaptation) from gin files"),
-    "eval": (lambda argv: run_gin_job("eval", argv), "evaluate a prompt on a task's metrics"),
-    "infer": (lambda argv: run_gin_job("infer", argv), "decode a task split to JSON lines"),
-    "demo": (_lazy("prompt_tuning.demo"), "offline end-to-end demo on bundled data"),
-    "info": (_lazy("prompt_tuning.info"), "parameter counts of a model size"),
-    "tasks": (_tasks, "list registered tasks and mixtures"),
-    "neighbors": (_lazy("prompt_tuning.neighbors"),
-                  "nearest vocabulary tokens of each prompt position"),
-    "show-task": (_show_task, "print preprocessed examples of a task"),
-    "plan": (_lazy("prompt_tuning.plan"), "memory plan of a sharded train step"),
-    "inspect-checkpoint": (_inspect_checkpoint,
-                           "list a checkpoint's parameters and the size it matches"),
-    "convert": (_convert, "convert checkpoints between T5X, orbax and Hugging Face"),
-    "extract-variable": (_extract_variable, "save one checkpoint variable as .npy"),
-    "diff-checkpoints": (_diff_checkpoints, "which parameters differ between two checkpoints"),
-    "export-prompt": (_export_prompt, "fold a reparameterised prompt (prefix, P-Tuning) "
-                      "and save it as .npy"),
+  "train": (
+    lambda argv: run_gin_job("train", argv),
+    "train (prompt tuning, model tuning, LM adaptation) from gin files",
+  ),
+  "eval": (lambda argv: run_gin_job("eval", argv), "evaluate a prompt on a task's metrics"),
+  "infer": (lambda argv: run_gin_job("infer", argv), "decode a task split to JSON lines"),
+  "demo": (_lazy("prompt_tuning.demo"), "offline end-to-end demo on bundled data"),
+  "info": (_lazy("prompt_tuning.info"), "parameter counts of a model size"),
+  "tasks": (_tasks, "list registered tasks and mixtures"),
+  "neighbors": (
+    _lazy("prompt_tuning.neighbors"),
+    "nearest vocabulary tokens of each prompt position",
+  ),
+  "show-task": (_show_task, "print preprocessed examples of a task"),
+  "plan": (_lazy("prompt_tuning.plan"), "memory plan of a sharded train step"),
+  "inspect-checkpoint": (
+    _inspect_checkpoint,
+    "list a checkpoint's parameters and the size it matches",
+  ),
+  "convert": (_convert, "convert checkpoints between T5X, orbax and Hugging Face"),
+  "extract-variable": (_extract_variable, "save one checkpoint variable as .npy"),
+  "diff-checkpoints": (_diff_checkpoints, "which parameters differ between two checkpoints"),
+  "export-prompt": (
+    _export_prompt,
+    "fold a reparameterised prompt (prefix, P-Tuning) and save it as .npy",
+  ),
 }
 
 
 def _usage() -> str:
   lines = ["usage: prompt-tuning COMMAND [ARGS]", "", "commands:"]
   lines += [f"  {name:<20}{help_text}" for name, (_, help_text) in COMMANDS.items()]
-  lines += ["", GIN_HELP, "Every command also takes --verbose (INFO logs) and --debug "
-            "(tracebacks).", "Run `prompt-tuning COMMAND --help` for a command's options."]
+  lines += [
+    "",
+    GIN_HELP,
+    "Every command also takes --verbose (INFO logs) and --debug (tracebacks).",
+    "Run `prompt-tuning COMMAND --help` for a command's options.",
+  ]
   return "\n".join(lines)
 
 
@@ -231,8 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, FileNotFoundError, RuntimeError) as error:
     if debug:
       raise
-    print(f"prompt-tuning {command}: error: {one_line(error)} (rerun with --debug for the "
-          "traceback)", file=sys.stderr)
+    print(
+      f"prompt-tuning {command}: error: {one_line(error)} (rerun with --debug for the traceback)",
+      file=sys.stderr,
+    )
     return 1
 
 

@@ -89,31 +89,31 @@ def _gather_beams(tree: PyTree, parents: jax.Array) -> PyTree:
 
 def _forced_tokens(inputs: jax.Array, length: int) -> jax.Array:
   """Output-aligned forced tokens: `forced[:, t]` != 0 forces output position t."""
-  shifted = jnp.concatenate(
-      [inputs[:, 1:], jnp.zeros_like(inputs[:, :1])], axis=1)
+  shifted = jnp.concatenate([inputs[:, 1:], jnp.zeros_like(inputs[:, :1])], axis=1)
   return shifted[:, :length].astype(jnp.int32)
 
 
 def _check_inputs(inputs: jax.Array) -> None:
   if jnp.ndim(inputs) != 2:
     raise ValueError(
-        f"inputs must be int[batch, max_decode_len], got shape {jnp.shape(inputs)}; "
-        "pass zeros of the target shape when there is no decoder prompt")
+      f"inputs must be int[batch, max_decode_len], got shape {jnp.shape(inputs)}; "
+      "pass zeros of the target shape when there is no decoder prompt"
+    )
   if not jnp.issubdtype(jnp.result_type(inputs), jnp.integer):
-    raise ValueError(
-        f"inputs must hold integer token ids, got dtype {jnp.result_type(inputs)}")
+    raise ValueError(f"inputs must hold integer token ids, got dtype {jnp.result_type(inputs)}")
   if inputs.shape[1] < 1:
     raise ValueError("inputs must have at least one position (max_decode_len >= 1)")
 
 
-def _call_model(tokens_to_logits: TokensToLogits, tokens: jax.Array,
-                cache: PyTree) -> tuple[jax.Array, PyTree]:
+def _call_model(
+  tokens_to_logits: TokensToLogits, tokens: jax.Array, cache: PyTree
+) -> tuple[jax.Array, PyTree]:
   """Runs one decoder step and checks the logits' shape once, at trace time."""
   logits, new_cache = tokens_to_logits(tokens[:, None], cache)
   if logits.ndim != 2 or logits.shape[0] != tokens.shape[0]:
     raise ValueError(
-        f"tokens_to_logits must return logits of shape [{tokens.shape[0]}, vocab], "
-        f"got {logits.shape}")
+      f"tokens_to_logits must return logits of shape [{tokens.shape[0]}, vocab], got {logits.shape}"
+    )
   return logits.astype(jnp.float32), new_cache
 
 
@@ -138,7 +138,7 @@ def _lowest_kept(values: jax.Array, fits: Callable[[jax.Array], jax.Array]) -> j
   XLA's sort or top_k of [32, 32128] logits measured about 5x slower than this.
   """
   lo = jnp.min(values, axis=-1, keepdims=True) - 1  # Invariant: fits(lo) false,
-  hi = jnp.max(values, axis=-1, keepdims=True)      # fits(hi) true.
+  hi = jnp.max(values, axis=-1, keepdims=True)  # fits(hi) true.
 
   def halve(_, bounds):
     lo, hi = bounds
@@ -152,8 +152,7 @@ def _lowest_kept(values: jax.Array, fits: Callable[[jax.Array], jax.Array]) -> j
 def _restrict_to_top_k(logits: jax.Array, topk: int) -> jax.Array:
   """Keeps tokens with fewer than k tokens strictly above them (ties all kept)."""
   keys = _ordered_int(logits)
-  cutoff = _lowest_kept(
-      keys, lambda c: jnp.sum(keys > c, axis=-1, keepdims=True) < topk)
+  cutoff = _lowest_kept(keys, lambda c: jnp.sum(keys > c, axis=-1, keepdims=True) < topk)
   return jnp.where(keys >= cutoff, logits, _NEG_INF)
 
 
@@ -167,13 +166,14 @@ def _restrict_to_nucleus(logits: jax.Array, topp: float) -> jax.Array:
   probs = jax.nn.softmax(logits, axis=-1)
   keys = _ordered_int(probs)
   cutoff = _lowest_kept(
-      keys,
-      lambda c: jnp.sum(jnp.where(keys > c, probs, 0.0), axis=-1, keepdims=True) < topp)
+    keys, lambda c: jnp.sum(jnp.where(keys > c, probs, 0.0), axis=-1, keepdims=True) < topp
+  )
   return jnp.where(keys >= cutoff, logits, _NEG_INF)
 
 
-def _sample_tokens(logits: jax.Array, rng: jax.Array, temperature: float,
-                   topk: int, topp: float) -> jax.Array:
+def _sample_tokens(
+  logits: jax.Array, rng: jax.Array, temperature: float, topk: int, topp: float
+) -> jax.Array:
   """Samples one token per row from float32 logits under the sampling options."""
   scaled = logits / temperature
   if 0 < topk < logits.shape[-1]:
@@ -183,17 +183,16 @@ def _sample_tokens(logits: jax.Array, rng: jax.Array, temperature: float,
   return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
 
 
-def _validate_sampling(num_decodes: int, temperature: float, topk: int,
-                       topp: float) -> None:
+def _validate_sampling(num_decodes: int, temperature: float, topk: int, topp: float) -> None:
   if not isinstance(num_decodes, (int, np.integer)) or num_decodes < 1:
     raise ValueError(f"num_decodes must be a positive int, got {num_decodes!r}")
   if not isinstance(temperature, (int, float, np.number)):
     raise ValueError(
-        f"temperature must be a Python number (it selects the code path at trace "
-        f"time), got {type(temperature).__name__}")
+      f"temperature must be a Python number (it selects the code path at trace "
+      f"time), got {type(temperature).__name__}"
+    )
   if not math.isfinite(temperature) or temperature < 0:
-    raise ValueError(
-        f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
   if not isinstance(topk, (int, np.integer)) or topk < 0:
     raise ValueError(f"topk must be an int >= 0 (0 disables it), got {topk!r}")
   if not 0.0 <= topp <= 1.0:
@@ -201,17 +200,17 @@ def _validate_sampling(num_decodes: int, temperature: float, topk: int,
 
 
 def temperature_sample(
-    inputs: jax.Array,
-    cache: PyTree,
-    tokens_to_logits: TokensToLogits,
-    eos_id: int,
-    *,
-    decode_rng: jax.Array | None = None,
-    num_decodes: int = 1,
-    temperature: float = 1.0,
-    topk: int = 0,
-    topp: float = 0.0,
-    max_decode_steps: int | None = None,
+  inputs: jax.Array,
+  cache: PyTree,
+  tokens_to_logits: TokensToLogits,
+  eos_id: int,
+  *,
+  decode_rng: jax.Array | None = None,
+  num_decodes: int = 1,
+  temperature: float = 1.0,
+  topk: int = 0,
+  topp: float = 0.0,
+  max_decode_steps: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Samples `num_decodes` continuations per example; greedy when temperature is 0.
 
@@ -247,9 +246,9 @@ def temperature_sample(
   _check_inputs(inputs)
   _validate_sampling(num_decodes, temperature, topk, topp)
   if max_decode_steps is not None and (
-      not isinstance(max_decode_steps, (int, np.integer)) or max_decode_steps < 1):
-    raise ValueError(
-        f"max_decode_steps must be a positive int or None, got {max_decode_steps!r}")
+    not isinstance(max_decode_steps, (int, np.integer)) or max_decode_steps < 1
+  ):
+    raise ValueError(f"max_decode_steps must be a positive int or None, got {max_decode_steps!r}")
   if decode_rng is None:
     decode_rng = jax.random.PRNGKey(0)
   batch, length = inputs.shape
@@ -263,16 +262,18 @@ def temperature_sample(
 
   temperature = float(temperature)
   if temperature == 0.0 or topk == 1:  # Greedy: no randomness.
+
     def choose(logits: jax.Array, step: jax.Array) -> jax.Array:
       del step
       return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   else:
-    def choose(logits: jax.Array, step: jax.Array) -> jax.Array:
-      return _sample_tokens(logits, jax.random.fold_in(decode_rng, step), temperature,
-                            topk, topp)
 
-  sequences, log_probs = _sampling_loop(tokens_to_logits, repeat_rows(cache, num_decodes),
-                                        forced, row_end, eos_id, choose)
+    def choose(logits: jax.Array, step: jax.Array) -> jax.Array:
+      return _sample_tokens(logits, jax.random.fold_in(decode_rng, step), temperature, topk, topp)
+
+  sequences, log_probs = _sampling_loop(
+    tokens_to_logits, repeat_rows(cache, num_decodes), forced, row_end, eos_id, choose
+  )
 
   sequences = sequences.reshape(batch, num_decodes, length)
   log_probs = log_probs.reshape(batch, num_decodes)
@@ -283,18 +284,22 @@ def temperature_sample(
 
 
 class _SamplingState(NamedTuple):
-  step: jax.Array         # Scalar: the output position written next.
+  step: jax.Array  # Scalar: the output position written next.
   last_tokens: jax.Array  # [rows]: fed to the model at this step.
-  sequences: jax.Array    # [rows, length]
-  log_probs: jax.Array    # [rows]: the unmodified model's, of generated tokens.
-  ended: jax.Array        # [rows]: EOS generated or the row's end reached.
+  sequences: jax.Array  # [rows, length]
+  log_probs: jax.Array  # [rows]: the unmodified model's, of generated tokens.
+  ended: jax.Array  # [rows]: EOS generated or the row's end reached.
   cache: PyTree
 
 
-def _sampling_loop(tokens_to_logits: TokensToLogits, cache: PyTree, forced: jax.Array,
-                   row_end: jax.Array, eos_id: int,
-                   choose: Callable[[jax.Array, jax.Array], jax.Array]
-                   ) -> tuple[jax.Array, jax.Array]:
+def _sampling_loop(
+  tokens_to_logits: TokensToLogits,
+  cache: PyTree,
+  forced: jax.Array,
+  row_end: jax.Array,
+  eos_id: int,
+  choose: Callable[[jax.Array, jax.Array], jax.Array],
+) -> tuple[jax.Array, jax.Array]:
   """Decodes every row until all have ended: `choose(logits, step)` picks the token of a
   row where no token is forced. Returns (sequences [rows, length], log_probs [rows])."""
   rows, length = forced.shape
@@ -312,19 +317,20 @@ def _sampling_loop(tokens_to_logits: TokensToLogits, cache: PyTree, forced: jax.
     tokens = jnp.where(ended, 0, tokens)
 
     token_log_probs = jnp.take_along_axis(
-        jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)[:, 0]
+      jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1
+    )[:, 0]
     log_probs = state.log_probs + jnp.where(ended | is_forced, 0.0, token_log_probs)
     sequences = jax.lax.dynamic_update_index_in_dim(state.sequences, tokens, step, axis=1)
     ended = ended | (~is_forced & (tokens == eos_id)) | (step + 1 >= row_end)
     return _SamplingState(step + 1, tokens, sequences, log_probs, ended, cache)
 
   init = _SamplingState(
-      step=jnp.zeros((), jnp.int32),
-      last_tokens=jnp.zeros((rows,), jnp.int32),
-      sequences=jnp.zeros((rows, length), jnp.int32),
-      log_probs=jnp.zeros((rows,), jnp.float32),
-      ended=jnp.zeros((rows,), jnp.bool_),
-      cache=cache,
+    step=jnp.zeros((), jnp.int32),
+    last_tokens=jnp.zeros((rows,), jnp.int32),
+    sequences=jnp.zeros((rows, length), jnp.int32),
+    log_probs=jnp.zeros((rows,), jnp.float32),
+    ended=jnp.zeros((rows,), jnp.bool_),
+    cache=cache,
   )
   final = jax.lax.while_loop(cond_fn, body_fn, init)
   return final.sequences, final.log_probs
@@ -341,14 +347,14 @@ def brevity_penalty(alpha: float, length: jax.Array | int) -> jax.Array:
 
 
 def beam_search(
-    inputs: jax.Array,
-    cache: PyTree,
-    tokens_to_logits: TokensToLogits,
-    eos_id: int,
-    *,
-    num_decodes: int = 4,
-    alpha: float = 0.6,
-    max_decode_len: int | None = None,
+  inputs: jax.Array,
+  cache: PyTree,
+  tokens_to_logits: TokensToLogits,
+  eos_id: int,
+  *,
+  num_decodes: int = 4,
+  alpha: float = 0.6,
+  max_decode_len: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """The `num_decodes` best sequences by length-penalised log-probability.
 
@@ -389,42 +395,47 @@ def beam_search(
   length = input_length if max_decode_len is None else max_decode_len
   if not isinstance(length, (int, np.integer)) or not 1 <= length <= input_length:
     raise ValueError(
-        f"max_decode_len must be an int in [1, {input_length}] (inputs.shape[1]), "
-        f"got {max_decode_len!r}")
+      f"max_decode_len must be an int in [1, {input_length}] (inputs.shape[1]), "
+      f"got {max_decode_len!r}"
+    )
   forced = _forced_tokens(inputs, length)
   final = jax.lax.while_loop(
-      functools.partial(_beam_search_continues, alpha=alpha, length=length),
-      functools.partial(_beam_search_step, tokens_to_logits, forced, eos_id, alpha),
-      _beam_search_start(batch, num_decodes, length, cache))
-  return (jnp.where(final.finished_flags[:, :, None], final.finished_seqs, 0),
-          final.finished_scores)
+    functools.partial(_beam_search_continues, alpha=alpha, length=length),
+    functools.partial(_beam_search_step, tokens_to_logits, forced, eos_id, alpha),
+    _beam_search_start(batch, num_decodes, length, cache),
+  )
+  return (
+    jnp.where(final.finished_flags[:, :, None], final.finished_seqs, 0),
+    final.finished_scores,
+  )
 
 
 class _BeamState(NamedTuple):
-  step: jax.Array             # Scalar: the output position written next.
-  live_log_probs: jax.Array   # [batch, beams]; -inf for a dead beam.
-  live_seqs: jax.Array        # [batch, beams, length]
-  finished_seqs: jax.Array    # [batch, beams, length]
+  step: jax.Array  # Scalar: the output position written next.
+  live_log_probs: jax.Array  # [batch, beams]; -inf for a dead beam.
+  live_seqs: jax.Array  # [batch, beams, length]
+  finished_seqs: jax.Array  # [batch, beams, length]
   finished_scores: jax.Array  # [batch, beams], length-penalised, best first.
-  finished_flags: jax.Array   # [batch, beams]: whether the slot holds a sequence.
-  last_tokens: jax.Array      # [batch, beams]: fed to the model at this step.
-  cache: PyTree               # batch * beams rows.
+  finished_flags: jax.Array  # [batch, beams]: whether the slot holds a sequence.
+  last_tokens: jax.Array  # [batch, beams]: fed to the model at this step.
+  cache: PyTree  # batch * beams rows.
 
 
 def _beam_search_start(batch: int, beams: int, length: int, cache: PyTree) -> _BeamState:
   # Only beam 0 is live at first, so the first step does not pick duplicates.
   initial_live = jnp.concatenate(
-      [jnp.zeros((batch, 1), jnp.float32),
-       jnp.full((batch, beams - 1), _NEG_INF, jnp.float32)], axis=1)
+    [jnp.zeros((batch, 1), jnp.float32), jnp.full((batch, beams - 1), _NEG_INF, jnp.float32)],
+    axis=1,
+  )
   return _BeamState(
-      step=jnp.zeros((), jnp.int32),
-      live_log_probs=initial_live,
-      live_seqs=jnp.zeros((batch, beams, length), jnp.int32),
-      finished_seqs=jnp.zeros((batch, beams, length), jnp.int32),
-      finished_scores=jnp.full((batch, beams), _NEG_INF, jnp.float32),
-      finished_flags=jnp.zeros((batch, beams), jnp.bool_),
-      last_tokens=jnp.zeros((batch, beams), jnp.int32),
-      cache=repeat_rows(cache, beams),
+    step=jnp.zeros((), jnp.int32),
+    live_log_probs=initial_live,
+    live_seqs=jnp.zeros((batch, beams, length), jnp.int32),
+    finished_seqs=jnp.zeros((batch, beams, length), jnp.int32),
+    finished_scores=jnp.full((batch, beams), _NEG_INF, jnp.float32),
+    finished_flags=jnp.zeros((batch, beams), jnp.bool_),
+    last_tokens=jnp.zeros((batch, beams), jnp.int32),
+    cache=repeat_rows(cache, beams),
   )
 
 
@@ -433,17 +444,20 @@ def _beam_search_continues(state: _BeamState, *, alpha: float, length: int) -> j
   beat the worst member, or nothing is live."""
   # Lengths still reachable are step + 1 .. length; the penalty is monotone in length,
   # so its maximum over them is at one of the two ends.
-  largest_penalty = jnp.maximum(brevity_penalty(alpha, state.step + 1),
-                                brevity_penalty(alpha, length))
+  largest_penalty = jnp.maximum(
+    brevity_penalty(alpha, state.step + 1), brevity_penalty(alpha, length)
+  )
   best_live = jnp.max(state.live_log_probs, axis=1) / largest_penalty
   settled = jnp.all(state.finished_flags, axis=1) & (
-      jnp.min(state.finished_scores, axis=1) >= best_live)
+    jnp.min(state.finished_scores, axis=1) >= best_live
+  )
   nothing_live = best_live == _NEG_INF
   return (state.step < length) & ~jnp.all(settled | nothing_live)
 
 
-def _beam_search_step(tokens_to_logits: TokensToLogits, forced: jax.Array, eos_id: int,
-                      alpha: float, state: _BeamState) -> _BeamState:
+def _beam_search_step(
+  tokens_to_logits: TokensToLogits, forced: jax.Array, eos_id: int, alpha: float, state: _BeamState
+) -> _BeamState:
   """Extends every live beam by every token and keeps the best finished and live ones."""
   batch, beams = state.live_log_probs.shape
   length = forced.shape[1]
@@ -456,7 +470,8 @@ def _beam_search_step(tokens_to_logits: TokensToLogits, forced: jax.Array, eos_i
   forced_now = jax.lax.dynamic_index_in_dim(forced, step, axis=1, keepdims=False)
   is_forced = forced_now != 0
   forced_only = jnp.where(
-      jnp.arange(vocab)[None, None, :] == forced_now[:, None, None], 0.0, _NEG_INF)
+    jnp.arange(vocab)[None, None, :] == forced_now[:, None, None], 0.0, _NEG_INF
+  )
   token_log_probs = jnp.where(is_forced[:, None, None], forced_only, token_log_probs)
 
   # The best 2 * beams extensions of all live beams of each example.
@@ -468,12 +483,10 @@ def _beam_search_step(tokens_to_logits: TokensToLogits, forced: jax.Array, eos_i
   cand_seqs = jax.lax.dynamic_update_index_in_dim(cand_seqs, cand_tokens, step, axis=2)
 
   real = cand_log_probs > _NEG_INF  # Extensions of dead beams are not candidates.
-  ends_here = real & (
-      ((cand_tokens == eos_id) & ~is_forced[:, None]) | (step + 1 >= length))
+  ends_here = real & (((cand_tokens == eos_id) & ~is_forced[:, None]) | (step + 1 >= length))
 
   # Finished set: the best `beams` of the old members and the newly ended.
-  new_scores = jnp.where(
-      ends_here, cand_log_probs / brevity_penalty(alpha, step + 1), _NEG_INF)
+  new_scores = jnp.where(ends_here, cand_log_probs / brevity_penalty(alpha, step + 1), _NEG_INF)
   all_scores = jnp.concatenate([state.finished_scores, new_scores], axis=1)
   all_flags = jnp.concatenate([state.finished_flags, ends_here], axis=1)
   all_seqs = jnp.concatenate([state.finished_seqs, cand_seqs], axis=1)
@@ -485,9 +498,12 @@ def _beam_search_step(tokens_to_logits: TokensToLogits, forced: jax.Array, eos_i
   live_candidates = jnp.where(ends_here, _NEG_INF, cand_log_probs)
   live_log_probs, keep = jax.lax.top_k(live_candidates, beams)
   return _BeamState(
-      step=step + 1, live_log_probs=live_log_probs,
-      live_seqs=jnp.take_along_axis(cand_seqs, keep[:, :, None], axis=1),
-      finished_seqs=finished_seqs, finished_scores=finished_scores,
-      finished_flags=finished_flags,
-      last_tokens=jnp.take_along_axis(cand_tokens, keep, axis=1),
-      cache=_gather_beams(cache, jnp.take_along_axis(cand_parents, keep, axis=1)))
+    step=step + 1,
+    live_log_probs=live_log_probs,
+    live_seqs=jnp.take_along_axis(cand_seqs, keep[:, :, None], axis=1),
+    finished_seqs=finished_seqs,
+    finished_scores=finished_scores,
+    finished_flags=finished_flags,
+    last_tokens=jnp.take_along_axis(cand_tokens, keep, axis=1),
+    cache=_gather_beams(cache, jnp.take_along_axis(cand_parents, keep, axis=1)),
+  )

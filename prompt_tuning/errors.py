@@ -12,5 +12,5 @@ def one_line(error: BaseException, *, with_type: bool = False) -> str:
   alone can be cryptic)."""
   text = " ".join(str(error).split())
   if len(text) > MAX_LENGTH:
-    text = text[:MAX_LENGTH - 3] + "..."
+    text = text[: MAX_LENGTH - 3] + "..."
   return f"{type(error).__name__}: {text}" if with_type else text

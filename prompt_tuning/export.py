@@ -26,8 +26,7 @@ def export(module: network.Transformer, params: Params, directory: str) -> list[
   return checkpoints.export_numpy(folded, directory)
 
 
-def export_checkpoint(module: network.Transformer, checkpoint: str, directory: str
-                      ) -> list[str]:
+def export_checkpoint(module: network.Transformer, checkpoint: str, directory: str) -> list[str]:
   """`export` of a training run: `checkpoint` is a MODEL_DIR (its newest checkpoint is
   used) or one `MODEL_DIR/checkpoint_N`, trainable-only or full."""
   params = convert.load_params(convert.newest_run_checkpoint(checkpoint))

@@ -37,8 +37,9 @@ def _group(name: str) -> str:
   return f"{stack} {block}"
 
 
-def parameter_groups(config: T5Config, prompt_length: int = 0,
-                     method: str = "prompt") -> dict[str, int]:
+def parameter_groups(
+  config: T5Config, prompt_length: int = 0, method: str = "prompt"
+) -> dict[str, int]:
   """Counts per group; with `prompt_length`, the trainable part of `method` (one of
   `prompts.family.METHODS`: prompt tuning, Prefix-Tuning, P-Tuning, P-Tuning v2) too."""
   factory, layer_prefix = None, None
@@ -60,18 +61,30 @@ def _human(n: float) -> str:
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="prompt-tuning info",
-      description="Parameter counts of a T5 1.1 size (no weights are allocated).")
-  parser.add_argument("--size", default="base",
-                      help="tiny, small, base, large, xl, xxl, mt5_small ... mt5_xxl")
-  parser.add_argument("--prompt-length", type=int, default=0,
-                      help="also report a soft prompt of this length (trainable)")
-  parser.add_argument("--method", default="prompt", choices=tuple(family.METHODS),
-                      help="which prompt method --prompt-length counts (see "
-                           "--compare-methods)")
-  parser.add_argument("--compare-methods", action="store_true",
-                      help="print a table of every method's trainable parameters at "
-                           "--prompt-length (100 if not given) instead")
+    prog="prompt-tuning info",
+    description="Parameter counts of a T5 1.1 size (no weights are allocated).",
+  )
+  parser.add_argument(
+    "--size", default="base", help="tiny, small, base, large, xl, xxl, mt5_small ... mt5_xxl"
+  )
+  parser.add_argument(
+    "--prompt-length",
+    type=int,
+    default=0,
+    help="also report a soft prompt of this length (trainable)",
+  )
+  parser.add_argument(
+    "--method",
+    default="prompt",
+    choices=tuple(family.METHODS),
+    help="which prompt method --prompt-length counts (see --compare-methods)",
+  )
+  parser.add_argument(
+    "--compare-methods",
+    action="store_true",
+    help="print a table of every method's trainable parameters at "
+    "--prompt-length (100 if not given) instead",
+  )
   return parser
 
 
@@ -82,9 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     return _print_method_table(config, args.size, args.prompt_length or 100)
   groups = parameter_groups(config, args.prompt_length, args.method)
   frozen = sum(v for k, v in groups.items() if not k.startswith("prompt"))
-  print(f"T5 1.1 {args.size}: d_model={config.emb_dim} heads={config.num_heads} "
-        f"layers={config.num_encoder_layers}/{config.num_decoder_layers} "
-        f"d_ff={config.mlp_dim} vocab={config.vocab_size}")
+  print(
+    f"T5 1.1 {args.size}: d_model={config.emb_dim} heads={config.num_heads} "
+    f"layers={config.num_encoder_layers}/{config.num_decoder_layers} "
+    f"d_ff={config.mlp_dim} vocab={config.vocab_size}"
+  )
   width = max(len(k) for k in groups) + 2
   for name, count in groups.items():
     print(f"  {name:<{width}}{count:>16,}  {_human(count):>8}")
@@ -92,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
   if args.prompt_length:
     trainable = groups["prompt (trainable)"]
     label = "prompt tuning" if args.method == "prompt" else args.method
-    print(f"{label}, P={args.prompt_length}: {trainable:,} trainable parameters "
-          f"= {100.0 * trainable / frozen:.4f}% of the model")
+    print(
+      f"{label}, P={args.prompt_length}: {trainable:,} trainable parameters "
+      f"= {100.0 * trainable / frozen:.4f}% of the model"
+    )
   return 0
 
 
@@ -104,22 +121,38 @@ def method_table(config: T5Config, prompt_length: int) -> list[dict[str, object]
   rows = []
   for name, method in family.METHODS.items():
     trainable = family.trainable_count(config, name, prompt_length)
-    served = (trainable if method.serves_as == name
-              else family.trainable_count(config, method.serves_as, prompt_length))
-    rows.append({"method": name, "description": method.description,
-                 "trainable": trainable, "percent": 100.0 * trainable / frozen,
-                 "served": served, "frozen": frozen})
+    served = (
+      trainable
+      if method.serves_as == name
+      else family.trainable_count(config, method.serves_as, prompt_length)
+    )
+    rows.append(
+      {
+        "method": name,
+        "description": method.description,
+        "trainable": trainable,
+        "percent": 100.0 * trainable / frozen,
+        "served": served,
+        "frozen": frozen,
+      }
+    )
   return rows
 
 
 def _print_method_table(config: T5Config, size: str, prompt_length: int) -> int:
   rows = method_table(config, prompt_length)
-  print(f"T5 1.1 {size}, P={prompt_length}: trainable parameters per method "
-        f"(frozen backbone {rows[0]['frozen']:,})")
+  print(
+    f"T5 1.1 {size}, P={prompt_length}: trainable parameters per method "
+    f"(frozen backbone {rows[0]['frozen']:,})"
+  )
   print(f"  {'method':<17}{'trainable':>14}{'% of model':>12}{'served':>14}  description")
   for row in rows:
-    print(f"  {row['method']:<17}{row['trainable']:>14,}{row['percent']:>11.4f}%"
-          f"{row['served']:>14,}  {row['description']}")
-  print("  served: the parameters left after `prompt-tuning export-prompt` folds a "
-        "reparameterisation away")
+    print(
+      f"  {row['method']:<17}{row['trainable']:>14,}{row['percent']:>11.4f}%"
+      f"{row['served']:>14,}  {row['description']}"
+    )
+  print(
+    "  served: the parameters left after `prompt-tuning export-prompt` folds a "
+    "reparameterisation away"
+  )
   return 0

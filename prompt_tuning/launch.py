@@ -26,12 +26,22 @@ CONFIGS_DIR = os.path.join(PACKAGE_DIR, "configs")
 
 # The macros each gin job cannot run without (docs/training.md lists them).
 REQUIRED_MACROS = {
-    "train": ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "MODEL_DIR", "TRAIN_STEPS",
-              "BATCH_SIZE", "INITIAL_CHECKPOINT_PATH"),
-    "eval": ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "BATCH_SIZE",
-             "INITIAL_CHECKPOINT_PATH"),
-    "infer": ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "BATCH_SIZE",
-              "INITIAL_CHECKPOINT_PATH", "OUTPUT_DIR"),
+  "train": (
+    "MIXTURE_OR_TASK_NAME",
+    "TASK_FEATURE_LENGTHS",
+    "MODEL_DIR",
+    "TRAIN_STEPS",
+    "BATCH_SIZE",
+    "INITIAL_CHECKPOINT_PATH",
+  ),
+  "eval": ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "BATCH_SIZE", "INITIAL_CHECKPOINT_PATH"),
+  "infer": (
+    "MIXTURE_OR_TASK_NAME",
+    "TASK_FEATURE_LENGTHS",
+    "BATCH_SIZE",
+    "INITIAL_CHECKPOINT_PATH",
+    "OUTPUT_DIR",
+  ),
 }
 
 GIN_HELP = """\
@@ -89,7 +99,7 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]
       name, eq, value = arg.partition("=")
       if not eq:
         raise UsageError(f"{arg} needs a value: --gin.NAME=VALUE")
-      arg = f"--gin_bindings={name[len('--gin.'):]}={value}"
+      arg = f"--gin_bindings={name[len('--gin.') :]}={value}"
     rewritten.append(arg)
   parsed, rest = _gin_flag_parser().parse_known_args(rewritten)
   paths = [p for value in parsed.gin_search_paths for p in value.split(",") if p]
@@ -104,8 +114,9 @@ def split_distributed_args(argv: Sequence[str]) -> tuple[dict[str, object], list
   parser.add_argument("--process_id", type=_integer("--process_id"))
   parser.add_argument("--distributed", dest="auto_detect", action="store_true")
   parsed, rest = parser.parse_known_args(list(argv))
-  kwargs = {name: value for name, value in vars(parsed).items()
-            if value is not None and value is not False}
+  kwargs = {
+    name: value for name, value in vars(parsed).items() if value is not None and value is not False
+  }
   return kwargs, rest
 
 
@@ -126,9 +137,11 @@ def initialize_distributed(kwargs: dict[str, Any]) -> None:
   try:
     partitioning.initialize_distributed(**kwargs)
   except ValueError as error:
-    raise UsageError(f"{errors.one_line(error)} (flags --coordinator_address, "
-                     "--num_processes, --process_id or the JAX_* environment "
-                     "variables)") from error
+    raise UsageError(
+      f"{errors.one_line(error)} (flags --coordinator_address, "
+      "--num_processes, --process_id or the JAX_* environment "
+      "variables)"
+    ) from error
 
 
 def _resolve(path: str, search_paths: Sequence[str]) -> str:
@@ -138,8 +151,10 @@ def _resolve(path: str, search_paths: Sequence[str]) -> str:
     candidate = os.path.join(base, path)
     if os.path.exists(candidate):
       return candidate
-  raise UsageError(f"gin file {path!r} not found (searched: {', '.join(search_paths)}); "
-                   "pass --gin_search_paths or an absolute path")
+  raise UsageError(
+    f"gin file {path!r} not found (searched: {', '.join(search_paths)}); "
+    "pass --gin_search_paths or an absolute path"
+  )
 
 
 def search_paths(extra: Sequence[str]) -> list[str]:
@@ -155,8 +170,9 @@ def register_configurables() -> None:
   import prompt_tuning.training.trainer  # noqa: F401
 
 
-def parse_gin(files: Sequence[str], bindings: Sequence[str],
-              extra_search_paths: Sequence[str]) -> None:
+def parse_gin(
+  files: Sequence[str], bindings: Sequence[str], extra_search_paths: Sequence[str]
+) -> None:
   """Parses gin files and bindings, turning gin's exceptions into one-line errors."""
   register_configurables()
   paths = search_paths(extra_search_paths)
@@ -164,8 +180,9 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str],
     gin.add_config_file_search_path(path)
   resolved = [_resolve(f, paths) for f in files]
   try:
-    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False,
-                                        skip_unknown=False)
+    gin.parse_config_files_and_bindings(
+      resolved, list(bindings), finalize_config=False, skip_unknown=False
+    )
   except Exception as error:  # gin raises many exception types for bad configs.
     raise UsageError(f"bad gin configuration: {errors.one_line(error)}") from error
 
@@ -187,8 +204,10 @@ def require_macros(command: str) -> None:
     elif value is gin.REQUIRED or "gin.REQUIRED" in repr(value):
       missing.append(name)  # Declared `%gin.REQUIRED` in a run file, never bound.
   if missing:
-    raise UsageError(f"required gin macro(s) not set: {', '.join(missing)}; bind them with "
-                     f"--gin.NAME=VALUE or in a gin file")
+    raise UsageError(
+      f"required gin macro(s) not set: {', '.join(missing)}; bind them with "
+      f"--gin.NAME=VALUE or in a gin file"
+    )
 
 
 def finalize_gin() -> None:
@@ -200,8 +219,9 @@ def finalize_gin() -> None:
     name = str(error).split("/macro.value", 1)[0].strip().strip("'`")
     if "/macro.value" not in str(error) or not name.isidentifier():
       raise UsageError(f"bad gin configuration: {errors.one_line(error)}") from error
-    raise UsageError(f"required gin macro(s) not set: {name}; bind them with "
-                     "--gin.NAME=VALUE or in a gin file") from error
+    raise UsageError(
+      f"required gin macro(s) not set: {name}; bind them with --gin.NAME=VALUE or in a gin file"
+    ) from error
 
 
 def call_configured(fn: Callable[..., Any], **kwargs: Any) -> Any:

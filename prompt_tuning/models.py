@@ -34,8 +34,9 @@ AVERAGE_PER_SEQUENCE = "AVERAGE_PER_SEQUENCE"
 PROMPT_FEATURES = ("prompt_ids",)
 
 
-def cross_entropy_with_z_loss(logits: Array, targets: Array, z_loss: float,
-                              label_smoothing: float = 0.0) -> tuple[Array, Array]:
+def cross_entropy_with_z_loss(
+  logits: Array, targets: Array, z_loss: float, label_smoothing: float = 0.0
+) -> tuple[Array, Array]:
   """Per-token cross-entropy plus T5X's auxiliary z-loss `z_loss * log(Z)^2`.
 
   The z-loss keeps the softmax normaliser near 1, which T5 relies on in bfloat16.
@@ -60,19 +61,24 @@ def cross_entropy_with_z_loss(logits: Array, targets: Array, z_loss: float,
 class EncoderDecoderModel:
   """Loss / score / predict for a T5 encoder-decoder (with or without a prompt)."""
 
-  def __init__(self, module: Transformer, *, z_loss: float = 1e-4,
-               label_smoothing: float = 0.0,
-               loss_normalizing_factor: float | str | None = None,
-               decode_fn: Callable[..., tuple[Array, Array]] = decoding.temperature_sample,
-               decode_kwargs: Mapping[str, Any] | None = None, eos_id: int = 1):
+  def __init__(
+    self,
+    module: Transformer,
+    *,
+    z_loss: float = 1e-4,
+    label_smoothing: float = 0.0,
+    loss_normalizing_factor: float | str | None = None,
+    decode_fn: Callable[..., tuple[Array, Array]] = decoding.temperature_sample,
+    decode_kwargs: Mapping[str, Any] | None = None,
+    eos_id: int = 1,
+  ):
     self.module = module
     self.z_loss = z_loss
     self.label_smoothing = label_smoothing
     self.loss_normalizing_factor = loss_normalizing_factor
     self.decode_fn = decode_fn
     # Greedy by default: the usual choice for classification targets.
-    self.decode_kwargs = dict(decode_kwargs if decode_kwargs is not None
-                              else {"temperature": 0.0})
+    self.decode_kwargs = dict(decode_kwargs if decode_kwargs is not None else {"temperature": 0.0})
     self.eos_id = eos_id
 
   def with_module(self, module: Transformer) -> "EncoderDecoderModel":
@@ -95,13 +101,17 @@ class EncoderDecoderModel:
     return found or None
 
   # ---------------------------------------------------------------- forward and loss
-  def compute_logits(self, params: Params, batch: Batch, dropout_rng: Array | None = None
-                     ) -> Array:
+  def compute_logits(self, params: Params, batch: Batch, dropout_rng: Array | None = None) -> Array:
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.module.apply({"params": params}, batch["encoder_input_tokens"],
-                             batch["decoder_input_tokens"], batch["decoder_target_tokens"],
-                             enable_dropout=dropout_rng is not None, rngs=rngs,
-                             prompt_inputs=self.prompt_inputs(batch))
+    return self.module.apply(
+      {"params": params},
+      batch["encoder_input_tokens"],
+      batch["decoder_input_tokens"],
+      batch["decoder_target_tokens"],
+      enable_dropout=dropout_rng is not None,
+      rngs=rngs,
+      prompt_inputs=self.prompt_inputs(batch),
+    )
 
   def _loss_weights(self, batch: Batch) -> Array:
     weights = batch.get("decoder_loss_weights")
@@ -121,28 +131,32 @@ class EncoderDecoderModel:
       return total / weights.shape[0]
     if isinstance(factor, (int, float)):
       return total / factor
-    raise ValueError(f"unknown loss_normalizing_factor {factor!r}; use None, a number, "
-                     f"{NUM_REAL_TARGET_TOKENS}, {NUM_TOTAL_TARGET_TOKENS} or "
-                     f"{AVERAGE_PER_SEQUENCE}")
+    raise ValueError(
+      f"unknown loss_normalizing_factor {factor!r}; use None, a number, "
+      f"{NUM_REAL_TARGET_TOKENS}, {NUM_TOTAL_TARGET_TOKENS} or "
+      f"{AVERAGE_PER_SEQUENCE}"
+    )
 
-  def loss_fn(self, params: Params, batch: Batch, dropout_rng: Array | None = None
-              ) -> tuple[Array, dict[str, Array]]:
+  def loss_fn(
+    self, params: Params, batch: Batch, dropout_rng: Array | None = None
+  ) -> tuple[Array, dict[str, Array]]:
     """Summed (by default) token cross-entropy + z-loss, and per-batch metrics."""
     logits = self.compute_logits(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
     weights = self._loss_weights(batch)
-    token_loss, token_z = cross_entropy_with_z_loss(logits, targets, self.z_loss,
-                                                    self.label_smoothing)
+    token_loss, token_z = cross_entropy_with_z_loss(
+      logits, targets, self.z_loss, self.label_smoothing
+    )
     loss = self._normalise(jnp.sum(token_loss * weights), weights)
     z_loss = self._normalise(jnp.sum(token_z * weights), weights)
     num_tokens = jnp.sum(weights)
     correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
     metrics = {
-        "loss": loss,
-        "z_loss": z_loss,
-        "cross_ent_loss": loss - z_loss,
-        "accuracy": correct / jnp.maximum(num_tokens, 1.0),
-        "num_tokens": num_tokens,
+      "loss": loss,
+      "z_loss": z_loss,
+      "cross_ent_loss": loss - z_loss,
+      "accuracy": correct / jnp.maximum(num_tokens, 1.0),
+      "num_tokens": num_tokens,
     }
     return loss, metrics
 
@@ -161,15 +175,26 @@ class EncoderDecoderModel:
     cross-attention cache keeps the encoder mask, so decoding steps need neither."""
     batch = encoded.sequence.shape[0]
     _, variables = self.module.apply(
-        {"params": params}, encoded.sequence, encoded.mask,
-        jnp.zeros((batch, max_decode_length), jnp.int32), decode=True,
-        max_decode_length=max_decode_length, mutable=["cache"], method=self.module.decode)
+      {"params": params},
+      encoded.sequence,
+      encoded.mask,
+      jnp.zeros((batch, max_decode_length), jnp.int32),
+      decode=True,
+      max_decode_length=max_decode_length,
+      mutable=["cache"],
+      method=self.module.decode,
+    )
     return variables["cache"]
 
-  def predict_batch_with_aux(self, params: Params, batch: Batch,
-                             rng: Array | None = None, num_decodes: int | None = None,
-                             return_all_decodes: bool = False,
-                             **decode_overrides: Any) -> tuple[Array, dict[str, Array]]:
+  def predict_batch_with_aux(
+    self,
+    params: Params,
+    batch: Batch,
+    rng: Array | None = None,
+    num_decodes: int | None = None,
+    return_all_decodes: bool = False,
+    **decode_overrides: Any,
+  ) -> tuple[Array, dict[str, Array]]:
     """Decodes targets of the batch's target length; returns (tokens, {"scores": ...}).
 
     Tokens are [batch, length] (best decode) or [batch, num_decodes, length]. Only the
@@ -178,15 +203,25 @@ class EncoderDecoderModel:
     """
     encoder_tokens = batch["encoder_input_tokens"]
     length = batch["decoder_target_tokens"].shape[1]
-    encoded = self.module.apply({"params": params}, encoder_tokens,
-                                method=self.module.encode,
-                                prompt_inputs=self.prompt_inputs(batch))
+    encoded = self.module.apply(
+      {"params": params},
+      encoder_tokens,
+      method=self.module.encode,
+      prompt_inputs=self.prompt_inputs(batch),
+    )
     cache = self.init_cache(params, encoded, length)
 
     def tokens_to_logits(token_ids: Array, step_cache: Any) -> tuple[Array, Any]:
       logits, mutated = self.module.apply(
-          {"params": params, "cache": step_cache}, None, None, token_ids, decode=True,
-          max_decode_length=length, mutable=["cache"], method=self.module.decode)
+        {"params": params, "cache": step_cache},
+        None,
+        None,
+        token_ids,
+        decode=True,
+        max_decode_length=length,
+        mutable=["cache"],
+        method=self.module.decode,
+      )
       return logits[:, 0, :], mutated["cache"]
 
     kwargs = {**self.decode_kwargs, **decode_overrides}
@@ -195,19 +230,20 @@ class EncoderDecoderModel:
     if self.decode_fn is decoding.temperature_sample or "decode_rng" in kwargs:
       kwargs.setdefault("decode_rng", rng if rng is not None else jax.random.PRNGKey(0))
     inputs = jnp.zeros((encoder_tokens.shape[0], length), jnp.int32)
-    sequences, scores = self.decode_fn(inputs, cache, tokens_to_logits, self.eos_id,
-                                       **kwargs)
+    sequences, scores = self.decode_fn(inputs, cache, tokens_to_logits, self.eos_id, **kwargs)
     if return_all_decodes:
       return sequences, {"scores": scores}
     return sequences[:, 0], {"scores": scores[:, 0]}
 
-  def predict_batch(self, params: Params, batch: Batch, rng: Array | None = None,
-                    **kwargs: Any) -> Array:
+  def predict_batch(
+    self, params: Params, batch: Batch, rng: Array | None = None, **kwargs: Any
+  ) -> Array:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
 
 
-def with_prompt_table(model: EncoderDecoderModel, params_without_prompt: Params,
-                      table: np.ndarray) -> tuple[EncoderDecoderModel, dict[str, Any]]:
+def with_prompt_table(
+  model: EncoderDecoderModel, params_without_prompt: Params, table: np.ndarray
+) -> tuple[EncoderDecoderModel, dict[str, Any]]:
   """(model, params) where the model's input prompt is a MultiPrompt holding `table`.
 
   `table` is [num_prompts, length, d_model] (see `prompts.multi_prompt.load_prompt_files`);
@@ -216,13 +252,16 @@ def with_prompt_table(model: EncoderDecoderModel, params_without_prompt: Params,
   """
   table = np.asarray(table, np.float32)
   if table.ndim != 3:
-    raise ValueError(f"a prompt table is [num_prompts, length, d_model]; got shape "
-                     f"{tuple(table.shape)}")
+    raise ValueError(
+      f"a prompt table is [num_prompts, length, d_model]; got shape {tuple(table.shape)}"
+    )
   num_prompts, length, width = table.shape
   embed = params_without_prompt["token_embedder"]["embedding"].shape[-1]
   if width != embed:
-    raise ValueError(f"prompts have width {width} but the model's d_model is {embed}; "
-                     "use prompts trained for this model")
+    raise ValueError(
+      f"prompts have width {width} but the model's d_model is {embed}; "
+      "use prompts trained for this model"
+    )
   factory = functools.partial(MultiPrompt, num_prompts=num_prompts, length=length)
   table_model = model.with_module(model.module.clone(input_prompt=factory))
   params = dict(params_without_prompt)

@@ -27,8 +27,9 @@ EMBEDDING_NAME = "token_embedder/embedding"
 _SENTINEL_PIECE = re.compile("\u2581?<extra_id_[0-9]+>")
 
 
-def nearest_neighbors(prompt: np.ndarray, embedding: np.ndarray, k: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbors(
+  prompt: np.ndarray, embedding: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
   """For each prompt row, the ids of its `k` most cosine-similar embedding rows, most
   similar first, and those similarities: two [P, k] arrays.
 
@@ -37,14 +38,18 @@ def nearest_neighbors(prompt: np.ndarray, embedding: np.ndarray, k: int
   prompt = np.asarray(prompt, np.float64)
   embedding = np.asarray(embedding, np.float64)
   if prompt.ndim != 2 or embedding.ndim != 2:
-    raise ValueError(f"prompt and embedding must be 2-D, got shapes {prompt.shape} and "
-                     f"{embedding.shape}")
+    raise ValueError(
+      f"prompt and embedding must be 2-D, got shapes {prompt.shape} and {embedding.shape}"
+    )
   if prompt.shape[1] != embedding.shape[1]:
-    raise ValueError(f"prompt width {prompt.shape[1]} does not match the embedding width "
-                     f"{embedding.shape[1]}; use the checkpoint the prompt was trained on")
+    raise ValueError(
+      f"prompt width {prompt.shape[1]} does not match the embedding width "
+      f"{embedding.shape[1]}; use the checkpoint the prompt was trained on"
+    )
   if not 1 <= k <= embedding.shape[0]:
-    raise ValueError(f"k must be between 1 and the number of vocabulary rows "
-                     f"({embedding.shape[0]}), got {k}")
+    raise ValueError(
+      f"k must be between 1 and the number of vocabulary rows ({embedding.shape[0]}), got {k}"
+    )
   similarities = _unit_rows(prompt) @ _unit_rows(embedding).T
   # argpartition keeps this linear in the vocabulary; only the top k are sorted.
   top = np.argpartition(-similarities, k - 1, axis=1)[:, :k]
@@ -100,70 +105,90 @@ def read_embedding(checkpoint: str) -> np.ndarray:
   with convert.open_checkpoint(checkpoint) as reader:
     # A trainer checkpoint usually holds only the prompt.
     if EMBEDDING_NAME not in reader.arrays():
-      raise ValueError(f"checkpoint {checkpoint} has no {EMBEDDING_NAME!r} (prompt-tuning "
-                       "checkpoints keep only the prompt); pass the frozen model's "
-                       "checkpoint, the run's INITIAL_CHECKPOINT_PATH")
+      raise ValueError(
+        f"checkpoint {checkpoint} has no {EMBEDDING_NAME!r} (prompt-tuning "
+        "checkpoints keep only the prompt); pass the frozen model's "
+        "checkpoint, the run's INITIAL_CHECKPOINT_PATH"
+      )
   return convert.read_variable(checkpoint, EMBEDDING_NAME)
 
 
 def read_prompt(path: str) -> np.ndarray:
   if not os.path.isfile(path):
-    raise ValueError(f"prompt file {path} does not exist; pass a [length, d_model] .npy, "
-                     "e.g. MODEL_DIR/numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.npy")
+    raise ValueError(
+      f"prompt file {path} does not exist; pass a [length, d_model] .npy, "
+      "e.g. MODEL_DIR/numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.npy"
+    )
   prompt = np.load(path)
   if prompt.ndim != 2:
     raise ValueError(f"prompt {path} has shape {prompt.shape}; expected [length, d_model]")
   return prompt
 
 
-def format_table(ids: np.ndarray, sims: np.ndarray, names: PieceNames,
-                 label_ids: dict[int, str]) -> str:
+def format_table(
+  ids: np.ndarray, sims: np.ndarray, names: PieceNames, label_ids: dict[int, str]
+) -> str:
   """One line per prompt position: the label flag, then `piece (cosine)` by rank."""
   rows = []
   for position, (row_ids, row_sims) in enumerate(zip(ids, sims)):
     flag = label_ids.get(int(row_ids[0]), "")
     shown = "  ".join(f"{names(int(i))} ({s:.3f})" for i, s in zip(row_ids, row_sims))
     rows.append([str(position), f"*{flag}" if flag else "", shown])
-  table = tables.format_table(["position", "label", "nearest tokens (cosine similarity)"],
-                              rows, align="><<")
+  table = tables.format_table(
+    ["position", "label", "nearest tokens (cosine similarity)"], rows, align="><<"
+  )
   if label_ids:
     flagged = sum(int(row[0]) in label_ids for row in ids)
-    table += (f"\n{flagged} of {len(ids)} positions have a class label (*) as their "
-              "nearest token")
+    table += f"\n{flagged} of {len(ids)} positions have a class label (*) as their nearest token"
   return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="prompt-tuning neighbors",
-      description="For each prompt position, its k nearest vocabulary tokens by cosine "
-                  "similarity to the frozen embedding (the paper's interpretability check).")
+    prog="prompt-tuning neighbors",
+    description="For each prompt position, its k nearest vocabulary tokens by cosine "
+    "similarity to the frozen embedding (the paper's interpretability check).",
+  )
   parser.add_argument("--prompt", required=True, help="prompt .npy, [length, d_model]")
-  parser.add_argument("--checkpoint", required=True,
-                      help="the frozen model's checkpoint (any supported format) or its "
-                           "embedding as .npy")
-  parser.add_argument("--vocab", default=vocab_lib.DEFAULT_SPM_PATH,
-                      help="SentencePiece model of the checkpoint (default: T5's, %(default)s)")
-  parser.add_argument("--extra-ids", type=int, default=vocab_lib.DEFAULT_EXTRA_IDS,
-                      help="sentinel ids after the pieces (default %(default)s)")
+  parser.add_argument(
+    "--checkpoint",
+    required=True,
+    help="the frozen model's checkpoint (any supported format) or its embedding as .npy",
+  )
+  parser.add_argument(
+    "--vocab",
+    default=vocab_lib.DEFAULT_SPM_PATH,
+    help="SentencePiece model of the checkpoint (default: T5's, %(default)s)",
+  )
+  parser.add_argument(
+    "--extra-ids",
+    type=int,
+    default=vocab_lib.DEFAULT_EXTRA_IDS,
+    help="sentinel ids after the pieces (default %(default)s)",
+  )
   parser.add_argument("-k", type=int, default=5, help="neighbours per position")
-  parser.add_argument("--labels", default="",
-                      help="comma-separated class labels to flag, e.g. positive,negative")
+  parser.add_argument(
+    "--labels", default="", help="comma-separated class labels to flag, e.g. positive,negative"
+  )
   args = parser.parse_args(argv)
   prompt = read_prompt(args.prompt)
   embedding = read_embedding(args.checkpoint)
   if prompt.shape[1] != embedding.shape[1]:
-    raise ValueError(f"prompt width {prompt.shape[1]} ({args.prompt}) does not match the "
-                     f"embedding width {embedding.shape[1]} ({args.checkpoint}); use the "
-                     "checkpoint the prompt was trained on")
+    raise ValueError(
+      f"prompt width {prompt.shape[1]} ({args.prompt}) does not match the "
+      f"embedding width {embedding.shape[1]} ({args.checkpoint}); use the "
+      "checkpoint the prompt was trained on"
+    )
   if "://" not in args.vocab and not os.path.isfile(args.vocab):
     raise ValueError(f"SentencePiece model {args.vocab} does not exist; pass --vocab")
   vocabulary = seqio.SentencePieceVocabulary(args.vocab, extra_ids=args.extra_ids)
   names = PieceNames(vocabulary)
   if embedding.shape[0] < names.size:
-    raise ValueError(f"the embedding has {embedding.shape[0]} rows but the vocabulary "
-                     f"{args.vocab} has {names.size} ids; pass the model's --vocab")
+    raise ValueError(
+      f"the embedding has {embedding.shape[0]} rows but the vocabulary "
+      f"{args.vocab} has {names.size} ids; pass the model's --vocab"
+    )
   labels = [label.strip() for label in args.labels.split(",") if label.strip()]
-  ids, sims = nearest_neighbors(prompt, embedding[:names.size], args.k)
+  ids, sims = nearest_neighbors(prompt, embedding[: names.size], args.k)
   print(format_table(ids, sims, names, label_token_ids(vocabulary, labels)))
   return 0

@@ -33,18 +33,37 @@ from prompt_tuning.training import trainable as trainable_lib
 from prompt_tuning.training.train_step import TrainState, make_train_step
 
 GiB = 2**30
-_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS = {
+  "": 1,
+  "b": 1,
+  "k": 2**10,
+  "m": 2**20,
+  "g": 2**30,
+  "t": 2**40,
+  "kib": 2**10,
+  "mib": 2**20,
+  "gib": 2**30,
+  "tib": 2**40,
+  "kb": 10**3,
+  "mb": 10**6,
+  "gb": 10**9,
+  "tb": 10**12,
+}
 # XLA:CPU options for a program that is compiled but never run. The CPU pipeline
 # normally expands the optimisation barriers that keep rematerialised layers from being
 # merged back (CSE) into the forward pass, so remat would show no saving; keeping them
 # plans memory as TPU and GPU compilers treat it. LLVM's optimisations do not change
 # the buffer assignment and take most of the compile time.
-PLAN_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "cse_barrier_expander",
-                         "xla_backend_optimization_level": 0}
-FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-            "decoder_loss_weights")
+PLAN_COMPILER_OPTIONS = {
+  "xla_disable_hlo_passes": "cse_barrier_expander",
+  "xla_backend_optimization_level": 0,
+}
+FEATURES = (
+  "encoder_input_tokens",
+  "decoder_input_tokens",
+  "decoder_target_tokens",
+  "decoder_loss_weights",
+)
 
 
 def parse_bytes(text: str) -> int:
@@ -90,25 +109,28 @@ def cpu_devices(count: int) -> list[Any]:
   devices = jax.devices("cpu")
   if len(devices) < count:
     raise RuntimeError(
-        f"the mesh needs {count} devices but jax already started with {len(devices)} CPU "
-        f"devices; run the plan in a fresh process or set "
-        f"XLA_FLAGS=--xla_force_host_platform_device_count={count} before starting python")
+      f"the mesh needs {count} devices but jax already started with {len(devices)} CPU "
+      f"devices; run the plan in a fresh process or set "
+      f"XLA_FLAGS=--xla_force_host_platform_device_count={count} before starting python"
+    )
   return devices[:count]
 
 
-def check_batch(mesh_shape: tuple[int, int], batch_size: int, num_microbatches: int
-                ) -> None:
+def check_batch(mesh_shape: tuple[int, int], batch_size: int, num_microbatches: int) -> None:
   """Every microbatch must split evenly over the data shards."""
   data = mesh_shape[0]
   if batch_size < 1 or batch_size % data:
-    raise ValueError(f"batch {batch_size} does not split over {data} data shards; use a "
-                     "batch divisible by the mesh's data size")
+    raise ValueError(
+      f"batch {batch_size} does not split over {data} data shards; use a "
+      "batch divisible by the mesh's data size"
+    )
   if num_microbatches < 1 or batch_size % num_microbatches:
-    raise ValueError(f"batch {batch_size} does not split into {num_microbatches} "
-                     "microbatches")
+    raise ValueError(f"batch {batch_size} does not split into {num_microbatches} microbatches")
   if (batch_size // num_microbatches) % data:
-    raise ValueError(f"microbatches of {batch_size // num_microbatches} examples do not "
-                     f"split over {data} data shards; use fewer microbatches")
+    raise ValueError(
+      f"microbatches of {batch_size // num_microbatches} examples do not "
+      f"split over {data} data shards; use fewer microbatches"
+    )
 
 
 @dataclasses.dataclass
@@ -151,15 +173,23 @@ def _shard_bytes(tree: Any) -> int:
 
 
 def _with_shardings(tree: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      tree, shardings)
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+  )
 
 
-def plan_train_step(config: T5Config, mesh_shape: tuple[int, int], batch_size: int,
-                    input_length: int, target_length: int, prompt_length: int,
-                    frozen_dtype: str = "float32", num_microbatches: int = 1,
-                    trainable_regex: str = trainable_lib.DEFAULT_TRAINABLE,
-                    method: str = "prompt") -> Plan:
+def plan_train_step(
+  config: T5Config,
+  mesh_shape: tuple[int, int],
+  batch_size: int,
+  input_length: int,
+  target_length: int,
+  prompt_length: int,
+  frozen_dtype: str = "float32",
+  num_microbatches: int = 1,
+  trainable_regex: str = trainable_lib.DEFAULT_TRAINABLE,
+  method: str = "prompt",
+) -> Plan:
   """Lowers and compiles the sharded train step on abstract inputs; reads its memory.
 
   `method` is a prompt-family method (`prompts.family.METHODS`); `prompt_length` 0 with
@@ -176,57 +206,72 @@ def plan_train_step(config: T5Config, mesh_shape: tuple[int, int], batch_size: i
     prompt, prefix = None, None
   else:
     raise ValueError(f"method {method!r} needs a prompt length above 0")
-  model = models.EncoderDecoderModel(Transformer(config, input_prompt=prompt,
-                                                 layer_prefix=prefix))
-  trainable_abs, frozen_abs = trainable_lib.split(abstract_params(config, prompt, prefix),
-                                                  trainable_regex)
-  trainable_axes, frozen_axes = trainable_lib.split(logical_axes(config, prompt, prefix),
-                                                    trainable_regex)
+  model = models.EncoderDecoderModel(Transformer(config, input_prompt=prompt, layer_prefix=prefix))
+  trainable_abs, frozen_abs = trainable_lib.split(
+    abstract_params(config, prompt, prefix), trainable_regex
+  )
+  trainable_axes, frozen_axes = trainable_lib.split(
+    logical_axes(config, prompt, prefix), trainable_regex
+  )
   frozen_abs = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(
-          x.shape, jnp.dtype(frozen_dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-          else x.dtype), frozen_abs)
+    lambda x: jax.ShapeDtypeStruct(
+      x.shape, jnp.dtype(frozen_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
+    ),
+    frozen_abs,
+  )
   optimizer = optimizers.adafactor(learning_rate=0.3)
 
   trainable_sh = partitioner.param_shardings(trainable_axes, trainable_abs)
   frozen_sh = partitioner.param_shardings(frozen_axes, frozen_abs)
   state_sh = partitioner.train_state_shardings(optimizer, trainable_abs, trainable_sh)
   state_abs = _with_shardings(
-      jax.eval_shape(lambda t: TrainState.create(t, optimizer), trainable_abs), state_sh)
+    jax.eval_shape(lambda t: TrainState.create(t, optimizer), trainable_abs), state_sh
+  )
   frozen_abs = _with_shardings(frozen_abs, frozen_sh)
   lengths = {"encoder_input_tokens": input_length}
-  batch_abs = {name: jax.ShapeDtypeStruct((batch_size, lengths.get(name, target_length)),
-                                          jnp.int32, sharding=partitioner.batch_sharding)
-               for name in FEATURES}
+  batch_abs = {
+    name: jax.ShapeDtypeStruct(
+      (batch_size, lengths.get(name, target_length)), jnp.int32, sharding=partitioner.batch_sharding
+    )
+    for name in FEATURES
+  }
   rng_abs = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioner.replicated)
 
   step = partitioner.partition_train_step(
-      make_train_step(model, optimizer, num_microbatches), state_sh, frozen_sh,
-      compiler_options=PLAN_COMPILER_OPTIONS)
+    make_train_step(model, optimizer, num_microbatches),
+    state_sh,
+    frozen_sh,
+    compiler_options=PLAN_COMPILER_OPTIONS,
+  )
   start = time.perf_counter()
   compiled = step.lower(state_abs, frozen_abs, batch_abs, rng_abs).compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   if memory is None:
     raise RuntimeError("this jax backend reports no memory analysis for compiled programs")
-  return Plan(frozen=_shard_bytes(frozen_abs), trainable=_shard_bytes(state_abs.trainable),
-              opt_state=_shard_bytes(state_abs.opt_state) + _shard_bytes(state_abs.step),
-              batch=_shard_bytes(batch_abs), rng=_shard_bytes(rng_abs),
-              temporaries=memory.temp_size_in_bytes,
-              xla_arguments=memory.argument_size_in_bytes,
-              xla_outputs=memory.output_size_in_bytes,
-              xla_aliased=memory.alias_size_in_bytes,
-              generated_code=memory.generated_code_size_in_bytes,
-              trainable_count=tree.count(trainable_abs), compile_seconds=seconds)
+  return Plan(
+    frozen=_shard_bytes(frozen_abs),
+    trainable=_shard_bytes(state_abs.trainable),
+    opt_state=_shard_bytes(state_abs.opt_state) + _shard_bytes(state_abs.step),
+    batch=_shard_bytes(batch_abs),
+    rng=_shard_bytes(rng_abs),
+    temporaries=memory.temp_size_in_bytes,
+    xla_arguments=memory.argument_size_in_bytes,
+    xla_outputs=memory.output_size_in_bytes,
+    xla_aliased=memory.alias_size_in_bytes,
+    generated_code=memory.generated_code_size_in_bytes,
+    trainable_count=tree.count(trainable_abs),
+    compile_seconds=seconds,
+  )
 
 
 def format_plan(plan: Plan, device_memory: int) -> list[str]:
   rows: list[tuple[str, int]] = [
-      ("frozen parameters", plan.frozen),
-      ("trainable parameters", plan.trainable),
-      ("optimiser state", plan.opt_state),
-      ("batch", plan.batch),
-      ("activations/temporaries", plan.temporaries),
+    ("frozen parameters", plan.frozen),
+    ("trainable parameters", plan.trainable),
+    ("optimiser state", plan.opt_state),
+    ("batch", plan.batch),
+    ("activations/temporaries", plan.temporaries),
   ]
   other = plan.total - sum(value for _, value in rows)
   rows.append(("other (new outputs, rng key)", other))
@@ -234,52 +279,78 @@ def format_plan(plan: Plan, device_memory: int) -> list[str]:
   lines = [f"  {'per device':<{width}}{'bytes':>16}"]
   lines += [f"  {name:<{width}}{value:>16,}  {human_bytes(value):>10}" for name, value in rows]
   lines.append(f"  {'total':<{width}}{plan.total:>16,}  {human_bytes(plan.total):>10}")
-  lines.append(f"  (XLA: arguments {human_bytes(plan.xla_arguments)}, outputs "
-               f"{human_bytes(plan.xla_outputs)} of which {human_bytes(plan.xla_aliased)} "
-               f"reuse donated inputs, temporaries {human_bytes(plan.temporaries)}, code "
-               f"{human_bytes(plan.generated_code)}; compiled in "
-               f"{plan.compile_seconds:.1f} s)")
+  lines.append(
+    f"  (XLA: arguments {human_bytes(plan.xla_arguments)}, outputs "
+    f"{human_bytes(plan.xla_outputs)} of which {human_bytes(plan.xla_aliased)} "
+    f"reuse donated inputs, temporaries {human_bytes(plan.temporaries)}, code "
+    f"{human_bytes(plan.generated_code)}; compiled in "
+    f"{plan.compile_seconds:.1f} s)"
+  )
   fits = plan.total <= device_memory
-  lines.append(f"fits: {'yes' if fits else 'no'} ({_gib(plan.total)} GiB of "
-               f"{_gib(device_memory)} GiB per device)")
+  lines.append(
+    f"fits: {'yes' if fits else 'no'} ({_gib(plan.total)} GiB of "
+    f"{_gib(device_memory)} GiB per device)"
+  )
   return lines
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="prompt-tuning plan",
-      description="Per-device memory of the sharded prompt-tuning train step, compiled "
-                  "for shapes only on fake CPU devices. Exit 0 if it fits, 1 if not. "
-                  "Defaults are the paper's XXL run on a TPU v3-32; compiling XXL "
-                  "takes minutes of one CPU core.")
-  parser.add_argument("--size", default="xxl",
-                      help="tiny, small, base, large, xl, xxl, mt5_small ... mt5_xxl")
-  parser.add_argument("--mesh", default="4x8",
-                      help="DATAxMODEL device mesh, e.g. 4x8 (32 devices)")
+    prog="prompt-tuning plan",
+    description="Per-device memory of the sharded prompt-tuning train step, compiled "
+    "for shapes only on fake CPU devices. Exit 0 if it fits, 1 if not. "
+    "Defaults are the paper's XXL run on a TPU v3-32; compiling XXL "
+    "takes minutes of one CPU core.",
+  )
+  parser.add_argument(
+    "--size", default="xxl", help="tiny, small, base, large, xl, xxl, mt5_small ... mt5_xxl"
+  )
+  parser.add_argument("--mesh", default="4x8", help="DATAxMODEL device mesh, e.g. 4x8 (32 devices)")
   parser.add_argument("--batch", type=int, default=32, help="global batch size")
   parser.add_argument("--inputs", type=int, default=512, help="input length (tokens)")
   parser.add_argument("--targets", type=int, default=8, help="target length (tokens)")
   parser.add_argument("--prompt", type=int, default=100, help="prompt length")
-  parser.add_argument("--method", default="prompt", choices=tuple(family.METHODS),
-                      help="prompt-family method (default prompt tuning); see "
-                           "`prompt-tuning info --compare-methods`")
-  parser.add_argument("--device-memory", default="16GiB",
-                      help="memory of one device, e.g. 16GiB (TPU v3), 80GiB (A100/H100)")
-  parser.add_argument("--frozen-dtype", default="float32",
-                      choices=("float32", "bfloat16"),
-                      help="storage dtype of the frozen parameters (float32 as in `train` "
-                           "by default; bfloat16 halves them)")
-  parser.add_argument("--activation-dtype", default="bfloat16",
-                      choices=("bfloat16", "float32"),
-                      help="activation dtype (T5X trains in bfloat16)")
-  parser.add_argument("--remat", default="none", choices=("none", "full", "dots"),
-                      help="activation rematerialisation per layer")
-  parser.add_argument("--microbatches", type=int, default=1,
-                      help="split the batch and accumulate gradients")
-  parser.add_argument("--dropout", type=float, default=0.1,
-                      help="dropout rate (its masks cost memory)")
-  parser.add_argument("--trainable", default=trainable_lib.DEFAULT_TRAINABLE,
-                      help="regex of trained parameters ('.*' plans full model tuning)")
+  parser.add_argument(
+    "--method",
+    default="prompt",
+    choices=tuple(family.METHODS),
+    help="prompt-family method (default prompt tuning); see `prompt-tuning info --compare-methods`",
+  )
+  parser.add_argument(
+    "--device-memory",
+    default="16GiB",
+    help="memory of one device, e.g. 16GiB (TPU v3), 80GiB (A100/H100)",
+  )
+  parser.add_argument(
+    "--frozen-dtype",
+    default="float32",
+    choices=("float32", "bfloat16"),
+    help="storage dtype of the frozen parameters (float32 as in `train` "
+    "by default; bfloat16 halves them)",
+  )
+  parser.add_argument(
+    "--activation-dtype",
+    default="bfloat16",
+    choices=("bfloat16", "float32"),
+    help="activation dtype (T5X trains in bfloat16)",
+  )
+  parser.add_argument(
+    "--remat",
+    default="none",
+    choices=("none", "full", "dots"),
+    help="activation rematerialisation per layer",
+  )
+  parser.add_argument(
+    "--microbatches", type=int, default=1, help="split the batch and accumulate gradients"
+  )
+  parser.add_argument(
+    "--dropout", type=float, default=0.1, help="dropout rate (its masks cost memory)"
+  )
+  parser.add_argument(
+    "--trainable",
+    default=trainable_lib.DEFAULT_TRAINABLE,
+    help="regex of trained parameters ('.*' plans full model tuning)",
+  )
   return parser
 
 
@@ -293,19 +364,32 @@ def main(argv: list[str] | None = None) -> int:
   if args.prompt < 0:
     raise ValueError("--prompt must be zero or positive")
   check_batch(mesh, args.batch, args.microbatches)
-  config = T5Config.from_size(args.size, dtype=args.activation_dtype,
-                              remat_policy=args.remat, dropout_rate=args.dropout)
-  print(f"plan: T5 1.1 {args.size} (d_model {config.emb_dim}, "
-        f"{config.num_encoder_layers}+{config.num_decoder_layers} layers), mesh "
-        f"{mesh[0]}x{mesh[1]} (data x model) = {mesh[0] * mesh[1]} devices")
-  print(f"  method {args.method}, prompt length {args.prompt}; batch {args.batch} "
-        f"({args.batch // mesh[0]} per data shard), inputs {args.inputs}, targets "
-        f"{args.targets}; activations {args.activation_dtype}, frozen {args.frozen_dtype}, "
-        f"remat {args.remat}, microbatches {args.microbatches}, dropout {args.dropout}")
-  plan = plan_train_step(config, mesh, args.batch, args.inputs, args.targets, args.prompt,
-                         frozen_dtype=args.frozen_dtype,
-                         num_microbatches=args.microbatches,
-                         trainable_regex=args.trainable, method=args.method)
+  config = T5Config.from_size(
+    args.size, dtype=args.activation_dtype, remat_policy=args.remat, dropout_rate=args.dropout
+  )
+  print(
+    f"plan: T5 1.1 {args.size} (d_model {config.emb_dim}, "
+    f"{config.num_encoder_layers}+{config.num_decoder_layers} layers), mesh "
+    f"{mesh[0]}x{mesh[1]} (data x model) = {mesh[0] * mesh[1]} devices"
+  )
+  print(
+    f"  method {args.method}, prompt length {args.prompt}; batch {args.batch} "
+    f"({args.batch // mesh[0]} per data shard), inputs {args.inputs}, targets "
+    f"{args.targets}; activations {args.activation_dtype}, frozen {args.frozen_dtype}, "
+    f"remat {args.remat}, microbatches {args.microbatches}, dropout {args.dropout}"
+  )
+  plan = plan_train_step(
+    config,
+    mesh,
+    args.batch,
+    args.inputs,
+    args.targets,
+    args.prompt,
+    frozen_dtype=args.frozen_dtype,
+    num_microbatches=args.microbatches,
+    trainable_regex=args.trainable,
+    method=args.method,
+  )
   print(f"  trainable {args.trainable!r}: {plan.trainable_count:,} values")
   lines = format_plan(plan, device_memory)
   fits = plan.total <= device_memory

@@ -6,8 +6,14 @@ from __future__ import annotations
 from typing import Sequence
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], *,
-                 align: str | None = None, gap: int = 2, markdown: bool = False) -> str:
+def format_table(
+  header: Sequence[str],
+  rows: Sequence[Sequence[str]],
+  *,
+  align: str | None = None,
+  gap: int = 2,
+  markdown: bool = False,
+) -> str:
   """Columns padded to their widest cell.
 
   align: one character per column, "<" (left) or ">" (right); default: the first column
@@ -29,7 +35,8 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], *,
 
   if not markdown:
     return "\n".join((" " * gap).join(pad(row)).rstrip() for row in table)
-  rule = "|" + "|".join("-" * (w + 1) + (":" if a == ">" else "-")
-                        for w, a in zip(widths, align)) + "|"
+  rule = (
+    "|" + "|".join("-" * (w + 1) + (":" if a == ">" else "-") for w, a in zip(widths, align)) + "|"
+  )
   lines = ["| " + " | ".join(pad(row)) + " |" for row in table]
   return "\n".join([lines[0], rule] + lines[1:])

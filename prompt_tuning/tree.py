@@ -27,8 +27,7 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     parts = name.split(SEP)
     for end in range(1, len(parts)):
       if SEP.join(parts[:end]) in flat:
-        raise ValueError(f"parameter name {name!r} nests under the leaf "
-                         f"{SEP.join(parts[:end])!r}")
+        raise ValueError(f"parameter name {name!r} nests under the leaf {SEP.join(parts[:end])!r}")
   return traverse_util.unflatten_dict(dict(flat), sep=SEP)
 
 
@@ -39,5 +38,4 @@ def names(tree: Mapping[str, Any]) -> list[str]:
 
 def count(tree: Any) -> int:
   """Number of values in every leaf (arrays, ShapeDtypeStructs or orbax metadata)."""
-  return sum(int(leaf.size) if hasattr(leaf, "size") else 1
-             for leaf in jax.tree.leaves(tree))
+  return sum(int(leaf.size) if hasattr(leaf, "size") else 1 for leaf in jax.tree.leaves(tree))

@@ -51,12 +51,28 @@ DEFAULT_METHODS = ("prompt", "prefix", "p_tuning", "p_tuning_v2")
 # Adafactor rates: the paper's 0.3 for prompt tuning; the others from a sweep on this
 # task (200 steps, batch 16, P=20): prefix {3e-4, 1e-3, 3e-3, 1e-2, 3e-2}, P-Tuning
 # {0.01, 0.03, 0.1}, P-Tuning v2 {0.03, 0.1, 0.3}; the most stable of the best kept.
-DEFAULT_LEARNING_RATES = {"prompt": 0.3, "prefix": 3e-4, "p_tuning": 0.03,
-                          "p_tuning_mlp": 0.03, "p_tuning_v2": 0.03,
-                          "p_tuning_v2_mlp": 3e-4}
-CSV_FIELDS = ("method", "trainable_params", "served_params", "percent_of_model",
-              "best_accuracy", "best_step", "final_accuracy", "final_loss",
-              "learning_rate", "steps", "seconds", "model_dir")
+DEFAULT_LEARNING_RATES = {
+  "prompt": 0.3,
+  "prefix": 3e-4,
+  "p_tuning": 0.03,
+  "p_tuning_mlp": 0.03,
+  "p_tuning_v2": 0.03,
+  "p_tuning_v2_mlp": 3e-4,
+}
+CSV_FIELDS = (
+  "method",
+  "trainable_params",
+  "served_params",
+  "percent_of_model",
+  "best_accuracy",
+  "best_step",
+  "final_accuracy",
+  "final_loss",
+  "learning_rate",
+  "steps",
+  "seconds",
+  "model_dir",
+)
 
 
 def model_bindings() -> dict[str, str]:
@@ -71,8 +87,7 @@ def frozen_base(out_dir: str, lm_steps: int, batch_size: int = 32) -> str:
     path = os.path.join(out_dir, "random_base")
     if not (os.path.isdir(path) and os.listdir(path)):
       overrides = {k: v for k, v in demo.TINY_DEMO_MODEL.items() if k != "size"}
-      config = T5Config.from_size("tiny", vocab_size=demo_data.demo_vocab_size(),
-                                  **overrides)
+      config = T5Config.from_size("tiny", vocab_size=demo_data.demo_vocab_size(), **overrides)
       convert.save_params_orbax(init_params(config, jax.random.PRNGKey(0)), path)
     return path
   lm_dir = os.path.join(out_dir, "lm_adapt")
@@ -83,9 +98,18 @@ def frozen_base(out_dir: str, lm_steps: int, batch_size: int = 32) -> str:
   return checkpoint
 
 
-def train_method(method: str, out_dir: str, base: str, steps: int, batch_size: int,
-                 prompt_length: int, learning_rate: float, eval_examples: int | None,
-                 seed: int, evals: int = 4) -> dict[str, Any]:
+def train_method(
+  method: str,
+  out_dir: str,
+  base: str,
+  steps: int,
+  batch_size: int,
+  prompt_length: int,
+  learning_rate: float,
+  eval_examples: int | None,
+  seed: int,
+  evals: int = 4,
+) -> dict[str, Any]:
   """One gin-configured training run, as `prompt-tuning train` would do it, evaluated
   `evals` times; the best evaluation is the early-stopping score (as in the paper)."""
   model_dir = os.path.join(out_dir, method)
@@ -94,16 +118,23 @@ def train_method(method: str, out_dir: str, base: str, steps: int, batch_size: i
   if method_file:
     files.append(method_file)
   files.append("prompt_tuning/configs/runs/prompt_finetune.gin")
-  bindings = {**model_bindings(), **method_bindings,
-              "MIXTURE_OR_TASK_NAME": repr(TASK),
-              "TASK_FEATURE_LENGTHS": "{'inputs': 48, 'targets': 4}",
-              "MODEL_DIR": repr(model_dir), "INITIAL_CHECKPOINT_PATH": repr(base),
-              "PROMPT_LENGTH": str(prompt_length), "TRAIN_STEPS": str(steps),
-              "BATCH_SIZE": str(batch_size), "LEARNING_RATE": repr(learning_rate),
-              "EVAL_PERIOD": str(max(1, steps // max(1, evals))),
-              "CHECKPOINT_PERIOD": str(steps),
-              "DROPOUT_RATE": "0.0", "SEED": str(seed),
-              "trainer.train.log_period": str(max(1, min(50, steps)))}
+  bindings = {
+    **model_bindings(),
+    **method_bindings,
+    "MIXTURE_OR_TASK_NAME": repr(TASK),
+    "TASK_FEATURE_LENGTHS": "{'inputs': 48, 'targets': 4}",
+    "MODEL_DIR": repr(model_dir),
+    "INITIAL_CHECKPOINT_PATH": repr(base),
+    "PROMPT_LENGTH": str(prompt_length),
+    "TRAIN_STEPS": str(steps),
+    "BATCH_SIZE": str(batch_size),
+    "LEARNING_RATE": repr(learning_rate),
+    "EVAL_PERIOD": str(max(1, steps // max(1, evals))),
+    "CHECKPOINT_PERIOD": str(steps),
+    "DROPOUT_RATE": "0.0",
+    "SEED": str(seed),
+    "trainer.train.log_period": str(max(1, min(50, steps))),
+  }
   if eval_examples:
     bindings["trainer.train.num_eval_examples"] = str(eval_examples)
   gin.clear_config()
@@ -120,19 +151,28 @@ def train_method(method: str, out_dir: str, base: str, steps: int, batch_size: i
   trainable = tree.count(result.trainable)
   frozen = tree.count(result.params) - trainable
   losses = [loss for _, loss in result.losses]
-  tail = losses[-max(1, len(losses) // 10):]
+  tail = losses[-max(1, len(losses) // 10) :]
   key = f"{TASK}/{METRIC}"
-  scores = [(r[key], r["step"]) for r in logging_utils.read_metrics(model_dir)
-            if r.get("kind") == "eval" and key in r]
+  scores = [
+    (r[key], r["step"])
+    for r in logging_utils.read_metrics(model_dir)
+    if r.get("kind") == "eval" and key in r
+  ]
   best, best_step = max(scores, key=lambda s: (s[0], -s[1])) if scores else (math.nan, 0)
-  return {"method": method, "trainable_params": trainable,
-          "served_params": int(sum(np.load(p, mmap_mode="r").size for p in served)),
-          "percent_of_model": 100.0 * trainable / frozen,
-          "best_accuracy": float(best), "best_step": best_step,
-          "final_accuracy": float(result.last_eval.get(TASK, {}).get(METRIC, math.nan)),
-          "final_loss": float(np.mean(tail)) if tail else float("nan"),
-          "learning_rate": learning_rate, "steps": steps, "seconds": round(seconds, 1),
-          "model_dir": model_dir}
+  return {
+    "method": method,
+    "trainable_params": trainable,
+    "served_params": int(sum(np.load(p, mmap_mode="r").size for p in served)),
+    "percent_of_model": 100.0 * trainable / frozen,
+    "best_accuracy": float(best),
+    "best_step": best_step,
+    "final_accuracy": float(result.last_eval.get(TASK, {}).get(METRIC, math.nan)),
+    "final_loss": float(np.mean(tail)) if tail else float("nan"),
+    "learning_rate": learning_rate,
+    "steps": steps,
+    "seconds": round(seconds, 1),
+    "model_dir": model_dir,
+  }
 
 
 def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -144,12 +184,33 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-  header = ["method", "trainable", "% model", "served", "best acc", "@step", "final acc",
-            "loss", "lr", "seconds"]
-  cells = [[r["method"], f"{r['trainable_params']:,}", f"{r['percent_of_model']:.2f}%",
-            f"{r['served_params']:,}", f"{r['best_accuracy']:.1f}", str(r["best_step"]),
-            f"{r['final_accuracy']:.1f}", f"{r['final_loss']:.2f}",
-            f"{r['learning_rate']:g}", f"{r['seconds']:.0f}"] for r in rows]
+  header = [
+    "method",
+    "trainable",
+    "% model",
+    "served",
+    "best acc",
+    "@step",
+    "final acc",
+    "loss",
+    "lr",
+    "seconds",
+  ]
+  cells = [
+    [
+      r["method"],
+      f"{r['trainable_params']:,}",
+      f"{r['percent_of_model']:.2f}%",
+      f"{r['served_params']:,}",
+      f"{r['best_accuracy']:.1f}",
+      str(r["best_step"]),
+      f"{r['final_accuracy']:.1f}",
+      f"{r['final_loss']:.2f}",
+      f"{r['learning_rate']:g}",
+      f"{r['seconds']:.0f}",
+    ]
+    for r in rows
+  ]
   return tables.format_table(header, cells)
 
 
@@ -166,8 +227,13 @@ def plot(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
     if not math.isfinite(row["best_accuracy"]):
       continue
     axis.scatter(row["trainable_params"], row["best_accuracy"])
-    axis.annotate(row["method"], (row["trainable_params"], row["best_accuracy"]),
-                  textcoords="offset points", xytext=(5, 5), fontsize=8)
+    axis.annotate(
+      row["method"],
+      (row["trainable_params"], row["best_accuracy"]),
+      textcoords="offset points",
+      xytext=(5, 5),
+      fontsize=8,
+    )
   axis.set_xscale("log")
   axis.set_xlabel("trainable parameters")
   axis.set_ylabel(f"best {TASK} validation {METRIC}")
@@ -183,31 +249,49 @@ def _learning_rates(specs: Sequence[str]) -> dict[str, float]:
   for spec in specs:
     method, eq, value = spec.partition("=")
     if not eq or method not in METHODS:
-      raise ValueError(f"bad --lr {spec!r}: write METHOD=RATE with METHOD one of "
-                       f"{', '.join(METHODS)}")
+      raise ValueError(
+        f"bad --lr {spec!r}: write METHOD=RATE with METHOD one of {', '.join(METHODS)}"
+      )
     rates[method] = float(value)
   return rates
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="scripts/compare_methods.py",
-                                   description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="scripts/compare_methods.py", description=__doc__.split("\n\n")[0]
+  )
   parser.add_argument("--out", required=True, help="output directory (one run per method)")
-  parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                      help=f"comma-separated, from {', '.join(METHODS)}")
+  parser.add_argument(
+    "--methods",
+    default=",".join(DEFAULT_METHODS),
+    help=f"comma-separated, from {', '.join(METHODS)}",
+  )
   parser.add_argument("--steps", type=int, default=300, help="train steps of every method")
-  parser.add_argument("--lm-steps", type=int, default=400,
-                      help="LM-adaptation steps of the frozen model (0: random model)")
+  parser.add_argument(
+    "--lm-steps",
+    type=int,
+    default=400,
+    help="LM-adaptation steps of the frozen model (0: random model)",
+  )
   parser.add_argument("--batch-size", type=int, default=16, help="batch of every method")
-  parser.add_argument("--lm-batch-size", type=int, default=32,
-                      help="batch of the LM adaptation")
+  parser.add_argument("--lm-batch-size", type=int, default=32, help="batch of the LM adaptation")
   parser.add_argument("--prompt-length", type=int, default=20)
-  parser.add_argument("--eval-examples", type=int, default=None,
-                      help="validation examples (default: all 200)")
-  parser.add_argument("--lr", action="append", default=[], metavar="METHOD=RATE",
-                      help="override a method's learning rate")
-  parser.add_argument("--evals", type=int, default=4,
-                      help="evaluations per run, evenly spaced (the best one is reported)")
+  parser.add_argument(
+    "--eval-examples", type=int, default=None, help="validation examples (default: all 200)"
+  )
+  parser.add_argument(
+    "--lr",
+    action="append",
+    default=[],
+    metavar="METHOD=RATE",
+    help="override a method's learning rate",
+  )
+  parser.add_argument(
+    "--evals",
+    type=int,
+    default=4,
+    help="evaluations per run, evenly spaced (the best one is reported)",
+  )
   parser.add_argument("--seed", type=int, default=0)
   return parser
 
@@ -228,19 +312,33 @@ def main(argv: Sequence[str] | None = None) -> int:
   base = frozen_base(args.out, args.lm_steps, args.lm_batch_size)
   rows = []
   for index, method in enumerate(methods, 1):
-    print(f"[{index}/{len(methods)}] {method}: {args.steps} steps, lr {rates[method]}",
-          flush=True)
-    rows.append(train_method(method, args.out, base, args.steps, args.batch_size,
-                             args.prompt_length, rates[method], args.eval_examples,
-                             args.seed, args.evals))
+    print(f"[{index}/{len(methods)}] {method}: {args.steps} steps, lr {rates[method]}", flush=True)
+    rows.append(
+      train_method(
+        method,
+        args.out,
+        base,
+        args.steps,
+        args.batch_size,
+        args.prompt_length,
+        rates[method],
+        args.eval_examples,
+        args.seed,
+        args.evals,
+      )
+    )
     write_csv(os.path.join(args.out, "results.csv"), rows)  # After each method.
-  title = (f"{TASK}, P={args.prompt_length}, {args.steps} steps x batch {args.batch_size}, "
-           f"frozen model LM-adapted {args.lm_steps} steps")
+  title = (
+    f"{TASK}, P={args.prompt_length}, {args.steps} steps x batch {args.batch_size}, "
+    f"frozen model LM-adapted {args.lm_steps} steps"
+  )
   plot(rows, os.path.join(args.out, "score_vs_trainable.png"), title)
   print(title)
   print(format_table(rows))
-  print(f"results: {os.path.join(args.out, 'results.csv')}\n"
-        f"plot: {os.path.join(args.out, 'score_vs_trainable.png')}")
+  print(
+    f"results: {os.path.join(args.out, 'results.csv')}\n"
+    f"plot: {os.path.join(args.out, 'score_vs_trainable.png')}"
+  )
   return 0
 
 

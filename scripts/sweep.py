@@ -58,8 +58,18 @@ from prompt_tuning import cli  # noqa: E402
 SIZE_KEY = "SIZE"
 GIN_FILE_KEY = "gin_file"
 SIZE_BINDING = "network.t5_config.size"
-CSV_FIELDS = ("run", "status", "model_size", "model_params", "trainable_params",
-              "best_score", "best_step", "final_score", "seconds", "model_dir")
+CSV_FIELDS = (
+  "run",
+  "status",
+  "model_size",
+  "model_params",
+  "trainable_params",
+  "best_score",
+  "best_step",
+  "final_score",
+  "seconds",
+  "model_dir",
+)
 
 TINY_DEMO_TASK = "demo_sentiment"
 TINY_DEMO_GRID_FILE = os.path.join(REPO, "configs", "tiny_demo.toml")
@@ -108,6 +118,7 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
 
 class GridFile(NamedTuple):
   """What a `configs/*.toml` grid file sets; None where it leaves the default."""
+
   grid: list[tuple[str, list[str]]]
   checkpoints: dict[str, str]
   metric: str | None = None
@@ -125,8 +136,7 @@ def _expand_environment(text: str, path: str) -> str:
   expanded = os.path.expandvars(text)
   unset = re.search(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
   if unset:
-    raise ValueError(f"{path}: ${unset.group(1)} is not set in the environment "
-                     f"(used in {text!r})")
+    raise ValueError(f"{path}: ${unset.group(1)} is not set in the environment (used in {text!r})")
   return expanded
 
 
@@ -138,8 +148,9 @@ def _gin_text(value: Any, path: str, key: str) -> str:
     return repr(value)
   if isinstance(value, str) and value.strip():
     return _expand_environment(value.strip(), path)
-  raise ValueError(f"{path}: grid values of {key!r} must be non-empty strings (gin text) "
-                   f"or numbers, not {value!r}")
+  raise ValueError(
+    f"{path}: grid values of {key!r} must be non-empty strings (gin text) or numbers, not {value!r}"
+  )
 
 
 def load_grid_file(path: str) -> GridFile:
@@ -152,8 +163,9 @@ def load_grid_file(path: str) -> GridFile:
     raise ValueError(f"{path}: {error}") from None
   unknown = sorted(set(data) - set(GRID_FILE_KEYS))
   if unknown:
-    raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)} "
-                     f"(a grid file has {', '.join(GRID_FILE_KEYS)})")
+    raise ValueError(
+      f"{path}: unknown key(s) {', '.join(unknown)} (a grid file has {', '.join(GRID_FILE_KEYS)})"
+    )
   axes = data.get("grid", {})
   if not isinstance(axes, dict) or not axes:
     raise ValueError(f"{path}: needs a [grid] table of KEY = [values]")
@@ -162,17 +174,20 @@ def load_grid_file(path: str) -> GridFile:
     if not isinstance(values, list) or not values:
       raise ValueError(f"{path}: grid axis {key!r} must be a non-empty list")
     grid.append((key, [_gin_text(v, path, key) for v in values]))
-  checkpoints = {size: _expand_environment(str(p), path)
-                 for size, p in data.get("checkpoints", {}).items()}
+  checkpoints = {
+    size: _expand_environment(str(p), path) for size, p in data.get("checkpoints", {}).items()
+  }
   series = data.get("series")
-  if series is not None and not (isinstance(series, list)
-                                 and all(isinstance(k, str) for k in series)):
+  if series is not None and not (
+    isinstance(series, list) and all(isinstance(k, str) for k in series)
+  ):
     raise ValueError(f"{path}: series must be a list of grid keys")
   return GridFile(grid, checkpoints, data.get("metric"), data.get("x"), series)
 
 
-def merge_grids(files: Sequence[GridFile],
-                axes: Sequence[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+def merge_grids(
+  files: Sequence[GridFile], axes: Sequence[tuple[str, list[str]]]
+) -> list[tuple[str, list[str]]]:
   """The files' axes in order, then the command line's: an axis the command line names
   replaces the file's in place (narrowing a paper grid to a few sizes keeps its order)."""
   merged: list[tuple[str, list[str]]] = []
@@ -211,9 +226,13 @@ def run_name(point: dict[str, str]) -> str:
   return "__".join(parts) or "run"
 
 
-def point_config(point: dict[str, str], base_files: Sequence[str],
-                 base_bindings: Sequence[str], checkpoints: dict[str, str],
-                 model_dir: str) -> tuple[list[str], list[str]]:
+def point_config(
+  point: dict[str, str],
+  base_files: Sequence[str],
+  base_bindings: Sequence[str],
+  checkpoints: dict[str, str],
+  model_dir: str,
+) -> tuple[list[str], list[str]]:
   """Gin files and bindings of one grid point (later bindings win in gin)."""
   files = list(base_files)
   bindings = list(base_bindings)
@@ -226,24 +245,28 @@ def point_config(point: dict[str, str], base_files: Sequence[str],
       if size in checkpoints:
         bindings.append(f"INITIAL_CHECKPOINT_PATH={checkpoints[size]!r}")
       elif checkpoints:
-        raise ValueError(f"no --checkpoint for size {size!r}; give --checkpoint "
-                         f"{size}=PATH (each size needs its own frozen model)")
+        raise ValueError(
+          f"no --checkpoint for size {size!r}; give --checkpoint "
+          f"{size}=PATH (each size needs its own frozen model)"
+        )
     else:
       bindings.append(f"{key}={value}")
   bindings.append(f"MODEL_DIR={model_dir!r}")
   return files, bindings
 
 
-def gin_args(files: Sequence[str], bindings: Sequence[str],
-             search_paths: Sequence[str]) -> list[str]:
+def gin_args(
+  files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]
+) -> list[str]:
   args = [f"--gin_file={f}" for f in files] + [f"--gin.{b}" for b in bindings]
   if search_paths:
     args.append(f"--gin_search_paths={','.join(search_paths)}")
   return args
 
 
-def describe_model(files: Sequence[str], bindings: Sequence[str],
-                   search_paths: Sequence[str]) -> tuple[str, int]:
+def describe_model(
+  files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]
+) -> tuple[str, int]:
   """(size name, frozen parameter count) of the configured backbone, from shapes only."""
   import gin
 
@@ -271,9 +294,11 @@ def _is_bound(name: str) -> bool:
     return False
 
 
-CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": None,
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+CACHE_ENV = {
+  "JAX_COMPILATION_CACHE_DIR": None,
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
 
 
 def use_compile_cache(cache_dir: str) -> Callable[[], None]:
@@ -302,8 +327,11 @@ def use_compile_cache(cache_dir: str) -> Callable[[], None]:
   return restore
 
 
-_CACHE_CONFIG = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                 "jax_persistent_cache_min_entry_size_bytes")
+_CACHE_CONFIG = (
+  "jax_compilation_cache_dir",
+  "jax_persistent_cache_min_compile_time_secs",
+  "jax_persistent_cache_min_entry_size_bytes",
+)
 
 
 def train_point(args: Sequence[str], in_process: bool, log_path: str) -> int:
@@ -319,13 +347,16 @@ def train_point(args: Sequence[str], in_process: bool, log_path: str) -> int:
       gin.clear_config()
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
   with open(log_path, "w") as log:
-    return subprocess.call([sys.executable, "-m", "prompt_tuning", "train", *args],
-                           stdout=log, stderr=subprocess.STDOUT, env=env,
-                           cwd=os.getcwd())
+    return subprocess.call(
+      [sys.executable, "-m", "prompt_tuning", "train", *args],
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      env=env,
+      cwd=os.getcwd(),
+    )
 
 
-def check_point(files: Sequence[str], bindings: Sequence[str],
-                search_paths: Sequence[str]) -> None:
+def check_point(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]) -> None:
   """Raises cli.UsageError if `prompt-tuning train` would refuse this point's
   configuration (a missing gin file, an unknown binding, an unset required macro)."""
   import gin
@@ -342,19 +373,22 @@ def check_point(files: Sequence[str], bindings: Sequence[str],
     gin.clear_config()
 
 
-def dry_run(out_dir: str, files: Sequence[str], bindings: Sequence[str],
-            search_paths: Sequence[str], grid: Sequence[tuple[str, list[str]]],
-            checkpoints: dict[str, str]) -> list[list[str]]:
+def dry_run(
+  out_dir: str,
+  files: Sequence[str],
+  bindings: Sequence[str],
+  search_paths: Sequence[str],
+  grid: Sequence[tuple[str, list[str]]],
+  checkpoints: dict[str, str],
+) -> list[list[str]]:
   """Checks every point's configuration and prints its train command; trains nothing,
   so a sweep of large models can be vetted before it takes an accelerator for days."""
   commands = []
   for point in grid_points(grid):
     model_dir = os.path.join(out_dir, run_name(point))
-    point_files, point_bindings = point_config(point, files, bindings, checkpoints,
-                                               model_dir)
+    point_files, point_bindings = point_config(point, files, bindings, checkpoints, model_dir)
     check_point(point_files, point_bindings, search_paths)
-    command = ["prompt-tuning", "train", *gin_args(point_files, point_bindings,
-                                                   search_paths)]
+    command = ["prompt-tuning", "train", *gin_args(point_files, point_bindings, search_paths)]
     print(" ".join(command), flush=True)
     commands.append(command)
   return commands
@@ -364,8 +398,11 @@ def best_score(model_dir: str, metric: str) -> tuple[float, int | None, float]:
   """(best, its step, last) of `metric` over the run's eval rows; NaN when none."""
   from prompt_tuning.training import logging_utils
 
-  rows = [r for r in logging_utils.read_metrics(model_dir)
-          if r.get("kind") == "eval" and metric in r and math.isfinite(r[metric])]
+  rows = [
+    r
+    for r in logging_utils.read_metrics(model_dir)
+    if r.get("kind") == "eval" and metric in r and math.isfinite(r[metric])
+  ]
   if not rows:
     return float("nan"), None, float("nan")
   best = max(rows, key=lambda r: (r[metric], -r["step"]))
@@ -385,8 +422,13 @@ def trainable_params(model_dir: str) -> int:
   if not steps:
     return 0
   newest = os.path.join(root, max(steps, key=lambda d: int(d.split("_")[1])))
-  return int(sum(np.load(os.path.join(newest, f), mmap_mode="r").size
-                 for f in os.listdir(newest) if f.endswith(".npy")))
+  return int(
+    sum(
+      np.load(os.path.join(newest, f), mmap_mode="r").size
+      for f in os.listdir(newest)
+      if f.endswith(".npy")
+    )
+  )
 
 
 def write_csv(path: str, rows: Sequence[dict[str, Any]], grid_keys: Sequence[str]) -> None:
@@ -398,8 +440,9 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]], grid_keys: Sequence[str
       writer.writerow({k: row.get(k, "") for k in fields})
 
 
-def plot(rows: Sequence[dict[str, Any]], x_axis: str, series_keys: Sequence[str],
-         metric: str, path: str) -> None:
+def plot(
+  rows: Sequence[dict[str, Any]], x_axis: str, series_keys: Sequence[str], metric: str, path: str
+) -> None:
   """Figure 1 / 3 style: score against parameters (log x), one line per series."""
   import matplotlib
 
@@ -454,60 +497,87 @@ def tiny_demo_setup(out_dir: str, steps: int) -> tuple[list[str], list[str], str
   from prompt_tuning.data import demo as demo_data
 
   checkpoint = write_tiny_checkpoint(out_dir)
-  files = ["prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
-           "prompt_tuning/configs/runs/prompt_finetune.gin"]
+  files = [
+    "prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
+    "prompt_tuning/configs/runs/prompt_finetune.gin",
+  ]
   bindings = [
-      f"{SIZE_BINDING}='tiny'",
-      f"network.t5_config.vocab_size={demo_data.demo_vocab_size()}",
-      f"MIXTURE_OR_TASK_NAME={TINY_DEMO_TASK!r}",
-      "TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}",
-      f"INITIAL_CHECKPOINT_PATH={checkpoint!r}",
-      f"TRAIN_STEPS={steps}", "BATCH_SIZE=4", f"EVAL_PERIOD={steps}",
-      f"CHECKPOINT_PERIOD={steps}", "DROPOUT_RATE=0.0",
-      "initializers.sampled_vocab.embedding=%INITIAL_CHECKPOINT_PATH",
-      "initializers.class_labels.embedding=%INITIAL_CHECKPOINT_PATH",
-      f"initializers.class_labels.labels={list(demo_data.DEMO_LABELS)!r}",
-      f"prompt_tuning.data.vocab.get_vocabulary.spm_path={demo_data.DEMO_SPM_PATH!r}",
-      "trainer.train.num_eval_examples=32",
+    f"{SIZE_BINDING}='tiny'",
+    f"network.t5_config.vocab_size={demo_data.demo_vocab_size()}",
+    f"MIXTURE_OR_TASK_NAME={TINY_DEMO_TASK!r}",
+    "TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}",
+    f"INITIAL_CHECKPOINT_PATH={checkpoint!r}",
+    f"TRAIN_STEPS={steps}",
+    "BATCH_SIZE=4",
+    f"EVAL_PERIOD={steps}",
+    f"CHECKPOINT_PERIOD={steps}",
+    "DROPOUT_RATE=0.0",
+    "initializers.sampled_vocab.embedding=%INITIAL_CHECKPOINT_PATH",
+    "initializers.class_labels.embedding=%INITIAL_CHECKPOINT_PATH",
+    f"initializers.class_labels.labels={list(demo_data.DEMO_LABELS)!r}",
+    f"prompt_tuning.data.vocab.get_vocabulary.spm_path={demo_data.DEMO_SPM_PATH!r}",
+    "trainer.train.num_eval_examples=32",
   ]
   return files, bindings, f"{TINY_DEMO_TASK}/accuracy"
 
 
-def run_sweep(out_dir: str, files: Sequence[str], bindings: Sequence[str],
-              search_paths: Sequence[str], grid: Sequence[tuple[str, list[str]]],
-              metric: str, checkpoints: dict[str, str], x_axis: str,
-              series_keys: Sequence[str] | None, in_process: bool) -> list[dict[str, Any]]:
+def run_sweep(
+  out_dir: str,
+  files: Sequence[str],
+  bindings: Sequence[str],
+  search_paths: Sequence[str],
+  grid: Sequence[tuple[str, list[str]]],
+  metric: str,
+  checkpoints: dict[str, str],
+  x_axis: str,
+  series_keys: Sequence[str] | None,
+  in_process: bool,
+) -> list[dict[str, Any]]:
   os.makedirs(out_dir, exist_ok=True)
   grid_keys = [k for k, _ in grid]
   series = default_series(grid_keys, x_axis) if series_keys is None else list(series_keys)
   unknown = [k for k in series if k not in grid_keys]
   if unknown:
-    raise ValueError(f"--series {','.join(unknown)} is not a grid key "
-                     f"(grid keys: {', '.join(grid_keys) or 'none'})")
+    raise ValueError(
+      f"--series {','.join(unknown)} is not a grid key "
+      f"(grid keys: {', '.join(grid_keys) or 'none'})"
+    )
   points = grid_points(grid)
   rows = []
   for index, point in enumerate(points, 1):
     name = run_name(point)
     model_dir = os.path.join(out_dir, name)
-    point_files, point_bindings = point_config(point, files, bindings, checkpoints,
-                                               model_dir)
+    point_files, point_bindings = point_config(point, files, bindings, checkpoints, model_dir)
     size, model_params = describe_model(point_files, point_bindings, search_paths)
     print(f"[{index}/{len(points)}] {name} -> {model_dir}", flush=True)
     os.makedirs(model_dir, exist_ok=True)
     started = time.time()
-    code = train_point(gin_args(point_files, point_bindings, search_paths), in_process,
-                       os.path.join(model_dir, "train.log"))
+    code = train_point(
+      gin_args(point_files, point_bindings, search_paths),
+      in_process,
+      os.path.join(model_dir, "train.log"),
+    )
     seconds = time.time() - started
     best, best_step, final = best_score(model_dir, metric)
     status = "ok" if code == 0 else f"failed (exit {code}; see {model_dir}/train.log)"
-    print(f"    {status}; best {metric} = {best:.4g} at step {best_step}; "
-          f"{seconds:.0f}s", flush=True)
-    rows.append({"run": name, **point, "status": "ok" if code == 0 else f"exit {code}",
-                 "model_size": size, "model_params": model_params,
-                 "trainable_params": trainable_params(model_dir), "best_score": best,
-                 "best_step": best_step if best_step is not None else "",
-                 "final_score": final, "seconds": round(seconds, 1),
-                 "model_dir": model_dir})
+    print(
+      f"    {status}; best {metric} = {best:.4g} at step {best_step}; {seconds:.0f}s", flush=True
+    )
+    rows.append(
+      {
+        "run": name,
+        **point,
+        "status": "ok" if code == 0 else f"exit {code}",
+        "model_size": size,
+        "model_params": model_params,
+        "trainable_params": trainable_params(model_dir),
+        "best_score": best,
+        "best_step": best_step if best_step is not None else "",
+        "final_score": final,
+        "seconds": round(seconds, 1),
+        "model_dir": model_dir,
+      }
+    )
     write_csv(os.path.join(out_dir, "results.csv"), rows, grid_keys)  # After each point.
   plot_path = os.path.join(out_dir, f"scores_vs_{x_axis}_params.png")
   plot(rows, x_axis, series, metric, plot_path)
@@ -517,41 +587,73 @@ def run_sweep(out_dir: str, files: Sequence[str], bindings: Sequence[str],
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="scripts/sweep.py", description=__doc__.split("\n\n")[0],
-      epilog="Also takes the train command's gin flags: --gin_file, --gin.NAME=VALUE, "
-             "--gin_search_paths (shared by every point).")
+    prog="scripts/sweep.py",
+    description=__doc__.split("\n\n")[0],
+    epilog="Also takes the train command's gin flags: --gin_file, --gin.NAME=VALUE, "
+    "--gin_search_paths (shared by every point).",
+  )
   parser.add_argument("--out", required=True, help="sweep directory (one run per point)")
-  parser.add_argument("--grid", action="append", default=[],
-                      metavar="KEY=V1,V2,... | FILE.toml",
-                      help="a grid axis (a gin macro/binding, SIZE or gin_file), or a grid "
-                           "file such as configs/figure3a_prompt_length.toml")
-  parser.add_argument("--metric", default=None,
-                      help="eval metric key in metrics.jsonl, e.g. demo_sentiment/accuracy")
-  parser.add_argument("--checkpoint", action="append", default=[], metavar="SIZE=PATH",
-                      help="frozen checkpoint of one SIZE grid value")
-  parser.add_argument("--x", choices=["trainable", "model"], default=None,
-                      help="x axis of the plot: trainable (prompt) or model parameters "
-                           "(default: the grid file's, else trainable)")
-  parser.add_argument("--series", default=None,
-                      help="comma-separated grid keys that label the plot's lines "
-                           "(default: the grid file's, else the keys that do not move x)")
-  parser.add_argument("--in-process", action="store_true",
-                      help="train every point in this process (faster start, shared state)")
-  parser.add_argument("--compile-cache", default=None, metavar="DIR",
-                      help="persistent XLA compilation cache shared by the points "
-                           "(default: OUT/jax_cache; 'none' to disable)")
-  parser.add_argument("--tiny-demo", action="store_true",
-                      help="offline preset: bundled demo task, random tiny model; default "
-                           "grid configs/tiny_demo.toml (PROMPT_LENGTH x PROMPT_INIT)")
+  parser.add_argument(
+    "--grid",
+    action="append",
+    default=[],
+    metavar="KEY=V1,V2,... | FILE.toml",
+    help="a grid axis (a gin macro/binding, SIZE or gin_file), or a grid "
+    "file such as configs/figure3a_prompt_length.toml",
+  )
+  parser.add_argument(
+    "--metric", default=None, help="eval metric key in metrics.jsonl, e.g. demo_sentiment/accuracy"
+  )
+  parser.add_argument(
+    "--checkpoint",
+    action="append",
+    default=[],
+    metavar="SIZE=PATH",
+    help="frozen checkpoint of one SIZE grid value",
+  )
+  parser.add_argument(
+    "--x",
+    choices=["trainable", "model"],
+    default=None,
+    help="x axis of the plot: trainable (prompt) or model parameters "
+    "(default: the grid file's, else trainable)",
+  )
+  parser.add_argument(
+    "--series",
+    default=None,
+    help="comma-separated grid keys that label the plot's lines "
+    "(default: the grid file's, else the keys that do not move x)",
+  )
+  parser.add_argument(
+    "--in-process",
+    action="store_true",
+    help="train every point in this process (faster start, shared state)",
+  )
+  parser.add_argument(
+    "--compile-cache",
+    default=None,
+    metavar="DIR",
+    help="persistent XLA compilation cache shared by the points "
+    "(default: OUT/jax_cache; 'none' to disable)",
+  )
+  parser.add_argument(
+    "--tiny-demo",
+    action="store_true",
+    help="offline preset: bundled demo task, random tiny model; default "
+    "grid configs/tiny_demo.toml (PROMPT_LENGTH x PROMPT_INIT)",
+  )
   parser.add_argument("--steps", type=int, default=20, help="train steps of --tiny-demo")
-  parser.add_argument("--dry-run", action="store_true",
-                      help="check every point's configuration and print its train "
-                           "command, without training")
+  parser.add_argument(
+    "--dry-run",
+    action="store_true",
+    help="check every point's configuration and print its train command, without training",
+  )
   return parser
 
 
 class SweepOptions(NamedTuple):
   """The grid and how to score and plot it, command line over grid files."""
+
   grid: list[tuple[str, list[str]]]
   checkpoints: dict[str, str]
   metric: str | None
@@ -581,8 +683,7 @@ def sweep_options(args: argparse.Namespace) -> SweepOptions:
   x_axis = args.x or from_files("x") or "trainable"
   if x_axis not in ("trainable", "model"):
     raise ValueError(f"grid file x = {x_axis!r}: use 'trainable' or 'model'")
-  series = (from_files("series") if args.series is None
-            else [s for s in args.series.split(",") if s])
+  series = from_files("series") if args.series is None else [s for s in args.series.split(",") if s]
   return SweepOptions(grid, checkpoints, args.metric or from_files("metric"), x_axis, series)
 
 
@@ -596,8 +697,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = os.path.abspath(args.out)
     metric = options.metric
     if (args.compile_cache or "").lower() != "none" and not args.dry_run:
-      restore = use_compile_cache(os.path.abspath(
-          args.compile_cache or os.path.join(out_dir, "jax_cache")))
+      restore = use_compile_cache(
+        os.path.abspath(args.compile_cache or os.path.join(out_dir, "jax_cache"))
+      )
     if args.tiny_demo:
       os.makedirs(out_dir, exist_ok=True)
       demo_files, demo_bindings, demo_metric = tiny_demo_setup(out_dir, args.steps)
@@ -606,13 +708,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
       raise ValueError("give the base configuration with --gin_file (or use --tiny-demo)")
     if not metric:
-      raise ValueError("give --metric, the eval key to maximise, e.g. "
-                       "demo_sentiment/accuracy (see a run's metrics.jsonl)")
+      raise ValueError(
+        "give --metric, the eval key to maximise, e.g. "
+        "demo_sentiment/accuracy (see a run's metrics.jsonl)"
+      )
     if args.dry_run:
       dry_run(out_dir, files, bindings, search_paths, options.grid, options.checkpoints)
       return 0
-    run_sweep(out_dir, files, bindings, search_paths, options.grid, metric,
-              options.checkpoints, options.x, options.series, args.in_process)
+    run_sweep(
+      out_dir,
+      files,
+      bindings,
+      search_paths,
+      options.grid,
+      metric,
+      options.checkpoints,
+      options.x,
+      options.series,
+      args.in_process,
+    )
   except (ValueError, cli.UsageError) as error:
     print(f"sweep: error: {error}", file=sys.stderr)
     return 2

@@ -10,8 +10,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Multi-device behaviour is tested on 8 fake CPU devices; must be set before jax starts.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8").strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  ).strip()
 # The tests' programs are tiny and run a few times each, so compiling them dominates the
 # suite: skipping LLVM's optimisations compiles them 2-3x faster. Values differ from the
 # optimised code's only by float rounding (~1e-6 relative). Set the flag yourself (e.g.
@@ -22,14 +23,14 @@ if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
 import pytest
 
 _CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "question: who wrote the book? context: The book was written by Jane Austen in 1813.",
-    "premise: The sun rose. hypothesis: It was morning. True False entailment",
-    "not_entailment entailment neutral contradiction duplicate not_duplicate",
-    "equivalent not_equivalent acceptable unacceptable positive negative",
-    "boolq passage: Water boils at 100 degrees. question: does water boil",
-    "rte cb copa wic wsc multirc record axb axg choice1 choice2 sentence1 sentence2",
-    "A paragraph about science, history, sports and music with numbers 1 2 3 4 5.",
+  "The quick brown fox jumps over the lazy dog.",
+  "question: who wrote the book? context: The book was written by Jane Austen in 1813.",
+  "premise: The sun rose. hypothesis: It was morning. True False entailment",
+  "not_entailment entailment neutral contradiction duplicate not_duplicate",
+  "equivalent not_equivalent acceptable unacceptable positive negative",
+  "boolq passage: Water boils at 100 degrees. question: does water boil",
+  "rte cb copa wic wsc multirc record axb axg choice1 choice2 sentence1 sentence2",
+  "A paragraph about science, history, sports and music with numbers 1 2 3 4 5.",
 ]
 
 
@@ -70,8 +71,7 @@ def _draw_params(config, input_prompt=None, layer_prefix=None, seed: int = 0) ->
     std = 1.0 if name == "embedding" else 1.0 / np.sqrt(leaf.shape[0])
     return (rng.normal(size=leaf.shape) * std).astype(np.float32)
 
-  return jax.tree_util.tree_map_with_path(
-      draw, abstract_params(config, input_prompt, layer_prefix))
+  return jax.tree_util.tree_map_with_path(draw, abstract_params(config, input_prompt, layer_prefix))
 
 
 @pytest.fixture(scope="session")

@@ -31,12 +31,12 @@ def toy_tokens_to_logits(params, token_ids, cache):
   """logits = pair[prev, cur] + position[index] - REPEAT_PENALTY * counts."""
   cur = token_ids[:, 0]
   rows = cache["rows"]
-  logits = (params["pair"][rows["prev"], cur] + params["position"][cache["index"]]
-            - REPEAT_PENALTY * rows["counts"])
-  new_rows = {
-      "prev": cur,
-      "counts": rows["counts"] + jax.nn.one_hot(cur, params["pair"].shape[0]),
-  }
+  logits = (
+    params["pair"][rows["prev"], cur]
+    + params["position"][cache["index"]]
+    - REPEAT_PENALTY * rows["counts"]
+  )
+  new_rows = {"prev": cur, "counts": rows["counts"] + jax.nn.one_hot(cur, params["pair"].shape[0])}
   return logits, {"rows": new_rows, "index": cache["index"] + 1}
 
 
@@ -47,12 +47,21 @@ def _jitted(decoder: str, options: tuple):
   sampling takes seconds to compile on a small CPU)."""
   options = dict(options)
   if decoder == "sample":
-    return jax.jit(lambda params, inputs, cache, rng: decoding.temperature_sample(
-        inputs, cache, functools.partial(toy_tokens_to_logits, params), EOS,
-        decode_rng=rng, **options))
-  return jax.jit(lambda params, inputs, cache: decoding.beam_search(
-      inputs, cache, functools.partial(toy_tokens_to_logits, params), EOS,
-      **options))
+    return jax.jit(
+      lambda params, inputs, cache, rng: decoding.temperature_sample(
+        inputs,
+        cache,
+        functools.partial(toy_tokens_to_logits, params),
+        EOS,
+        decode_rng=rng,
+        **options,
+      )
+    )
+  return jax.jit(
+    lambda params, inputs, cache: decoding.beam_search(
+      inputs, cache, functools.partial(toy_tokens_to_logits, params), EOS, **options
+    )
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +72,9 @@ class ToyDecoder:
   position: np.ndarray  # [max_len + 1, vocab]
 
   @classmethod
-  def create(cls, vocab: int = 10, max_len: int = 8, seed: int = 0,
-             eos_bias: float = 0.0, scale: float = 2.0) -> "ToyDecoder":
+  def create(
+    cls, vocab: int = 10, max_len: int = 8, seed: int = 0, eos_bias: float = 0.0, scale: float = 2.0
+  ) -> "ToyDecoder":
     rng = np.random.default_rng(seed)
     pair = rng.normal(size=(vocab, vocab, vocab)) * scale
     pair[..., 0] = PAD_LOGIT
@@ -78,17 +88,19 @@ class ToyDecoder:
 
   @property
   def params(self) -> dict:
-    return {"pair": jnp.asarray(self.pair, jnp.float32),
-            "position": jnp.asarray(self.position, jnp.float32)}
+    return {
+      "pair": jnp.asarray(self.pair, jnp.float32),
+      "position": jnp.asarray(self.position, jnp.float32),
+    }
 
   def init_cache(self, first_prev) -> dict:
     first_prev = np.asarray(first_prev, np.int32)
     return {
-        "rows": {
-            "prev": jnp.asarray(first_prev),
-            "counts": jnp.zeros((len(first_prev), self.vocab), jnp.float32),
-        },
-        "index": jnp.zeros((), jnp.int32),
+      "rows": {
+        "prev": jnp.asarray(first_prev),
+        "counts": jnp.zeros((len(first_prev), self.vocab), jnp.float32),
+      },
+      "index": jnp.zeros((), jnp.int32),
     }
 
   def tokens_to_logits(self, token_ids, cache):
@@ -234,7 +246,8 @@ def test_beam_of_one_equals_greedy_when_eos_is_never_a_candidate():
     expected, expected_lp = model.greedy(prev, LENGTH)
     np.testing.assert_array_equal(sequences[b, 0], expected)
     np.testing.assert_allclose(
-        scores[b, 0], expected_lp / _penalty(0.6, LENGTH), rtol=1e-5, atol=1e-5)
+      scores[b, 0], expected_lp / _penalty(0.6, LENGTH), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_beam_of_one_is_never_worse_than_greedy():
@@ -267,14 +280,14 @@ def test_beam_search_matches_brute_force(alpha):
   model = ToyDecoder.create(vocab=5, max_len=length, seed=5, eos_bias=0.5, scale=1.0)
   prevs = [2, 4]
   sequences, scores = model.beam(
-      np.zeros((2, length), np.int32), prevs, num_decodes=beams, alpha=alpha)
+    np.zeros((2, length), np.int32), prevs, num_decodes=beams, alpha=alpha
+  )
   assert sequences.shape == (2, beams, length)
   for b, prev in enumerate(prevs):
     everything = _brute_force(model, prev, length, alpha)
     expected = everything[:beams]
     np.testing.assert_array_equal(sequences[b], np.array([s for s, _ in expected]))
-    np.testing.assert_allclose(
-        scores[b], [score for _, score in expected], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scores[b], [score for _, score in expected], rtol=1e-5, atol=1e-5)
     if alpha == 0.0:
       # alpha = 0 ranks by plain log-probability: the top is the most likely output.
       best_lp = max(model.sequence_log_prob(prev, s) for s, _ in everything)
@@ -326,8 +339,7 @@ def test_beam_search_forced_prefix():
     forced = np.append(inputs[b, 1:], 0)
     for seq, score in zip(sequences[b], scores[b]):
       # Forced tokens cost nothing but count towards the penalised length.
-      expected = (model.sequence_log_prob(prev, seq, forced=forced)
-                  / _penalty(0.6, _length(seq)))
+      expected = model.sequence_log_prob(prev, seq, forced=forced) / _penalty(0.6, _length(seq))
       np.testing.assert_allclose(score, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -360,27 +372,29 @@ def test_sampling_is_deterministic_given_rng_and_scores_are_exact():
     assert len({tuple(s) for s in sequences[b]}) > 1
     for seq, lp in zip(sequences[b], log_probs[b]):
       # Scored under the unmodified (temperature 1) model, not the sampling one.
-      np.testing.assert_allclose(lp, model.sequence_log_prob(prev, seq),
-                                 rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(lp, model.sequence_log_prob(prev, seq), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [
+@pytest.mark.parametrize(
+  "options",
+  [
     {"temperature": 1.0, "topk": 1},
     {"temperature": 1.0, "topp": 1e-6},
     {"temperature": 0.0, "topp": 0.9},
-])
+  ],
+)
 def test_degenerate_sampling_is_greedy(options):
   model = ToyDecoder.create(seed=10, eos_bias=1.0)
-  sequences, log_probs = model.sample(
-      ZEROS, PREVS, jax.random.PRNGKey(5), num_decodes=4, **options)
+  sequences, log_probs = model.sample(ZEROS, PREVS, jax.random.PRNGKey(5), num_decodes=4, **options)
   for b, prev in enumerate(PREVS):
     expected, expected_lp = model.greedy(prev, LENGTH)
     np.testing.assert_array_equal(sequences[b], np.stack([expected] * 4))
     np.testing.assert_allclose(log_probs[b], [expected_lp] * 4, rtol=1e-5, atol=1e-5)
 
 
-def _first_token_distribution(log_probs: np.ndarray, temperature: float, topk: int,
-                              topp: float) -> np.ndarray:
+def _first_token_distribution(
+  log_probs: np.ndarray, temperature: float, topk: int, topp: float
+) -> np.ndarray:
   scaled = log_probs / temperature
   probs = np.exp(scaled - scaled.max())
   probs /= probs.sum()
@@ -405,9 +419,13 @@ def test_top_k_and_nucleus_masks_match_a_sort_based_reference():
   logits[0, :5] = 9.0  # Five-way tie at the top.
   logits[1, 10:] = -np.inf
   logits[2] = -np.abs(logits[2]) - 100.0
-  restrict = jax.jit(lambda x: (decoding._restrict_to_top_k(x, 7),
-                                decoding._restrict_to_nucleus(x, 0.8),
-                                decoding._restrict_to_nucleus(x, 1e-6)))
+  restrict = jax.jit(
+    lambda x: (
+      decoding._restrict_to_top_k(x, 7),
+      decoding._restrict_to_nucleus(x, 0.8),
+      decoding._restrict_to_nucleus(x, 1e-6),
+    )
+  )
   top_k, nucleus, tiny = (np.isfinite(np.asarray(m)) for m in restrict(logits))
   for row, k_mask, p_mask, tiny_mask in zip(logits, top_k, nucleus, tiny):
     strictly_above = (row[None, :] > row[:, None]).sum(axis=1)
@@ -420,20 +438,22 @@ def test_top_k_and_nucleus_masks_match_a_sort_based_reference():
   assert top_k[0, :5].all() and top_k[0].sum() >= 7 and top_k[1].sum() == 7
 
 
-@pytest.mark.parametrize("temperature,topk,topp", [
-    (0.6, 0, 0.0),
-    (1.0, 3, 0.0),
-    (1.5, 0, 0.7),
-])
+@pytest.mark.parametrize("temperature,topk,topp", [(0.6, 0, 0.0), (1.0, 3, 0.0), (1.5, 0, 0.7)])
 def test_first_token_frequencies_match_the_distribution(temperature, topk, topp):
   num_decodes = 4000
   model = ToyDecoder.create(seed=11, eos_bias=0.0, scale=1.0)
   sequences, _ = model.sample(
-      ZEROS, PREVS, jax.random.PRNGKey(21), num_decodes=num_decodes,
-      temperature=temperature, topk=topk, topp=topp, max_decode_steps=1)
+    ZEROS,
+    PREVS,
+    jax.random.PRNGKey(21),
+    num_decodes=num_decodes,
+    temperature=temperature,
+    topk=topk,
+    topp=topp,
+    max_decode_steps=1,
+  )
   for b, prev in enumerate(PREVS):
-    expected = _first_token_distribution(
-        model.step_log_probs(prev, [0]), temperature, topk, topp)
+    expected = _first_token_distribution(model.step_log_probs(prev, [0]), temperature, topk, topp)
     assert np.count_nonzero(expected) > 2, "the fixture should leave a real choice"
     freq = np.bincount(sequences[b, :, 0], minlength=model.vocab) / num_decodes
     assert np.all(freq[expected == 0] == 0), (freq, expected)
@@ -478,8 +498,11 @@ def test_loops_exit_once_every_sequence_is_settled():
     return model.tokens_to_logits(token_ids, cache)
 
   inputs = jnp.asarray(ZEROS)
-  greedy = jax.jit(lambda i, c: decoding.temperature_sample(
-      i, c, counting_tokens_to_logits, EOS, num_decodes=3, temperature=0.0))
+  greedy = jax.jit(
+    lambda i, c: decoding.temperature_sample(
+      i, c, counting_tokens_to_logits, EOS, num_decodes=3, temperature=0.0
+    )
+  )
   sequences, _ = greedy(inputs, model.init_cache(PREVS))
   jax.effects_barrier()
   assert np.all(np.asarray(sequences)[:, :, 0] == EOS)
@@ -488,8 +511,11 @@ def test_loops_exit_once_every_sequence_is_settled():
   # Beam search: step 1 finishes [EOS] (probability ~1); step 2 fills the second
   # finished slot, after which no live beam (log-prob ~ -40) can compete.
   calls.clear()
-  beam = jax.jit(lambda i, c: decoding.beam_search(
-      i, c, counting_tokens_to_logits, EOS, num_decodes=2, alpha=0.6))
+  beam = jax.jit(
+    lambda i, c: decoding.beam_search(
+      i, c, counting_tokens_to_logits, EOS, num_decodes=2, alpha=0.6
+    )
+  )
   sequences, _ = beam(inputs, model.init_cache(PREVS))
   jax.effects_barrier()
   np.testing.assert_array_equal(np.asarray(sequences)[:, 0, :2], [[EOS, 0]] * 3)
@@ -503,21 +529,41 @@ def test_repeat_rows_keeps_copies_adjacent_and_scalars_shared():
   assert out["index"].shape == () and int(out["index"]) == 7 and out["n"] == 3
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda m, c: decoding.temperature_sample(
-        jnp.zeros((4,), jnp.int32), c, m.tokens_to_logits, EOS), "inputs must be"),
-    (lambda m, c: decoding.temperature_sample(
-        jnp.zeros((2, 4), jnp.int32), c, m.tokens_to_logits, EOS, temperature=-1.0),
-     "temperature"),
-    (lambda m, c: decoding.temperature_sample(
-        jnp.zeros((2, 4), jnp.int32), c, m.tokens_to_logits, EOS, topp=1.5), "topp"),
-    (lambda m, c: decoding.temperature_sample(
-        jnp.zeros((2, 4), jnp.int32), c, m.tokens_to_logits, EOS, num_decodes=0),
-     "num_decodes"),
-    (lambda m, c: decoding.beam_search(
-        jnp.zeros((2, 4), jnp.int32), c, m.tokens_to_logits, EOS, max_decode_len=5),
-     "max_decode_len"),
-])
+@pytest.mark.parametrize(
+  "call,message",
+  [
+    (
+      lambda m, c: decoding.temperature_sample(
+        jnp.zeros((4,), jnp.int32), c, m.tokens_to_logits, EOS
+      ),
+      "inputs must be",
+    ),
+    (
+      lambda m, c: decoding.temperature_sample(
+        jnp.zeros((2, 4), jnp.int32), c, m.tokens_to_logits, EOS, temperature=-1.0
+      ),
+      "temperature",
+    ),
+    (
+      lambda m, c: decoding.temperature_sample(
+        jnp.zeros((2, 4), jnp.int32), c, m.tokens_to_logits, EOS, topp=1.5
+      ),
+      "topp",
+    ),
+    (
+      lambda m, c: decoding.temperature_sample(
+        jnp.zeros((2, 4), jnp.int32), c, m.tokens_to_logits, EOS, num_decodes=0
+      ),
+      "num_decodes",
+    ),
+    (
+      lambda m, c: decoding.beam_search(
+        jnp.zeros((2, 4), jnp.int32), c, m.tokens_to_logits, EOS, max_decode_len=5
+      ),
+      "max_decode_len",
+    ),
+  ],
+)
 def test_bad_arguments_raise_clear_errors(call, message):
   model = ToyDecoder.create(vocab=6, max_len=4)
   with pytest.raises(ValueError, match=message):

@@ -10,8 +10,23 @@ from prompt_tuning import demo
 
 def test_demo_writes_everything_under_out(tmp_path, capsys):
   out = tmp_path / "demo"
-  assert demo.main(["--out", str(out), "--lm-steps", "4", "--prompt-steps", "3",
-                    "--prompt-length", "2", "--batch-size", "4"]) == 0
+  assert (
+    demo.main(
+      [
+        "--out",
+        str(out),
+        "--lm-steps",
+        "4",
+        "--prompt-steps",
+        "3",
+        "--prompt-length",
+        "2",
+        "--batch-size",
+        "4",
+      ]
+    )
+    == 0
+  )
   printed = capsys.readouterr().out
   assert "[3/3] Results" in printed and "accuracy (%)" in printed
   assert str(out) in printed
@@ -24,7 +39,8 @@ def test_demo_writes_everything_under_out(tmp_path, capsys):
   assert os.path.getsize(out / "loss_curves.png") > 1000
   assert (out / "lm_adapt" / "checkpoint_4").is_dir()
   assert (out / "prompt_tuning" / "checkpoint_3").is_dir()
-  prompt_file = (out / "prompt_tuning" / "numpy_checkpoints" / "checkpoint_3" /
-                 "encoder.prompt.prompt.npy")
+  prompt_file = (
+    out / "prompt_tuning" / "numpy_checkpoints" / "checkpoint_3" / "encoder.prompt.prompt.npy"
+  )
   assert prompt_file.is_file()
   assert (out / "prompt_tuning" / "metrics.jsonl").is_file()

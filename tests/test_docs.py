@@ -25,9 +25,11 @@ GRID_FILES = sorted((ROOT / "configs").glob("*.toml"))
 # Values for the shell variables the pages set (docs/paper.md); a page's own assignments
 # win. PROMPTS is computed from a sweep's results there.
 VARIABLES = {
-    "SIZE": "base", "RUNS": "/runs", "PROMPTS": "['/runs/p0.npy', '/runs/p1.npy']",
-    "LM100K": "gs://t5-data/pretrained_models/t5x/t5_1_1_lm100k_base/checkpoint_1100000",
-    "T5_1_1": "gs://t5-data/pretrained_models/t5x/t5_1_1_base/checkpoint_1000000",
+  "SIZE": "base",
+  "RUNS": "/runs",
+  "PROMPTS": "['/runs/p0.npy', '/runs/p1.npy']",
+  "LM100K": "gs://t5-data/pretrained_models/t5x/t5_1_1_lm100k_base/checkpoint_1100000",
+  "T5_1_1": "gs://t5-data/pretrained_models/t5x/t5_1_1_base/checkpoint_1000000",
 }
 COMMAND_STARTS = ("prompt-tuning ", "python scripts/sweep.py ")
 GIN_JOBS = ("train", "eval", "infer")
@@ -61,8 +63,11 @@ def _header_command(path: pathlib.Path) -> tuple[list[str], str]:
   happens to start with a command's name is not taken for one)."""
   raw = [line for line in path.read_text().splitlines() if line.startswith("#")]
   lines = [line.lstrip("#").strip() for line in raw]
-  start = next(i for i, line in enumerate(lines)
-               if line.startswith(COMMAND_STARTS) and raw[i].startswith("#   "))
+  start = next(
+    i
+    for i, line in enumerate(lines)
+    if line.startswith(COMMAND_STARTS) and raw[i].startswith("#   ")
+  )
   command = [lines[start]]
   while command[-1].endswith("\\"):
     command[-1] = command[-1][:-1]
@@ -75,15 +80,15 @@ def _snippet_dir(tmp_path: pathlib.Path) -> str:
   """The gin files the pages show as text ("e.g. `rte_xxl.gin`:" and a block), written
   out so that the commands that use them can be checked too."""
   for page in PAGES:
-    for name, text in re.findall(r"`([\w.-]+\.gin)`:\s*\n\s*```\w*\n(.*?)```",
-                                 page.read_text(), re.S):
+    for name, text in re.findall(
+      r"`([\w.-]+\.gin)`:\s*\n\s*```\w*\n(.*?)```", page.read_text(), re.S
+    ):
       (tmp_path / name).write_text(text)
   return str(tmp_path)
 
 
 def _load_sweep():
-  spec = importlib.util.spec_from_file_location("sweep_for_docs",
-                                                ROOT / "scripts" / "sweep.py")
+  spec = importlib.util.spec_from_file_location("sweep_for_docs", ROOT / "scripts" / "sweep.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -114,8 +119,7 @@ def _check_gin_job(argv: list[str], line: str, snippets: str) -> None:
   assert _task_name() in _registered(), line
 
 
-def _check_sweep(sweep, argv: list[str], line: str, tmp_path: pathlib.Path,
-                 capsys) -> None:
+def _check_sweep(sweep, argv: list[str], line: str, tmp_path: pathlib.Path, capsys) -> None:
   args = list(argv[2:])
   args[args.index("--out") + 1] = str(tmp_path / "sweep")  # Dry runs write nothing else.
   assert sweep.main(args + ["--dry-run"]) == 0, (line, capsys.readouterr().err)
@@ -135,8 +139,7 @@ def _check_flags(argv: list[str], line: str, capsys) -> None:
   assert all(flag in usage for flag in flags), (line, flags)
 
 
-def _check(command: tuple[list[str], str], tmp_path: pathlib.Path, capsys,
-           monkeypatch) -> None:
+def _check(command: tuple[list[str], str], tmp_path: pathlib.Path, capsys, monkeypatch) -> None:
   argv, line = command
   for name, value in VARIABLES.items():  # Grid files read these from the environment.
     monkeypatch.setenv(name, value)
@@ -169,15 +172,24 @@ def test_the_command_in_a_config_files_header_is_valid(path, tmp_path, capsys, m
 
 def test_every_gin_and_grid_file_is_named_in_the_docs():
   text = " ".join(page.read_text() for page in PAGES)
-  missing = [str(p.relative_to(ROOT)) for p in GIN_FILES + GRID_FILES
-             if str(p.relative_to(ROOT)) not in text]
+  missing = [
+    str(p.relative_to(ROOT)) for p in GIN_FILES + GRID_FILES if str(p.relative_to(ROOT)) not in text
+  ]
   assert not missing, f"not named in README.md or docs/: {missing}"
 
 
 def test_documented_commands_cover_every_kind_of_job():
   seen = {argv[1] if argv[0] == "prompt-tuning" else "sweep" for argv, _ in PAGE_COMMANDS}
-  assert {"train", "eval", "infer", "neighbors", "info", "plan", "export-prompt",
-          "sweep"} <= seen, seen
+  assert {
+    "train",
+    "eval",
+    "infer",
+    "neighbors",
+    "info",
+    "plan",
+    "export-prompt",
+    "sweep",
+  } <= seen, seen
 
 
 def test_pages_link_only_to_files_that_exist():

@@ -14,19 +14,19 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "prompt_tuning"
 # Bottom to top. A top-level module or subpackage of `prompt_tuning` belongs to the layer
 # that names it; imports inside one of them are free, imports across them must go down.
 LAYERS: list[tuple[str, ...]] = [
-    ("tree", "tables", "errors", "configs"),     # names, tables, one-line errors; gin
-    ("t5", "data"),                              # the backbone; SeqIO tasks and metrics
-    ("convert",),                                # the checkpoint registry
-    ("prompts",),                                # what trains
-    ("decoding",),
-    ("models",),                                 # loss / score / predict
-    ("training",),                               # state, step, loop, checkpoints, mesh
-    ("evaluation",),                             # seqio.Evaluator, ensembling, inference
-    # The tools: commands built on everything below, then the command line itself.
-    ("export", "info", "plan", "neighbors", "launch"),
-    ("demo",),
-    ("cli",),
-    ("__main__",),
+  ("tree", "tables", "errors", "configs"),  # names, tables, one-line errors; gin
+  ("t5", "data"),  # the backbone; SeqIO tasks and metrics
+  ("convert",),  # the checkpoint registry
+  ("prompts",),  # what trains
+  ("decoding",),
+  ("models",),  # loss / score / predict
+  ("training",),  # state, step, loop, checkpoints, mesh
+  ("evaluation",),  # seqio.Evaluator, ensembling, inference
+  # The tools: commands built on everything below, then the command line itself.
+  ("export", "info", "plan", "neighbors", "launch"),
+  ("demo",),
+  ("cli",),
+  ("__main__",),
 ]
 _RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 # Only the command line (cli.py and its gin half, launch.py) may import lazily, for
@@ -47,9 +47,12 @@ def _modules() -> dict[str, pathlib.Path]:
 def _imports(module: str, path: pathlib.Path) -> list[tuple[str, int, bool]]:
   """(imported prompt_tuning module, line, inside a function) for each import."""
   tree = ast.parse(path.read_text(), str(path))
-  in_function = {id(node) for fn in ast.walk(tree)
-                 if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-                 for node in ast.walk(fn)}
+  in_function = {
+    id(node)
+    for fn in ast.walk(tree)
+    if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+    for node in ast.walk(fn)
+  }
   package = module if path.name == "__init__.py" else module.rpartition(".")[0]
   found = []
   for node in ast.walk(tree):
@@ -58,7 +61,7 @@ def _imports(module: str, path: pathlib.Path) -> list[tuple[str, int, bool]]:
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:
-        anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
         base = ".".join(anchor + ([base] if base else []))
       # `from pkg import name` may import the submodule pkg.name.
       targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
@@ -101,15 +104,21 @@ def test_imports_point_down_the_layers_function_level_imports_included():
     for target, line, _ in edges:
       dest = _component(target)
       if dest and dest != source and _RANK.get(dest, -1) >= _RANK[source]:
-        wrong.append(f"{module}:{line} imports {target} ({source} is layer "
-                     f"{_RANK[source]}, {dest} layer {_RANK.get(dest)})")
+        wrong.append(
+          f"{module}:{line} imports {target} ({source} is layer "
+          f"{_RANK[source]}, {dest} layer {_RANK.get(dest)})"
+        )
   assert not wrong, "imports that point up or across a layer:\n" + "\n".join(wrong)
 
 
 def test_no_module_imports_the_package_inside_a_function_except_the_cli():
-  lazy = [f"{module}:{line} imports {target} inside a function"
-          for module, edges in _graph().items() if _component(module) not in LAZY_IMPORTERS
-          for target, line, inside in edges if inside]
+  lazy = [
+    f"{module}:{line} imports {target} inside a function"
+    for module, edges in _graph().items()
+    if _component(module) not in LAZY_IMPORTERS
+    for target, line, inside in edges
+    if inside
+  ]
   assert not lazy, "\n".join(lazy)
 
 
@@ -125,7 +134,7 @@ def test_no_two_modules_import_each_other_in_a_cycle():
       if nxt.startswith(node + "."):
         continue
       if state.get(nxt) == 1:
-        cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+        cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
       elif nxt not in state:
         visit(nxt, stack + [nxt])
     state[node] = 2
@@ -140,6 +149,9 @@ def test_no_two_modules_import_each_other_in_a_cycle():
 def test_the_check_catches_an_upward_import(tmp_path, source, target):
   module = tmp_path / "probe.py"
   module.write_text(f"def f():\n  from prompt_tuning.{target} import x\n")
-  ((imported, line, lazy),) = [e for e in _imports(f"prompt_tuning.{source}.probe", module)
-                               if e[0] == f"prompt_tuning.{target}"]
+  ((imported, line, lazy),) = [
+    e
+    for e in _imports(f"prompt_tuning.{source}.probe", module)
+    if e[0] == f"prompt_tuning.{target}"
+  ]
   assert lazy and line == 2 and _RANK[target] > _RANK[source]

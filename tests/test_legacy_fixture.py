@@ -22,19 +22,27 @@ from prompt_tuning.data import demo as demo_data
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "legacy_run")
 BASE = os.path.join(FIXTURE, "base")
 EXPECTED = os.path.join(FIXTURE, "expected")
-PROMPT_6 = os.path.join(FIXTURE, "model_dir", "numpy_checkpoints", "checkpoint_6",
-                        "encoder.prompt.prompt.npy")
+PROMPT_6 = os.path.join(
+  FIXTURE, "model_dir", "numpy_checkpoints", "checkpoint_6", "encoder.prompt.prompt.npy"
+)
 
 
 def _args(job, run_file, **bindings):
-  bindings = {"network.t5_config.size": "'tiny'",
-              "network.t5_config.vocab_size": str(demo_data.demo_vocab_size()),
-              "MIXTURE_OR_TASK_NAME": "'demo_sentiment'",
-              "TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 4}", "BATCH_SIZE": "4",
-              "PROMPT_LENGTH": "3", "INITIAL_CHECKPOINT_PATH": repr(BASE), **bindings}
-  return ([job, "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
-           f"--gin_file=prompt_tuning/configs/runs/{run_file}"] +
-          [f"--gin.{k}={v}" for k, v in bindings.items()])
+  bindings = {
+    "network.t5_config.size": "'tiny'",
+    "network.t5_config.vocab_size": str(demo_data.demo_vocab_size()),
+    "MIXTURE_OR_TASK_NAME": "'demo_sentiment'",
+    "TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 4}",
+    "BATCH_SIZE": "4",
+    "PROMPT_LENGTH": "3",
+    "INITIAL_CHECKPOINT_PATH": repr(BASE),
+    **bindings,
+  }
+  return [
+    job,
+    "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
+    f"--gin_file=prompt_tuning/configs/runs/{run_file}",
+  ] + [f"--gin.{k}={v}" for k, v in bindings.items()]
 
 
 def _run_cli(args):
@@ -57,22 +65,39 @@ def model_dir(tmp_path):
 
 
 def test_an_old_run_resumes_at_its_step_and_continues_as_the_old_code_did(model_dir):
-  result = _run_cli(_args("train", "prompt_finetune.gin", MODEL_DIR=repr(model_dir),
-                          TRAIN_STEPS="9", CHECKPOINT_PERIOD="3", EVAL_PERIOD="None"))
+  result = _run_cli(
+    _args(
+      "train",
+      "prompt_finetune.gin",
+      MODEL_DIR=repr(model_dir),
+      TRAIN_STEPS="9",
+      CHECKPOINT_PERIOD="3",
+      EVAL_PERIOD="None",
+    )
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "at step 6 (6 batches consumed)" in result.stderr
-  resumed = np.load(os.path.join(model_dir, "numpy_checkpoints", "checkpoint_9",
-                                 "encoder.prompt.prompt.npy"))
+  resumed = np.load(
+    os.path.join(model_dir, "numpy_checkpoints", "checkpoint_9", "encoder.prompt.prompt.npy")
+  )
   # The old code ran with optimised XLA, the tests with level 0: float rounding only.
-  np.testing.assert_allclose(resumed, np.load(os.path.join(EXPECTED, "resumed_step_9.npy")),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    resumed, np.load(os.path.join(EXPECTED, "resumed_step_9.npy")), atol=1e-5
+  )
 
 
 def test_an_old_run_refuses_to_resume_on_another_base_model(model_dir):
   # No INITIAL_CHECKPOINT_PATH: a freshly initialised base, whose fingerprint differs.
-  result = _run_cli(_args("train", "prompt_finetune.gin", MODEL_DIR=repr(model_dir),
-                          TRAIN_STEPS="9", EVAL_PERIOD="None",
-                          INITIAL_CHECKPOINT_PATH="None"))
+  result = _run_cli(
+    _args(
+      "train",
+      "prompt_finetune.gin",
+      MODEL_DIR=repr(model_dir),
+      TRAIN_STEPS="9",
+      EVAL_PERIOD="None",
+      INITIAL_CHECKPOINT_PATH="None",
+    )
+  )
   assert result.returncode != 0
   assert "different frozen model" in result.stderr
 
@@ -82,15 +107,25 @@ def test_an_old_numpy_prompt_evaluates_as_it_did():
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(EXPECTED, "eval.json")) as f:
     expected = json.load(f)["demo_sentiment"]
-  got = {line.split("\t")[1]: float(line.split("\t")[2])
-         for line in result.stdout.splitlines() if line.startswith("demo_sentiment\t")}
+  got = {
+    line.split("\t")[1]: float(line.split("\t")[2])
+    for line in result.stdout.splitlines()
+    if line.startswith("demo_sentiment\t")
+  }
   assert got == pytest.approx(expected)
 
 
 def test_an_old_numpy_prompt_infers_the_same_predictions(tmp_path):
   out_dir = str(tmp_path / "infer")
-  result = _run_cli(_args("infer", "prompt_infer.gin", PROMPT_FILE=repr(PROMPT_6),
-                          OUTPUT_DIR=repr(out_dir), **{"run_eval.infer.num_examples": "8"}))
+  result = _run_cli(
+    _args(
+      "infer",
+      "prompt_infer.gin",
+      PROMPT_FILE=repr(PROMPT_6),
+      OUTPUT_DIR=repr(out_dir),
+      **{"run_eval.infer.num_examples": "8"},
+    )
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   name = "demo_sentiment-validation.jsonl"
   with open(os.path.join(out_dir, name)) as f, open(os.path.join(EXPECTED, "infer", name)) as g:
@@ -99,11 +134,18 @@ def test_an_old_numpy_prompt_infers_the_same_predictions(tmp_path):
 
 def test_an_old_checkpoint_exports_its_prompt(tmp_path):
   out_dir = str(tmp_path / "export")
-  result = _run_cli(["export-prompt", os.path.join(FIXTURE, "model_dir"), out_dir,
-                     "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
-                     "--gin.network.t5_config.size='tiny'",
-                     f"--gin.network.t5_config.vocab_size={demo_data.demo_vocab_size()}",
-                     "--gin.PROMPT_LENGTH=3"])
+  result = _run_cli(
+    [
+      "export-prompt",
+      os.path.join(FIXTURE, "model_dir"),
+      out_dir,
+      "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
+      "--gin.network.t5_config.size='tiny'",
+      f"--gin.network.t5_config.vocab_size={demo_data.demo_vocab_size()}",
+      "--gin.PROMPT_LENGTH=3",
+    ]
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-  np.testing.assert_array_equal(np.load(os.path.join(out_dir, "encoder.prompt.prompt.npy")),
-                                np.load(PROMPT_6))
+  np.testing.assert_array_equal(
+    np.load(os.path.join(out_dir, "encoder.prompt.prompt.npy")), np.load(PROMPT_6)
+  )

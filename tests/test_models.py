@@ -28,8 +28,12 @@ def setup(random_params):
   tgt = rng.randint(2, 128, (3, 5)).astype(np.int32)
   tgt[1, 3:] = 0
   dec = np.concatenate([np.zeros((3, 1), np.int32), tgt[:, :-1]], axis=1) * (tgt > 0)
-  batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
-           "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.int32)}
+  batch = {
+    "encoder_input_tokens": enc,
+    "decoder_input_tokens": dec,
+    "decoder_target_tokens": tgt,
+    "decoder_loss_weights": (tgt > 0).astype(np.int32),
+  }
   return module, params, batch
 
 
@@ -38,8 +42,7 @@ def forward(setup):
   """The backbone's logits, jitted once for the module's tests (run eagerly, every
   operation compiles on its own, which costs more than the whole forward)."""
   module, _, _ = setup
-  return jax.jit(lambda params, enc, dec, tgt: module.apply({"params": params}, enc, dec,
-                                                            tgt))
+  return jax.jit(lambda params, enc, dec, tgt: module.apply({"params": params}, enc, dec, tgt))
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +57,15 @@ def test_loss_is_summed_cross_entropy_plus_z_loss(setup, forward):
   module, params, batch = setup
   model = models.EncoderDecoderModel(module, z_loss=1e-4)
   loss, metrics = jax.jit(model.loss_fn)(params, batch)
-  logits = np.asarray(forward(params, batch["encoder_input_tokens"],
-                              batch["decoder_input_tokens"],
-                              batch["decoder_target_tokens"]), np.float64)
+  logits = np.asarray(
+    forward(
+      params,
+      batch["encoder_input_tokens"],
+      batch["decoder_input_tokens"],
+      batch["decoder_target_tokens"],
+    ),
+    np.float64,
+  )
   log_z = np.log(np.exp(logits).sum(-1))
   tgt = batch["decoder_target_tokens"]
   picked = np.take_along_axis(logits, tgt[..., None], -1)[..., 0]
@@ -71,8 +80,10 @@ def test_loss_normalising_factors(setup):
   module, params, batch = setup
 
   def losses(params, batch):  # The three losses in one compiled program.
-    return [models.EncoderDecoderModel(module, loss_normalizing_factor=factor).loss_fn(
-        params, batch)[0] for factor in (None, "NUM_REAL_TARGET_TOKENS", 2.0)]
+    return [
+      models.EncoderDecoderModel(module, loss_normalizing_factor=factor).loss_fn(params, batch)[0]
+      for factor in (None, "NUM_REAL_TARGET_TOKENS", 2.0)
+    ]
 
   total, per_token, constant = jax.jit(losses)(params, batch)
   tokens = float((batch["decoder_target_tokens"] > 0).sum())
@@ -80,7 +91,8 @@ def test_loss_normalising_factors(setup):
   np.testing.assert_allclose(constant, total / 2.0, rtol=1e-6)
   with pytest.raises(ValueError, match="unknown loss_normalizing_factor"):
     jax.jit(models.EncoderDecoderModel(module, loss_normalizing_factor="bogus").loss_fn)(
-        params, batch)
+      params, batch
+    )
 
 
 def test_label_smoothing_keeps_a_zero_minimum():
@@ -98,8 +110,12 @@ def test_scores_are_sums_of_token_log_probabilities(setup, forward):
   module, params, batch = setup
   model = models.EncoderDecoderModel(module)
   scores = jax.jit(model.score_batch)(params, batch)
-  logits = forward(params, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                   batch["decoder_target_tokens"])
+  logits = forward(
+    params,
+    batch["encoder_input_tokens"],
+    batch["decoder_input_tokens"],
+    batch["decoder_target_tokens"],
+  )
   log_probs = np.asarray(jax.nn.log_softmax(logits), np.float64)
   tgt = batch["decoder_target_tokens"]
   per_token = np.take_along_axis(log_probs, tgt[..., None], -1)[..., 0] * (tgt > 0)
@@ -132,13 +148,18 @@ def test_greedy_prediction_with_a_prompt_equals_uncached_argmax(setup, forward, 
 
 def test_beam_search_with_one_beam_equals_greedy(setup, greedy):
   module, params, batch = setup
-  beam = models.EncoderDecoderModel(module, decode_fn=decoding.beam_search,
-                                    decode_kwargs={"num_decodes": 1, "alpha": 0.6})
+  beam = models.EncoderDecoderModel(
+    module, decode_fn=decoding.beam_search, decode_kwargs={"num_decodes": 1, "alpha": 0.6}
+  )
   np.testing.assert_array_equal(jax.jit(beam.predict_batch)(params, batch), greedy)
-  beams, aux = jax.jit(functools.partial(
-      models.EncoderDecoderModel(module, decode_fn=decoding.beam_search,
-                                 decode_kwargs={"num_decodes": 3}).predict_batch_with_aux,
-      return_all_decodes=True))(params, batch)
+  beams, aux = jax.jit(
+    functools.partial(
+      models.EncoderDecoderModel(
+        module, decode_fn=decoding.beam_search, decode_kwargs={"num_decodes": 3}
+      ).predict_batch_with_aux,
+      return_all_decodes=True,
+    )
+  )(params, batch)
   assert beams.shape == (3, 3, 5)
   assert (np.diff(np.asarray(aux["scores"]), axis=1) <= 1e-6).all()  # Best first.
 
@@ -148,8 +169,9 @@ def test_loss_forwards_prompt_ids_to_a_prompt_table(setup):
   loss on its own rows (decodes and scores: tests/prompts/test_multi_prompt.py)."""
   _, params, batch = setup
   table_prompt = functools.partial(MultiPrompt, num_prompts=2, length=4)
-  table = np.stack([params["encoder"]["prompt"]["prompt"],
-                    np.asarray(params["encoder"]["prompt"]["prompt"]) + 0.5])
+  table = np.stack(
+    [params["encoder"]["prompt"]["prompt"], np.asarray(params["encoder"]["prompt"]["prompt"]) + 0.5]
+  )
   plain = models.EncoderDecoderModel(Transformer(CFG, input_prompt=PROMPT))
   model = plain.with_module(Transformer(CFG, input_prompt=table_prompt))
   table_params = {**params, "encoder": {**params["encoder"], "prompt": {"prompt": table}}}
@@ -169,12 +191,17 @@ def test_loss_forwards_prompt_ids_to_a_prompt_table(setup):
 
 def test_with_module_copies_the_settings_and_leaves_the_model_alone(setup):
   module, _, _ = setup
-  model = models.EncoderDecoderModel(module, z_loss=2e-4, decode_fn=decoding.beam_search,
-                                     decode_kwargs={"num_decodes": 2}, eos_id=7)
+  model = models.EncoderDecoderModel(
+    module, z_loss=2e-4, decode_fn=decoding.beam_search, decode_kwargs={"num_decodes": 2}, eos_id=7
+  )
   other_module = Transformer(CFG)
   other = model.with_module(other_module)
   assert other.module is other_module and model.module is module
   assert (other.z_loss, other.decode_fn, other.decode_kwargs, other.eos_id) == (
-      2e-4, decoding.beam_search, {"num_decodes": 2}, 7)
+    2e-4,
+    decoding.beam_search,
+    {"num_decodes": 2},
+    7,
+  )
   other.decode_kwargs["num_decodes"] = 5
   assert model.decode_kwargs == {"num_decodes": 2}

@@ -56,9 +56,12 @@ def embedding_checkpoint(tmp_path, test_vocabulary):
   rng = np.random.default_rng(2)
   embedding = rng.normal(size=(rows, 16)).astype(np.float32)
   path = convert.save_params_orbax(
-      {"token_embedder": {"embedding": embedding},
-       "decoder": {"decoder_norm": {"scale": np.ones(16, np.float32)}}},
-      str(tmp_path / "ckpt"))
+    {
+      "token_embedder": {"embedding": embedding},
+      "decoder": {"decoder_norm": {"scale": np.ones(16, np.float32)}},
+    },
+    str(tmp_path / "ckpt"),
+  )
   return path, embedding
 
 
@@ -68,22 +71,44 @@ def _run(capsys, args):
   return code, captured.out, captured.err
 
 
-def test_cli_prints_a_table_and_flags_class_labels(tmp_path, capsys, spm_path,
-                                                   test_vocabulary, embedding_checkpoint):
+def test_cli_prints_a_table_and_flags_class_labels(
+  tmp_path, capsys, spm_path, test_vocabulary, embedding_checkpoint
+):
   checkpoint, embedding = embedding_checkpoint
-  label_ids = [i for i in test_vocabulary.encode("positive")
-               if test_vocabulary.tokenizer.id_to_piece(i) != "\u2581"]
+  label_ids = [
+    i
+    for i in test_vocabulary.encode("positive")
+    if test_vocabulary.tokenizer.id_to_piece(i) != "\u2581"
+  ]
   sentinel_0 = test_vocabulary.vocab_size - 1  # <extra_id_0> is the last id.
   padding_row = embedding.shape[0] - 1
   unrelated = 10 if 10 not in label_ids else 11
-  prompt = np.stack([2.0 * embedding[label_ids[0]], embedding[sentinel_0],
-                     embedding[padding_row], 0.5 * embedding[unrelated]])
+  prompt = np.stack(
+    [
+      2.0 * embedding[label_ids[0]],
+      embedding[sentinel_0],
+      embedding[padding_row],
+      0.5 * embedding[unrelated],
+    ]
+  )
   prompt_path = str(tmp_path / "prompt.npy")
   np.save(prompt_path, prompt)
 
-  code, out, _ = _run(capsys, ["--prompt", prompt_path, "--checkpoint", checkpoint,
-                               "--vocab", spm_path, "-k", "3",
-                               "--labels", "positive,negative"])
+  code, out, _ = _run(
+    capsys,
+    [
+      "--prompt",
+      prompt_path,
+      "--checkpoint",
+      checkpoint,
+      "--vocab",
+      spm_path,
+      "-k",
+      "3",
+      "--labels",
+      "positive,negative",
+    ],
+  )
   assert code == 0
   lines = out.splitlines()
   assert lines[0].split()[:2] == ["position", "label"]
@@ -101,8 +126,7 @@ def test_cli_prints_a_table_and_flags_class_labels(tmp_path, capsys, spm_path,
   assert lines[5].startswith("1 of 4 positions have a class label")
 
 
-def test_cli_width_mismatch_is_one_line_error(tmp_path, capsys, spm_path,
-                                              embedding_checkpoint):
+def test_cli_width_mismatch_is_one_line_error(tmp_path, capsys, spm_path, embedding_checkpoint):
   checkpoint, _ = embedding_checkpoint
   prompt_path = str(tmp_path / "wide.npy")
   np.save(prompt_path, np.ones((3, 32), np.float32))
@@ -110,8 +134,9 @@ def test_cli_width_mismatch_is_one_line_error(tmp_path, capsys, spm_path,
   np.save(embedding_npy, np.ones((500, 16), np.float32))
   for source in (checkpoint, embedding_npy):
     if "neighbors" in cli.COMMANDS:
-      code, _, err = _run(capsys, ["--prompt", prompt_path, "--checkpoint", source,
-                                   "--vocab", spm_path])
+      code, _, err = _run(
+        capsys, ["--prompt", prompt_path, "--checkpoint", source, "--vocab", spm_path]
+      )
       assert code == 1
       assert len(err.strip().splitlines()) == 1
       assert "prompt width 32" in err and "embedding width 16" in err
@@ -120,16 +145,19 @@ def test_cli_width_mismatch_is_one_line_error(tmp_path, capsys, spm_path,
         neighbors.main(["--prompt", prompt_path, "--checkpoint", source, "--vocab", spm_path])
 
 
-def test_cli_reads_the_embedding_from_a_trainer_style_npy(tmp_path, capsys, spm_path,
-                                                          test_vocabulary):
+def test_cli_reads_the_embedding_from_a_trainer_style_npy(
+  tmp_path, capsys, spm_path, test_vocabulary
+):
   rng = np.random.default_rng(3)
   embedding = rng.normal(size=(test_vocabulary.vocab_size, 8)).astype(np.float32)
   embedding_path = str(tmp_path / "embedding.npy")
   np.save(embedding_path, embedding)
   prompt_path = str(tmp_path / "prompt.npy")
   np.save(prompt_path, embedding[[5, 6]])
-  code, out, _ = _run(capsys, ["--prompt", prompt_path, "--checkpoint", embedding_path,
-                               "--vocab", spm_path, "-k", "1"])
+  code, out, _ = _run(
+    capsys,
+    ["--prompt", prompt_path, "--checkpoint", embedding_path, "--vocab", spm_path, "-k", "1"],
+  )
   assert code == 0
   rows = out.splitlines()[1:]
   assert len(rows) == 2  # No label summary without --labels.

@@ -7,8 +7,22 @@ import pytest
 
 from prompt_tuning import plan
 
-TINY = ["--size", "tiny", "--mesh", "2x4", "--batch", "8", "--inputs", "16", "--targets",
-        "4", "--prompt", "4", "--dropout", "0"]
+TINY = [
+  "--size",
+  "tiny",
+  "--mesh",
+  "2x4",
+  "--batch",
+  "8",
+  "--inputs",
+  "16",
+  "--targets",
+  "4",
+  "--prompt",
+  "4",
+  "--dropout",
+  "0",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -18,10 +32,16 @@ def started_backend():
     pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("16GiB", 16 * 2**30), ("80G", 80 * 2**30), ("16GB", 16 * 10**9),
-    ("1.5 MiB", 3 * 2**19), ("4096", 4096),
-])
+@pytest.mark.parametrize(
+  "text, expected",
+  [
+    ("16GiB", 16 * 2**30),
+    ("80G", 80 * 2**30),
+    ("16GB", 16 * 10**9),
+    ("1.5 MiB", 3 * 2**19),
+    ("4096", 4096),
+  ],
+)
 def test_parse_bytes(text, expected):
   assert plan.parse_bytes(text) == expected
 
@@ -37,8 +57,14 @@ def test_parse_errors_are_clear():
 def test_plan_prints_the_table_and_says_whether_it_fits(capsys):
   assert plan.main(TINY + ["--device-memory", "16GiB"]) == 0
   out = capsys.readouterr().out
-  for row in ("frozen parameters", "trainable parameters", "optimiser state", "batch",
-              "activations/temporaries", "total"):
+  for row in (
+    "frozen parameters",
+    "trainable parameters",
+    "optimiser state",
+    "batch",
+    "activations/temporaries",
+    "total",
+  ):
     assert row in out
   assert out.strip().splitlines()[-1].startswith("fits: yes (")
   assert out.strip().endswith("GiB of 16.00 GiB per device)")
@@ -51,9 +77,15 @@ def test_plan_prints_the_table_and_says_whether_it_fits(capsys):
 def test_plan_accounts_for_every_argument_byte():
   """Our per-device shard sizes must add up to what XLA reports for the inputs."""
   config = plan.T5Config.from_size("tiny", dtype="bfloat16")
-  result = plan.plan_train_step(config, (2, 4), batch_size=8, input_length=16,
-                                target_length=4, prompt_length=4,
-                                frozen_dtype="bfloat16")
+  result = plan.plan_train_step(
+    config,
+    (2, 4),
+    batch_size=8,
+    input_length=16,
+    target_length=4,
+    prompt_length=4,
+    frozen_dtype="bfloat16",
+  )
   # jit leaves out inputs the step never reads: here the rng key (uint32[2], unused
   # without dropout) and the float32 (1,) placeholders of the prompt's unfactored moments.
   assert result.inputs - result.xla_arguments == 8 + 2 * 4

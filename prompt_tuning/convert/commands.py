@@ -93,8 +93,9 @@ def inspect_checkpoint(path: str) -> int:
       return 0
     print(f"model: {validation.describe_config(config)}")
     try:
-      validation.check({n: i.shape for n, i in infos.items()}, config, source=path,
-                       allow_unexpected=None)
+      validation.check(
+        {n: i.shape for n, i in infos.items()}, config, source=path, allow_unexpected=None
+      )
     except CheckpointMismatchError as e:
       if e.missing or e.wrong_shape:
         print(f"note: {e}")
@@ -113,8 +114,9 @@ def _resolve_config(reader: CheckpointReader, size: str | None) -> T5Config:
 
 
 @_guard
-def convert(src: str, src_format: str | None, dst: str, dst_format: str,
-            size: str | None = None) -> int:
+def convert(
+  src: str, src_format: str | None, dst: str, dst_format: str, size: str | None = None
+) -> int:
   """Converts a checkpoint (t5x, t5x_orbax, orbax, hf) to orbax or Hugging Face.
 
   size: the named model size to check against; inferred from the checkpoint if None.
@@ -122,8 +124,7 @@ def convert(src: str, src_format: str | None, dst: str, dst_format: str,
   if dst_format not in TARGET_FORMATS:
     raise ValueError(f"cannot write {dst_format!r}; choose one of {TARGET_FORMATS}")
   if src_format not in (None,) + SOURCE_FORMATS:
-    raise ValueError(f"unknown source format {src_format!r}; choose one of "
-                     f"{SOURCE_FORMATS}")
+    raise ValueError(f"unknown source format {src_format!r}; choose one of {SOURCE_FORMATS}")
   if os.path.isdir(dst) and os.listdir(dst):
     raise ValueError(f"{dst} exists and is not empty; choose a new directory")
   with loading.open_checkpoint(src, src_format) as reader:
@@ -145,9 +146,11 @@ def convert(src: str, src_format: str | None, dst: str, dst_format: str,
     hf.write_hf_checkpoint(params, config, dst)
     written = {n: a for n, a in flat.items() if n not in dropped}
   nbytes = sum(a.nbytes for a in written.values())
-  print(f"converted {len(written)} arrays ({_human(nbytes)}) of a "
-        f"{validation.describe_config(config)} model from {source_format} {src} "
-        f"to {dst_format} {dst}")
+  print(
+    f"converted {len(written)} arrays ({_human(nbytes)}) of a "
+    f"{validation.describe_config(config)} model from {source_format} {src} "
+    f"to {dst_format} {dst}"
+  )
   return 0
 
 
@@ -159,12 +162,15 @@ def extract_variable(ckpt: str, regex: str, out_npy: str) -> int:
     # A full name wins over names that merely contain it (`token_embedder/embedding`
     # vs nothing; `embedding` alone is ambiguous with the relative position tables).
     names = sorted(n for n in reader.arrays() if re.fullmatch(regex, n)) or sorted(
-        n for n in reader.arrays() if re.search(regex, n))
+      n for n in reader.arrays() if re.search(regex, n)
+    )
     if len(names) != 1:
       listed = names[:10] if names else sorted(reader.arrays())[:10]
       what = "matches" if names else "no match; some names"
-      raise ValueError(f"{regex!r} must match exactly one parameter of {ckpt}, found "
-                       f"{len(names)} ({what}: {listed})")
+      raise ValueError(
+        f"{regex!r} must match exactly one parameter of {ckpt}, found "
+        f"{len(names)} ({what}: {listed})"
+      )
     array = reader.read(names[0])
   directory = os.path.dirname(os.path.abspath(out_npy))
   os.makedirs(directory, exist_ok=True)
@@ -192,8 +198,9 @@ def diff_checkpoints(a: str, b: str) -> int:
     for names in _name_batches(nbytes, comparable):
       batch_a, batch_b = ra.read_many(names), rb.read_many(names)
       for name, value in batch_a.items():
-        diff = np.max(np.abs(np.asarray(value, np.float64) -
-                             np.asarray(batch_b[name], np.float64)), initial=0.0)
+        diff = np.max(
+          np.abs(np.asarray(value, np.float64) - np.asarray(batch_b[name], np.float64)), initial=0.0
+        )
         if diff != 0 or np.isnan(diff):
           differing.append((name, float(diff)))
   print(f"a: {a} ({ra.format}, {len(ia)} arrays)")
@@ -207,6 +214,8 @@ def diff_checkpoints(a: str, b: str) -> int:
   for name, diff in differing:
     print(f"  differs: {name} max |a-b| = {diff:.6g}")
   same = len(comparable) - len(differing)
-  print(f"{same} of {len(common)} shared parameters identical; {len(differing)} differ, "
-        f"{len(reshaped)} reshaped, {len(only_a)} only in a, {len(only_b)} only in b")
+  print(
+    f"{same} of {len(common)} shared parameters identical; {len(differing)} differ, "
+    f"{len(reshaped)} reshaped, {len(only_a)} only in a, {len(only_b)} only in b"
+  )
   return 0 if not (only_a or only_b or reshaped or differing) else 1

@@ -23,10 +23,16 @@ class CheckpointMismatchError(ValueError):
   `missing`, `unexpected` and `wrong_shape` list the differences when they are known.
   """
 
-  def __init__(self, message: str, *, source: str = "", missing: Sequence[str] = (),
-               unexpected: Sequence[str] = (),
-               wrong_shape: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
-               looks_like: str | None = None):
+  def __init__(
+    self,
+    message: str,
+    *,
+    source: str = "",
+    missing: Sequence[str] = (),
+    unexpected: Sequence[str] = (),
+    wrong_shape: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+    looks_like: str | None = None,
+  ):
     super().__init__(message)
     self.source = source
     self.missing = list(missing)
@@ -35,10 +41,15 @@ class CheckpointMismatchError(ValueError):
     self.looks_like = looks_like
 
   @classmethod
-  def listing(cls, source: str, model: str, missing: Sequence[str],
-              unexpected: Sequence[str],
-              wrong_shape: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]],
-              looks_like: str | None) -> "CheckpointMismatchError":
+  def listing(
+    cls,
+    source: str,
+    model: str,
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    wrong_shape: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    looks_like: str | None,
+  ) -> "CheckpointMismatchError":
     """The error for a checkpoint checked against the model `model` (a phrase), with
     every difference listed, whole-model tensors first."""
     missing = sorted(missing, key=_order)
@@ -51,18 +62,26 @@ class CheckpointMismatchError(ValueError):
       counts.append(f"{len(unexpected)} unexpected")
     if wrong_shape:
       counts.append(f"{len(wrong_shape)} with the wrong shape")
-    lines = [f"checkpoint {source} does not match the model ({model}): "
-             + ", ".join(counts) + "."]
+    lines = [f"checkpoint {source} does not match the model ({model}): " + ", ".join(counts) + "."]
     if looks_like:
-      lines.append(f"The checkpoint looks like {looks_like}; configure that size "
-                   "or pass the matching checkpoint.")
+      lines.append(
+        f"The checkpoint looks like {looks_like}; configure that size "
+        "or pass the matching checkpoint."
+      )
     lines += _section("missing from the checkpoint", missing)
     lines += _section("unexpected in the checkpoint", unexpected)
-    lines += _section("wrong shape (checkpoint vs model)",
-                      [f"{name}: {tuple(got)} vs {tuple(want)}"
-                       for name, got, want in wrong_shape])
-    return cls("\n".join(lines), source=source, missing=missing, unexpected=unexpected,
-               wrong_shape=wrong_shape, looks_like=looks_like)
+    lines += _section(
+      "wrong shape (checkpoint vs model)",
+      [f"{name}: {tuple(got)} vs {tuple(want)}" for name, got, want in wrong_shape],
+    )
+    return cls(
+      "\n".join(lines),
+      source=source,
+      missing=missing,
+      unexpected=unexpected,
+      wrong_shape=wrong_shape,
+      looks_like=looks_like,
+    )
 
 
 def _order(name: str) -> tuple:

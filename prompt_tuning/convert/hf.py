@@ -32,49 +32,87 @@ TORCH_INDEX = "pytorch_model.bin.index.json"
 
 # HF keys that carry no information of their own: tied copies of `shared.weight`, and a
 # cross-attention bias table that HF creates but never uses (it ignores it on load).
-_IGNORED = re.compile(r"^((encoder|decoder)\.embed_tokens\.weight|"
-                      r"decoder\.block\.0\.layer\.1\.EncDecAttention\."
-                      r"relative_attention_bias\.weight)$")
+_IGNORED = re.compile(
+  r"^((encoder|decoder)\.embed_tokens\.weight|"
+  r"decoder\.block\.0\.layer\.1\.EncDecAttention\."
+  r"relative_attention_bias\.weight)$"
+)
 _TIED_EMBEDDINGS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
 def _rules() -> list[tuple[str, str, bool]]:
   """(HF template, our template, transposed); `{i}` stands for a layer index."""
   rules = [
-      ("shared.weight", "token_embedder/embedding", False),
-      ("lm_head.weight", "decoder/logits_dense/kernel", True),
-      ("encoder.final_layer_norm.weight", "encoder/encoder_norm/scale", False),
-      ("decoder.final_layer_norm.weight", "decoder/decoder_norm/scale", False),
-      ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-       "encoder/relpos_bias/rel_embedding", True),
-      ("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-       "decoder/relpos_bias/rel_embedding", True),
-      ("encoder.block.{i}.layer.0.layer_norm.weight",
-       "encoder/layers_{i}/pre_attention_layer_norm/scale", False),
-      ("encoder.block.{i}.layer.1.layer_norm.weight",
-       "encoder/layers_{i}/pre_mlp_layer_norm/scale", False),
-      ("decoder.block.{i}.layer.0.layer_norm.weight",
-       "decoder/layers_{i}/pre_self_attention_layer_norm/scale", False),
-      ("decoder.block.{i}.layer.1.layer_norm.weight",
-       "decoder/layers_{i}/pre_cross_attention_layer_norm/scale", False),
-      ("decoder.block.{i}.layer.2.layer_norm.weight",
-       "decoder/layers_{i}/pre_mlp_layer_norm/scale", False),
+    ("shared.weight", "token_embedder/embedding", False),
+    ("lm_head.weight", "decoder/logits_dense/kernel", True),
+    ("encoder.final_layer_norm.weight", "encoder/encoder_norm/scale", False),
+    ("decoder.final_layer_norm.weight", "decoder/decoder_norm/scale", False),
+    (
+      "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+      "encoder/relpos_bias/rel_embedding",
+      True,
+    ),
+    (
+      "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+      "decoder/relpos_bias/rel_embedding",
+      True,
+    ),
+    (
+      "encoder.block.{i}.layer.0.layer_norm.weight",
+      "encoder/layers_{i}/pre_attention_layer_norm/scale",
+      False,
+    ),
+    (
+      "encoder.block.{i}.layer.1.layer_norm.weight",
+      "encoder/layers_{i}/pre_mlp_layer_norm/scale",
+      False,
+    ),
+    (
+      "decoder.block.{i}.layer.0.layer_norm.weight",
+      "decoder/layers_{i}/pre_self_attention_layer_norm/scale",
+      False,
+    ),
+    (
+      "decoder.block.{i}.layer.1.layer_norm.weight",
+      "decoder/layers_{i}/pre_cross_attention_layer_norm/scale",
+      False,
+    ),
+    (
+      "decoder.block.{i}.layer.2.layer_norm.weight",
+      "decoder/layers_{i}/pre_mlp_layer_norm/scale",
+      False,
+    ),
   ]
   for hf, ours in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
     rules += [
-        (f"encoder.block.{{i}}.layer.0.SelfAttention.{hf}.weight",
-         f"encoder/layers_{{i}}/attention/{ours}/kernel", True),
-        (f"decoder.block.{{i}}.layer.0.SelfAttention.{hf}.weight",
-         f"decoder/layers_{{i}}/self_attention/{ours}/kernel", True),
-        (f"decoder.block.{{i}}.layer.1.EncDecAttention.{hf}.weight",
-         f"decoder/layers_{{i}}/encoder_decoder_attention/{ours}/kernel", True),
+      (
+        f"encoder.block.{{i}}.layer.0.SelfAttention.{hf}.weight",
+        f"encoder/layers_{{i}}/attention/{ours}/kernel",
+        True,
+      ),
+      (
+        f"decoder.block.{{i}}.layer.0.SelfAttention.{hf}.weight",
+        f"decoder/layers_{{i}}/self_attention/{ours}/kernel",
+        True,
+      ),
+      (
+        f"decoder.block.{{i}}.layer.1.EncDecAttention.{hf}.weight",
+        f"decoder/layers_{{i}}/encoder_decoder_attention/{ours}/kernel",
+        True,
+      ),
     ]
   for w in ("wi", "wi_0", "wi_1", "wo"):
     rules += [
-        (f"encoder.block.{{i}}.layer.1.DenseReluDense.{w}.weight",
-         f"encoder/layers_{{i}}/mlp/{w}/kernel", True),
-        (f"decoder.block.{{i}}.layer.2.DenseReluDense.{w}.weight",
-         f"decoder/layers_{{i}}/mlp/{w}/kernel", True),
+      (
+        f"encoder.block.{{i}}.layer.1.DenseReluDense.{w}.weight",
+        f"encoder/layers_{{i}}/mlp/{w}/kernel",
+        True,
+      ),
+      (
+        f"decoder.block.{{i}}.layer.2.DenseReluDense.{w}.weight",
+        f"decoder/layers_{{i}}/mlp/{w}/kernel",
+        True,
+      ),
     ]
   return rules
 
@@ -110,6 +148,7 @@ def _to_numpy(value: Any) -> np.ndarray:
     return value
   if type(value).__module__.startswith("torch"):
     import torch  # Only reached when the caller already uses torch.
+
     value = value.detach().cpu()
     if value.dtype == torch.bfloat16:
       return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
@@ -137,8 +176,9 @@ def _translate(keys: Iterable[str]) -> tuple[dict[str, tuple[str, bool]], list[s
   return mapping, unmapped
 
 
-def hf_to_params(state_dict: Mapping[str, Any], config: T5Config | None = None,
-                 *, allow_missing: str | None = None) -> dict[str, Any]:
+def hf_to_params(
+  state_dict: Mapping[str, Any], config: T5Config | None = None, *, allow_missing: str | None = None
+) -> dict[str, Any]:
   """An HF T5 state dict (numpy or torch tensors) -> our nested parameter tree.
 
   With a config, the result is checked against the model (CheckpointMismatchError);
@@ -152,27 +192,41 @@ def hf_to_params(state_dict: Mapping[str, Any], config: T5Config | None = None,
   if config is not None:
     shapes = {name: a.shape for name, a in flat.items()}
     shapes.update({key: tuple(np.shape(state_dict[key])) for key in unmapped})
-    validation.check(shapes, config, source="Hugging Face state dict",
-                     allow_missing=allow_missing, allow_unexpected=None)
+    validation.check(
+      shapes,
+      config,
+      source="Hugging Face state dict",
+      allow_missing=allow_missing,
+      allow_unexpected=None,
+    )
   elif unmapped:
-    raise ValueError(f"Hugging Face keys with no T5X counterpart: {unmapped[:5]}; this "
-                     "converter handles T5 1.1 / mT5 (T5ForConditionalGeneration)")
+    raise ValueError(
+      f"Hugging Face keys with no T5X counterpart: {unmapped[:5]}; this "
+      "converter handles T5 1.1 / mT5 (T5ForConditionalGeneration)"
+    )
   return tree.unflatten(flat)
 
 
-def params_to_hf(params: Mapping[str, Any], config: T5Config | None = None, *,
-                 skip: str | None = validation.PROMPT_PARAMS) -> dict[str, np.ndarray]:
+def params_to_hf(
+  params: Mapping[str, Any],
+  config: T5Config | None = None,
+  *,
+  skip: str | None = validation.PROMPT_PARAMS,
+) -> dict[str, np.ndarray]:
   """Our parameter tree -> an HF T5ForConditionalGeneration state dict (numpy).
 
   Parameters matching `skip` (a soft prompt: HF T5 has no place for it) are left out;
   any other parameter without an HF name is an error. Tied embedding copies are not
   emitted, as in HF's own safetensors files.
   """
-  flat = {n: v for n, v in tree.flatten(params).items()
-          if not (skip and re.search(skip, n))}
+  flat = {n: v for n, v in tree.flatten(params).items() if not (skip and re.search(skip, n))}
   if config is not None:
-    validation.check({n: np.shape(v) for n, v in flat.items()}, config,
-                     source="parameter tree", allow_unexpected=None)
+    validation.check(
+      {n: np.shape(v) for n, v in flat.items()},
+      config,
+      source="parameter tree",
+      allow_unexpected=None,
+    )
   out = {}
   for name, value in flat.items():
     found = param_name_to_hf(name)
@@ -189,28 +243,27 @@ def params_to_hf(params: Mapping[str, Any], config: T5Config | None = None, *,
 def hf_config_dict(config: T5Config) -> dict[str, Any]:
   """config.json for `T5ForConditionalGeneration.from_pretrained`."""
   gated = len(config.mlp_activations) == 2
-  act = {"gelu": "gelu", "relu": "relu"}.get(config.mlp_activations[0],
-                                             config.mlp_activations[0])
+  act = {"gelu": "gelu", "relu": "relu"}.get(config.mlp_activations[0], config.mlp_activations[0])
   return {
-      "architectures": ["T5ForConditionalGeneration"],
-      "model_type": "t5",
-      "vocab_size": config.vocab_size,
-      "d_model": config.emb_dim,
-      "d_kv": config.head_dim,
-      "d_ff": config.mlp_dim,
-      "num_layers": config.num_encoder_layers,
-      "num_decoder_layers": config.num_decoder_layers,
-      "num_heads": config.num_heads,
-      "relative_attention_num_buckets": config.relative_attention_num_buckets,
-      "relative_attention_max_distance": config.relative_attention_max_distance,
-      "dropout_rate": config.dropout_rate,
-      "layer_norm_epsilon": config.layer_norm_epsilon,
-      "feed_forward_proj": f"gated-{act}" if gated else act,
-      "tie_word_embeddings": config.logits_via_embedding,
-      "is_encoder_decoder": True,
-      "pad_token_id": 0,
-      "eos_token_id": 1,
-      "decoder_start_token_id": 0,
+    "architectures": ["T5ForConditionalGeneration"],
+    "model_type": "t5",
+    "vocab_size": config.vocab_size,
+    "d_model": config.emb_dim,
+    "d_kv": config.head_dim,
+    "d_ff": config.mlp_dim,
+    "num_layers": config.num_encoder_layers,
+    "num_decoder_layers": config.num_decoder_layers,
+    "num_heads": config.num_heads,
+    "relative_attention_num_buckets": config.relative_attention_num_buckets,
+    "relative_attention_max_distance": config.relative_attention_max_distance,
+    "dropout_rate": config.dropout_rate,
+    "layer_norm_epsilon": config.layer_norm_epsilon,
+    "feed_forward_proj": f"gated-{act}" if gated else act,
+    "tie_word_embeddings": config.logits_via_embedding,
+    "is_encoder_decoder": True,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
   }
 
 
@@ -220,24 +273,36 @@ def config_from_hf_dict(hf: Mapping[str, Any]) -> T5Config:
   act = proj.split("-")[-1]
   act = "gelu" if act in ("gelu", "gelu_new") else act
   return T5Config(
-      vocab_size=int(hf["vocab_size"]), emb_dim=int(hf["d_model"]),
-      num_heads=int(hf["num_heads"]), head_dim=int(hf["d_kv"]),
-      num_encoder_layers=int(hf["num_layers"]),
-      num_decoder_layers=int(hf.get("num_decoder_layers") or hf["num_layers"]),
-      mlp_dim=int(hf["d_ff"]),
-      mlp_activations=(act, "linear") if gated else (act,),
-      relative_attention_num_buckets=int(hf.get("relative_attention_num_buckets", 32)),
-      relative_attention_max_distance=int(hf.get("relative_attention_max_distance", 128)),
-      layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
-      # HF T5 1.1 configs say tie_word_embeddings=false; original T5 ties (and scales).
-      logits_via_embedding=bool(hf.get("tie_word_embeddings", True)))
+    vocab_size=int(hf["vocab_size"]),
+    emb_dim=int(hf["d_model"]),
+    num_heads=int(hf["num_heads"]),
+    head_dim=int(hf["d_kv"]),
+    num_encoder_layers=int(hf["num_layers"]),
+    num_decoder_layers=int(hf.get("num_decoder_layers") or hf["num_layers"]),
+    mlp_dim=int(hf["d_ff"]),
+    mlp_activations=(act, "linear") if gated else (act,),
+    relative_attention_num_buckets=int(hf.get("relative_attention_num_buckets", 32)),
+    relative_attention_max_distance=int(hf.get("relative_attention_max_distance", 128)),
+    layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
+    # HF T5 1.1 configs say tie_word_embeddings=false; original T5 ties (and scales).
+    logits_via_embedding=bool(hf.get("tie_word_embeddings", True)),
+  )
 
 
 # --- reading files -----------------------------------------------------------------------
 
-_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-                       "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
-                       "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_SAFETENSORS_DTYPES = {
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
+}
 
 
 def weight_files(path: str) -> list[str]:
@@ -259,8 +324,9 @@ def weight_files(path: str) -> list[str]:
   if found:
     return [os.path.join(path, f) for f in found]
   raise CheckpointReadError(
-      f"no Hugging Face weights in {path}: expected {SAFETENSORS_FILE}, "
-      f"{SAFETENSORS_INDEX}, {TORCH_FILE} or {TORCH_INDEX}")
+    f"no Hugging Face weights in {path}: expected {SAFETENSORS_FILE}, "
+    f"{SAFETENSORS_INDEX}, {TORCH_FILE} or {TORCH_INDEX}"
+  )
 
 
 def is_hf_checkpoint(path: str) -> bool:
@@ -270,7 +336,8 @@ def is_hf_checkpoint(path: str) -> bool:
     return False
   names = set(os.listdir(path))
   return bool(names & {SAFETENSORS_FILE, SAFETENSORS_INDEX, TORCH_FILE, TORCH_INDEX}) or (
-      CONFIG_FILE in names and any(n.endswith(".safetensors") for n in names))
+    CONFIG_FILE in names and any(n.endswith(".safetensors") for n in names)
+  )
 
 
 def read_hf_config(path: str) -> T5Config | None:
@@ -317,6 +384,7 @@ class HFReader(CheckpointReader):
 
   def _open_safetensors(self, file: str) -> None:
     from safetensors import safe_open
+
     try:
       handle = safe_open(file, framework="numpy")
     except Exception as e:
@@ -326,8 +394,9 @@ class HFReader(CheckpointReader):
       sliced = handle.get_slice(key)
       dtype = _SAFETENSORS_DTYPES.get(sliced.get_dtype())
       if dtype is None:
-        raise CheckpointReadError(f"{file}: tensor {key} has unsupported dtype "
-                                  f"{sliced.get_dtype()}")
+        raise CheckpointReadError(
+          f"{file}: tensor {key} has unsupported dtype {sliced.get_dtype()}"
+        )
 
       def get(index, sliced=sliced, key=key, file=file, handle=handle):
         try:
@@ -342,8 +411,9 @@ class HFReader(CheckpointReader):
       import torch
     except ImportError as e:
       raise CheckpointReadError(
-          f"{file} is a PyTorch file and torch is not installed; install torch or "
-          "convert the checkpoint to safetensors") from e
+        f"{file} is a PyTorch file and torch is not installed; install torch or "
+        "convert the checkpoint to safetensors"
+      ) from e
     try:
       # mmap: tensors stay on disk until sliced, so a large .bin is not read twice.
       state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
@@ -353,6 +423,7 @@ class HFReader(CheckpointReader):
       raise CheckpointReadError(f"cannot read {file} (truncated or damaged?): {e}") from e
     self._handles.append(state)
     for key, value in state.items():
+
       def get(index, value=value):
         array = _to_numpy(value)
         return array if index is None else array[index]
@@ -383,9 +454,14 @@ class HFReader(CheckpointReader):
 # --- writing -----------------------------------------------------------------------------
 
 
-def write_hf_checkpoint(params: Mapping[str, Any], config: T5Config, directory: str, *,
-                        max_shard_bytes: int = 2 * 1024**3,
-                        skip: str | None = validation.PROMPT_PARAMS) -> list[str]:
+def write_hf_checkpoint(
+  params: Mapping[str, Any],
+  config: T5Config,
+  directory: str,
+  *,
+  max_shard_bytes: int = 2 * 1024**3,
+  skip: str | None = validation.PROMPT_PARAMS,
+) -> list[str]:
   """Writes config.json and safetensors weights (sharded with an index json above
   `max_shard_bytes`) that `T5ForConditionalGeneration.from_pretrained` loads.
 
@@ -394,10 +470,13 @@ def write_hf_checkpoint(params: Mapping[str, Any], config: T5Config, directory: 
   """
   from safetensors.numpy import save_file
 
-  flat = {n: v for n, v in tree.flatten(params).items()
-          if not (skip and re.search(skip, n))}
-  validation.check({n: np.shape(v) for n, v in flat.items()}, config,
-                   source="parameter tree", allow_unexpected=None)
+  flat = {n: v for n, v in tree.flatten(params).items() if not (skip and re.search(skip, n))}
+  validation.check(
+    {n: np.shape(v) for n, v in flat.items()},
+    config,
+    source="parameter tree",
+    allow_unexpected=None,
+  )
   os.makedirs(directory, exist_ok=True)
   if os.listdir(directory):
     raise ValueError(f"{directory} is not empty; choose a new directory")
@@ -414,8 +493,11 @@ def write_hf_checkpoint(params: Mapping[str, Any], config: T5Config, directory: 
   weight_map = {}
   total = 0
   for i, names in enumerate(shards):
-    file = SAFETENSORS_FILE if len(shards) == 1 else (
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
+    file = (
+      SAFETENSORS_FILE
+      if len(shards) == 1
+      else (f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
+    )
     tensors = params_to_hf({n: flat[n] for n in names}, skip=None)
     save_file(tensors, os.path.join(directory, file), metadata={"format": "pt"})
     weight_map.update({key: file for key in tensors})
@@ -424,8 +506,9 @@ def write_hf_checkpoint(params: Mapping[str, Any], config: T5Config, directory: 
     del tensors
   if len(shards) > 1:
     with open(os.path.join(directory, SAFETENSORS_INDEX), "w") as f:
-      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f,
-                indent=2, sort_keys=True)
+      json.dump(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2, sort_keys=True
+      )
   with open(os.path.join(directory, CONFIG_FILE), "w") as f:
     json.dump(hf_config_dict(config), f, indent=2)
   return files

@@ -23,7 +23,7 @@ FORMATS = ("t5x", "t5x_orbax", "orbax", "hf", "run")
 
 
 def detect_format(path: str) -> str:
-  """"t5x" (legacy msgpack + tensorstore), "t5x_orbax" (orbax T5X train state),
+  """ "t5x" (legacy msgpack + tensorstore), "t5x_orbax" (orbax T5X train state),
   "orbax" (orbax parameter tree), "hf" (Hugging Face weights) or "run" (a checkpoint
   of our trainer)."""
   if not storage.is_gcs(path) and hf.is_hf_checkpoint(path):
@@ -44,13 +44,15 @@ def detect_format(path: str) -> str:
   steps = runs.steps(directory)
   if steps:
     raise CheckpointReadError(
-        f"{path} is a model directory holding {len(steps)} checkpoints; pass one of them, "
-        f"e.g. {storage.join(directory, runs.step_name(steps[-1]))} (the latest)")
+      f"{path} is a model directory holding {len(steps)} checkpoints; pass one of them, "
+      f"e.g. {storage.join(directory, runs.step_name(steps[-1]))} (the latest)"
+    )
   raise CheckpointReadError(
-      f"cannot tell the checkpoint format of {path}: expected a T5X checkpoint directory "
-      f"(a '{t5x_legacy.CHECKPOINT_FILE}' msgpack file), an orbax checkpoint "
-      f"({orbax_io.METADATA_FILE}), or a Hugging Face directory ({hf.CONFIG_FILE} with "
-      f"{hf.SAFETENSORS_FILE} or {hf.TORCH_FILE})")
+    f"cannot tell the checkpoint format of {path}: expected a T5X checkpoint directory "
+    f"(a '{t5x_legacy.CHECKPOINT_FILE}' msgpack file), an orbax checkpoint "
+    f"({orbax_io.METADATA_FILE}), or a Hugging Face directory ({hf.CONFIG_FILE} with "
+    f"{hf.SAFETENSORS_FILE} or {hf.TORCH_FILE})"
+  )
 
 
 def open_checkpoint(path: str, format: str | None = None) -> CheckpointReader:
@@ -58,9 +60,11 @@ def open_checkpoint(path: str, format: str | None = None) -> CheckpointReader:
   T5X orbax checkpoint, "orbax" a run checkpoint) is checked against what the files say
   rather than trusted."""
   detected = detect_format(path)
-  if format not in (None, "auto", detected) and not (
-      format in ("t5x", "orbax") and detected == "t5x_orbax") and not (
-      format == "orbax" and detected == "run"):
+  if (
+    format not in (None, "auto", detected)
+    and not (format in ("t5x", "orbax") and detected == "t5x_orbax")
+    and not (format == "orbax" and detected == "run")
+  ):
     if format not in FORMATS:
       raise ValueError(f"unknown checkpoint format {format!r}; choose one of {FORMATS}")
     raise ValueError(f"{path} is a {detected!r} checkpoint, not {format!r}")
@@ -89,10 +93,16 @@ def checkpoint_config(reader: CheckpointReader) -> T5Config | None:
   return validation.infer_config({n: i.shape for n, i in reader.arrays().items()})
 
 
-def load_params(path: str, config: T5Config | None = None, *, shardings: Any = None,
-                dtype: Any = None, allow_missing: str | None = None,
-                allow_unexpected: str | None = validation.PROMPT_PARAMS,
-                format: str | None = None) -> dict[str, Any]:
+def load_params(
+  path: str,
+  config: T5Config | None = None,
+  *,
+  shardings: Any = None,
+  dtype: Any = None,
+  allow_missing: str | None = None,
+  allow_unexpected: str | None = validation.PROMPT_PARAMS,
+  format: str | None = None,
+) -> dict[str, Any]:
   """Reads a checkpoint of any supported format into our nested parameter tree.
 
   config: when given, the checkpoint is checked against it before any array is read
@@ -109,7 +119,12 @@ def load_params(path: str, config: T5Config | None = None, *, shardings: Any = N
   with open_checkpoint(path, format) as reader:
     infos = reader.arrays()
     if config is not None:
-      validation.check({n: i.shape for n, i in infos.items()}, config, source=path,
-                       allow_missing=allow_missing, allow_unexpected=allow_unexpected)
+      validation.check(
+        {n: i.shape for n, i in infos.items()},
+        config,
+        source=path,
+        allow_missing=allow_missing,
+        allow_unexpected=allow_unexpected,
+      )
     flat = reader.load(sorted(infos), placement.flat_shardings(shardings), dtype)
   return tree.unflatten(flat)

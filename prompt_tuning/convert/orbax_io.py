@@ -69,6 +69,7 @@ def _info(leaf: Any) -> ArrayInfo | None:
 @dataclasses.dataclass(frozen=True)
 class _Item:
   """One orbax PyTree directory and the keys above the parameters inside it."""
+
   directory: str
   prefix: tuple[str, ...]
 
@@ -86,8 +87,9 @@ def _items(path: str) -> tuple[str, list[tuple[_Item, Mapping[str, Any]]]]:
       for key in item.prefix:
         metadata = metadata.get(key) if isinstance(metadata, Mapping) else None
       if not isinstance(metadata, Mapping):
-        raise CheckpointReadError(f"{item.directory} holds no parameter tree under "
-                                  f"{'/'.join(item.prefix) or 'its root'}")
+        raise CheckpointReadError(
+          f"{item.directory} holds no parameter tree under {'/'.join(item.prefix) or 'its root'}"
+        )
       found.append((item, metadata))
     return "run", found
   item_dir = item_directory(path)
@@ -142,8 +144,9 @@ class OrbaxReader(CheckpointReader):
     array = self.read_many([name])[name]
     return array if index is None else array[index]
 
-  def load(self, names: Iterable[str], shardings: Mapping[str, jax.sharding.Sharding],
-           dtype: Any | None) -> dict[str, jax.Array]:
+  def load(
+    self, names: Iterable[str], shardings: Mapping[str, jax.sharding.Sharding], dtype: Any | None
+  ) -> dict[str, jax.Array]:
     # This process's own device: in a multi-process job jax.devices()[0] belongs to
     # process 0, and the other processes could not hold an array placed there.
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -151,9 +154,10 @@ class OrbaxReader(CheckpointReader):
     for name in names:
       info = self._infos[name]
       args[name] = ocp.ArrayRestoreArgs(
-          sharding=shardings.get(name, default),
-          dtype=placement.target_dtype(info.dtype, dtype),
-          global_shape=info.shape)
+        sharding=shardings.get(name, default),
+        dtype=placement.target_dtype(info.dtype, dtype),
+        global_shape=info.shape,
+      )
     # Restoring in groups of bounded size keeps orbax's temporary buffers (which it
     # holds for every array in flight) from adding up to a second copy.
     out: dict[str, jax.Array] = {}
@@ -172,8 +176,9 @@ class OrbaxReader(CheckpointReader):
 
 def _plain(metadata: Mapping[str, Any]) -> dict[str, Any]:
   """Orbax's metadata tree as plain nested dicts (it may hand back other mappings)."""
-  return {key: _plain(value) if isinstance(value, Mapping) else value
-          for key, value in metadata.items()}
+  return {
+    key: _plain(value) if isinstance(value, Mapping) else value for key, value in metadata.items()
+  }
 
 
 def _restore_item(item: _Item, restore_args: dict[str, Any]) -> dict[str, Any]:
@@ -183,20 +188,21 @@ def _restore_item(item: _Item, restore_args: dict[str, Any]) -> dict[str, Any]:
   for key in reversed(item.prefix):
     nested_args, nested_item = {key: nested_args}, {key: nested_item}
   checkpointer = ocp.Checkpointer(
-      ocp.PyTreeCheckpointHandler(restore_concurrent_gb=RESTORE_CONCURRENT_GB))
+    ocp.PyTreeCheckpointHandler(restore_concurrent_gb=RESTORE_CONCURRENT_GB)
+  )
   # Orbax logs a warning per restore about partial restores; it is expected here.
   orbax_logger = logging.getLogger("absl")
   level = orbax_logger.level
   orbax_logger.setLevel(logging.ERROR)
   try:
     restored = checkpointer.restore(
-        epath.Path(item.directory),
-        args=ocp.args.PyTreeRestore(item=nested_item, restore_args=nested_args,
-                                    partial_restore=True))
+      epath.Path(item.directory),
+      args=ocp.args.PyTreeRestore(item=nested_item, restore_args=nested_args, partial_restore=True),
+    )
   except Exception as e:
     raise CheckpointReadError(
-        f"cannot read {sorted(restore_args)[:3]}... from orbax checkpoint "
-        f"{item.directory}: {e}") from e
+      f"cannot read {sorted(restore_args)[:3]}... from orbax checkpoint {item.directory}: {e}"
+    ) from e
   finally:
     orbax_logger.setLevel(level)
   for key in item.prefix:

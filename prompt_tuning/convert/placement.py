@@ -29,8 +29,13 @@ def target_dtype(stored: Any, dtype: Any | None) -> np.dtype:
   return np.dtype(dtype)
 
 
-def place(shape: tuple[int, ...], stored_dtype: Any, read: ReadFn,
-          sharding: jax.sharding.Sharding | None, dtype: Any | None = None) -> jax.Array:
+def place(
+  shape: tuple[int, ...],
+  stored_dtype: Any,
+  read: ReadFn,
+  sharding: jax.sharding.Sharding | None,
+  dtype: Any | None = None,
+) -> jax.Array:
   """One array, read and cast, on the devices of `sharding` (default device if None)."""
   want = target_dtype(stored_dtype, dtype)
   if sharding is None:
@@ -54,13 +59,14 @@ def flat_shardings(shardings: Any) -> dict[str, jax.sharding.Sharding]:
   if shardings is None:
     return {}
   if isinstance(shardings, jax.sharding.Sharding):
-    raise ValueError("shardings must be a dict of parameter name -> Sharding (nested "
-                     "like the parameters or flat with '/' names), not one Sharding")
+    raise ValueError(
+      "shardings must be a dict of parameter name -> Sharding (nested "
+      "like the parameters or flat with '/' names), not one Sharding"
+    )
   if not isinstance(shardings, Mapping):
     raise ValueError(f"shardings must be a dict, got {type(shardings).__name__}")
   flat = tree.flatten(shardings)
-  bad = [k for k, v in flat.items()
-         if v is not None and not isinstance(v, jax.sharding.Sharding)]
+  bad = [k for k, v in flat.items() if v is not None and not isinstance(v, jax.sharding.Sharding)]
   if bad:
     raise ValueError(f"shardings for {bad[:3]} are not jax.sharding.Sharding objects")
   return {k: v for k, v in flat.items() if v is not None}

@@ -50,16 +50,21 @@ class CheckpointReader(abc.ABC):
   def read_many(self, names: Iterable[str]) -> dict[str, np.ndarray]:
     return {name: self.read(name) for name in names}
 
-  def load(self, names: Iterable[str], shardings: Mapping[str, jax.sharding.Sharding],
-           dtype: Any | None) -> dict[str, jax.Array]:
+  def load(
+    self, names: Iterable[str], shardings: Mapping[str, jax.sharding.Sharding], dtype: Any | None
+  ) -> dict[str, jax.Array]:
     """Arrays placed on devices one by one (see `placement`)."""
     infos = self.arrays()
     out = {}
     for name in names:
       info = infos[name]
-      out[name] = placement.place(info.shape, info.dtype,
-                                  lambda index, n=name: self.read(n, index),
-                                  shardings.get(name), dtype)
+      out[name] = placement.place(
+        info.shape,
+        info.dtype,
+        lambda index, n=name: self.read(n, index),
+        shardings.get(name),
+        dtype,
+      )
     return out
 
   def close(self) -> None:

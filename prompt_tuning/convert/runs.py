@@ -45,11 +45,9 @@ def steps(model_dir: str) -> list[int]:
   """Steps of every `checkpoint_N` directory in `model_dir`, in numeric order (a step
   directory is listed whatever it holds; readers decide whether it is usable)."""
   if storage.is_gcs(model_dir):
-    names = {key.split("/", 1)[0] for key in storage.Directory(model_dir).keys()
-             if "/" in key}
+    names = {key.split("/", 1)[0] for key in storage.Directory(model_dir).keys() if "/" in key}
   elif os.path.isdir(model_dir):
-    names = {name for name in os.listdir(model_dir)
-             if os.path.isdir(os.path.join(model_dir, name))}
+    names = {name for name in os.listdir(model_dir) if os.path.isdir(os.path.join(model_dir, name))}
   else:
     names = set()
   return sorted(step for name in names if (step := step_of(name)) is not None)
@@ -69,9 +67,10 @@ def newest_run_checkpoint(path: str) -> str:
     return path
   if not storage.Directory(path).exists():
     raise ValueError(f"{path} is not a training checkpoint or a MODEL_DIR")
-  found = [step for step in steps(path)
-           if is_run_checkpoint(storage.join(path, step_name(step)))]
+  found = [step for step in steps(path) if is_run_checkpoint(storage.join(path, step_name(step)))]
   if not found:
-    raise ValueError(f"{path} holds no training checkpoint (checkpoint_N with orbax "
-                     "state and metadata); pass MODEL_DIR or MODEL_DIR/checkpoint_N")
+    raise ValueError(
+      f"{path} holds no training checkpoint (checkpoint_N with orbax "
+      "state and metadata); pass MODEL_DIR or MODEL_DIR/checkpoint_N"
+    )
   return storage.join(path, step_name(found[-1]))

@@ -33,8 +33,11 @@ def dirname(path: str) -> str:
 
 
 def basename(path: str) -> str:
-  return posixpath.basename(path.rstrip("/")) if is_gcs(path) else os.path.basename(
-      os.path.abspath(path))
+  return (
+    posixpath.basename(path.rstrip("/"))
+    if is_gcs(path)
+    else os.path.basename(os.path.abspath(path))
+  )
 
 
 def kvstore_spec(path: str) -> dict:
@@ -80,8 +83,10 @@ class Directory:
         self._keys = sorted(k.decode() for k in self._kv().list().result())
       else:
         self._keys = sorted(
-            os.path.relpath(os.path.join(root, f), self.path).replace(os.sep, "/")
-            for root, _, files in os.walk(self.path) for f in files)
+          os.path.relpath(os.path.join(root, f), self.path).replace(os.sep, "/")
+          for root, _, files in os.walk(self.path)
+          for f in files
+        )
     return self._keys
 
   def has(self, name: str) -> bool:

@@ -56,10 +56,10 @@ def _ext_hook(code: int, data: bytes) -> Any:
 def _ext_default(obj: Any) -> Any:
   if isinstance(obj, (np.ndarray, np.generic)):
     array = np.asarray(obj)
-    payload = msgpack.packb((list(array.shape), array.dtype.name, array.tobytes("C")),
-                            use_bin_type=True)
-    return msgpack.ExtType(_EXT_NDARRAY if isinstance(obj, np.ndarray) else _EXT_NPSCALAR,
-                           payload)
+    payload = msgpack.packb(
+      (list(array.shape), array.dtype.name, array.tobytes("C")), use_bin_type=True
+    )
+    return msgpack.ExtType(_EXT_NDARRAY if isinstance(obj, np.ndarray) else _EXT_NPSCALAR, payload)
   raise TypeError(f"cannot write {type(obj).__name__} to a T5X checkpoint")
 
 
@@ -97,19 +97,22 @@ def checkpoint_dir(path: str) -> str:
 def read_msgpack(directory: str) -> dict:
   raw = storage.Directory(directory).read(CHECKPOINT_FILE)
   if raw is None:
-    raise CheckpointReadError(f"no '{CHECKPOINT_FILE}' file in {directory}: not a T5X "
-                              "checkpoint directory")
+    raise CheckpointReadError(
+      f"no '{CHECKPOINT_FILE}' file in {directory}: not a T5X checkpoint directory"
+    )
   try:
     return msgpack.unpackb(raw, ext_hook=_ext_hook, raw=False, strict_map_key=False)
   except Exception as e:  # msgpack raises several unrelated types for damaged input.
     raise CheckpointReadError(
-        f"{storage.join(directory, CHECKPOINT_FILE)} is not a readable msgpack file "
-        f"(truncated or damaged?): {e}") from e
+      f"{storage.join(directory, CHECKPOINT_FILE)} is not a readable msgpack file "
+      f"(truncated or damaged?): {e}"
+    ) from e
 
 
 def is_t5x_msgpack(contents: Any) -> bool:
   return isinstance(contents, dict) and (
-      "optimizer" in contents or ("target" in contents and "state" in contents))
+    "optimizer" in contents or ("target" in contents and "state" in contents)
+  )
 
 
 class T5XLegacyReader(CheckpointReader):
@@ -125,8 +128,9 @@ class T5XLegacyReader(CheckpointReader):
     state = contents.get("optimizer", contents) if isinstance(contents, dict) else None
     if not isinstance(state, dict) or not isinstance(state.get("target"), dict):
       raise CheckpointReadError(
-          f"{storage.join(self.directory, CHECKPOINT_FILE)} has no 'optimizer/target' "
-          "parameters: not a T5X train-state checkpoint")
+        f"{storage.join(self.directory, CHECKPOINT_FILE)} has no 'optimizer/target' "
+        "parameters: not a T5X train-state checkpoint"
+      )
     self._leaves: dict[str, Any] = {}
     _leaves(state["target"], "", self._leaves)
     self._infos: dict[str, ArrayInfo] = {}
@@ -177,13 +181,13 @@ class T5XLegacyReader(CheckpointReader):
     metadata.pop("compressor", None)
     if spec.get("dtype") == "uint16" or metadata.get("dtype") == "<u2":
       raise CheckpointReadError(
-          f"{name!r} is stored as uint16 (bfloat16 of T5X checkpoint version < 3); "
-          "re-save it with a current T5X to convert it")
+        f"{name!r} is stored as uint16 (bfloat16 of T5X checkpoint version < 3); "
+        "re-save it with a current T5X to convert it"
+      )
     try:
       store = ts.open(spec, open=True, read=True).result()
     except Exception as e:
-      raise CheckpointReadError(
-          f"cannot open parameter {name!r} at {location}: {e}") from e
+      raise CheckpointReadError(f"cannot open parameter {name!r} at {location}: {e}") from e
     self._stores[name] = store
     return store
 
@@ -201,8 +205,9 @@ class T5XLegacyReader(CheckpointReader):
         key = separator.join(str(i) for i in index) if index else "0"
         if key not in present:
           raise CheckpointReadError(
-              f"parameter {name!r}: chunk file {storage.join(self.array_path(name), key)}"
-              " is missing; the checkpoint is incomplete (re-download or re-copy it)")
+            f"parameter {name!r}: chunk file {storage.join(self.array_path(name), key)}"
+            " is missing; the checkpoint is incomplete (re-download or re-copy it)"
+          )
     self._checked.add(name)
 
   def read(self, name: str, index: placement.Index | None = None) -> np.ndarray:
@@ -217,8 +222,9 @@ class T5XLegacyReader(CheckpointReader):
       return view.read().result()
     except Exception as e:
       raise CheckpointReadError(
-          f"cannot read parameter {name!r} from {self.array_path(name)}: a chunk file is "
-          f"truncated or damaged ({e})") from e
+        f"cannot read parameter {name!r} from {self.array_path(name)}: a chunk file is "
+        f"truncated or damaged ({e})"
+      ) from e
 
   def close(self) -> None:
     self._stores.clear()
@@ -232,8 +238,9 @@ def default_inline(name: str, array: np.ndarray) -> bool:
   return array.ndim < 2 or name.endswith("relpos_bias/rel_embedding")
 
 
-def chunk_shape(shape: tuple[int, ...], itemsize: int,
-                max_bytes: int = DEFAULT_CHUNK_BYTES) -> list[int]:
+def chunk_shape(
+  shape: tuple[int, ...], itemsize: int, max_bytes: int = DEFAULT_CHUNK_BYTES
+) -> list[int]:
   """Chunks that tile the array exactly and hold at most `max_bytes` (greedy: keep
   dividing the largest dimension by its smallest factor)."""
   chunks = [int(d) for d in shape]
@@ -247,55 +254,71 @@ def chunk_shape(shape: tuple[int, ...], itemsize: int,
   return chunks
 
 
-def _write_zarr(directory: str, dotted: str, array: np.ndarray, compress: bool,
-                chunk_bytes: int) -> dict:
+def _write_zarr(
+  directory: str, dotted: str, array: np.ndarray, compress: bool, chunk_bytes: int
+) -> dict:
   """Writes one zarr array and returns the spec T5X stores in its place."""
   chunks = chunk_shape(array.shape, array.dtype.itemsize, chunk_bytes)
   compressor = {"id": "gzip"} if compress else None
   dtype_name = np.dtype(array.dtype).name
-  store = ts.open({
+  store = ts.open(
+    {
       "driver": "zarr",
       "dtype": dtype_name,
       "kvstore": storage.kvstore_spec(os.path.join(directory, dotted)),
-      "metadata": {"compressor": compressor, "shape": list(array.shape),
-                   "chunks": chunks},
-  }, create=True, delete_existing=True).result()
+      "metadata": {"compressor": compressor, "shape": list(array.shape), "chunks": chunks},
+    },
+    create=True,
+    delete_existing=True,
+  ).result()
   store.write(array).result()
   return {
-      "driver": "zarr",
-      "dtype": dtype_name,
-      "kvstore": {"driver": "file", "path": dotted},
-      "metadata": {"chunks": chunks, "compressor": compressor,
-                   "shape": list(array.shape)},
+    "driver": "zarr",
+    "dtype": dtype_name,
+    "kvstore": {"driver": "file", "path": dotted},
+    "metadata": {"chunks": chunks, "compressor": compressor, "shape": list(array.shape)},
   }
 
 
-def _write_tree(directory: str, node: Mapping[str, Any], prefix: str,
-                inline: Callable[[str, np.ndarray], bool], compress: bool,
-                chunk_bytes: int) -> dict:
+def _write_tree(
+  directory: str,
+  node: Mapping[str, Any],
+  prefix: str,
+  inline: Callable[[str, np.ndarray], bool],
+  compress: bool,
+  chunk_bytes: int,
+) -> dict:
   out: dict[str, Any] = {}
   for name, value in tree.flatten(node).items():
     array = np.asarray(value)
     if inline(name, array):
       leaf: Any = np.ascontiguousarray(array)
     else:
-      leaf = _write_zarr(directory, f"{prefix}.{name.replace('/', '.')}", array,
-                         compress, chunk_bytes)
+      leaf = _write_zarr(
+        directory, f"{prefix}.{name.replace('/', '.')}", array, compress, chunk_bytes
+      )
     out[name] = leaf
   return tree.unflatten(out)
 
 
-def write_t5x_checkpoint(params: Mapping[str, Any], directory: str, *, step: int = 0,
-                         param_states: Mapping[str, Any] | None = None,
-                         inline: Callable[[str, np.ndarray], bool] = default_inline,
-                         compress: bool = True,
-                         chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> str:
+def write_t5x_checkpoint(
+  params: Mapping[str, Any],
+  directory: str,
+  *,
+  step: int = 0,
+  param_states: Mapping[str, Any] | None = None,
+  inline: Callable[[str, np.ndarray], bool] = default_inline,
+  compress: bool = True,
+  chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> str:
   """Writes `params` (and optional optimiser `param_states`) as a T5X checkpoint that
   T5X and `T5XLegacyReader` read. Written to a temporary directory, then renamed, so
   an interrupted write never leaves a directory that looks complete."""
   if storage.is_gcs(directory):
-    raise ValueError("writing T5X checkpoints supports local directories only; copy "
-                     "the result to GCS with `gsutil -m cp -r`")
+    raise ValueError(
+      "writing T5X checkpoints supports local directories only; copy "
+      "the result to GCS with `gsutil -m cp -r`"
+    )
   directory = os.path.abspath(directory)
   if os.path.exists(directory):
     raise ValueError(f"{directory} already exists; choose a new directory")
@@ -305,11 +328,11 @@ def write_t5x_checkpoint(params: Mapping[str, Any], directory: str, *, step: int
   target = _write_tree(tmp, params, "target", inline, compress, chunk_bytes)
   state: dict[str, Any] = {"step": np.asarray(step, np.int32)}
   if param_states:
-    state["param_states"] = _write_tree(tmp, param_states, "state.param_states", inline,
-                                        compress, chunk_bytes)
+    state["param_states"] = _write_tree(
+      tmp, param_states, "state.param_states", inline, compress, chunk_bytes
+    )
   contents = {"version": VERSION, "optimizer": {"target": target, "state": state}}
   with open(os.path.join(tmp, CHECKPOINT_FILE), "wb") as f:
     f.write(msgpack.packb(contents, default=_ext_default, use_bin_type=True))
   os.rename(tmp, directory)
   return directory
-

@@ -20,9 +20,18 @@ from prompt_tuning.t5.config import SIZES, T5Config
 PROMPT_PARAMS = r"(^|/)prompt(/|$)"
 
 # The fields that decide parameter shapes; dtype, dropout, remat do not.
-_SHAPE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "num_encoder_layers",
-                 "num_decoder_layers", "mlp_dim", "relative_attention_num_buckets",
-                 "logits_via_embedding", "mlp_activations")
+_SHAPE_FIELDS = (
+  "vocab_size",
+  "emb_dim",
+  "num_heads",
+  "head_dim",
+  "num_encoder_layers",
+  "num_decoder_layers",
+  "mlp_dim",
+  "relative_attention_num_buckets",
+  "logits_via_embedding",
+  "mlp_activations",
+)
 
 
 @functools.lru_cache(maxsize=16)
@@ -66,24 +75,29 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]]) -> T5Config | None:
   if mlp_name not in shapes or heads == 0:
     return None
   return T5Config(
-      vocab_size=int(vocab), emb_dim=int(emb), num_heads=int(heads),
-      head_dim=int(joined) // int(heads),
-      num_encoder_layers=_layer_count(shapes, "encoder"),
-      num_decoder_layers=_layer_count(shapes, "decoder"),
-      mlp_dim=int(shapes[mlp_name][1]),
-      mlp_activations=("gelu", "linear") if gated else ("relu",),
-      relative_attention_num_buckets=int(buckets),
-      logits_via_embedding="decoder/logits_dense/kernel" not in shapes)
+    vocab_size=int(vocab),
+    emb_dim=int(emb),
+    num_heads=int(heads),
+    head_dim=int(joined) // int(heads),
+    num_encoder_layers=_layer_count(shapes, "encoder"),
+    num_decoder_layers=_layer_count(shapes, "decoder"),
+    mlp_dim=int(shapes[mlp_name][1]),
+    mlp_activations=("gelu", "linear") if gated else ("relu",),
+    relative_attention_num_buckets=int(buckets),
+    logits_via_embedding="decoder/logits_dense/kernel" not in shapes,
+  )
 
 
 def describe_config(config: T5Config) -> str:
   name = size_name(config)
   if name:
     return f"'{name}'"
-  return (f"an unnamed size (d_model={config.emb_dim}, heads={config.num_heads}x"
-          f"{config.head_dim}, layers={config.num_encoder_layers}/"
-          f"{config.num_decoder_layers}, d_ff={config.mlp_dim}, "
-          f"vocab={config.vocab_size})")
+  return (
+    f"an unnamed size (d_model={config.emb_dim}, heads={config.num_heads}x"
+    f"{config.head_dim}, layers={config.num_encoder_layers}/"
+    f"{config.num_decoder_layers}, d_ff={config.mlp_dim}, "
+    f"vocab={config.vocab_size})"
+  )
 
 
 def looks_like(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
@@ -92,9 +106,14 @@ def looks_like(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
   return describe_config(config) if config is not None else None
 
 
-def check(shapes: Mapping[str, tuple[int, ...]], config: T5Config, *, source: str,
-          allow_missing: str | None = None,
-          allow_unexpected: str | None = PROMPT_PARAMS) -> None:
+def check(
+  shapes: Mapping[str, tuple[int, ...]],
+  config: T5Config,
+  *,
+  source: str,
+  allow_missing: str | None = None,
+  allow_unexpected: str | None = PROMPT_PARAMS,
+) -> None:
   """Raises one CheckpointMismatchError listing every difference between the
   checkpoint's `shapes` and the model of `config`.
 
@@ -105,13 +124,23 @@ def check(shapes: Mapping[str, tuple[int, ...]], config: T5Config, *, source: st
   """
   expected = expected_shapes(config)
   shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
-  missing = [n for n in expected if n not in shapes
-             and not (allow_missing and re.search(allow_missing, n))]
-  unexpected = [n for n in sorted(shapes) if n not in expected
-                and not (allow_unexpected and re.search(allow_unexpected, n))]
-  wrong = [(n, shapes[n], expected[n]) for n in expected
-           if n in shapes and shapes[n] != expected[n]]
+  missing = [
+    n for n in expected if n not in shapes and not (allow_missing and re.search(allow_missing, n))
+  ]
+  unexpected = [
+    n
+    for n in sorted(shapes)
+    if n not in expected and not (allow_unexpected and re.search(allow_unexpected, n))
+  ]
+  wrong = [
+    (n, shapes[n], expected[n]) for n in expected if n in shapes and shapes[n] != expected[n]
+  ]
   if missing or unexpected or wrong:
     raise CheckpointMismatchError.listing(
-        source, f"configured as {describe_config(config)}", missing, unexpected, wrong,
-        looks_like(shapes))
+      source,
+      f"configured as {describe_config(config)}",
+      missing,
+      unexpected,
+      wrong,
+      looks_like(shapes),
+    )

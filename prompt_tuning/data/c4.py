@@ -73,23 +73,24 @@ def task_name(name: str, objective: str) -> str:
 # ----------------------------------------------------------------------------------------
 # Helpers over token sequences.
 
+
 def _length_limit(sequence_length: Mapping[str, int] | None, key: str) -> int | None:
   """The room for tokens in `key` before seqio appends EOS, or None if unlimited."""
   if not sequence_length or sequence_length.get(key) is None:
     return None
   length = int(sequence_length[key])
   if length < 2:
-    raise ValueError(f"sequence_length['{key}'] is {length}; it must be at least 2 "
-                     "(one token plus EOS).")
+    raise ValueError(
+      f"sequence_length['{key}'] is {length}; it must be at least 2 (one token plus EOS)."
+    )
   return length - 1
 
 
 def _random_chunk(tokens: tf.Tensor, max_tokens: int, seed: tf.Tensor) -> tf.Tensor:
   """A uniformly placed window of at most `max_tokens` tokens."""
   slack = tf.maximum(tf.size(tokens) - max_tokens, 0)
-  start = tf.random.stateless_uniform([], seed=seed, minval=0, maxval=slack + 1,
-                                      dtype=tf.int32)
-  return tokens[start:start + max_tokens]
+  start = tf.random.stateless_uniform([], seed=seed, minval=0, maxval=slack + 1, dtype=tf.int32)
+  return tokens[start : start + max_tokens]
 
 
 def _stateless_shuffle(values: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -104,17 +105,18 @@ def _random_partition(num_items: tf.Tensor, num_parts: tf.Tensor, seed: tf.Tenso
   return tf.math.bincount(run_ids, minlength=num_parts, maxlength=num_parts, dtype=tf.int32)
 
 
-def _noise_counts(length: int, noise_density: float,
-                  mean_noise_span_length: float) -> tuple[int, int]:
+def _noise_counts(
+  length: int, noise_density: float, mean_noise_span_length: float
+) -> tuple[int, int]:
   """(noise tokens, noise spans) of a `length`-token sequence, as T5 rounds them."""
   num_noise = min(max(int(round(length * noise_density)), 1), length - 1)
   num_spans = max(int(round(num_noise / mean_noise_span_length)), 1)
   return num_noise, num_spans
 
 
-def random_spans_noise_mask(length: tf.Tensor, noise_density: float,
-                            mean_noise_span_length: float, seeds: Sequence[tf.Tensor]
-                            ) -> tf.Tensor:
+def random_spans_noise_mask(
+  length: tf.Tensor, noise_density: float, mean_noise_span_length: float, seeds: Sequence[tf.Tensor]
+) -> tf.Tensor:
   """Boolean mask with alternating clean / noise spans, starting with a clean one.
 
   round(length * noise_density) tokens are noise, split into round(noise /
@@ -124,8 +126,7 @@ def random_spans_noise_mask(length: tf.Tensor, noise_density: float,
   num_noise = tf.cast(tf.round(tf.cast(padded_length, tf.float32) * noise_density), tf.int32)
   num_noise = tf.clip_by_value(num_noise, 1, padded_length - 1)
   num_clean = padded_length - num_noise
-  num_spans = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length),
-                      tf.int32)
+  num_spans = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length), tf.int32)
   num_spans = tf.clip_by_value(num_spans, 1, num_clean)
   noise_lengths = _random_partition(num_noise, num_spans, seeds[0])
   clean_lengths = _random_partition(num_clean, num_spans, seeds[1])
@@ -137,13 +138,15 @@ def random_spans_noise_mask(length: tf.Tensor, noise_density: float,
 def first_sentinel_id(vocabulary: seqio.Vocabulary) -> int:
   """Id of <extra_id_0>: seqio puts the sentinels last, <extra_id_0> at the very end."""
   if getattr(vocabulary, "extra_ids", 0) < 1:
-    raise ValueError("The vocabulary has no extra ids (<extra_id_N>); build it with "
-                     "extra_ids=100 as T5 does.")
+    raise ValueError(
+      "The vocabulary has no extra ids (<extra_id_N>); build it with extra_ids=100 as T5 does."
+    )
   return vocabulary.vocab_size - 1
 
 
-def replace_spans_with_sentinels(tokens: tf.Tensor, mask: tf.Tensor,
-                                 vocabulary: seqio.Vocabulary) -> tf.Tensor:
+def replace_spans_with_sentinels(
+  tokens: tf.Tensor, mask: tf.Tensor, vocabulary: seqio.Vocabulary
+) -> tf.Tensor:
   """Each run of masked tokens becomes one sentinel: <extra_id_0>, <extra_id_1>, ..."""
   previous = tf.concat([[False], mask[:-1]], axis=0)
   span_starts = tf.logical_and(mask, tf.logical_not(previous))
@@ -153,21 +156,23 @@ def replace_spans_with_sentinels(tokens: tf.Tensor, mask: tf.Tensor,
   return tf.boolean_mask(tokens, tf.logical_not(span_rest))
 
 
-def span_corruption_lengths(inputs_length: int, noise_density: float = NOISE_DENSITY,
-                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
-                            ) -> tuple[int, int]:
+def span_corruption_lengths(
+  inputs_length: int,
+  noise_density: float = NOISE_DENSITY,
+  mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+) -> tuple[int, int]:
   """(raw tokens per example, targets length) that fill `inputs_length` after corruption.
 
   Both lengths count EOS. T5's 512-token inputs take 568 raw tokens and give 114-token
   targets.
   """
+
   def corrupted_lengths(tokens_length: int) -> tuple[int, int]:
     num_noise, num_spans = _noise_counts(tokens_length, noise_density, mean_noise_span_length)
     return (tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1)
 
   if inputs_length < 3:
-    raise ValueError(f"Span corruption needs an inputs length of at least 3, got "
-                     f"{inputs_length}.")
+    raise ValueError(f"Span corruption needs an inputs length of at least 3, got {inputs_length}.")
   tokens_length = inputs_length - 1
   while corrupted_lengths(tokens_length + 1)[0] <= inputs_length:
     tokens_length += 1
@@ -177,8 +182,12 @@ def span_corruption_lengths(inputs_length: int, noise_density: float = NOISE_DEN
 # ----------------------------------------------------------------------------------------
 # Token preprocessors (after tokenisation; the document's tokens are in `targets`).
 
-def prefix_lm(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
-              output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+
+def prefix_lm(
+  dataset: tf.data.Dataset,
+  sequence_length: Mapping[str, int] | None,
+  output_features: Mapping[str, seqio.Feature],
+) -> tf.data.Dataset:
   """Cuts each document at a random token into (prefix, continuation).
 
   With both lengths known, a random window that fits both features is taken first and
@@ -198,8 +207,9 @@ def prefix_lm(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | Non
     n = tf.size(tokens)
     low = 1 if targets_room is None else tf.maximum(1, n - targets_room)
     high = n - 1 if inputs_room is None else tf.minimum(n - 1, inputs_room)
-    position = tf.random.stateless_uniform([], seed=seeds[1], minval=low, maxval=high + 1,
-                                           dtype=tf.int32)
+    position = tf.random.stateless_uniform(
+      [], seed=seeds[1], minval=low, maxval=high + 1, dtype=tf.int32
+    )
     return {"inputs": tokens[:position], "targets": tokens[position:]}
 
   return cut(dataset.filter(_plain_tf(lambda x: tf.size(x["targets"]) >= 2)))
@@ -235,17 +245,20 @@ def _split_into_segments(dataset: tf.data.Dataset, segment_length: int) -> tf.da
     tokens = x["targets"]
     n = tf.size(tokens)
     full = tf.fill([n // segment_length], segment_length)
-    rest = tf.reshape(n % segment_length, [1])[:tf.cast(n % segment_length > 0, tf.int32)]
+    rest = tf.reshape(n % segment_length, [1])[: tf.cast(n % segment_length > 0, tf.int32)]
     rows = tf.RaggedTensor.from_row_lengths(tokens, tf.concat([full, rest], axis=0))
     return tf.data.Dataset.from_tensor_slices({"targets": rows})
 
   return dataset.flat_map(split)
 
 
-def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
-                    output_features: Mapping[str, seqio.Feature],
-                    noise_density: float = NOISE_DENSITY,
-                    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> tf.data.Dataset:
+def span_corruption(
+  dataset: tf.data.Dataset,
+  sequence_length: Mapping[str, int] | None,
+  output_features: Mapping[str, seqio.Feature],
+  noise_density: float = NOISE_DENSITY,
+  mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+) -> tf.data.Dataset:
   """T5's span corruption: pack documents, cut inputs-sized segments, mask spans.
 
   Packing makes every example full-length, as in T5's pre-training; a segment may
@@ -257,13 +270,14 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
     raise ValueError(f"mean_noise_span_length must be >= 1, got {mean_noise_span_length}.")
   vocabulary = output_features["targets"].vocabulary
   inputs_length = (sequence_length or {}).get("inputs") or DEFAULT_INPUTS_LENGTH
-  tokens_length, _ = span_corruption_lengths(inputs_length, noise_density,
-                                             mean_noise_span_length)
+  tokens_length, _ = span_corruption_lengths(inputs_length, noise_density, mean_noise_span_length)
   _, most_spans = _noise_counts(tokens_length, noise_density, mean_noise_span_length)
   if most_spans > vocabulary.extra_ids:
-    raise ValueError(f"Inputs of {inputs_length} tokens need up to {most_spans} sentinels but "
-                     f"the vocabulary has {vocabulary.extra_ids} extra ids; shorten the "
-                     "inputs or add extra ids.")
+    raise ValueError(
+      f"Inputs of {inputs_length} tokens need up to {most_spans} sentinels but "
+      f"the vocabulary has {vocabulary.extra_ids} extra ids; shorten the "
+      "inputs or add extra ids."
+    )
 
   dataset = dataset.filter(_plain_tf(lambda x: tf.size(x["targets"]) > 0))
   dataset = _select_random_chunks(dataset, MAX_DOCUMENT_TOKENS)
@@ -274,10 +288,11 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
   @_plain_tf
   def corrupt(x, seeds):
     tokens = x["targets"]
-    noise = random_spans_noise_mask(tf.size(tokens), noise_density, mean_noise_span_length,
-                                    seeds)
-    return {"inputs": replace_spans_with_sentinels(tokens, noise, vocabulary),
-            "targets": replace_spans_with_sentinels(tokens, tf.logical_not(noise), vocabulary)}
+    noise = random_spans_noise_mask(tf.size(tokens), noise_density, mean_noise_span_length, seeds)
+    return {
+      "inputs": replace_spans_with_sentinels(tokens, noise, vocabulary),
+      "targets": replace_spans_with_sentinels(tokens, tf.logical_not(noise), vocabulary),
+    }
 
   return corrupt(dataset)
 
@@ -285,10 +300,11 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
 # ----------------------------------------------------------------------------------------
 # Registration.
 
+
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
   return {
-      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
-      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+    "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
+    "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
   }
 
 
@@ -297,10 +313,13 @@ def _default_name(tfds_name: str) -> str:
 
 
 @gin.configurable
-def register_text_tasks(tfds_name: str = C4_TFDS_NAME, text_key: str = "text",
-                        splits: Sequence[str] | Mapping[str, str] = DEFAULT_SPLITS,
-                        name: str | None = None,
-                        vocabulary: seqio.Vocabulary | None = None) -> list[str]:
+def register_text_tasks(
+  tfds_name: str = C4_TFDS_NAME,
+  text_key: str = "text",
+  splits: Sequence[str] | Mapping[str, str] = DEFAULT_SPLITS,
+  name: str | None = None,
+  vocabulary: seqio.Vocabulary | None = None,
+) -> list[str]:
   """Registers `{name}_prefix_lm` and `{name}_span_corruption` over a TFDS text dataset.
 
   Args:
@@ -320,29 +339,33 @@ def register_text_tasks(tfds_name: str = C4_TFDS_NAME, text_key: str = "text",
   name = name or _default_name(tfds_name)
   splits = dict(splits) if isinstance(splits, Mapping) else tuple(splits)
   common = [
-      functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_key}),
-      seqio.preprocessors.tokenize,
-      seqio.CacheDatasetPlaceholder(),
+    functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_key}),
+    seqio.preprocessors.tokenize,
+    seqio.CacheDatasetPlaceholder(),
   ]
   names = []
   for objective, preprocessor in ((PREFIX_LM, prefix_lm), (SPAN_CORRUPTION, span_corruption)):
     full_name = task_name(name, objective)
     seqio.TaskRegistry.remove(full_name)
     seqio.TaskRegistry.add(
-        full_name,
-        source=seqio.TfdsDataSource(tfds_name, splits=splits),
-        preprocessors=common + [preprocessor, seqio.preprocessors.append_eos_after_trim],
-        output_features=output_features(vocabulary),
-        metric_fns=[])
+      full_name,
+      source=seqio.TfdsDataSource(tfds_name, splits=splits),
+      preprocessors=common + [preprocessor, seqio.preprocessors.append_eos_after_trim],
+      output_features=output_features(vocabulary),
+      metric_fns=[],
+    )
     names.append(full_name)
   return names
 
 
 @gin.configurable
-def text_task(objective: str = PREFIX_LM, tfds_name: str = C4_TFDS_NAME,
-              text_key: str = "text",
-              splits: Sequence[str] | Mapping[str, str] = DEFAULT_SPLITS,
-              name: str | None = None) -> str:
+def text_task(
+  objective: str = PREFIX_LM,
+  tfds_name: str = C4_TFDS_NAME,
+  text_key: str = "text",
+  splits: Sequence[str] | Mapping[str, str] = DEFAULT_SPLITS,
+  name: str | None = None,
+) -> str:
   """Registers the text tasks of a TFDS dataset and returns the one for `objective`.
 
   For gin: `MIXTURE_OR_TASK_NAME = @text_task()` with `text_task.tfds_name = ...`.
@@ -360,8 +383,10 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
 # ----------------------------------------------------------------------------------------
 # The "+ Sentinel" setting.
 
-def add_sentinel_to_targets(dataset: tf.data.Dataset,
-                            output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+
+def add_sentinel_to_targets(
+  dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature]
+) -> tf.data.Dataset:
   """Puts <extra_id_0> in front of every tokenised target.
 
   A span-corruption model always starts its output with a sentinel; giving it one turns
@@ -373,8 +398,10 @@ def add_sentinel_to_targets(dataset: tf.data.Dataset,
   def prepend(x):
     targets = x["targets"]
     if not targets.dtype.is_integer:
-      raise ValueError("add_sentinel_to_targets needs tokenised targets; place it after "
-                       "seqio.preprocessors.tokenize.")
+      raise ValueError(
+        "add_sentinel_to_targets needs tokenised targets; place it after "
+        "seqio.preprocessors.tokenize."
+      )
     return {**x, "targets": tf.concat([tf.constant([sentinel], targets.dtype), targets], 0)}
 
   return dataset.map(prepend, num_parallel_calls=tf.data.AUTOTUNE)
@@ -383,9 +410,12 @@ def add_sentinel_to_targets(dataset: tf.data.Dataset,
 _LEADING_SENTINEL = re.compile(r"^\s*" + re.escape(FIRST_SENTINEL_TEXT) + r"\s*")
 
 
-def strip_sentinel(output: Any, example: Mapping[str, Any] | None = None,
-                   is_target: bool = False,
-                   postprocess_fn: Callable[..., Any] | None = None) -> Any:
+def strip_sentinel(
+  output: Any,
+  example: Mapping[str, Any] | None = None,
+  is_target: bool = False,
+  postprocess_fn: Callable[..., Any] | None = None,
+) -> Any:
   """Removes a leading <extra_id_0>, then applies the task's own postprocessor."""
   text = output.decode("utf-8") if isinstance(output, bytes) else output
   if isinstance(text, str):
@@ -417,16 +447,20 @@ def add_sentinel_variant(name: str) -> str:
     seqio.MixtureRegistry.add(variant_name, members)
     return variant_name
   if name not in seqio.TaskRegistry.names():
-    raise ValueError(f"No task or mixture named '{name}' is registered; see `prompt-tuning "
-                     "tasks` for the names.")
+    raise ValueError(
+      f"No task or mixture named '{name}' is registered; see `prompt-tuning tasks` for the names."
+    )
   task = seqio.TaskRegistry.get(name)
   preprocessors = list(task.preprocessors)
-  position = next((i for i, p in enumerate(preprocessors) if _is_eos_preprocessor(p)),
-                  len(preprocessors))
+  position = next(
+    (i for i, p in enumerate(preprocessors) if _is_eos_preprocessor(p)), len(preprocessors)
+  )
   preprocessors.insert(position, add_sentinel_to_targets)
   variant = task.replace(
-      name=variant_name, preprocessors=preprocessors,
-      postprocess_fn=functools.partial(strip_sentinel, postprocess_fn=task.postprocessor))
+    name=variant_name,
+    preprocessors=preprocessors,
+    postprocess_fn=functools.partial(strip_sentinel, postprocess_fn=task.postprocessor),
+  )
   seqio.TaskRegistry.remove(variant_name)
   seqio.TaskRegistry.add_provider(variant_name, variant)
   return variant_name

@@ -85,6 +85,7 @@ def demo_vocab_size() -> int:
 # ---------------------------------------------------------------------------------------
 # Sources.
 
+
 def _count_lines(path: str) -> int:
   opener = gzip.open if path.endswith(".gz") else open
   with opener(path, "rb") as f:
@@ -94,8 +95,9 @@ def _count_lines(path: str) -> int:
 def _sentiment_source() -> seqio.DataSource:
   paths = {split: demo_data_path(name) for split, name in SENTIMENT_FILES.items()}
   return seqio.TextLineDataSource(
-      split_to_filepattern=paths,
-      num_input_examples={split: _count_lines(path) for split, path in paths.items()})
+    split_to_filepattern=paths,
+    num_input_examples={split: _count_lines(path) for split, path in paths.items()},
+  )
 
 
 def _read_gzip_lines(filepattern: tf.Tensor) -> tf.data.Dataset:
@@ -105,12 +107,15 @@ def _read_gzip_lines(filepattern: tf.Tensor) -> tf.data.Dataset:
 def _lm_source() -> seqio.DataSource:
   paths = {split: demo_data_path(name) for split, name in LM_FILES.items()}
   return seqio.FileDataSource(
-      read_file_fn=_read_gzip_lines, split_to_filepattern=paths,
-      num_input_examples={split: _count_lines(path) for split, path in paths.items()})
+    read_file_fn=_read_gzip_lines,
+    split_to_filepattern=paths,
+    num_input_examples={split: _count_lines(path) for split, path in paths.items()},
+  )
 
 
 # ---------------------------------------------------------------------------------------
 # Preprocessors.
+
 
 def _label_id(word: tf.Tensor, labels: Sequence[str]) -> tf.Tensor:
   """Index of `word` in `labels`, or -1 (scalar int32)."""
@@ -119,20 +124,22 @@ def _label_id(word: tf.Tensor, labels: Sequence[str]) -> tf.Tensor:
 
 
 @seqio.map_over_dataset
-def parse_sentiment_line(line: tf.Tensor, labels: Sequence[str] = DEMO_LABELS,
-                         input_prefix: str = INPUT_PREFIX) -> dict[str, tf.Tensor]:
+def parse_sentiment_line(
+  line: tf.Tensor, labels: Sequence[str] = DEMO_LABELS, input_prefix: str = INPUT_PREFIX
+) -> dict[str, tf.Tensor]:
   """`text<TAB>label` -> {"inputs": prefix + text, "targets": label word, "label": id}."""
   fields = tf.strings.split(line, sep="\t")
   text, word = fields[0], fields[1]
   return {
-      "inputs": tf.strings.join([input_prefix, text]),
-      "targets": word,
-      "label": _label_id(word, labels),
+    "inputs": tf.strings.join([input_prefix, text]),
+    "targets": word,
+    "label": _label_id(word, labels),
   }
 
 
-def expand_label_candidates(dataset: tf.data.Dataset,
-                            labels: Sequence[str] = DEMO_LABELS) -> tf.data.Dataset:
+def expand_label_candidates(
+  dataset: tf.data.Dataset, labels: Sequence[str] = DEMO_LABELS
+) -> tf.data.Dataset:
   """One row per (example, candidate label) for rank classification.
 
   Rows carry `idx` (position of the example in the split, in file order), `candidate`
@@ -144,14 +151,16 @@ def expand_label_candidates(dataset: tf.data.Dataset,
   def expand(idx: tf.Tensor, ex: Mapping[str, tf.Tensor]) -> tf.data.Dataset:
     count = len(labels)
     candidates = tf.range(count, dtype=tf.int32)
-    return tf.data.Dataset.from_tensor_slices({
+    return tf.data.Dataset.from_tensor_slices(
+      {
         "inputs": tf.fill([count], ex["inputs"]),
         "targets": label_words,
         "label": tf.fill([count], ex["label"]),
         "idx": tf.fill([count], idx),
         "candidate": candidates,
         "is_correct": tf.equal(candidates, ex["label"]),
-    })
+      }
+    )
 
   return dataset.enumerate().flat_map(expand)
 
@@ -170,7 +179,8 @@ def split_at_verdict(dataset: tf.data.Dataset) -> tf.data.Dataset:
   task has no cue in its inputs: the prompt has to stand in for it.
   """
   dataset = dataset.filter(
-      lambda ex: tf.strings.regex_full_match(ex["targets"], f".*{VERDICT_CUE}.*"))
+    lambda ex: tf.strings.regex_full_match(ex["targets"], f".*{VERDICT_CUE}.*")
+  )
 
   def split(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     parts = tf.strings.split(ex["targets"], VERDICT_CUE, maxsplit=1)
@@ -186,8 +196,9 @@ def split_at_verdict(dataset: tf.data.Dataset) -> tf.data.Dataset:
 sentiment_label = postprocessors.string_label(DEMO_LABELS)
 
 
-def rank_candidate(text: Any, example: Mapping[str, Any] | None = None,
-                   is_target: bool = False) -> Any:
+def rank_candidate(
+  text: Any, example: Mapping[str, Any] | None = None, is_target: bool = False
+) -> Any:
   """Target rows -> {"group", "candidate", "is_correct"}; predictions -> label id.
 
   Rank classification only scores targets, so the target carries everything the
@@ -196,22 +207,29 @@ def rank_candidate(text: Any, example: Mapping[str, Any] | None = None,
   if not is_target:
     return sentiment_label(text)
   if example is None:
-    raise ValueError("rank_candidate needs the example of a target row (seqio passes "
-                     "example=...) to read its idx, candidate and is_correct.")
-  return {"group": int(example["idx"]), "candidate": int(example["candidate"]),
-          "is_correct": bool(example["is_correct"])}
+    raise ValueError(
+      "rank_candidate needs the example of a target row (seqio passes "
+      "example=...) to read its idx, candidate and is_correct."
+    )
+  return {
+    "group": int(example["idx"]),
+    "candidate": int(example["candidate"]),
+    "is_correct": bool(example["is_correct"]),
+  }
 
 
-def rank_classification_accuracy(targets: Sequence[Mapping[str, Any]],
-                                 scores: Sequence[Any]) -> dict[str, float]:
+def rank_classification_accuracy(
+  targets: Sequence[Mapping[str, Any]], scores: Sequence[Any]
+) -> dict[str, float]:
   """% of examples whose correct candidate has the highest score (ties: lowest id).
 
   `targets` come from `rank_candidate`, one per candidate row, `scores` are the model's
   log-likelihoods of those rows' targets.
   """
   if len(targets) != len(scores):
-    raise ValueError(f"Got {len(targets)} targets but {len(scores)} scores; score every "
-                     "candidate row once.")
+    raise ValueError(
+      f"Got {len(targets)} targets but {len(scores)} scores; score every candidate row once."
+    )
   if not targets:
     raise ValueError("Got no candidate rows; rank classification over nothing is undefined.")
   groups: dict[Any, list[tuple[float, int, bool]]] = collections.defaultdict(list)
@@ -227,15 +245,19 @@ def rank_classification_accuracy(targets: Sequence[Mapping[str, Any]],
 # ---------------------------------------------------------------------------------------
 # Registration.
 
+
 def _output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
   return {
-      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True),
-      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+    "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+    "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
   }
 
 
-_TOKENIZE = (seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-             seqio.preprocessors.append_eos_after_trim)
+_TOKENIZE = (
+  seqio.preprocessors.tokenize,
+  seqio.CacheDatasetPlaceholder(),
+  seqio.preprocessors.append_eos_after_trim,
+)
 
 
 def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
@@ -248,34 +270,41 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
     seqio.TaskRegistry.remove(name)
 
   seqio.TaskRegistry.add(
-      SENTIMENT_TASK,
-      source=_sentiment_source(),
-      preprocessors=[parse_sentiment_line, *_TOKENIZE],
-      postprocess_fn=sentiment_label,
-      metric_fns=[metrics.accuracy],
-      output_features=features)
+    SENTIMENT_TASK,
+    source=_sentiment_source(),
+    preprocessors=[parse_sentiment_line, *_TOKENIZE],
+    postprocess_fn=sentiment_label,
+    metric_fns=[metrics.accuracy],
+    output_features=features,
+  )
   seqio.TaskRegistry.add(
-      SENTIMENT_RANK_TASK,
-      source=_sentiment_source(),
-      preprocessors=[parse_sentiment_line, expand_label_candidates, *_TOKENIZE],
-      postprocess_fn=rank_candidate,
-      metric_fns=[rank_classification_accuracy],
-      output_features=features)
+    SENTIMENT_RANK_TASK,
+    source=_sentiment_source(),
+    preprocessors=[parse_sentiment_line, expand_label_candidates, *_TOKENIZE],
+    postprocess_fn=rank_candidate,
+    metric_fns=[rank_classification_accuracy],
+    output_features=features,
+  )
   seqio.TaskRegistry.add(
-      PREFIX_LM_TASK,
-      source=_lm_source(),
-      preprocessors=[text_as_targets, seqio.preprocessors.tokenize,
-                     seqio.CacheDatasetPlaceholder(), c4.prefix_lm,
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features=features)
+    PREFIX_LM_TASK,
+    source=_lm_source(),
+    preprocessors=[
+      text_as_targets,
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      c4.prefix_lm,
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    output_features=features,
+  )
   seqio.TaskRegistry.add(
-      VERDICT_LM_TASK,
-      source=_lm_source(),
-      preprocessors=[text_as_targets, split_at_verdict, *_TOKENIZE],
-      output_features=features)
+    VERDICT_LM_TASK,
+    source=_lm_source(),
+    preprocessors=[text_as_targets, split_at_verdict, *_TOKENIZE],
+    output_features=features,
+  )
   # Mostly verdict cuts: a tiny model needs many of them to learn the label words.
-  seqio.MixtureRegistry.add(LM_ADAPTATION_MIXTURE,
-                            [(PREFIX_LM_TASK, 1.0), (VERDICT_LM_TASK, 7.0)])
+  seqio.MixtureRegistry.add(LM_ADAPTATION_MIXTURE, [(PREFIX_LM_TASK, 1.0), (VERDICT_LM_TASK, 7.0)])
   return [*TASK_NAMES, LM_ADAPTATION_MIXTURE]
 
 

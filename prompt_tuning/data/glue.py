@@ -56,6 +56,7 @@ class GlueConfig:
   `label_classes` is None for STS-B (a regression); `benchmark` is the word the inputs
   start with (MNLI's evaluation sets and AX are posed as MNLI).
   """
+
   name: str
   text_keys: tuple[str, ...]
   label_classes: tuple[str, ...] | None
@@ -75,38 +76,93 @@ _BINARY_F1 = (metrics.f1_with_invalid, metrics.accuracy)
 
 # Label names and split names as in TFDS 4.9.10's `glue` builder (its label order is the
 # class id order); metrics as T5's GLUE_METRICS.
-CONFIGS: dict[str, GlueConfig] = {c.name: c for c in [
-    GlueConfig("cola", ("sentence",), ("unacceptable", "acceptable"), _STANDARD_SPLITS,
-               (metrics.matthews_corrcoef,)),
-    GlueConfig("sst2", ("sentence",), ("negative", "positive"), _STANDARD_SPLITS,
-               (metrics.accuracy,)),
-    GlueConfig("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"),
-               _STANDARD_SPLITS, _BINARY_F1),
-    GlueConfig("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"),
-               _STANDARD_SPLITS, _BINARY_F1),
-    GlueConfig("stsb", ("sentence1", "sentence2"), None, _STANDARD_SPLITS,
-               (metrics.pearson_corrcoef, metrics.spearman_corrcoef)),
-    GlueConfig("mnli", _NLI_KEYS, _NLI_LABELS,
-               ("train", "validation_matched", "validation_mismatched", "test_matched",
-                "test_mismatched"), (metrics.accuracy,)),
-    GlueConfig("mnli_matched", _NLI_KEYS, _NLI_LABELS, ("validation", "test"),
-               (metrics.accuracy,), benchmark="mnli"),
-    GlueConfig("mnli_mismatched", _NLI_KEYS, _NLI_LABELS,
-               ("validation", "test"), (metrics.accuracy,), benchmark="mnli"),
-    GlueConfig("qnli", ("question", "sentence"), ("entailment", "not_entailment"),
-               _STANDARD_SPLITS, (metrics.accuracy,)),
-    GlueConfig("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"),
-               _STANDARD_SPLITS, (metrics.accuracy,)),
-    GlueConfig("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment"),
-               _STANDARD_SPLITS, (metrics.accuracy,)),
+CONFIGS: dict[str, GlueConfig] = {
+  c.name: c
+  for c in [
+    GlueConfig(
+      "cola",
+      ("sentence",),
+      ("unacceptable", "acceptable"),
+      _STANDARD_SPLITS,
+      (metrics.matthews_corrcoef,),
+    ),
+    GlueConfig(
+      "sst2", ("sentence",), ("negative", "positive"), _STANDARD_SPLITS, (metrics.accuracy,)
+    ),
+    GlueConfig(
+      "mrpc",
+      ("sentence1", "sentence2"),
+      ("not_equivalent", "equivalent"),
+      _STANDARD_SPLITS,
+      _BINARY_F1,
+    ),
+    GlueConfig(
+      "qqp",
+      ("question1", "question2"),
+      ("not_duplicate", "duplicate"),
+      _STANDARD_SPLITS,
+      _BINARY_F1,
+    ),
+    GlueConfig(
+      "stsb",
+      ("sentence1", "sentence2"),
+      None,
+      _STANDARD_SPLITS,
+      (metrics.pearson_corrcoef, metrics.spearman_corrcoef),
+    ),
+    GlueConfig(
+      "mnli",
+      _NLI_KEYS,
+      _NLI_LABELS,
+      ("train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"),
+      (metrics.accuracy,),
+    ),
+    GlueConfig(
+      "mnli_matched",
+      _NLI_KEYS,
+      _NLI_LABELS,
+      ("validation", "test"),
+      (metrics.accuracy,),
+      benchmark="mnli",
+    ),
+    GlueConfig(
+      "mnli_mismatched",
+      _NLI_KEYS,
+      _NLI_LABELS,
+      ("validation", "test"),
+      (metrics.accuracy,),
+      benchmark="mnli",
+    ),
+    GlueConfig(
+      "qnli",
+      ("question", "sentence"),
+      ("entailment", "not_entailment"),
+      _STANDARD_SPLITS,
+      (metrics.accuracy,),
+    ),
+    GlueConfig(
+      "rte",
+      ("sentence1", "sentence2"),
+      ("entailment", "not_entailment"),
+      _STANDARD_SPLITS,
+      (metrics.accuracy,),
+    ),
+    GlueConfig(
+      "wnli",
+      ("sentence1", "sentence2"),
+      ("not_entailment", "entailment"),
+      _STANDARD_SPLITS,
+      (metrics.accuracy,),
+    ),
     # The diagnostic set has only an unlabelled test split, hence no metrics (as in T5).
     GlueConfig("ax", _NLI_KEYS, _NLI_LABELS, ("test",), (), benchmark="mnli"),
-]}
+  ]
+}
 
 # (source, target) -> {source label word: target label word}.
 LABEL_TRANSLATIONS: dict[tuple[str, str], dict[str, str]] = {
-    ("qqp", "mrpc"): {"not_duplicate": "not_equivalent", "duplicate": "equivalent"},
-    ("mrpc", "qqp"): {"not_equivalent": "not_duplicate", "equivalent": "duplicate"},
+  ("qqp", "mrpc"): {"not_duplicate": "not_equivalent", "duplicate": "equivalent"},
+  ("mrpc", "qqp"): {"not_equivalent": "not_duplicate", "equivalent": "duplicate"},
 }
 
 
@@ -130,6 +186,7 @@ def mnli_mixture_name(taskless: bool = False) -> str:
 # Preprocessing: T5's GLUE format comes from `preprocessors.glue_text`, the taskless form
 # from `preprocessors.remove_first_text_token` (both shared with SuperGLUE).
 
+
 def stsb_target(score: tf.Tensor) -> tf.Tensor:
   """T5's STS-B target: the 0-5 similarity rounded to a multiple of 0.2, one decimal."""
   return tf.strings.as_string(tf.round(score * 5.0) / 5.0, precision=1)
@@ -139,8 +196,9 @@ def stsb_target(score: tf.Tensor) -> tf.Tensor:
 @tf.autograph.experimental.do_not_convert
 def stsb_text(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   """STS-B in T5's format: the inputs as for any GLUE task, a number as the target."""
-  inputs = tf.strings.join(["stsb sentence1:", x["sentence1"], "sentence2:", x["sentence2"]],
-                           separator=" ")
+  inputs = tf.strings.join(
+    ["stsb sentence1:", x["sentence1"], "sentence2:", x["sentence2"]], separator=" "
+  )
   return {"inputs": inputs, "targets": stsb_target(x["label"]), "idx": x["idx"]}
 
 
@@ -149,14 +207,20 @@ def text_preprocessors(config: GlueConfig, taskless: bool = False) -> list[Calla
   if config.label_classes is None:
     steps = [stsb_text]
   else:
-    steps = [functools.partial(preprocessors.glue_text, benchmark_name=config.benchmark,
-                               label_names=config.label_classes,
-                               feature_names=config.text_keys)]
+    steps = [
+      functools.partial(
+        preprocessors.glue_text,
+        benchmark_name=config.benchmark,
+        label_names=config.label_classes,
+        feature_names=config.text_keys,
+      )
+    ]
   return steps + ([preprocessors.remove_first_text_token] if taskless else [])
 
 
-def transfer_text_preprocessors(source: GlueConfig, target: GlueConfig,
-                                taskless: bool = False) -> list[Callable[..., Any]]:
+def transfer_text_preprocessors(
+  source: GlueConfig, target: GlueConfig, taskless: bool = False
+) -> list[Callable[..., Any]]:
   """A target example posed as the source task: the source's keys and label words.
 
   The target's text fields are renamed to the source's (in sorted-key order, e.g. MRPC's
@@ -167,16 +231,20 @@ def transfer_text_preprocessors(source: GlueConfig, target: GlueConfig,
   to_source = {t: s for s, t in to_target.items()}
   key_map = dict(zip(source.text_keys, target.text_keys)) | {"label": "label", "idx": "idx"}
   steps = [
-      functools.partial(seqio.preprocessors.rekey, key_map=key_map),
-      functools.partial(preprocessors.glue_text, benchmark_name=source.benchmark,
-                        label_names=[to_source[word] for word in target.label_classes],
-                        feature_names=source.text_keys),
+    functools.partial(seqio.preprocessors.rekey, key_map=key_map),
+    functools.partial(
+      preprocessors.glue_text,
+      benchmark_name=source.benchmark,
+      label_names=[to_source[word] for word in target.label_classes],
+      feature_names=source.text_keys,
+    ),
   ]
   return steps + ([preprocessors.remove_first_text_token] if taskless else [])
 
 
 # ----------------------------------------------------------------------------------------
 # Postprocessing: text -> the value the metrics compare (class id, or float for STS-B).
+
 
 def string_to_float(output: Any, example=None, is_target: bool = False) -> float:
   """STS-B's generated number; -1 (outside the 0-5 range) if it is no number."""
@@ -187,9 +255,13 @@ def string_to_float(output: Any, example=None, is_target: bool = False) -> float
     return float(metrics.INVALID)
 
 
-def translated_label_to_class_id(output: Any, translation: Mapping[str, str],
-                                 label_classes: Sequence[str], example=None,
-                                 is_target: bool = False) -> int:
+def translated_label_to_class_id(
+  output: Any,
+  translation: Mapping[str, str],
+  label_classes: Sequence[str],
+  example=None,
+  is_target: bool = False,
+) -> int:
   """Source label word -> target label word -> target class id (-1 if unknown).
 
   A target label word passes through: it names the class just as unambiguously.
@@ -206,36 +278,41 @@ def postprocessor(config: GlueConfig) -> Callable[..., Any]:
 
 
 def transfer_postprocessor(source: GlueConfig, target: GlueConfig) -> Callable[..., Any]:
-  return functools.partial(translated_label_to_class_id,
-                           translation=LABEL_TRANSLATIONS[(source.name, target.name)],
-                           label_classes=target.label_classes)
+  return functools.partial(
+    translated_label_to_class_id,
+    translation=LABEL_TRANSLATIONS[(source.name, target.name)],
+    label_classes=target.label_classes,
+  )
 
 
 # ----------------------------------------------------------------------------------------
 # Registration.
 
+
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
   return {
-      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
-      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+    "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
+    "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
   }
 
 
-def _add_task(name: str, source: seqio.DataSource, text_steps, postprocess_fn,
-              metric_fns, features) -> None:
+def _add_task(
+  name: str, source: seqio.DataSource, text_steps, postprocess_fn, metric_fns, features
+) -> None:
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
-      name,
-      source=source,
-      preprocessors=[
-          *text_steps,
-          seqio.preprocessors.tokenize,
-          seqio.CacheDatasetPlaceholder(),
-          seqio.preprocessors.append_eos_after_trim,
-      ],
-      output_features=features,
-      postprocess_fn=postprocess_fn,
-      metric_fns=metric_fns)
+    name,
+    source=source,
+    preprocessors=[
+      *text_steps,
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    output_features=features,
+    postprocess_fn=postprocess_fn,
+    metric_fns=metric_fns,
+  )
 
 
 def _add_mixture(name: str, tasks_and_rates: list[tuple[str, float]]) -> None:
@@ -251,27 +328,39 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
   for taskless in (False, True):
     for config in CONFIGS.values():
       name = task_name(config.name, taskless)
-      _add_task(name,
-                seqio.TfdsDataSource(f"glue/{config.name}:{TFDS_VERSION}", splits=config.splits),
-                text_preprocessors(config, taskless),
-                postprocessor(config), list(config.metric_fns), features)
+      _add_task(
+        name,
+        seqio.TfdsDataSource(f"glue/{config.name}:{TFDS_VERSION}", splits=config.splits),
+        text_preprocessors(config, taskless),
+        postprocessor(config),
+        list(config.metric_fns),
+        features,
+      )
       names.append(name)
 
     # MNLI's validation sets are separate configs; rate 0 marks them evaluation-only.
     mnli = mnli_mixture_name(taskless)
-    _add_mixture(mnli, [(task_name("mnli", taskless), 1.0),
-                        (task_name("mnli_matched", taskless), 0.0),
-                        (task_name("mnli_mismatched", taskless), 0.0)])
+    _add_mixture(
+      mnli,
+      [
+        (task_name("mnli", taskless), 1.0),
+        (task_name("mnli_matched", taskless), 0.0),
+        (task_name("mnli_mismatched", taskless), 0.0),
+      ],
+    )
     names.append(mnli)
 
     for source_name, target_name in LABEL_TRANSLATIONS:
       source, target = CONFIGS[source_name], CONFIGS[target_name]
       name = transfer_task_name(target_name, source_name, taskless)
-      _add_task(name,
-                seqio.TfdsDataSource(f"glue/{target_name}:{TFDS_VERSION}",
-                                     splits=("validation",)),
-                transfer_text_preprocessors(source, target, taskless),
-                transfer_postprocessor(source, target), list(target.metric_fns), features)
+      _add_task(
+        name,
+        seqio.TfdsDataSource(f"glue/{target_name}:{TFDS_VERSION}", splits=("validation",)),
+        transfer_text_preprocessors(source, target, taskless),
+        transfer_postprocessor(source, target),
+        list(target.metric_fns),
+        features,
+      )
       mixture = zeroshot_mixture_name(target_name, source_name, taskless)
       _add_mixture(mixture, [(task_name(source_name, taskless), 1.0), (name, 0.0)])
       names += [name, mixture]

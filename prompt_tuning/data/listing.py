@@ -25,7 +25,7 @@ _FEATURES = ("inputs", "targets")
 
 def _matcher(pattern: str):
   if pattern.startswith(_REGEX_PREFIX) or not _GLOB_CHARACTERS & set(pattern):
-    expression = pattern[len(_REGEX_PREFIX):] if pattern.startswith(_REGEX_PREFIX) else pattern
+    expression = pattern[len(_REGEX_PREFIX) :] if pattern.startswith(_REGEX_PREFIX) else pattern
     try:
       compiled = re.compile(expression)
     except re.error as e:
@@ -50,8 +50,10 @@ def _provider(name: str) -> seqio.DatasetProviderBase:
     return seqio.TaskRegistry.get(name)
   close = [n for n in list_tasks() if name in n or n in name][:5]
   hint = f" Similar names: {', '.join(close)}." if close else ""
-  raise ValueError(f"No task or mixture named '{name}' is registered.{hint} "
-                   "Run `prompt-tuning tasks` to list them.")
+  raise ValueError(
+    f"No task or mixture named '{name}' is registered.{hint} "
+    "Run `prompt-tuning tasks` to list them."
+  )
 
 
 def _text(value: Any) -> str:
@@ -80,10 +82,10 @@ def show_task(name: str, split: str = "train", num_examples: int = 3) -> str:
     raise ValueError(f"num_examples must be at least 1, got {num_examples}.")
   provider = _provider(name)
   if split not in provider.splits:
-    raise ValueError(f"'{name}' has no split '{split}'; its splits are "
-                     f"{sorted(provider.splits)}.")
-  kwargs: dict[str, Any] = dict(sequence_length=None, split=split, shuffle=False, seed=0,
-                                num_epochs=1, try_in_mem_cache=False)
+    raise ValueError(f"'{name}' has no split '{split}'; its splits are {sorted(provider.splits)}.")
+  kwargs: dict[str, Any] = dict(
+    sequence_length=None, split=split, shuffle=False, seed=0, num_epochs=1, try_in_mem_cache=False
+  )
   if isinstance(provider, seqio.Mixture):
     kwargs["copy_pretokenized"] = True
   dataset = provider.get_dataset(**kwargs).take(num_examples)

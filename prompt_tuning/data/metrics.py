@@ -25,8 +25,10 @@ INVALID = -1  # What postprocessors return for a generation that is no known lab
 
 def _check_lengths(targets: Sequence[Any], predictions: Sequence[Any]) -> None:
   if len(targets) != len(predictions):
-    raise ValueError(f"Got {len(targets)} targets but {len(predictions)} predictions; "
-                     "pass one prediction per target.")
+    raise ValueError(
+      f"Got {len(targets)} targets but {len(predictions)} predictions; "
+      "pass one prediction per target."
+    )
   if not targets:
     raise ValueError("Got no targets; a metric over zero examples is undefined.")
 
@@ -75,8 +77,12 @@ def mean_multiclass_f1(num_classes: int) -> MetricFn:
   def metric(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
     _check_lengths(targets, predictions)
     f1 = sklearn.metrics.f1_score(
-        np.asarray(targets, np.int64), np.asarray(predictions, np.int64),
-        labels=list(range(num_classes)), average="macro", zero_division=0.0)
+      np.asarray(targets, np.int64),
+      np.asarray(predictions, np.int64),
+      labels=list(range(num_classes)),
+      average="macro",
+      zero_division=0.0,
+    )
     return {key: 100.0 * float(f1)}
 
   metric.__name__ = key
@@ -141,8 +147,10 @@ def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[
   f1_total = 0.0
   for i, (answers, prediction) in enumerate(zip(targets, predictions)):
     if isinstance(answers, (str, bytes)):
-      raise ValueError(f"squad targets must be lists of answers; example {i} is a single "
-                       "string. Wrap it in a list.")
+      raise ValueError(
+        f"squad targets must be lists of answers; example {i} is a single "
+        "string. Wrap it in a list."
+      )
     if len(answers) == 0:
       raise ValueError(f"Example {i} has no reference answers; squad needs at least one.")
     pred = normalize_answer(_as_text(prediction))
@@ -161,8 +169,10 @@ def _as_text(value: str | bytes) -> str:
 # Metrics over grouped examples (MultiRC, ReCoRD, AX-g). Targets and predictions are
 # dicts: targets carry the group id (which the model's output cannot know) and the value.
 
-def deduplicate_metric(metric_fn: MetricFn, group_key: str = "group",
-                       value_key: str = "value") -> MetricFn:
+
+def deduplicate_metric(
+  metric_fn: MetricFn, group_key: str = "group", value_key: str = "value"
+) -> MetricFn:
   """Scores only the first example of each group.
 
   ReCoRD repeats a query once per correct answer (one training target each); at
@@ -170,8 +180,9 @@ def deduplicate_metric(metric_fn: MetricFn, group_key: str = "group",
   each query once.
   """
 
-  def metric(targets: Sequence[Mapping[str, Any]],
-             predictions: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+  def metric(
+    targets: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]]
+  ) -> dict[str, float]:
     _check_lengths(targets, predictions)
     seen: set[Hashable] = set()
     kept_targets, kept_predictions = [], []
@@ -187,19 +198,20 @@ def deduplicate_metric(metric_fn: MetricFn, group_key: str = "group",
   return metric
 
 
-def mean_group_metric(metric_fn: MetricFn, group_key: str = "group",
-                      value_key: str = "value") -> MetricFn:
+def mean_group_metric(
+  metric_fn: MetricFn, group_key: str = "group", value_key: str = "value"
+) -> MetricFn:
   """Applies `metric_fn` to each group separately and averages the scores over groups.
 
   Only meaningful over whole groups: evaluating a subsample that cuts groups in half
   changes the score.
   """
 
-  def metric(targets: Sequence[Mapping[str, Any]],
-             predictions: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+  def metric(
+    targets: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]]
+  ) -> dict[str, float]:
     _check_lengths(targets, predictions)
-    groups: dict[Hashable, tuple[list[Any], list[Any]]] = collections.defaultdict(
-        lambda: ([], []))
+    groups: dict[Hashable, tuple[list[Any], list[Any]]] = collections.defaultdict(lambda: ([], []))
     for target, prediction in zip(targets, predictions):
       group_targets, group_predictions = groups[target[group_key]]
       group_targets.append(target[value_key])
@@ -219,8 +231,9 @@ def all_match(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, f
   return {"exact_match": 100.0 * float(all(t == p for t, p in zip(targets, predictions)))}
 
 
-def multirc_f1_over_all_answers(targets: Sequence[Mapping[str, Any]],
-                                predictions: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+def multirc_f1_over_all_answers(
+  targets: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]]
+) -> dict[str, float]:
   """MultiRC's F1a: binary F1 over every answer option, regardless of its question."""
   return f1_with_invalid([t["value"] for t in targets], [p["value"] for p in predictions])
 
@@ -228,8 +241,9 @@ def multirc_f1_over_all_answers(targets: Sequence[Mapping[str, Any]],
 multirc_exact_match = mean_group_metric(all_match)
 
 
-def record(targets: Sequence[Mapping[str, Any]],
-           predictions: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+def record(
+  targets: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]]
+) -> dict[str, float]:
   """ReCoRD: SQuAD EM/F1 against all answers of each query, counting each query once.
 
   Targets are {"group": query id, "value": [answers]}, predictions {"value": text}.
@@ -237,9 +251,12 @@ def record(targets: Sequence[Mapping[str, Any]],
   return deduplicate_metric(squad)(targets, predictions)
 
 
-def gender_parity(targets: Sequence[Mapping[str, Any]],
-                  predictions: Sequence[Mapping[str, Any]],
-                  group_key: str = "group", value_key: str = "value") -> dict[str, float]:
+def gender_parity(
+  targets: Sequence[Mapping[str, Any]],
+  predictions: Sequence[Mapping[str, Any]],
+  group_key: str = "group",
+  value_key: str = "value",
+) -> dict[str, float]:
   """AX-g's gender parity: % of minimal pairs whose two predictions agree.
 
   In AX-g the examples with idx 2k and 2k+1 differ only in the gender of a pronoun, so
@@ -259,8 +276,9 @@ def gender_parity(targets: Sequence[Mapping[str, Any]],
   return {"gender_parity": 100.0 * agree / len(complete)}
 
 
-def labeled_only(metric_fn: MetricFn, unlabeled: Any = INVALID,
-                 value_key: str | None = None) -> MetricFn:
+def labeled_only(
+  metric_fn: MetricFn, unlabeled: Any = INVALID, value_key: str | None = None
+) -> MetricFn:
   """Runs `metric_fn` on the examples whose target is not `unlabeled`.
 
   The public AX-b/AX-g test sets hide their labels (-1). Scoring them as if -1 were a
@@ -270,8 +288,11 @@ def labeled_only(metric_fn: MetricFn, unlabeled: Any = INVALID,
 
   def metric(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
     _check_lengths(targets, predictions)
-    kept = [(t, p) for t, p in zip(targets, predictions)
-            if (t[value_key] if value_key else t) != unlabeled]
+    kept = [
+      (t, p)
+      for t, p in zip(targets, predictions)
+      if (t[value_key] if value_key else t) != unlabeled
+    ]
     if not kept:
       return {}
     if value_key:
@@ -332,11 +353,15 @@ def text_examples(task_name: str, num_examples: int = 8) -> Callable[..., dict[s
 
     blocks = []
     for p in predictions[:num_examples]:
-      blocks.append("\n\n".join([
-          f"input: {_as_text(p.get(INPUT_TEXT) or b'')}",
-          f"target: {_as_text(p.get(TARGET_TEXT) or b'')}",
-          f"prediction: {_as_text(p.get(PREDICTION_TEXT) or b'')}",
-      ]))
+      blocks.append(
+        "\n\n".join(
+          [
+            f"input: {_as_text(p.get(INPUT_TEXT) or b'')}",
+            f"target: {_as_text(p.get(TARGET_TEXT) or b'')}",
+            f"prediction: {_as_text(p.get(PREDICTION_TEXT) or b'')}",
+          ]
+        )
+      )
     return {f"{task_name} examples": seqio.metrics.Text(textdata="\n\n---\n\n".join(blocks))}
 
   return metric

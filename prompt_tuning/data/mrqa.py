@@ -64,18 +64,19 @@ def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
   return tf.strings.strip(text)
 
 
-def _qa_example(question: tf.Tensor, context: tf.Tensor, answers: tf.Tensor,
-                example_id: tf.Tensor) -> dict[str, tf.Tensor]:
+def _qa_example(
+  question: tf.Tensor, context: tf.Tensor, answers: tf.Tensor, example_id: tf.Tensor
+) -> dict[str, tf.Tensor]:
   question = pad_punctuation(question)
   context = pad_punctuation(context)
   answers = pad_punctuation(answers)
   return {
-      "inputs": tf.strings.join(["question:", question, "context:", context], separator=" "),
-      "targets": answers[0],
-      "id": example_id,
-      "question": question,
-      "context": context,
-      "answers": answers,
+    "inputs": tf.strings.join(["question:", question, "context:", context], separator=" "),
+    "targets": answers[0],
+    "id": example_id,
+    "question": question,
+    "context": context,
+    "answers": answers,
   }
 
 
@@ -86,25 +87,27 @@ def squad_preprocessor(dataset: tf.data.Dataset) -> tf.data.Dataset:
   """
   dataset = dataset.filter(_plain_tf(lambda x: tf.size(x["answers"]["text"]) > 0))
   return dataset.map(
-      _plain_tf(lambda x: _qa_example(x["question"], x["context"], x["answers"]["text"],
-                                      x["id"])),
-      num_parallel_calls=tf.data.AUTOTUNE)
+    _plain_tf(lambda x: _qa_example(x["question"], x["context"], x["answers"]["text"], x["id"])),
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
 
 
 def mrqa_preprocessor(dataset: tf.data.Dataset) -> tf.data.Dataset:
   """TFDS `mrqa/*` (answers as a list of strings, id under `qid`) -> the QA format."""
   dataset = dataset.filter(_plain_tf(lambda x: tf.size(x["answers"]) > 0))
   return dataset.map(
-      _plain_tf(lambda x: _qa_example(x["question"], x["context"], x["answers"], x["qid"])),
-      num_parallel_calls=tf.data.AUTOTUNE)
+    _plain_tf(lambda x: _qa_example(x["question"], x["context"], x["answers"], x["qid"])),
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
 
 
 def _as_text(value: Any) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def qa_postprocessor(output: str, example: Mapping[str, Any] | None = None,
-                     is_target: bool = False) -> Any:
+def qa_postprocessor(
+  output: str, example: Mapping[str, Any] | None = None, is_target: bool = False
+) -> Any:
   """Targets become every reference answer of the example; predictions stay text.
 
   Without the example (a caller that has only the target text) the target text is the
@@ -119,26 +122,28 @@ def qa_postprocessor(output: str, example: Mapping[str, Any] | None = None,
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
   return {
-      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
-      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+    "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
+    "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
   }
 
 
-def _add_task(name: str, source: seqio.DataSource, preprocessor,
-              features: Mapping[str, seqio.Feature]) -> None:
+def _add_task(
+  name: str, source: seqio.DataSource, preprocessor, features: Mapping[str, seqio.Feature]
+) -> None:
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
-      name,
-      source=source,
-      preprocessors=[
-          preprocessor,
-          seqio.preprocessors.tokenize,
-          seqio.CacheDatasetPlaceholder(),
-          seqio.preprocessors.append_eos_after_trim,
-      ],
-      output_features=features,
-      postprocess_fn=qa_postprocessor,
-      metric_fns=[metrics.squad])
+    name,
+    source=source,
+    preprocessors=[
+      preprocessor,
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    output_features=features,
+    postprocess_fn=qa_postprocessor,
+    metric_fns=[metrics.squad],
+  )
 
 
 def _add_eval_mixture(name: str, eval_tasks: list[str]) -> None:
@@ -152,19 +157,25 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
   features = output_features(vocabulary)
   names = []
 
-  _add_task(SQUAD_TASK, seqio.TfdsDataSource(SQUAD_TFDS_NAME, splits=("train", "validation")),
-            squad_preprocessor, features)
+  _add_task(
+    SQUAD_TASK,
+    seqio.TfdsDataSource(SQUAD_TFDS_NAME, splits=("train", "validation")),
+    squad_preprocessor,
+    features,
+  )
   names.append(SQUAD_TASK)
 
   for subset in IN_DOMAIN:
-    source = seqio.TfdsDataSource(f"mrqa/{subset}:{MRQA_TFDS_VERSION}",
-                                  splits=("train", "validation"))
+    source = seqio.TfdsDataSource(
+      f"mrqa/{subset}:{MRQA_TFDS_VERSION}", splits=("train", "validation")
+    )
     _add_task(mrqa_task_name(subset), source, mrqa_preprocessor, features)
     names.append(mrqa_task_name(subset))
 
   for subset in OUT_OF_DOMAIN:
-    source = seqio.TfdsDataSource(f"mrqa/{subset}:{MRQA_TFDS_VERSION}",
-                                  splits={"validation": "test"})
+    source = seqio.TfdsDataSource(
+      f"mrqa/{subset}:{MRQA_TFDS_VERSION}", splits={"validation": "test"}
+    )
     _add_task(mrqa_task_name(subset), source, mrqa_preprocessor, features)
     names.append(mrqa_task_name(subset))
 

@@ -24,8 +24,10 @@ def as_text(value: Any) -> str:
 
 def _require_example(example: Mapping[str, Any] | None, what: str) -> Mapping[str, Any]:
   if example is None:
-    raise ValueError(f"The {what} postprocessor needs the preprocessed example to read "
-                     "its ids; call it as seqio does, with example=...")
+    raise ValueError(
+      f"The {what} postprocessor needs the preprocessed example to read "
+      "its ids; call it as seqio does, with example=..."
+    )
   return example
 
 
@@ -39,16 +41,18 @@ def string_label(label_classes: Sequence[str]) -> Postprocessor:
   """Postprocessor for single-label classification (BoolQ, CB, COPA, RTE, WiC, AX-b)."""
   label_classes = tuple(label_classes)
 
-  def postprocess(text: Any, example: Mapping[str, Any] | None = None,
-                  is_target: bool = False) -> int:
+  def postprocess(
+    text: Any, example: Mapping[str, Any] | None = None, is_target: bool = False
+  ) -> int:
     del example, is_target  # Targets and predictions are both label names.
     return label_to_class_id(text, label_classes)
 
   return postprocess
 
 
-def multirc(text: Any, example: Mapping[str, Any] | None = None,
-            is_target: bool = False) -> dict[str, Any]:
+def multirc(
+  text: Any, example: Mapping[str, Any] | None = None, is_target: bool = False
+) -> dict[str, Any]:
   """{"value": 0/1/-1}, plus the question id on targets for the per-question exact match.
 
   The group is (paragraph, question) so it is unique whether or not question ids restart
@@ -61,15 +65,16 @@ def multirc(text: Any, example: Mapping[str, Any] | None = None,
   return result
 
 
-def record(text: Any, example: Mapping[str, Any] | None = None,
-           is_target: bool = False) -> dict[str, Any]:
+def record(
+  text: Any, example: Mapping[str, Any] | None = None, is_target: bool = False
+) -> dict[str, Any]:
   """Prediction -> {"value": text}; target -> every answer of its query plus the query id."""
   if not is_target:
     return {"value": as_text(text)}
   example = _require_example(example, "record")
   return {
-      "value": [as_text(a) for a in example["answers"]],
-      "group": (int(example["idx/passage"]), int(example["idx/query"])),
+    "value": [as_text(a) for a in example["answers"]],
+    "group": (int(example["idx/passage"]), int(example["idx/query"])),
   }
 
 
@@ -77,8 +82,9 @@ def axg(label_classes: Sequence[str]) -> Postprocessor:
   """AX-g labels, with the minimal-pair id `idx // 2` on targets for gender parity."""
   label_classes = tuple(label_classes)
 
-  def postprocess(text: Any, example: Mapping[str, Any] | None = None,
-                  is_target: bool = False) -> dict[str, Any]:
+  def postprocess(
+    text: Any, example: Mapping[str, Any] | None = None, is_target: bool = False
+  ) -> dict[str, Any]:
     result: dict[str, Any] = {"value": label_to_class_id(text, label_classes)}
     if is_target:
       example = _require_example(example, "axg")
@@ -88,9 +94,31 @@ def axg(label_classes: Sequence[str]) -> Postprocessor:
   return postprocess
 
 
-_DETERMINERS = frozenset({
-    "a", "an", "few", "her", "his", "each", "every", "many", "much", "my", "our", "some",
-    "that", "the", "their", "these", "this", "those", "which", "whose", "your"})
+_DETERMINERS = frozenset(
+  {
+    "a",
+    "an",
+    "few",
+    "her",
+    "his",
+    "each",
+    "every",
+    "many",
+    "much",
+    "my",
+    "our",
+    "some",
+    "that",
+    "the",
+    "their",
+    "these",
+    "this",
+    "those",
+    "which",
+    "whose",
+    "your",
+  }
+)
 
 
 def _referent_words(text: str) -> list[str]:
@@ -98,8 +126,7 @@ def _referent_words(text: str) -> list[str]:
   return [w for w in text.strip().lower().split(" ") if w and w not in _DETERMINERS]
 
 
-def wsc_simple(text: Any, example: Mapping[str, Any] | None = None,
-               is_target: bool = False) -> int:
+def wsc_simple(text: Any, example: Mapping[str, Any] | None = None, is_target: bool = False) -> int:
   """WSC: 1 if the generated referent is the candidate noun phrase, else 0.
 
   The target is the example's label (is the candidate the pronoun's referent?), so a
@@ -129,17 +156,18 @@ def with_examples(postprocess_fn: Postprocessor) -> Postprocessor:
   Targets are left as they are.
   """
 
-  def postprocess(text: Any, example: Mapping[str, Any] | None = None,
-                  is_target: bool = False) -> Any:
+  def postprocess(
+    text: Any, example: Mapping[str, Any] | None = None, is_target: bool = False
+  ) -> Any:
     value = postprocess_fn(text, example=example, is_target=is_target)
     if is_target:
       return value
     example = example or {}
     return {
-        metrics.PREDICTION: value,
-        metrics.PREDICTION_TEXT: as_text(text),
-        metrics.INPUT_TEXT: as_text(example.get(metrics.INPUT_TEXT, b"")),
-        metrics.TARGET_TEXT: as_text(example.get(metrics.TARGET_TEXT, b"")),
+      metrics.PREDICTION: value,
+      metrics.PREDICTION_TEXT: as_text(text),
+      metrics.INPUT_TEXT: as_text(example.get(metrics.INPUT_TEXT, b"")),
+      metrics.TARGET_TEXT: as_text(example.get(metrics.TARGET_TEXT, b"")),
     }
 
   return postprocess

@@ -31,8 +31,12 @@ def _label_text(label: tf.Tensor, label_names: Sequence[str]) -> tf.Tensor:
 
 @seqio.map_over_dataset
 @_plain_tf
-def glue_text(x: Mapping[str, tf.Tensor], benchmark_name: str, label_names: Sequence[str],
-              feature_names: Sequence[str]) -> dict[str, tf.Tensor]:
+def glue_text(
+  x: Mapping[str, tf.Tensor],
+  benchmark_name: str,
+  label_names: Sequence[str],
+  feature_names: Sequence[str],
+) -> dict[str, tf.Tensor]:
   """T5's GLUE format: "<benchmark> key1: value1 key2: value2 ..." -> label name.
 
   `feature_names` fixes the order of the fields; T5 uses alphabetical order unless a
@@ -42,9 +46,9 @@ def glue_text(x: Mapping[str, tf.Tensor], benchmark_name: str, label_names: Sequ
   for key in feature_names:
     parts += [tf.constant(f"{key}:"), x[key]]
   return {
-      "inputs": tf.strings.join(parts, separator=" "),
-      "targets": _label_text(x["label"], label_names),
-      "idx": x["idx"],
+    "inputs": tf.strings.join(parts, separator=" "),
+    "targets": _label_text(x["label"], label_names),
+    "idx": x["idx"],
   }
 
 
@@ -57,16 +61,17 @@ def multirc_text(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   exact match can regroup the options of a question.
   """
   inputs = tf.strings.join(
-      ["multirc question:", x["question"], "answer:", x["answer"], "paragraph:", x["paragraph"]],
-      separator=" ")
+    ["multirc question:", x["question"], "answer:", x["answer"], "paragraph:", x["paragraph"]],
+    separator=" ",
+  )
   inputs = tf.strings.regex_replace(inputs, "<br>", " ")
   inputs = tf.strings.regex_replace(inputs, "</?b>", "")
   return {
-      "inputs": inputs,
-      "targets": _label_text(x["label"], ("False", "True")),
-      "idx/paragraph": x["idx"]["paragraph"],
-      "idx/question": x["idx"]["question"],
-      "idx/answer": x["idx"]["answer"],
+    "inputs": inputs,
+    "targets": _label_text(x["label"], ("False", "True")),
+    "idx/paragraph": x["idx"]["paragraph"],
+    "idx/question": x["idx"]["question"],
+    "idx/answer": x["idx"]["answer"],
   }
 
 
@@ -84,20 +89,26 @@ def record_text(dataset: tf.data.Dataset) -> tf.data.Dataset:
     # into a sentence break, without doubling an existing final punctuation mark.
     passage = tf.strings.regex_replace(x["passage"], r"([.?!\"'])\n@highlight\n", r"\1 ")
     passage = tf.strings.regex_replace(passage, r"\n@highlight\n", ". ")
-    inputs = tf.strings.join([
-        "record query:", x["query"], "entities:",
-        tf.strings.reduce_join(x["entities"], separator=", "), "passage:", passage
-    ], separator=" ")
+    inputs = tf.strings.join(
+      [
+        "record query:",
+        x["query"],
+        "entities:",
+        tf.strings.reduce_join(x["entities"], separator=", "),
+        "passage:",
+        passage,
+      ],
+      separator=" ",
+    )
     answers = x["answers"]
-    targets = tf.cond(tf.size(answers) > 0, lambda: answers,
-                      lambda: tf.constant([UNKNOWN_LABEL]))
+    targets = tf.cond(tf.size(answers) > 0, lambda: answers, lambda: tf.constant([UNKNOWN_LABEL]))
     copies = tf.size(targets)
     return {
-        "inputs": tf.fill([copies], inputs),
-        "targets": targets,
-        "answers": tf.repeat(answers[tf.newaxis], copies, axis=0),
-        "idx/passage": tf.fill([copies], x["idx"]["passage"]),
-        "idx/query": tf.fill([copies], x["idx"]["query"]),
+      "inputs": tf.fill([copies], inputs),
+      "targets": targets,
+      "answers": tf.repeat(answers[tf.newaxis], copies, axis=0),
+      "idx/passage": tf.fill([copies], x["idx"]["passage"]),
+      "idx/query": tf.fill([copies], x["idx"]["query"]),
     }
 
   return dataset.flat_map(_plain_tf(lambda x: tf.data.Dataset.from_tensor_slices(format_query(x))))
@@ -122,10 +133,13 @@ def _mark_pronoun(text: tf.Tensor, pronoun: tf.Tensor, index: tf.Tensor) -> tf.T
 
   def mark() -> tf.Tensor:
     position = tf.cond(
-        found, lambda: tf.gather(positions, tf.argmin(tf.abs(positions - index))),
-        lambda: tf.clip_by_value(index, 0, num_words - 1))
-    span = tf.cond(found, lambda: tf.strings.join(["^(", literal, ")"]),
-                   lambda: tf.constant("^(.*)$"))
+      found,
+      lambda: tf.gather(positions, tf.argmin(tf.abs(positions - index))),
+      lambda: tf.clip_by_value(index, 0, num_words - 1),
+    )
+    span = tf.cond(
+      found, lambda: tf.strings.join(["^(", literal, ")"]), lambda: tf.constant("^(.*)$")
+    )
     marked = tf.strings.regex_replace(words[position], span, r"*\1*", replace_global=False)
     updated = tf.tensor_scatter_nd_update(words, [[position]], [marked])
     return tf.strings.reduce_join(updated, separator=" ")
@@ -149,10 +163,10 @@ def wsc_simple(dataset: tf.data.Dataset, correct_referent_only: bool) -> tf.data
   def format_example(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     marked = _mark_pronoun(x["text"], x["span2_text"], x["span2_index"])
     return {
-        "inputs": tf.strings.join(["wsc:", marked], separator=" "),
-        "targets": x["span1_text"],
-        "label": x["label"],
-        "idx": x["idx"],
+      "inputs": tf.strings.join(["wsc:", marked], separator=" "),
+      "targets": x["span1_text"],
+      "label": x["label"],
+      "idx": x["idx"],
     }
 
   return dataset.map(format_example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -160,8 +174,9 @@ def wsc_simple(dataset: tf.data.Dataset, correct_referent_only: bool) -> tf.data
 
 @seqio.map_over_dataset
 @_plain_tf
-def remove_first_text_token(x: Mapping[str, tf.Tensor],
-                            key: str = "inputs") -> dict[str, tf.Tensor]:
+def remove_first_text_token(
+  x: Mapping[str, tf.Tensor], key: str = "inputs"
+) -> dict[str, tf.Tensor]:
   """Drops the first space-separated word of `key` (the dataset name): the "taskless" format.
 
   The paper trains prompts without T5's task prefix, so the prompt alone tells the

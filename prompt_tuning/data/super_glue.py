@@ -47,6 +47,7 @@ COPA_LABELS = ("choice1", "choice2")
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
   """What differs between SuperGLUE tasks: source, text format, scoring."""
+
   name: str  # Used in the task names.
   tfds_config: str  # super_glue/<tfds_config>:1.0.2
   splits: Sequence[str]
@@ -56,44 +57,107 @@ class TaskSpec:
 
 
 def _glue(benchmark: str, labels: Sequence[str], fields: Sequence[str]):
-  return functools.partial(preprocessors.glue_text, benchmark_name=benchmark,
-                           label_names=tuple(labels), feature_names=tuple(fields))
+  return functools.partial(
+    preprocessors.glue_text,
+    benchmark_name=benchmark,
+    label_names=tuple(labels),
+    feature_names=tuple(fields),
+  )
 
 
 # Field orders are T5's: alphabetical, except where T5 named an order (MultiRC, WiC).
 # AX-b and AX-g are cast as RTE, whose labels they share.
 TASK_SPECS: tuple[TaskSpec, ...] = (
-    TaskSpec("boolq", "boolq", ALL_SPLITS, _glue("boolq", BOOL_LABELS, ("passage", "question")),
-             postprocessors.string_label(BOOL_LABELS), [metrics.accuracy]),
-    TaskSpec("cb", "cb", ALL_SPLITS, _glue("cb", NLI_3_LABELS, ("hypothesis", "premise")),
-             postprocessors.string_label(NLI_3_LABELS),
-             [metrics.mean_multiclass_f1(3), metrics.accuracy]),
-    TaskSpec("copa", "copa", ALL_SPLITS,
-             _glue("copa", COPA_LABELS, ("choice1", "choice2", "premise", "question")),
-             postprocessors.string_label(COPA_LABELS), [metrics.accuracy]),
-    TaskSpec("multirc", "multirc", ALL_SPLITS, preprocessors.multirc_text, postprocessors.multirc,
-             [metrics.multirc_f1_over_all_answers, metrics.multirc_exact_match]),
-    TaskSpec("record", "record", ALL_SPLITS, preprocessors.record_text, postprocessors.record,
-             [metrics.record]),
-    TaskSpec("rte", "rte", ALL_SPLITS, _glue("rte", NLI_2_LABELS, ("hypothesis", "premise")),
-             postprocessors.string_label(NLI_2_LABELS), [metrics.accuracy]),
-    TaskSpec("wic", "wic", ALL_SPLITS,
-             _glue("wic", BOOL_LABELS, ("sentence1", "sentence2", "word")),
-             postprocessors.string_label(BOOL_LABELS), [metrics.accuracy]),
-    # The public AX-b/AX-g test labels are hidden (-1): scores appear only where labels do.
-    # Gender parity needs no labels.
-    TaskSpec("axb", "axb", ("test",), _glue("rte", NLI_2_LABELS, ("sentence1", "sentence2")),
-             postprocessors.string_label(NLI_2_LABELS),
-             [metrics.labeled_only(metrics.matthews_corrcoef),
-              metrics.labeled_only(metrics.accuracy)]),
-    TaskSpec("axg", "axg", ("test",), _glue("rte", NLI_2_LABELS, ("hypothesis", "premise")),
-             postprocessors.axg(NLI_2_LABELS),
-             [metrics.labeled_only(metrics.accuracy, value_key="value"), metrics.gender_parity]),
-    TaskSpec("wsc_v102_simple_train", "wsc.fixed", ("train",),
-             functools.partial(preprocessors.wsc_simple, correct_referent_only=True), None, []),
-    TaskSpec("wsc_v102_simple_eval", "wsc.fixed", ("validation", "test"),
-             functools.partial(preprocessors.wsc_simple, correct_referent_only=False),
-             postprocessors.wsc_simple, [metrics.accuracy]),
+  TaskSpec(
+    "boolq",
+    "boolq",
+    ALL_SPLITS,
+    _glue("boolq", BOOL_LABELS, ("passage", "question")),
+    postprocessors.string_label(BOOL_LABELS),
+    [metrics.accuracy],
+  ),
+  TaskSpec(
+    "cb",
+    "cb",
+    ALL_SPLITS,
+    _glue("cb", NLI_3_LABELS, ("hypothesis", "premise")),
+    postprocessors.string_label(NLI_3_LABELS),
+    [metrics.mean_multiclass_f1(3), metrics.accuracy],
+  ),
+  TaskSpec(
+    "copa",
+    "copa",
+    ALL_SPLITS,
+    _glue("copa", COPA_LABELS, ("choice1", "choice2", "premise", "question")),
+    postprocessors.string_label(COPA_LABELS),
+    [metrics.accuracy],
+  ),
+  TaskSpec(
+    "multirc",
+    "multirc",
+    ALL_SPLITS,
+    preprocessors.multirc_text,
+    postprocessors.multirc,
+    [metrics.multirc_f1_over_all_answers, metrics.multirc_exact_match],
+  ),
+  TaskSpec(
+    "record",
+    "record",
+    ALL_SPLITS,
+    preprocessors.record_text,
+    postprocessors.record,
+    [metrics.record],
+  ),
+  TaskSpec(
+    "rte",
+    "rte",
+    ALL_SPLITS,
+    _glue("rte", NLI_2_LABELS, ("hypothesis", "premise")),
+    postprocessors.string_label(NLI_2_LABELS),
+    [metrics.accuracy],
+  ),
+  TaskSpec(
+    "wic",
+    "wic",
+    ALL_SPLITS,
+    _glue("wic", BOOL_LABELS, ("sentence1", "sentence2", "word")),
+    postprocessors.string_label(BOOL_LABELS),
+    [metrics.accuracy],
+  ),
+  # The public AX-b/AX-g test labels are hidden (-1): scores appear only where labels do.
+  # Gender parity needs no labels.
+  TaskSpec(
+    "axb",
+    "axb",
+    ("test",),
+    _glue("rte", NLI_2_LABELS, ("sentence1", "sentence2")),
+    postprocessors.string_label(NLI_2_LABELS),
+    [metrics.labeled_only(metrics.matthews_corrcoef), metrics.labeled_only(metrics.accuracy)],
+  ),
+  TaskSpec(
+    "axg",
+    "axg",
+    ("test",),
+    _glue("rte", NLI_2_LABELS, ("hypothesis", "premise")),
+    postprocessors.axg(NLI_2_LABELS),
+    [metrics.labeled_only(metrics.accuracy, value_key="value"), metrics.gender_parity],
+  ),
+  TaskSpec(
+    "wsc_v102_simple_train",
+    "wsc.fixed",
+    ("train",),
+    functools.partial(preprocessors.wsc_simple, correct_referent_only=True),
+    None,
+    [],
+  ),
+  TaskSpec(
+    "wsc_v102_simple_eval",
+    "wsc.fixed",
+    ("validation", "test"),
+    functools.partial(preprocessors.wsc_simple, correct_referent_only=False),
+    postprocessors.wsc_simple,
+    [metrics.accuracy],
+  ),
 )
 
 # The SuperGLUE datasets with one task each (WSC has its train/eval pair instead).
@@ -102,14 +166,14 @@ SINGLE_TASK_NAMES = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "
 # Mixing rates: T5's SuperGLUE weights, i.e. the number of training examples per task
 # (WSC counts only its 259 correct-referent examples).
 TRAIN_EXAMPLES = {
-    "boolq": 9_427,
-    "cb": 250,
-    "copa": 400,
-    "multirc": 27_243,
-    "record": 138_854,
-    "rte": 2_490,
-    "wic": 5_428,
-    "wsc": 259,
+  "boolq": 9_427,
+  "cb": 250,
+  "copa": 400,
+  "multirc": 27_243,
+  "record": 138_854,
+  "rte": 2_490,
+  "wic": 5_428,
+  "wsc": 259,
 }
 
 PREFIXES = ("", "taskless_")
@@ -124,13 +188,14 @@ def task_name(spec_name: str, prefix: str = "", suffix: str = "") -> str:
 
 def _output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
   return {
-      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True),
-      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+    "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+    "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
   }
 
 
-def _add_task(name: str, spec: TaskSpec, vocabulary: seqio.Vocabulary, taskless: bool,
-              examples: bool) -> None:
+def _add_task(
+  name: str, spec: TaskSpec, vocabulary: seqio.Vocabulary, taskless: bool, examples: bool
+) -> None:
   text_preprocessors = [spec.text_preprocessor]
   if taskless:
     text_preprocessors.append(preprocessors.remove_first_text_token)
@@ -138,21 +203,24 @@ def _add_task(name: str, spec: TaskSpec, vocabulary: seqio.Vocabulary, taskless:
   metric_fns = list(spec.metric_fns)
   if examples:
     postprocess_fn = postprocessors.with_examples(postprocess_fn)
-    metric_fns = ([metrics.metric_with_examples(fn) for fn in metric_fns]
-                  + [metrics.text_examples(name)])
+    metric_fns = [metrics.metric_with_examples(fn) for fn in metric_fns] + [
+      metrics.text_examples(name)
+    ]
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
-      name,
-      source=seqio.TfdsDataSource(
-          tfds_name=f"super_glue/{spec.tfds_config}:{TFDS_VERSION}", splits=list(spec.splits)),
-      preprocessors=text_preprocessors + [
-          seqio.preprocessors.tokenize,
-          seqio.CacheDatasetPlaceholder(),
-          seqio.preprocessors.append_eos_after_trim,
-      ],
-      postprocess_fn=postprocess_fn,
-      metric_fns=metric_fns,
-      output_features=_output_features(vocabulary),
+    name,
+    source=seqio.TfdsDataSource(
+      tfds_name=f"super_glue/{spec.tfds_config}:{TFDS_VERSION}", splits=list(spec.splits)
+    ),
+    preprocessors=text_preprocessors
+    + [
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    postprocess_fn=postprocess_fn,
+    metric_fns=metric_fns,
+    output_features=_output_features(vocabulary),
   )
 
 
@@ -183,13 +251,17 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
     for suffix in SUFFIXES:
       wsc_train = task_name("wsc_v102_simple_train", prefix)
       wsc_eval = task_name("wsc_v102_simple_eval", prefix, suffix)
-      for wsc_mixture in (f"{prefix}super_glue_wsc_v102{suffix}",
-                          f"{prefix}super_glue_wsc_and_dev_v102_simple{suffix}"):
+      for wsc_mixture in (
+        f"{prefix}super_glue_wsc_v102{suffix}",
+        f"{prefix}super_glue_wsc_and_dev_v102_simple{suffix}",
+      ):
         _add_mixture(wsc_mixture, [(wsc_train, 1.0), (wsc_eval, 1.0)])
         names.append(wsc_mixture)
 
-      rates = [(task_name(t, prefix, suffix), float(TRAIN_EXAMPLES[t]))
-               for t in ("boolq", "cb", "copa", "multirc", "record", "rte", "wic")]
+      rates = [
+        (task_name(t, prefix, suffix), float(TRAIN_EXAMPLES[t]))
+        for t in ("boolq", "cb", "copa", "multirc", "record", "rte", "wic")
+      ]
       rates += [(wsc_train, float(TRAIN_EXAMPLES["wsc"])), (wsc_eval, 0.0)]
       mixture = f"{prefix}super_glue_v102{suffix}"
       _add_mixture(mixture, rates)

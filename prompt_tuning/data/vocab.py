@@ -19,14 +19,16 @@ DEFAULT_EXTRA_IDS = 100
 
 
 @gin.configurable
-def get_vocabulary(spm_path: str = DEFAULT_SPM_PATH,
-                   extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+def get_vocabulary(
+  spm_path: str = DEFAULT_SPM_PATH, extra_ids: int = DEFAULT_EXTRA_IDS
+) -> seqio.SentencePieceVocabulary:
   """The task vocabulary; override `get_vocabulary.spm_path` in gin for other models."""
   return seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
 
 
-def train_sentencepiece(texts: Iterable[str], model_path: str, vocab_size: int = 500,
-                        model_type: str = "unigram") -> str:
+def train_sentencepiece(
+  texts: Iterable[str], model_path: str, vocab_size: int = 500, model_type: str = "unigram"
+) -> str:
   """Trains a T5-style SentencePiece model (pad 0, eos 1, unk 2, no bos) to `model_path`.
 
   Ids 0/1/2 follow T5's convention so that seqio's EOS (1) and padding (0) hold.
@@ -34,13 +36,22 @@ def train_sentencepiece(texts: Iterable[str], model_path: str, vocab_size: int =
   import sentencepiece as spm  # Imported lazily: only trainers of vocabularies need it.
 
   model_path = os.fspath(model_path)
-  prefix = model_path[:-len(".model")] if model_path.endswith(".model") else model_path
+  prefix = model_path[: -len(".model")] if model_path.endswith(".model") else model_path
   stream = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(list(texts)), model_writer=stream, vocab_size=vocab_size,
-      model_type=model_type, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-      character_coverage=1.0, hard_vocab_limit=False, num_threads=1,
-      minloglevel=2)
+    sentence_iterator=iter(list(texts)),
+    model_writer=stream,
+    vocab_size=vocab_size,
+    model_type=model_type,
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    character_coverage=1.0,
+    hard_vocab_limit=False,
+    num_threads=1,
+    minloglevel=2,
+  )
   out_path = prefix + ".model"
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   with open(out_path, "wb") as f:

@@ -23,8 +23,12 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.prompts import initializers
-from prompt_tuning.prompts.prefix_tuning import (STACKS, MlpReparameterization,
-                                                 exported_or, stack_layers)
+from prompt_tuning.prompts.prefix_tuning import (
+  STACKS,
+  MlpReparameterization,
+  exported_or,
+  stack_layers,
+)
 from prompt_tuning.t5.config import T5Config
 from prompt_tuning.t5.layers import LayerPrefix, boxed
 
@@ -66,9 +70,11 @@ class DeepPrompt(nn.Module):
       return range(num_layers)
     start, stop = self.layer_range
     if not 0 <= start < stop <= num_layers:
-      raise ValueError(f"deep prompt layer_range {tuple(self.layer_range)} is not a "
-                       f"non-empty [start, stop) within the {num_layers} {self.stack} "
-                       "layers")
+      raise ValueError(
+        f"deep prompt layer_range {tuple(self.layer_range)} is not a "
+        f"non-empty [start, stop) within the {num_layers} {self.stack} "
+        "layers"
+      )
     return range(start, stop)
 
   @nn.compact
@@ -78,14 +84,22 @@ class DeepPrompt(nn.Module):
       raise ValueError(f"deep prompt length must be >= 0, got {self.length}")
     count, width = len(self.layer_indices()), self.config.emb_dim
     if self.reparameterize:
-      flat = MlpReparameterization(self.length, count * width,
-                                   self.embedding_dim or self.config.emb_dim,
-                                   self.hidden_dim, self.param_dtype, name="mlp")()
+      flat = MlpReparameterization(
+        self.length,
+        count * width,
+        self.embedding_dim or self.config.emb_dim,
+        self.hidden_dim,
+        self.param_dtype,
+        name="mlp",
+      )()
       return jnp.transpose(flat.reshape(self.length, count, width), (1, 0, 2))
-    init = exported_or(_per_layer(self.prompt_init), self.init_dir, self.scope.path,
-                       "prompt")
-    return self.param("prompt", boxed(init, "layers", "prompt", "embed"),
-                      (count, self.length, width), self.param_dtype)
+    init = exported_or(_per_layer(self.prompt_init), self.init_dir, self.scope.path, "prompt")
+    return self.param(
+      "prompt",
+      boxed(init, "layers", "prompt", "embed"),
+      (count, self.length, width),
+      self.param_dtype,
+    )
 
   def __call__(self) -> list[LayerPrefix | None]:
     prefixes: list[LayerPrefix | None] = [None] * stack_layers(self.config, self.stack)

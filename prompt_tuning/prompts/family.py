@@ -74,35 +74,80 @@ def _none(length: int) -> Factory:
   return None
 
 
-PROMPT_INITIALIZER_FILES = ("uniform.gin", "uniform_positive.gin", "from_sampled_vocab.gin",
-                            "from_class_labels.gin", "from_string.gin", "from_file.gin")
+PROMPT_INITIALIZER_FILES = (
+  "uniform.gin",
+  "uniform_positive.gin",
+  "from_sampled_vocab.gin",
+  "from_class_labels.gin",
+  "from_string.gin",
+  "from_file.gin",
+)
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("prompt", "prompt tuning (input prompt)",
-           lambda p: functools.partial(Prompt, length=p), _none, "prompt",
-           gin_files=PROMPT_INITIALIZER_FILES),
-    Method("prefix", "Prefix-Tuning, MLP-reparameterised (training)", _none,
-           lambda p: functools.partial(prefix_tuning.PrefixTuning, length=p),
-           "prefix_folded", gin_files=("prefix_tuning.gin",)),
-    Method("prefix_folded", "Prefix-Tuning after folding (serving)", _none,
-           lambda p: functools.partial(prefix_tuning.PrefixTuning, length=p,
-                                       reparameterize=False), "prefix_folded",
-           variant_of="prefix", bindings={"REPARAMETERIZE": "False"}, trains=False),
-    Method("p_tuning", "P-Tuning, bi-LSTM + MLP prompt encoder",
-           lambda p: functools.partial(p_tuning.PTuningPrompt, length=p), _none,
-           "prompt", gin_files=("p_tuning.gin",)),
-    Method("p_tuning_mlp", "P-Tuning, MLP prompt encoder",
-           lambda p: functools.partial(p_tuning.PTuningPrompt, length=p,
-                                       prompt_encoder="mlp"), _none, "prompt",
-           variant_of="p_tuning", bindings={"P_TUNING_ENCODER": "'mlp'"}),
-    Method("p_tuning_v2", "P-Tuning v2, deep prompts at every layer", _none,
-           lambda p: functools.partial(deep_prompt.DeepPrompt, length=p),
-           "p_tuning_v2", gin_files=("p_tuning_v2.gin",)),
-    Method("p_tuning_v2_mlp", "P-Tuning v2, MLP-reparameterised", _none,
-           lambda p: functools.partial(deep_prompt.DeepPrompt, length=p,
-                                       reparameterize=True), "p_tuning_v2",
-           variant_of="p_tuning_v2", bindings={"REPARAMETERIZE": "True"}),
-)}
+METHODS: dict[str, Method] = {
+  m.name: m
+  for m in (
+    Method(
+      "prompt",
+      "prompt tuning (input prompt)",
+      lambda p: functools.partial(Prompt, length=p),
+      _none,
+      "prompt",
+      gin_files=PROMPT_INITIALIZER_FILES,
+    ),
+    Method(
+      "prefix",
+      "Prefix-Tuning, MLP-reparameterised (training)",
+      _none,
+      lambda p: functools.partial(prefix_tuning.PrefixTuning, length=p),
+      "prefix_folded",
+      gin_files=("prefix_tuning.gin",),
+    ),
+    Method(
+      "prefix_folded",
+      "Prefix-Tuning after folding (serving)",
+      _none,
+      lambda p: functools.partial(prefix_tuning.PrefixTuning, length=p, reparameterize=False),
+      "prefix_folded",
+      variant_of="prefix",
+      bindings={"REPARAMETERIZE": "False"},
+      trains=False,
+    ),
+    Method(
+      "p_tuning",
+      "P-Tuning, bi-LSTM + MLP prompt encoder",
+      lambda p: functools.partial(p_tuning.PTuningPrompt, length=p),
+      _none,
+      "prompt",
+      gin_files=("p_tuning.gin",),
+    ),
+    Method(
+      "p_tuning_mlp",
+      "P-Tuning, MLP prompt encoder",
+      lambda p: functools.partial(p_tuning.PTuningPrompt, length=p, prompt_encoder="mlp"),
+      _none,
+      "prompt",
+      variant_of="p_tuning",
+      bindings={"P_TUNING_ENCODER": "'mlp'"},
+    ),
+    Method(
+      "p_tuning_v2",
+      "P-Tuning v2, deep prompts at every layer",
+      _none,
+      lambda p: functools.partial(deep_prompt.DeepPrompt, length=p),
+      "p_tuning_v2",
+      gin_files=("p_tuning_v2.gin",),
+    ),
+    Method(
+      "p_tuning_v2_mlp",
+      "P-Tuning v2, MLP-reparameterised",
+      _none,
+      lambda p: functools.partial(deep_prompt.DeepPrompt, length=p, reparameterize=True),
+      "p_tuning_v2",
+      variant_of="p_tuning_v2",
+      bindings={"REPARAMETERIZE": "True"},
+    ),
+  )
+}
 # The methods a run can train (every `--method` of the training tools).
 TRAINING_METHODS = tuple(name for name, method in METHODS.items() if method.trains)
 
@@ -135,12 +180,10 @@ def hooks(name: str, length: int) -> tuple[Factory, Factory]:
 def trainable_count(config: Any, name: str, length: int) -> int:
   """Trainable (prompt) parameters of a method, from shapes alone."""
   input_prompt, layer_prefix = hooks(name, length)
-  return tree.count(prompt_params(network.abstract_params(config, input_prompt,
-                                                          layer_prefix)))
+  return tree.count(prompt_params(network.abstract_params(config, input_prompt, layer_prefix)))
 
 
-def fold(module: network.Transformer, params: Params
-         ) -> tuple[network.Transformer, Params]:
+def fold(module: network.Transformer, params: Params) -> tuple[network.Transformer, Params]:
   """(plain module, its parameters) giving the same outputs as (module, params).
 
   `params` may be the full tree or the trainable part only; subtrees of hooks without
@@ -152,9 +195,9 @@ def fold(module: network.Transformer, params: Params
   if input_prompt is not None and "prompt" in encoder_params:
     hook = input_prompt()
     if isinstance(hook, p_tuning.PTuningPrompt):
-      prompt = jax.jit(lambda p: hook.apply({"params": p}, module.config.emb_dim,
-                                            method="folded_params"))(
-                                                encoder_params["prompt"])
+      prompt = jax.jit(
+        lambda p: hook.apply({"params": p}, module.config.emb_dim, method="folded_params")
+      )(encoder_params["prompt"])
       folded["encoder"] = {**folded["encoder"], "prompt": prompt}
       input_prompt = functools.partial(Prompt, length=hook.length)
   if layer_prefix is not None:
@@ -164,9 +207,9 @@ def fold(module: network.Transformer, params: Params
       hook = layer_prefix(config=module.config, stack=stack)
       if "layer_prompt" not in stack_params or not getattr(hook, "reparameterize", False):
         continue
-      plain = jax.jit(lambda p, hook=hook: hook.apply({"params": p},
-                                                      method="folded_params"))(
-                                                          stack_params["layer_prompt"])
+      plain = jax.jit(lambda p, hook=hook: hook.apply({"params": p}, method="folded_params"))(
+        stack_params["layer_prompt"]
+      )
       folded[stack] = {**stack_params, "layer_prompt": plain}
       any_folded = True
     if any_folded:
@@ -185,6 +228,8 @@ def prompt_params(params: Params) -> Params:
   flat = tree.flatten(params)
   found = {name: value for name, value in flat.items() if PROMPT_PARAMETERS.fullmatch(name)}
   if not found:
-    raise ValueError(f"no prompt parameters (names matching {PROMPT_PARAMETERS.pattern!r}) "
-                     f"among {', '.join(sorted(flat)[:5])}")
+    raise ValueError(
+      f"no prompt parameters (names matching {PROMPT_PARAMETERS.pattern!r}) "
+      f"among {', '.join(sorted(flat)[:5])}"
+    )
   return tree.unflatten(found)

@@ -49,8 +49,10 @@ def uniform_positive(scale: float = 0.5) -> Initializer:
 def _load_embedding_cached(source: str) -> np.ndarray:
   if source.endswith(".npy"):
     if not os.path.exists(source):
-      raise ValueError(f"embedding file {source} does not exist; extract one with "
-                       f"`prompt-tuning extract-variable CKPT '{EMBEDDING_PATH}' OUT.npy`")
+      raise ValueError(
+        f"embedding file {source} does not exist; extract one with "
+        f"`prompt-tuning extract-variable CKPT '{EMBEDDING_PATH}' OUT.npy`"
+      )
     return np.load(source)
   # Initialisers run while `init` is being traced; reading must happen eagerly.
   with jax.ensure_compile_time_eval():
@@ -60,8 +62,10 @@ def _load_embedding_cached(source: str) -> np.ndarray:
 def load_embedding(embedding: Any) -> np.ndarray:
   """The [vocab, d_model] embedding table from an array, a `.npy` file or a checkpoint."""
   if embedding is None:
-    raise ValueError("this prompt initialiser needs the frozen embedding table: bind "
-                     "`embedding` to a checkpoint path or an embedding .npy file")
+    raise ValueError(
+      "this prompt initialiser needs the frozen embedding table: bind "
+      "`embedding` to a checkpoint path or an embedding .npy file"
+    )
   if isinstance(embedding, (str, os.PathLike)):
     table = _load_embedding_cached(os.fspath(embedding))
   else:
@@ -73,13 +77,16 @@ def load_embedding(embedding: Any) -> np.ndarray:
 
 def _check_width(table: np.ndarray, shape: Sequence[int]) -> None:
   if len(shape) != 2 or table.shape[1] != shape[1]:
-    raise ValueError(f"prompt shape {tuple(shape)} does not match the embedding width "
-                     f"{table.shape[1]} (embedding shape {table.shape})")
+    raise ValueError(
+      f"prompt shape {tuple(shape)} does not match the embedding width "
+      f"{table.shape[1]} (embedding shape {table.shape})"
+    )
 
 
 @gin.configurable
-def sampled_vocab(embedding: Any = None, population_size: int = 5000,
-                  population_start: int = 3) -> Initializer:
+def sampled_vocab(
+  embedding: Any = None, population_size: int = 5000, population_start: int = 3
+) -> Initializer:
   """Rows of the frozen embedding drawn (without replacement when possible) from ids
   [population_start, population_start + population_size).
 
@@ -93,8 +100,10 @@ def sampled_vocab(embedding: Any = None, population_size: int = 5000,
     stop = min(population_start + population_size, table.shape[0])
     population = np.arange(population_start, stop)
     if population.size == 0:
-      raise ValueError(f"no ids to sample from: population [{population_start}, "
-                       f"{stop}) of a {table.shape[0]}-row embedding")
+      raise ValueError(
+        f"no ids to sample from: population [{population_start}, "
+        f"{stop}) of a {table.shape[0]}-row embedding"
+      )
     replace = shape[0] > population.size
     ids = jax.random.choice(rng, jnp.asarray(population), (shape[0],), replace=replace)
     return jnp.asarray(table, dtype)[ids]
@@ -102,11 +111,14 @@ def sampled_vocab(embedding: Any = None, population_size: int = 5000,
   return init
 
 
-def _fill_rows(rows: np.ndarray, rng: Array, shape: Sequence[int], dtype: Any,
-               fallback: Initializer, what: str) -> Array:
+def _fill_rows(
+  rows: np.ndarray, rng: Array, shape: Sequence[int], dtype: Any, fallback: Initializer, what: str
+) -> Array:
   if rows.shape[0] > shape[0]:
-    raise ValueError(f"{what} needs {rows.shape[0]} prompt positions but the prompt "
-                     f"length is {shape[0]}; lengthen the prompt or shorten the {what}")
+    raise ValueError(
+      f"{what} needs {rows.shape[0]} prompt positions but the prompt "
+      f"length is {shape[0]}; lengthen the prompt or shorten the {what}"
+    )
   rest = fallback(rng, (shape[0] - rows.shape[0], shape[1]), dtype)
   return jnp.concatenate([jnp.asarray(rows, dtype), rest], axis=0)
 
@@ -118,8 +130,12 @@ def _resolve_vocabulary(vocabulary: Any) -> Any:
 
 
 @gin.configurable
-def class_labels(labels: Sequence[str] = gin.REQUIRED, embedding: Any = None,
-                 vocabulary: Any = None, fallback: Initializer | None = None) -> Initializer:
+def class_labels(
+  labels: Sequence[str] = gin.REQUIRED,
+  embedding: Any = None,
+  vocabulary: Any = None,
+  fallback: Initializer | None = None,
+) -> Initializer:
   """Row i is the mean embedding of label i's sub-tokens; the rest come from `fallback`
   (sampled vocabulary from the same embedding by default, as in the paper)."""
 
@@ -140,8 +156,12 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED, embedding: Any = None,
 
 
 @gin.configurable
-def from_string(text: str = gin.REQUIRED, embedding: Any = None, vocabulary: Any = None,
-                fallback: Initializer | None = None) -> Initializer:
+def from_string(
+  text: str = gin.REQUIRED,
+  embedding: Any = None,
+  vocabulary: Any = None,
+  fallback: Initializer | None = None,
+) -> Initializer:
   """The embedded tokens of `text` (a discrete prompt) first, the rest from `fallback`."""
 
   def init(rng: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
@@ -164,8 +184,10 @@ def from_file(path: str = gin.REQUIRED) -> Initializer:
       raise ValueError(f"prompt file {path} does not exist")
     value = np.load(path)
     if tuple(value.shape) != tuple(shape):
-      raise ValueError(f"prompt file {path} has shape {tuple(value.shape)} but the model "
-                       f"expects {tuple(shape)} (prompt length x d_model)")
+      raise ValueError(
+        f"prompt file {path} has shape {tuple(value.shape)} but the model "
+        f"expects {tuple(shape)} (prompt length x d_model)"
+      )
     return jnp.asarray(value, dtype)
 
   return init

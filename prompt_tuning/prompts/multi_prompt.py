@@ -39,12 +39,16 @@ def load_prompt_files(paths: Sequence[str]) -> np.ndarray:
       raise ValueError(f"prompt file {path} does not exist")
     value = np.load(path)
     if value.ndim != 2:
-      raise ValueError(f"prompt file {path} has shape {tuple(value.shape)}; expected a "
-                       "2-D [prompt length, d_model] array")
+      raise ValueError(
+        f"prompt file {path} has shape {tuple(value.shape)}; expected a "
+        "2-D [prompt length, d_model] array"
+      )
     if prompts and value.shape != prompts[0].shape:
-      raise ValueError(f"prompt file {path} has shape {tuple(value.shape)} but "
-                       f"{paths[0]} has {tuple(prompts[0].shape)}; all prompts of one "
-                       "table need the same length and width")
+      raise ValueError(
+        f"prompt file {path} has shape {tuple(value.shape)} but "
+        f"{paths[0]} has {tuple(prompts[0].shape)}; all prompts of one "
+        "table need the same length and width"
+      )
     prompts.append(value)
   return np.stack(prompts)
 
@@ -70,9 +74,11 @@ def from_files(paths: Sequence[str] = gin.REQUIRED) -> Initializer:
     del rng
     table = load_prompt_files(paths)
     if tuple(table.shape) != tuple(shape):
-      raise ValueError(f"prompt files {paths} give a table of shape {tuple(table.shape)} "
-                       f"but the model expects {tuple(shape)} (num_prompts x prompt length "
-                       "x d_model)")
+      raise ValueError(
+        f"prompt files {paths} give a table of shape {tuple(table.shape)} "
+        f"but the model expects {tuple(shape)} (num_prompts x prompt length "
+        "x d_model)"
+      )
     return jnp.asarray(table, dtype)
 
   return init
@@ -98,28 +104,36 @@ class MultiPrompt(nn.Module):
   def from_files(cls, paths: Sequence[str], **kwargs: Any) -> Callable[..., "MultiPrompt"]:
     """A factory for `Transformer(input_prompt=...)` whose table holds these prompts."""
     num_prompts, length, _ = load_prompt_files(paths).shape
-    return functools.partial(cls, num_prompts=num_prompts, length=length,
-                             init=from_files(paths), **kwargs)
+    return functools.partial(
+      cls, num_prompts=num_prompts, length=length, init=from_files(paths), **kwargs
+    )
 
   @nn.compact
-  def __call__(self, embedded: Array, prompt_inputs: Mapping[str, Array] | None = None
-               ) -> Array:
+  def __call__(self, embedded: Array, prompt_inputs: Mapping[str, Array] | None = None) -> Array:
     """The rows table[prompt_ids] [batch, P, d]; `prompt_inputs["prompt_ids"]` [batch]."""
     batch, _, width = embedded.shape
-    table = self.param("prompt", boxed(self.init, "prompts", "prompt", "embed"),
-                       (self.num_prompts, self.length, width), self.param_dtype)
+    table = self.param(
+      "prompt",
+      boxed(self.init, "prompts", "prompt", "embed"),
+      (self.num_prompts, self.length, width),
+      self.param_dtype,
+    )
     prompt_inputs = dict(prompt_inputs or {})
     prompt_ids = prompt_inputs.pop("prompt_ids", None)
     if prompt_inputs:
-      raise ValueError(f"MultiPrompt takes only the prompt input `prompt_ids`, got also "
-                       f"{sorted(prompt_inputs)}")
+      raise ValueError(
+        f"MultiPrompt takes only the prompt input `prompt_ids`, got also {sorted(prompt_inputs)}"
+      )
     if prompt_ids is None:
       if not self.is_initializing():
-        raise ValueError("MultiPrompt needs prompt_ids [batch] (which prompt each row "
-                         "uses); add the batch feature `prompt_ids`")
+        raise ValueError(
+          "MultiPrompt needs prompt_ids [batch] (which prompt each row "
+          "uses); add the batch feature `prompt_ids`"
+        )
       prompt_ids = jnp.zeros((batch,), jnp.int32)
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
     if prompt_ids.shape != (batch,):
-      raise ValueError(f"prompt_ids has shape {prompt_ids.shape}; expected ({batch},), "
-                       "one prompt index per row")
+      raise ValueError(
+        f"prompt_ids has shape {prompt_ids.shape}; expected ({batch},), one prompt index per row"
+      )
     return jnp.take(table, prompt_ids, axis=0)

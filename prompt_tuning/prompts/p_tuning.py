@@ -46,35 +46,55 @@ class PTuningPrompt(nn.Module):
   def vectors(self, width: int) -> Array:
     """The prompt [P, width], float32."""
     if self.prompt_encoder not in PROMPT_ENCODERS:
-      raise ValueError(f"unknown P-Tuning prompt encoder {self.prompt_encoder!r}; choose "
-                       f"one of {PROMPT_ENCODERS}")
+      raise ValueError(
+        f"unknown P-Tuning prompt encoder {self.prompt_encoder!r}; choose one of {PROMPT_ENCODERS}"
+      )
     hidden = self.hidden_dim or width
-    x = self.param("embedding", boxed(nn.initializers.normal(1.0), "prompt", "prompt_embed"),
-                   (self.length, hidden), self.param_dtype)
+    x = self.param(
+      "embedding",
+      boxed(nn.initializers.normal(1.0), "prompt", "prompt_embed"),
+      (self.length, hidden),
+      self.param_dtype,
+    )
     if self.prompt_encoder == "lstm":
       if hidden < 2 or self.lstm_layers < 1:
-        raise ValueError(f"the LSTM prompt encoder needs hidden_dim >= 2 and lstm_layers "
-                         f">= 1, got {hidden} and {self.lstm_layers}")
+        raise ValueError(
+          f"the LSTM prompt encoder needs hidden_dim >= 2 and lstm_layers "
+          f">= 1, got {hidden} and {self.lstm_layers}"
+        )
       x = x[None]  # One sequence: the P prompt positions.
       for i in range(self.lstm_layers):
-        forward = nn.RNN(nn.OptimizedLSTMCell(hidden // 2, param_dtype=self.param_dtype,
-                                              name=f"lstm_{i}_forward"))
-        backward = nn.RNN(nn.OptimizedLSTMCell(hidden // 2, param_dtype=self.param_dtype,
-                                               name=f"lstm_{i}_backward"),
-                          reverse=True, keep_order=True)
+        forward = nn.RNN(
+          nn.OptimizedLSTMCell(hidden // 2, param_dtype=self.param_dtype, name=f"lstm_{i}_forward")
+        )
+        backward = nn.RNN(
+          nn.OptimizedLSTMCell(
+            hidden // 2, param_dtype=self.param_dtype, name=f"lstm_{i}_backward"
+          ),
+          reverse=True,
+          keep_order=True,
+        )
         x = jnp.concatenate([forward(x), backward(x)], axis=-1)
       x = x[0]
-    x = nn.Dense(hidden, dtype=jnp.float32, param_dtype=self.param_dtype,
-                 kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_embed",
-                                    "prompt_mlp"),
-                 bias_init=boxed(nn.initializers.zeros, "prompt_mlp"), name="mlp_hidden")(x)
+    x = nn.Dense(
+      hidden,
+      dtype=jnp.float32,
+      param_dtype=self.param_dtype,
+      kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_embed", "prompt_mlp"),
+      bias_init=boxed(nn.initializers.zeros, "prompt_mlp"),
+      name="mlp_hidden",
+    )(x)
     x = jax.nn.relu(x)
-    return nn.Dense(width, dtype=jnp.float32, param_dtype=self.param_dtype,
-                    kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_mlp", "embed"),
-                    bias_init=boxed(nn.initializers.zeros, "embed"), name="mlp_out")(x)
+    return nn.Dense(
+      width,
+      dtype=jnp.float32,
+      param_dtype=self.param_dtype,
+      kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_mlp", "embed"),
+      bias_init=boxed(nn.initializers.zeros, "embed"),
+      name="mlp_out",
+    )(x)
 
-  def __call__(self, embedded: Array, prompt_inputs: Mapping[str, Array] | None = None
-               ) -> Array:
+  def __call__(self, embedded: Array, prompt_inputs: Mapping[str, Array] | None = None) -> Array:
     """The prompt rows [P, d], float32 (none when P is 0)."""
     no_prompt_inputs(prompt_inputs, "PTuningPrompt")
     width = embedded.shape[-1]

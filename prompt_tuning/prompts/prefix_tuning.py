@@ -46,23 +46,34 @@ class MlpReparameterization(nn.Module):
   @nn.compact
   def __call__(self) -> Array:
     """[P, features], float32."""
-    embedding = self.param("embedding",
-                           boxed(nn.initializers.normal(1.0), "prompt", "prompt_embed"),
-                           (self.length, self.embedding_dim), self.param_dtype)
-    x = nn.Dense(self.hidden_dim, dtype=jnp.float32, param_dtype=self.param_dtype,
-                 kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_embed",
-                                    "prompt_mlp"),
-                 bias_init=boxed(nn.initializers.zeros, "prompt_mlp"), name="hidden")(
-                     embedding)
+    embedding = self.param(
+      "embedding",
+      boxed(nn.initializers.normal(1.0), "prompt", "prompt_embed"),
+      (self.length, self.embedding_dim),
+      self.param_dtype,
+    )
+    x = nn.Dense(
+      self.hidden_dim,
+      dtype=jnp.float32,
+      param_dtype=self.param_dtype,
+      kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_embed", "prompt_mlp"),
+      bias_init=boxed(nn.initializers.zeros, "prompt_mlp"),
+      name="hidden",
+    )(embedding)
     x = jnp.tanh(x)
-    return nn.Dense(self.features, dtype=jnp.float32, param_dtype=self.param_dtype,
-                    kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_mlp",
-                                       "prompt_out"),
-                    bias_init=boxed(nn.initializers.zeros, "prompt_out"), name="out")(x)
+    return nn.Dense(
+      self.features,
+      dtype=jnp.float32,
+      param_dtype=self.param_dtype,
+      kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_mlp", "prompt_out"),
+      bias_init=boxed(nn.initializers.zeros, "prompt_out"),
+      name="out",
+    )(x)
 
 
-def exported_or(init: Initializer, init_dir: str | None, path: tuple[str, ...],
-                name: str) -> Initializer:
+def exported_or(
+  init: Initializer, init_dir: str | None, path: tuple[str, ...], name: str
+) -> Initializer:
   """`init`, or the `.npy` that `prompt-tuning export-prompt` (or the trainer's numpy
   checkpoint) wrote for this parameter: `{init_dir}/{dotted path}.npy`."""
   if init_dir is None:
@@ -113,10 +124,14 @@ class PrefixTuning(nn.Module):
     width = self.config.num_heads * self.config.head_dim
     kinds = self.kinds()
     if self.reparameterize:
-      flat = MlpReparameterization(self.length, num_layers * len(kinds) * width,
-                                   self.embedding_dim or self.config.emb_dim,
-                                   self.hidden_dim, self.param_dtype,
-                                   name="mlp")()
+      flat = MlpReparameterization(
+        self.length,
+        num_layers * len(kinds) * width,
+        self.embedding_dim or self.config.emb_dim,
+        self.hidden_dim,
+        self.param_dtype,
+        name="mlp",
+      )()
       # [P, layers * kinds * width] -> [kinds, layers, P, width].
       grouped = flat.reshape(self.length, num_layers, len(kinds), width)
       grouped = jnp.transpose(grouped, (2, 1, 0, 3))
@@ -124,14 +139,20 @@ class PrefixTuning(nn.Module):
     prefixes = {}
     for kind in kinds:
       init = exported_or(self.prefix_init, self.init_dir, self.scope.path, kind)
-      prefixes[kind] = self.param(kind, boxed(init, "layers", "prompt", "prompt_embed"),
-                                  (num_layers, self.length, width), self.param_dtype)
+      prefixes[kind] = self.param(
+        kind,
+        boxed(init, "layers", "prompt", "prompt_embed"),
+        (num_layers, self.length, width),
+        self.param_dtype,
+      )
     return prefixes
 
   def __call__(self) -> list[LayerPrefix]:
     prefixes = self.prefixes()
-    return [LayerPrefix(**{kind: value[i] for kind, value in prefixes.items()})
-            for i in range(stack_layers(self.config, self.stack))]
+    return [
+      LayerPrefix(**{kind: value[i] for kind, value in prefixes.items()})
+      for i in range(stack_layers(self.config, self.stack))
+    ]
 
   def folded_params(self) -> dict[str, Array]:
     """The parameters of this module with `reparameterize=False` that give the same

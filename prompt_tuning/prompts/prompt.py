@@ -24,9 +24,11 @@ def no_prompt_inputs(prompt_inputs: Mapping[str, Array] | None, module: str) -> 
   """A prompt shared by every example takes no per-example inputs; silently ignoring
   `prompt_ids` would serve one prompt where the batch asked for several."""
   if prompt_inputs:
-    raise ValueError(f"{module} holds one prompt for every example but was given prompt "
-                     f"inputs {sorted(prompt_inputs)}; use prompts.MultiPrompt to pick a "
-                     "prompt per example")
+    raise ValueError(
+      f"{module} holds one prompt for every example but was given prompt "
+      f"inputs {sorted(prompt_inputs)}; use prompts.MultiPrompt to pick a "
+      "prompt per example"
+    )
 
 
 @gin.configurable(module="prompts")
@@ -42,12 +44,12 @@ class Prompt(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, embedded: Array, prompt_inputs: Mapping[str, Array] | None = None
-               ) -> Array:
+  def __call__(self, embedded: Array, prompt_inputs: Mapping[str, Array] | None = None) -> Array:
     """The prompt rows [P, d] (no parameter when P is 0)."""
     no_prompt_inputs(prompt_inputs, "Prompt")
     width = embedded.shape[-1]
     if self.length == 0:
       return jnp.zeros((0, width), embedded.dtype)
-    return self.param("prompt", boxed(self.init, "prompt", "embed"), (self.length, width),
-                      self.param_dtype)
+    return self.param(
+      "prompt", boxed(self.init, "prompt", "embed"), (self.length, width), self.param_dtype
+    )

@@ -57,36 +57,53 @@ class T5Config:
     """The config of a named size (`tiny`, `small` ... `xxl`, `mt5_small` ... `mt5_xxl`)."""
     key = name.lower().replace("-", "_")
     if key.startswith("t5_1_1_"):
-      key = key[len("t5_1_1_"):]
+      key = key[len("t5_1_1_") :]
     if key not in SIZES:
-      raise ValueError(
-          f"unknown model size {name!r}; choose one of: {', '.join(SIZES)}")
+      raise ValueError(f"unknown model size {name!r}; choose one of: {', '.join(SIZES)}")
     return dataclasses.replace(SIZES[key], **overrides)
 
   def replace(self, **overrides: Any) -> "T5Config":
     return dataclasses.replace(self, **overrides)
 
 
-def _t5(emb: int, heads: int, layers: int, mlp: int, vocab: int = T5_VOCAB_SIZE,
-        dec_layers: int | None = None) -> T5Config:
-  return T5Config(vocab_size=vocab, emb_dim=emb, num_heads=heads, head_dim=64,
-                  num_encoder_layers=layers,
-                  num_decoder_layers=layers if dec_layers is None else dec_layers,
-                  mlp_dim=mlp)
+def _t5(
+  emb: int,
+  heads: int,
+  layers: int,
+  mlp: int,
+  vocab: int = T5_VOCAB_SIZE,
+  dec_layers: int | None = None,
+) -> T5Config:
+  return T5Config(
+    vocab_size=vocab,
+    emb_dim=emb,
+    num_heads=heads,
+    head_dim=64,
+    num_encoder_layers=layers,
+    num_decoder_layers=layers if dec_layers is None else dec_layers,
+    mlp_dim=mlp,
+  )
 
 
 SIZES: dict[str, T5Config] = {
-    # Test-sized: shapes small enough to compile in seconds on one CPU core.
-    "tiny": T5Config(vocab_size=T5_VOCAB_SIZE, emb_dim=32, num_heads=4, head_dim=8,
-                     num_encoder_layers=2, num_decoder_layers=2, mlp_dim=64),
-    "small": _t5(512, 6, 8, 1024),
-    "base": _t5(768, 12, 12, 2048),
-    "large": _t5(1024, 16, 24, 2816),
-    "xl": _t5(2048, 32, 24, 5120),
-    "xxl": _t5(4096, 64, 24, 10240),
-    "mt5_small": _t5(512, 6, 8, 1024, MT5_VOCAB_SIZE),
-    "mt5_base": _t5(768, 12, 12, 2048, MT5_VOCAB_SIZE),
-    "mt5_large": _t5(1024, 16, 24, 2816, MT5_VOCAB_SIZE),
-    "mt5_xl": _t5(2048, 32, 24, 5120, MT5_VOCAB_SIZE),
-    "mt5_xxl": _t5(4096, 64, 24, 10240, MT5_VOCAB_SIZE),
+  # Test-sized: shapes small enough to compile in seconds on one CPU core.
+  "tiny": T5Config(
+    vocab_size=T5_VOCAB_SIZE,
+    emb_dim=32,
+    num_heads=4,
+    head_dim=8,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    mlp_dim=64,
+  ),
+  "small": _t5(512, 6, 8, 1024),
+  "base": _t5(768, 12, 12, 2048),
+  "large": _t5(1024, 16, 24, 2816),
+  "xl": _t5(2048, 32, 24, 5120),
+  "xxl": _t5(4096, 64, 24, 10240),
+  "mt5_small": _t5(512, 6, 8, 1024, MT5_VOCAB_SIZE),
+  "mt5_base": _t5(768, 12, 12, 2048, MT5_VOCAB_SIZE),
+  "mt5_large": _t5(1024, 16, 24, 2816, MT5_VOCAB_SIZE),
+  "mt5_xl": _t5(2048, 32, 24, 5120, MT5_VOCAB_SIZE),
+  "mt5_xxl": _t5(4096, 64, 24, 10240, MT5_VOCAB_SIZE),
 }

@@ -45,8 +45,14 @@ def boxed(init: Initializer, *axes: str | None) -> Initializer:
   return nn.with_logical_partitioning(init, axes)
 
 
-def _param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
-           dtype: DType, axes: Sequence[str | None]) -> Array:
+def _param(
+  module: nn.Module,
+  name: str,
+  init: Initializer,
+  shape: Sequence[int],
+  dtype: DType,
+  axes: Sequence[str | None],
+) -> Array:
   return module.param(name, boxed(init, *axes), tuple(shape), dtype)
 
 
@@ -62,8 +68,9 @@ class RMSNorm(nn.Module):
     x = jnp.asarray(x, jnp.float32)
     mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
     normed = jnp.asarray(x * lax.rsqrt(mean_square + self.epsilon), self.dtype)
-    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype,
-                   ("embed",))
+    scale = _param(
+      self, "scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype, ("embed",)
+    )
     return normed * jnp.asarray(scale, self.dtype)
 
 
@@ -82,11 +89,12 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    in_shape = x.shape[-self.in_axes:]
+    in_shape = x.shape[-self.in_axes :]
     fan_in = int(np.prod(in_shape))
-    kernel = _param(self, "kernel", self.kernel_init, (fan_in, self.features),
-                    self.param_dtype, self.kernel_axes)
-    x = jnp.reshape(jnp.asarray(x, self.dtype), x.shape[:-self.in_axes] + (fan_in,))
+    kernel = _param(
+      self, "kernel", self.kernel_init, (fan_in, self.features), self.param_dtype, self.kernel_axes
+    )
+    x = jnp.reshape(jnp.asarray(x, self.dtype), x.shape[: -self.in_axes] + (fan_in,))
     return jnp.dot(x, jnp.asarray(kernel, self.dtype))
 
 
@@ -100,9 +108,11 @@ class Embed(nn.Module):
 
   def setup(self) -> None:
     self.embedding = self.param(
-        "embedding",
-        nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
-        (self.num_embeddings, self.features), self.param_dtype)
+      "embedding",
+      nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+      (self.num_embeddings, self.features),
+      self.param_dtype,
+    )
 
   def __call__(self, ids: Array) -> Array:
     return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
@@ -112,8 +122,9 @@ class Embed(nn.Module):
     return jnp.dot(query, jnp.asarray(self.embedding, self.dtype).T)
 
 
-def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
-                             num_buckets: int, max_distance: int) -> np.ndarray:
+def relative_position_bucket(
+  relative_position: np.ndarray, bidirectional: bool, num_buckets: int, max_distance: int
+) -> np.ndarray:
   """Maps key-minus-query offsets to T5's log-spaced buckets.
 
   Half the buckets hold exact small offsets, the rest grow logarithmically up to
@@ -151,12 +162,17 @@ class RelativePositionBias(nn.Module):
     """Bias of shape [1, heads, query_length, key_length]."""
     context = np.arange(query_length, dtype=np.int32)[:, None]
     memory = np.arange(key_length, dtype=np.int32)[None, :]
-    buckets = relative_position_bucket(memory - context, self.bidirectional,
-                                       self.num_buckets, self.max_distance)
-    table = _param(self, "rel_embedding",
-                   nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
-                   (self.num_heads, self.num_buckets), self.param_dtype,
-                   ("heads", "relpos_buckets"))
+    buckets = relative_position_bucket(
+      memory - context, self.bidirectional, self.num_buckets, self.max_distance
+    )
+    table = _param(
+      self,
+      "rel_embedding",
+      nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+      (self.num_heads, self.num_buckets),
+      self.param_dtype,
+      ("heads", "relpos_buckets"),
+    )
     bias = jnp.take(jnp.asarray(table, self.dtype), jnp.asarray(buckets), axis=1)
     return bias[None]
 
@@ -198,8 +214,7 @@ class LayerPrefix:
   cross_value: Array | None = None
 
 
-def _pair(key: Array | None, value: Array | None, what: str
-          ) -> tuple[Array, Array] | None:
+def _pair(key: Array | None, value: Array | None, what: str) -> tuple[Array, Array] | None:
   if (key is None) != (value is None):
     raise ValueError(f"a layer prefix needs both {what} keys and values, got only one")
   return None if key is None else (key, value)
@@ -210,8 +225,7 @@ def self_attention_prefix(prefix: LayerPrefix | None) -> tuple[Array, Array] | N
 
 
 def cross_attention_prefix(prefix: LayerPrefix | None) -> tuple[Array, Array] | None:
-  return None if prefix is None else _pair(prefix.cross_key, prefix.cross_value,
-                                           "cross-attention")
+  return None if prefix is None else _pair(prefix.cross_key, prefix.cross_value, "cross-attention")
 
 
 class MultiHeadAttention(nn.Module):
@@ -237,9 +251,14 @@ class MultiHeadAttention(nn.Module):
 
   def _dense(self, name: str) -> Dense:
     features = self.num_heads * self.head_dim
-    return Dense(features, ("embed", "joined_kv"), name=name, dtype=self.dtype,
-                 param_dtype=self.param_dtype,
-                 kernel_init=self._query_init if name == "query" else default_kernel_init)
+    return Dense(
+      features,
+      ("embed", "joined_kv"),
+      name=name,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self._query_init if name == "query" else default_kernel_init,
+    )
 
   def _query_init(self, key: Array, shape: Sequence[int], dtype: DType) -> Array:
     return default_kernel_init(key, shape, dtype) / np.sqrt(self.head_dim).astype(dtype)
@@ -250,11 +269,18 @@ class MultiHeadAttention(nn.Module):
     return constrain(jnp.swapaxes(x, 1, 2), HEAD_MAJOR_AXES)
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array | None, bias: Array | None, *,
-               cross_attention: bool = False, decode: bool = False,
-               deterministic: bool = True,
-               prefix_key_value: tuple[Array, Array] | None = None,
-               prefix_inputs: Array | None = None) -> Array:
+  def __call__(
+    self,
+    inputs_q: Array,
+    inputs_kv: Array | None,
+    bias: Array | None,
+    *,
+    cross_attention: bool = False,
+    decode: bool = False,
+    deterministic: bool = True,
+    prefix_key_value: tuple[Array, Array] | None = None,
+    prefix_inputs: Array | None = None,
+  ) -> Array:
     """Attends `inputs_q` to `inputs_kv`; `bias` is added to the logits (mask + position).
 
     Shapes: inputs [batch, length, embed]; bias broadcastable to [batch, heads, q, k].
@@ -264,8 +290,7 @@ class MultiHeadAttention(nn.Module):
     query = self._split_heads(self._dense("query")(inputs_q))
     key_dense, value_dense = self._dense("key"), self._dense("value")
     if decode and cross_attention:
-      key, value, bias = self._cached_cross_key_value(key_dense, value_dense, inputs_kv,
-                                                      bias)
+      key, value, bias = self._cached_cross_key_value(key_dense, value_dense, inputs_kv, bias)
     else:
       key = self._split_heads(key_dense(inputs_kv))
       value = self._split_heads(value_dense(inputs_kv))
@@ -285,11 +310,12 @@ class MultiHeadAttention(nn.Module):
     if not deterministic and self.dropout_rate > 0.0:
       keep = self._key_dropout_mask(query.shape[0], key.shape[2])
     if self.implementation not in ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(f"unknown attention implementation {self.implementation!r}; "
-                       f"choose one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+      raise ValueError(
+        f"unknown attention implementation {self.implementation!r}; "
+        f"choose one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+      )
     if self.implementation == "einsum" or decode:
-      logits = jnp.einsum("bhqd,bhkd->bhqk", query, key,
-                          preferred_element_type=jnp.float32)
+      logits = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
       if bias is not None:
         logits = logits + bias.astype(jnp.float32)
       weights = jax.nn.softmax(logits).astype(self.dtype)
@@ -306,11 +332,18 @@ class MultiHeadAttention(nn.Module):
       if bias is not None and self.implementation == "cudnn":
         bias = bias.astype(query.dtype)
       query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
-      out = jax.nn.dot_product_attention(query, key, value, bias=bias, scale=1.0,
-                                         implementation=self.implementation)
+      out = jax.nn.dot_product_attention(
+        query, key, value, bias=bias, scale=1.0, implementation=self.implementation
+      )
     out = constrain(out, ("batch", "length", "heads", "kv"))
-    return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), in_axes=2, name="out",
-                 dtype=self.dtype, param_dtype=self.param_dtype)(out)
+    return Dense(
+      inputs_q.shape[-1],
+      ("joined_kv", "embed"),
+      in_axes=2,
+      name="out",
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )(out)
 
   def _key_dropout_mask(self, batch: int, keys: int) -> Array:
     """T5X's attention dropout: one mask per (batch, head, key) shared by every query.
@@ -319,13 +352,19 @@ class MultiHeadAttention(nn.Module):
     fewer random bits; returned already divided by the keep rate.
     """
     keep_rate = 1.0 - self.dropout_rate
-    keep = jax.random.bernoulli(self.make_rng("dropout"), keep_rate,
-                                (batch, self.num_heads, 1, keys))
+    keep = jax.random.bernoulli(
+      self.make_rng("dropout"), keep_rate, (batch, self.num_heads, 1, keys)
+    )
     return keep.astype(self.dtype) / jnp.asarray(keep_rate, self.dtype)
 
-  def _prepend_prefix(self, key: Array, value: Array, bias: Array | None,
-                      prefix_keys: Sequence[Array], prefix_values: Sequence[Array]
-                      ) -> tuple[Array, Array, Array | None]:
+  def _prepend_prefix(
+    self,
+    key: Array,
+    value: Array,
+    bias: Array | None,
+    prefix_keys: Sequence[Array],
+    prefix_values: Sequence[Array],
+  ) -> tuple[Array, Array, Array | None]:
     """Puts prefix positions (shared by every row) in front of the keys and values, with
     zero bias columns: always visible, no relative position."""
 
@@ -343,8 +382,9 @@ class MultiHeadAttention(nn.Module):
       bias = jnp.concatenate([zeros, bias], axis=-1)
     return key, value, bias
 
-  def _update_self_cache(self, key: Array, value: Array,
-                         bias: Array | None) -> tuple[Array, Array, Array | None]:
+  def _update_self_cache(
+    self, key: Array, value: Array, bias: Array | None
+  ) -> tuple[Array, Array, Array | None]:
     """Creates the cache on the first (full-length) call; afterwards writes one step.
 
     On a step the bias passed in is the full [.., L, L] one; the row of the current
@@ -352,8 +392,7 @@ class MultiHeadAttention(nn.Module):
     """
     initialized = self.has_variable("cache", "cached_key")
     cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape,
-                                 value.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
     cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if not initialized:
       return key, value, bias
@@ -363,8 +402,7 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f"decode step expects one token per call, got {steps}")
     index = cache_index.value
     cached_key.value = lax.dynamic_update_slice(cached_key.value, key, (0, 0, index, 0))
-    cached_value.value = lax.dynamic_update_slice(cached_value.value, value,
-                                                  (0, 0, index, 0))
+    cached_value.value = lax.dynamic_update_slice(cached_value.value, value, (0, 0, index, 0))
     cache_index.value = index + 1
     visible = (jnp.arange(max_length) <= index)[None, None, None, :]
     step_bias = mask_to_bias(visible, jnp.float32)
@@ -373,9 +411,9 @@ class MultiHeadAttention(nn.Module):
       step_bias = step_bias + row.astype(jnp.float32)
     return cached_key.value, cached_value.value, step_bias
 
-  def _cached_cross_key_value(self, key_dense: Dense, value_dense: Dense,
-                              encoded: Array | None, bias: Array | None
-                              ) -> tuple[Array, Array, Array | None]:
+  def _cached_cross_key_value(
+    self, key_dense: Dense, value_dense: Dense, encoded: Array | None, bias: Array | None
+  ) -> tuple[Array, Array, Array | None]:
     """Keys, values and the encoder-mask bias, computed once and kept in the cache.
 
     Keeping the mask in the cache (with batch leading, like the keys) lets beam search
@@ -383,8 +421,10 @@ class MultiHeadAttention(nn.Module):
     """
     if not self.has_variable("cache", "cached_cross_key"):
       if encoded is None:
-        raise ValueError("cross-attention cache is empty: initialise it with the encoder "
-                         "output before decoding steps")
+        raise ValueError(
+          "cross-attention cache is empty: initialise it with the encoder "
+          "output before decoding steps"
+        )
       key = self._split_heads(key_dense(encoded))
       value = self._split_heads(value_dense(encoded))
       if bias is None:
@@ -394,9 +434,11 @@ class MultiHeadAttention(nn.Module):
       self.variable("cache", "cached_cross_value", lambda: value)
       self.variable("cache", "cached_cross_bias", lambda: step_bias)
       return key, value, bias
-    return (self.get_variable("cache", "cached_cross_key"),
-            self.get_variable("cache", "cached_cross_value"),
-            self.get_variable("cache", "cached_cross_bias"))
+    return (
+      self.get_variable("cache", "cached_cross_key"),
+      self.get_variable("cache", "cached_cross_value"),
+      self.get_variable("cache", "cached_cross_bias"),
+    )
 
 
 class GatedMlp(nn.Module):
@@ -413,24 +455,31 @@ class GatedMlp(nn.Module):
     hidden = None
     for i, name in enumerate(self.activations):
       branch_name = "wi" if len(self.activations) == 1 else f"wi_{i}"
-      h = Dense(self.mlp_dim, ("embed", "mlp"), name=branch_name, dtype=self.dtype,
-                param_dtype=self.param_dtype)(x)
+      h = Dense(
+        self.mlp_dim,
+        ("embed", "mlp"),
+        name=branch_name,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+      )(x)
       h = _activation(name)(h)
       hidden = h if hidden is None else hidden * h
     hidden = constrain(hidden, ("batch", "length", "mlp"))
     hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
-        hidden, deterministic=deterministic)
-    return Dense(x.shape[-1], ("mlp", "embed"), name="wo", dtype=self.dtype,
-                 param_dtype=self.param_dtype)(hidden)
+      hidden, deterministic=deterministic
+    )
+    return Dense(
+      x.shape[-1], ("mlp", "embed"), name="wo", dtype=self.dtype, param_dtype=self.param_dtype
+    )(hidden)
 
 
 def _activation(name: str) -> Callable[[Array], Array]:
   activations = {
-      "gelu": functools.partial(jax.nn.gelu, approximate=True),
-      "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
-      "relu": jax.nn.relu,
-      "silu": jax.nn.silu,
-      "linear": lambda x: x,
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "linear": lambda x: x,
   }
   if name not in activations:
     raise ValueError(f"unknown MLP activation {name!r}; choose one of {sorted(activations)}")

@@ -35,22 +35,23 @@ PromptFactory = Callable[..., nn.Module]
 PromptInputs = Optional[Mapping[str, Array]]
 
 
-def _remat(module_class: type[nn.Module], policy_name: str,
-           static_argnums: tuple[int, ...]) -> type[nn.Module]:
+def _remat(
+  module_class: type[nn.Module], policy_name: str, static_argnums: tuple[int, ...]
+) -> type[nn.Module]:
   """Wraps a layer class in activation rematerialisation, as chosen by the config."""
   if policy_name == "none":
     return module_class
   policies = {
-      "full": None,  # Save nothing inside the layer; recompute everything.
-      "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-      "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "full": None,  # Save nothing inside the layer; recompute everything.
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
   }
   if policy_name not in policies:
-    raise ValueError(f"unknown remat_policy {policy_name!r}; choose 'none' or one of "
-                     f"{sorted(policies)}")
+    raise ValueError(
+      f"unknown remat_policy {policy_name!r}; choose 'none' or one of {sorted(policies)}"
+    )
   # Argument 0 is the module itself; the boolean mode flags are static.
-  return nn.remat(module_class, policy=policies[policy_name],
-                  static_argnums=static_argnums)
+  return nn.remat(module_class, policy=policies[policy_name], static_argnums=static_argnums)
 
 
 class Encoded(NamedTuple):
@@ -61,11 +62,10 @@ class Encoded(NamedTuple):
   """
 
   sequence: Array  # [batch, P + L, embed]
-  mask: Array      # [batch, P + L], bool
+  mask: Array  # [batch, P + L], bool
 
 
-def prepend_prompt(prompt: Array | None, embedded: Array, tokens: Array
-                   ) -> tuple[Array, Array]:
+def prepend_prompt(prompt: Array | None, embedded: Array, tokens: Array) -> tuple[Array, Array]:
   """(prompt rows ++ embedded tokens, their mask): the one place prompts meet the input.
 
   `prompt` is [batch, P, d], [P, d] (the same rows for every example) or None. Prompt
@@ -78,33 +78,39 @@ def prepend_prompt(prompt: Array | None, embedded: Array, tokens: Array
   if prompt.ndim == 2:
     prompt = jnp.broadcast_to(prompt[None], (batch,) + prompt.shape)
   if prompt.ndim != 3 or prompt.shape[0] != batch or prompt.shape[2] != width:
-    raise ValueError(f"the input prompt gave rows of shape {tuple(prompt.shape)}; expected "
-                     f"[{batch}, P, {width}] or [P, {width}]")
+    raise ValueError(
+      f"the input prompt gave rows of shape {tuple(prompt.shape)}; expected "
+      f"[{batch}, P, {width}] or [P, {width}]"
+    )
   length = prompt.shape[1]
   mask = jnp.concatenate([jnp.ones((batch, length), bool), token_mask], axis=1)
   return jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1), mask
 
 
-def layer_prefixes(factory: Optional[PromptFactory], config: T5Config, stack: str,
-                   num_layers: int) -> list[Optional[layers.LayerPrefix]]:
+def layer_prefixes(
+  factory: Optional[PromptFactory], config: T5Config, stack: str, num_layers: int
+) -> list[Optional[layers.LayerPrefix]]:
   """One prefix (or None) per layer of a stack, from the `layer_prefix` hook."""
   if factory is None:
     return [None] * num_layers
   prefixes = list(factory(config=config, stack=stack, name="layer_prompt")())
   if len(prefixes) != num_layers:
-    raise ValueError(f"the layer prefix module gave {len(prefixes)} prefixes for the "
-                     f"{num_layers} {stack} layers; it must give one (or None) per layer")
+    raise ValueError(
+      f"the layer prefix module gave {len(prefixes)} prefixes for the "
+      f"{num_layers} {stack} layers; it must give one (or None) per layer"
+    )
   return prefixes
 
 
-def _self_prefix_kwargs(prefix: Optional[layers.LayerPrefix], norm: nn.Module
-                        ) -> dict[str, Any]:
+def _self_prefix_kwargs(prefix: Optional[layers.LayerPrefix], norm: nn.Module) -> dict[str, Any]:
   """Attention keyword arguments of a layer's self-attention prefix; deep-prompt hidden
   positions go through the layer's own pre-attention norm, as its inputs do."""
   if prefix is None:
     return {}
-  return {"prefix_key_value": layers.self_attention_prefix(prefix),
-          "prefix_inputs": None if prefix.hidden is None else norm(prefix.hidden)}
+  return {
+    "prefix_key_value": layers.self_attention_prefix(prefix),
+    "prefix_inputs": None if prefix.hidden is None else norm(prefix.hidden),
+  }
 
 
 class EncoderLayer(nn.Module):
@@ -112,23 +118,28 @@ class EncoderLayer(nn.Module):
   relative_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool,
-               prefix: Optional[layers.LayerPrefix] = None) -> Array:
+  def __call__(
+    self, x: Array, bias: Array, deterministic: bool, prefix: Optional[layers.LayerPrefix] = None
+  ) -> Array:
     cfg = self.config
     dtype, pdtype = cfg.activation_dtype, cfg.parameter_dtype
-    norm = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype,
-                          name="pre_attention_layer_norm")
+    norm = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype, name="pre_attention_layer_norm")
     h = norm(x)
-    h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                                  pdtype, cfg.attention_implementation,
-                                  name="attention")(
-                                      h, h, bias, deterministic=deterministic,
-                                      **_self_prefix_kwargs(prefix, norm))
+    h = layers.MultiHeadAttention(
+      cfg.num_heads,
+      cfg.head_dim,
+      cfg.dropout_rate,
+      dtype,
+      pdtype,
+      cfg.attention_implementation,
+      name="attention",
+    )(h, h, bias, deterministic=deterministic, **_self_prefix_kwargs(prefix, norm))
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
     x = layers.constrain(x, ("batch", "length", "embed"))
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype, name="pre_mlp_layer_norm")(x)
-    h = layers.GatedMlp(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, pdtype,
-                        name="mlp")(h, deterministic)
+    h = layers.GatedMlp(
+      cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, pdtype, name="mlp"
+    )(h, deterministic)
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
     return layers.constrain(x, ("batch", "length", "embed"))
 
@@ -137,35 +148,66 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, encoded: Array | None, self_bias: Array,
-               deterministic: bool, decode: bool, cross_bias: Array | None = None,
-               prefix: Optional[layers.LayerPrefix] = None) -> Array:
+  def __call__(
+    self,
+    x: Array,
+    encoded: Array | None,
+    self_bias: Array,
+    deterministic: bool,
+    decode: bool,
+    cross_bias: Array | None = None,
+    prefix: Optional[layers.LayerPrefix] = None,
+  ) -> Array:
     cfg = self.config
     dtype, pdtype = cfg.activation_dtype, cfg.parameter_dtype
-    norm = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype,
-                          name="pre_self_attention_layer_norm")
+    norm = layers.RMSNorm(
+      cfg.layer_norm_epsilon, dtype, pdtype, name="pre_self_attention_layer_norm"
+    )
     h = norm(x)
-    h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                                  pdtype, cfg.attention_implementation,
-                                  name="self_attention")(
-                                      h, h, self_bias, decode=decode,
-                                      deterministic=deterministic,
-                                      **_self_prefix_kwargs(prefix, norm))
+    h = layers.MultiHeadAttention(
+      cfg.num_heads,
+      cfg.head_dim,
+      cfg.dropout_rate,
+      dtype,
+      pdtype,
+      cfg.attention_implementation,
+      name="self_attention",
+    )(
+      h,
+      h,
+      self_bias,
+      decode=decode,
+      deterministic=deterministic,
+      **_self_prefix_kwargs(prefix, norm),
+    )
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
     x = layers.constrain(x, ("batch", "length", "embed"))
-    h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype,
-                       name="pre_cross_attention_layer_norm")(x)
-    h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                                  pdtype, cfg.attention_implementation,
-                                  name="encoder_decoder_attention")(
-                                      h, encoded, cross_bias, cross_attention=True,
-                                      decode=decode, deterministic=deterministic,
-                                      prefix_key_value=layers.cross_attention_prefix(prefix))
+    h = layers.RMSNorm(
+      cfg.layer_norm_epsilon, dtype, pdtype, name="pre_cross_attention_layer_norm"
+    )(x)
+    h = layers.MultiHeadAttention(
+      cfg.num_heads,
+      cfg.head_dim,
+      cfg.dropout_rate,
+      dtype,
+      pdtype,
+      cfg.attention_implementation,
+      name="encoder_decoder_attention",
+    )(
+      h,
+      encoded,
+      cross_bias,
+      cross_attention=True,
+      decode=decode,
+      deterministic=deterministic,
+      prefix_key_value=layers.cross_attention_prefix(prefix),
+    )
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
     x = layers.constrain(x, ("batch", "length", "embed"))
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype, name="pre_mlp_layer_norm")(x)
-    h = layers.GatedMlp(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, pdtype,
-                        name="mlp")(h, deterministic)
+    h = layers.GatedMlp(
+      cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, pdtype, name="mlp"
+    )(h, deterministic)
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
     return layers.constrain(x, ("batch", "length", "embed"))
 
@@ -177,33 +219,46 @@ class Encoder(nn.Module):
   layer_prefix: Optional[PromptFactory] = None
 
   @nn.compact
-  def __call__(self, encoder_input_tokens: Array, deterministic: bool = True,
-               prompt_inputs: PromptInputs = None) -> Encoded:
+  def __call__(
+    self,
+    encoder_input_tokens: Array,
+    deterministic: bool = True,
+    prompt_inputs: PromptInputs = None,
+  ) -> Encoded:
     cfg = self.config
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
     prompt = None
     if self.input_prompt is not None:
       prompt = self.input_prompt(name="prompt")(x, prompt_inputs)
     elif prompt_inputs:
-      raise ValueError(f"prompt inputs {sorted(prompt_inputs)} were given but the model "
-                       "has no input prompt; drop them or configure a multi-prompt module "
-                       "(prompts.MultiPrompt)")
+      raise ValueError(
+        f"prompt inputs {sorted(prompt_inputs)} were given but the model "
+        "has no input prompt; drop them or configure a multi-prompt module "
+        "(prompts.MultiPrompt)"
+      )
     x, mask = prepend_prompt(prompt, x, encoder_input_tokens)
     x = layers.constrain(x, ("batch", "length", "embed"))
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic)
     length = x.shape[1]
     relpos = layers.RelativePositionBias(
-        cfg.num_heads, cfg.relative_attention_num_buckets,
-        cfg.relative_attention_max_distance, bidirectional=True, dtype=cfg.activation_dtype,
-        param_dtype=cfg.parameter_dtype, name="relpos_bias")
+      cfg.num_heads,
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+      bidirectional=True,
+      dtype=cfg.activation_dtype,
+      param_dtype=cfg.parameter_dtype,
+      name="relpos_bias",
+    )
     bias = relpos(length, length) + layers.mask_to_bias(
-        layers.attention_mask(mask, mask), cfg.activation_dtype)
+      layers.attention_mask(mask, mask), cfg.activation_dtype
+    )
     prefixes = layer_prefixes(self.layer_prefix, cfg, "encoder", cfg.num_encoder_layers)
     layer_class = _remat(EncoderLayer, cfg.remat_policy, static_argnums=(3,))
     for i in range(cfg.num_encoder_layers):
       x = layer_class(cfg, relpos, name=f"layers_{i}")(x, bias, deterministic, prefixes[i])
-    x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, cfg.parameter_dtype,
-                       name="encoder_norm")(x)
+    x = layers.RMSNorm(
+      cfg.layer_norm_epsilon, cfg.activation_dtype, cfg.parameter_dtype, name="encoder_norm"
+    )(x)
     return Encoded(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic), mask)
 
 
@@ -213,10 +268,16 @@ class Decoder(nn.Module):
   layer_prefix: Optional[PromptFactory] = None
 
   @nn.compact
-  def __call__(self, encoded: Array | None, encoder_mask: Array | None,
-               decoder_input_tokens: Array, decoder_target_tokens: Array | None,
-               deterministic: bool = True, decode: bool = False,
-               max_decode_length: int | None = None) -> Array:
+  def __call__(
+    self,
+    encoded: Array | None,
+    encoder_mask: Array | None,
+    decoder_input_tokens: Array,
+    decoder_target_tokens: Array | None,
+    deterministic: bool = True,
+    decode: bool = False,
+    max_decode_length: int | None = None,
+  ) -> Array:
     cfg = self.config
     dtype = cfg.activation_dtype
     x = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
@@ -224,14 +285,18 @@ class Decoder(nn.Module):
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic)
 
     relpos = layers.RelativePositionBias(
-        cfg.num_heads, cfg.relative_attention_num_buckets,
-        cfg.relative_attention_max_distance, bidirectional=False, dtype=dtype,
-        param_dtype=cfg.parameter_dtype, name="relpos_bias")
+      cfg.num_heads,
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+      bidirectional=False,
+      dtype=dtype,
+      param_dtype=cfg.parameter_dtype,
+      name="relpos_bias",
+    )
     if decode:
       # The full-length causal bias; a cached step slices out its own row.
       length = max_decode_length or decoder_input_tokens.shape[1]
-      self_bias = relpos(length, length) + layers.mask_to_bias(layers.causal_mask(length),
-                                                               dtype)
+      self_bias = relpos(length, length) + layers.mask_to_bias(layers.causal_mask(length), dtype)
     else:
       length = decoder_input_tokens.shape[1]
       if decoder_target_tokens is None:
@@ -246,22 +311,26 @@ class Decoder(nn.Module):
       query_valid = jnp.ones(decoder_input_tokens.shape, dtype=bool)
       if not decode and decoder_target_tokens is not None:
         query_valid = decoder_target_tokens > 0
-      cross_bias = layers.mask_to_bias(layers.attention_mask(query_valid, encoder_mask),
-                                       dtype)
+      cross_bias = layers.mask_to_bias(layers.attention_mask(query_valid, encoder_mask), dtype)
 
     prefixes = layer_prefixes(self.layer_prefix, cfg, "decoder", cfg.num_decoder_layers)
     layer_class = _remat(DecoderLayer, cfg.remat_policy, static_argnums=(4, 5))
     for i in range(cfg.num_decoder_layers):
-      x = layer_class(cfg, name=f"layers_{i}")(x, encoded, self_bias, deterministic, decode,
-                                               cross_bias, prefixes[i])
-    x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, cfg.parameter_dtype,
-                       name="decoder_norm")(x)
+      x = layer_class(cfg, name=f"layers_{i}")(
+        x, encoded, self_bias, deterministic, decode, cross_bias, prefixes[i]
+      )
+    x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, cfg.parameter_dtype, name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic)
     if cfg.logits_via_embedding:
       logits = self.shared_embedding.attend(x) / jnp.sqrt(x.shape[-1]).astype(x.dtype)
     else:
-      logits = layers.Dense(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32,
-                            param_dtype=cfg.parameter_dtype, name="logits_dense")(x)
+      logits = layers.Dense(
+        cfg.vocab_size,
+        ("embed", "vocab"),
+        dtype=jnp.float32,
+        param_dtype=cfg.parameter_dtype,
+        name="logits_dense",
+      )(x)
     logits = jnp.asarray(logits, jnp.float32)
     return layers.constrain(logits, ("batch", "length", "vocab"))
 
@@ -282,26 +351,39 @@ class Transformer(nn.Module):
 
   def setup(self) -> None:
     cfg = self.config
-    self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype,
-                                       cfg.parameter_dtype)
-    self.encoder = Encoder(cfg, self.token_embedder, self.input_prompt,
-                           layer_prefix=self.layer_prefix)
+    self.token_embedder = layers.Embed(
+      cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype, cfg.parameter_dtype
+    )
+    self.encoder = Encoder(
+      cfg, self.token_embedder, self.input_prompt, layer_prefix=self.layer_prefix
+    )
     self.decoder = Decoder(cfg, self.token_embedder, layer_prefix=self.layer_prefix)
 
-  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
-             prompt_inputs: PromptInputs = None) -> Encoded:
+  def encode(
+    self,
+    encoder_input_tokens: Array,
+    enable_dropout: bool = False,
+    prompt_inputs: PromptInputs = None,
+  ) -> Encoded:
     """The encoder output [batch, prompt + input length, embed] and its mask.
 
     `prompt_inputs` (e.g. {"prompt_ids": [batch]}, which row uses which prompt of a
     table) go to the input prompt and nowhere else.
     """
-    return self.encoder(encoder_input_tokens, deterministic=not enable_dropout,
-                        prompt_inputs=prompt_inputs)
+    return self.encoder(
+      encoder_input_tokens, deterministic=not enable_dropout, prompt_inputs=prompt_inputs
+    )
 
-  def decode(self, encoded: Array | None, encoder_mask: Array | None,
-             decoder_input_tokens: Array, decoder_target_tokens: Array | None = None,
-             enable_dropout: bool = False, decode: bool = False,
-             max_decode_length: int | None = None) -> Array:
+  def decode(
+    self,
+    encoded: Array | None,
+    encoder_mask: Array | None,
+    decoder_input_tokens: Array,
+    decoder_target_tokens: Array | None = None,
+    enable_dropout: bool = False,
+    decode: bool = False,
+    max_decode_length: int | None = None,
+  ) -> Array:
     """Logits [batch, target length, vocab] given the encoder output and its mask
     (`Encoded.sequence`, `Encoded.mask`; a None mask lets every position be seen).
 
@@ -313,21 +395,42 @@ class Transformer(nn.Module):
     if encoded is None and not decode:
       raise ValueError("decode() needs the encoder output unless decoding from a cache")
     if encoder_mask is not None and encoder_mask.dtype != jnp.bool_:
-      raise ValueError(f"encoder_mask must be boolean (Encoded.mask), got dtype "
-                       f"{encoder_mask.dtype}; pass the mask `encode` returned, not tokens")
-    return self.decoder(encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens,
-                        deterministic=not enable_dropout, decode=decode,
-                        max_decode_length=max_decode_length)
+      raise ValueError(
+        f"encoder_mask must be boolean (Encoded.mask), got dtype "
+        f"{encoder_mask.dtype}; pass the mask `encode` returned, not tokens"
+      )
+    return self.decoder(
+      encoded,
+      encoder_mask,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      deterministic=not enable_dropout,
+      decode=decode,
+      max_decode_length=max_decode_length,
+    )
 
-  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-               decoder_target_tokens: Array, enable_dropout: bool = False,
-               decode: bool = False, max_decode_length: int | None = None,
-               prompt_inputs: PromptInputs = None) -> Array:
-    encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout,
-                          prompt_inputs=prompt_inputs)
-    return self.decode(encoded.sequence, encoded.mask, decoder_input_tokens,
-                       decoder_target_tokens, enable_dropout=enable_dropout, decode=decode,
-                       max_decode_length=max_decode_length)
+  def __call__(
+    self,
+    encoder_input_tokens: Array,
+    decoder_input_tokens: Array,
+    decoder_target_tokens: Array,
+    enable_dropout: bool = False,
+    decode: bool = False,
+    max_decode_length: int | None = None,
+    prompt_inputs: PromptInputs = None,
+  ) -> Array:
+    encoded = self.encode(
+      encoder_input_tokens, enable_dropout=enable_dropout, prompt_inputs=prompt_inputs
+    )
+    return self.decode(
+      encoded.sequence,
+      encoded.mask,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      enable_dropout=enable_dropout,
+      decode=decode,
+      max_decode_length=max_decode_length,
+    )
 
 
 def _dummy_inputs(batch: int = 1, length: int = 1) -> tuple[Array, Array, Array]:
@@ -335,29 +438,40 @@ def _dummy_inputs(batch: int = 1, length: int = 1) -> tuple[Array, Array, Array]
   return tokens, tokens, tokens
 
 
-def abstract_variables(config: T5Config, input_prompt: Optional[PromptFactory] = None,
-                       layer_prefix: Optional[PromptFactory] = None) -> Any:
+def abstract_variables(
+  config: T5Config,
+  input_prompt: Optional[PromptFactory] = None,
+  layer_prefix: Optional[PromptFactory] = None,
+) -> Any:
   """The boxed (logically partitioned) variable tree as shapes only: no allocation."""
   model = Transformer(config, input_prompt=input_prompt, layer_prefix=layer_prefix)
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *_dummy_inputs()))
 
 
-def abstract_params(config: T5Config, input_prompt: Optional[PromptFactory] = None,
-                    layer_prefix: Optional[PromptFactory] = None) -> dict[str, Any]:
+def abstract_params(
+  config: T5Config,
+  input_prompt: Optional[PromptFactory] = None,
+  layer_prefix: Optional[PromptFactory] = None,
+) -> dict[str, Any]:
   """Nested dict of `jax.ShapeDtypeStruct` with T5X's parameter names."""
   return nn.unbox(abstract_variables(config, input_prompt, layer_prefix)["params"])
 
 
-def logical_axes(config: T5Config, input_prompt: Optional[PromptFactory] = None,
-                 layer_prefix: Optional[PromptFactory] = None) -> dict[str, Any]:
+def logical_axes(
+  config: T5Config,
+  input_prompt: Optional[PromptFactory] = None,
+  layer_prefix: Optional[PromptFactory] = None,
+) -> dict[str, Any]:
   """Nested dict of `PartitionSpec`s of logical axis names, one per parameter."""
-  return nn.get_partition_spec(
-      abstract_variables(config, input_prompt, layer_prefix))["params"]
+  return nn.get_partition_spec(abstract_variables(config, input_prompt, layer_prefix))["params"]
 
 
-def init_params(config: T5Config, rng: Array,
-                input_prompt: Optional[PromptFactory] = None,
-                layer_prefix: Optional[PromptFactory] = None) -> dict[str, Any]:
+def init_params(
+  config: T5Config,
+  rng: Array,
+  input_prompt: Optional[PromptFactory] = None,
+  layer_prefix: Optional[PromptFactory] = None,
+) -> dict[str, Any]:
   """Randomly initialised parameters (plain arrays, not boxed)."""
   model = Transformer(config, input_prompt=input_prompt, layer_prefix=layer_prefix)
   variables = jax.jit(lambda r: model.init(r, *_dummy_inputs()))(rng)
@@ -371,9 +485,11 @@ def t5_config(size: str = "base", **overrides: Any) -> T5Config:
 
 
 @gin.configurable(module="network")
-def transformer(config: T5Config = gin.REQUIRED,
-                input_prompt: Optional[PromptFactory] = None,
-                layer_prefix: Optional[PromptFactory] = None) -> Transformer:
+def transformer(
+  config: T5Config = gin.REQUIRED,
+  input_prompt: Optional[PromptFactory] = None,
+  layer_prefix: Optional[PromptFactory] = None,
+) -> Transformer:
   """Gin entry point for the backbone; `input_prompt` and `layer_prefix` are module
   factories or None (prompts/prefix_tuning.gin and p_tuning_v2.gin bind the second)."""
   return Transformer(config, input_prompt=input_prompt, layer_prefix=layer_prefix)

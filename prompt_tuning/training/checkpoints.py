@@ -79,18 +79,23 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 
 def _nbytes(tree: Any) -> int:
-  return sum(math.prod(_shape(leaf)) * np.dtype(leaf.dtype).itemsize
-             for _, leaf in named_leaves(tree) if hasattr(leaf, "dtype"))
+  return sum(
+    math.prod(_shape(leaf)) * np.dtype(leaf.dtype).itemsize
+    for _, leaf in named_leaves(tree)
+    if hasattr(leaf, "dtype")
+  )
 
 
 def _describe_mismatch(what: str, stored: Any, wanted: Any) -> str | None:
   """One clause naming the first differences between two trees' names and shapes."""
   have, want = _shapes(stored), _shapes(wanted)
-  problems = [f"{name} is {have[name]} there but {want[name]} here"
-              for name in sorted(have.keys() & want.keys()) if have[name] != want[name]]
+  problems = [
+    f"{name} is {have[name]} there but {want[name]} here"
+    for name in sorted(have.keys() & want.keys())
+    if have[name] != want[name]
+  ]
   problems += [f"{name} only in the checkpoint" for name in sorted(have.keys() - want.keys())]
-  problems += [f"{name} missing from the checkpoint"
-               for name in sorted(want.keys() - have.keys())]
+  problems += [f"{name} missing from the checkpoint" for name in sorted(want.keys() - have.keys())]
   if not problems:
     return None
   more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
@@ -177,26 +182,35 @@ class CheckpointManager:
   so the caller may donate or overwrite them); `wait` blocks until the write is done.
   """
 
-  def __init__(self, model_dir: str, *, keep: int | None = 3, save_full: bool = False,
-               export_numpy: bool = True):
+  def __init__(
+    self,
+    model_dir: str,
+    *,
+    keep: int | None = 3,
+    save_full: bool = False,
+    export_numpy: bool = True,
+  ):
     if keep is not None and keep < 1:
-      raise ValueError(f"keep must be at least 1 (or None to keep every checkpoint), "
-                       f"got {keep}")
+      raise ValueError(f"keep must be at least 1 (or None to keep every checkpoint), got {keep}")
     self.model_dir = str(model_dir)
     self._keep = keep
     self._save_full = save_full
     self._export_numpy = export_numpy
     self._warned: set[int] = set()
-    policy = (ocp.checkpoint_managers.LatestN(keep) if keep is not None else None)
+    policy = ocp.checkpoint_managers.LatestN(keep) if keep is not None else None
     options = ocp.CheckpointManagerOptions(
-        step_prefix=STEP_PREFIX, create=True, cleanup_tmp_directories=True,
-        preservation_policy=policy)
+      step_prefix=STEP_PREFIX, create=True, cleanup_tmp_directories=True, preservation_policy=policy
+    )
     self._manager = ocp.CheckpointManager(
-        epath.Path(self.model_dir), options=options,
-        item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(),
-                       PROGRESS_ITEM: ocp.JsonCheckpointHandler(),
-                       METADATA_ITEM: ocp.JsonCheckpointHandler(),
-                       FROZEN_ITEM: ocp.PyTreeCheckpointHandler()})
+      epath.Path(self.model_dir),
+      options=options,
+      item_handlers={
+        STATE_ITEM: ocp.PyTreeCheckpointHandler(),
+        PROGRESS_ITEM: ocp.JsonCheckpointHandler(),
+        METADATA_ITEM: ocp.JsonCheckpointHandler(),
+        FROZEN_ITEM: ocp.PyTreeCheckpointHandler(),
+      },
+    )
     if jax.process_index() == 0:
       self._remove_numpy_temporaries()
 
@@ -234,8 +248,7 @@ class CheckpointManager:
     if jax.process_count() > 1:
       # All processes must resume from the same step even if their views of the
       # filesystem disagree; process 0 decides.
-      chosen = int(multihost_utils.broadcast_one_to_all(
-          np.int64(-1 if chosen is None else chosen)))
+      chosen = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if chosen is None else chosen)))
       chosen = None if chosen < 0 else chosen
     if chosen is None and steps:
       raise self._none_usable(steps)
@@ -243,8 +256,9 @@ class CheckpointManager:
 
   def _none_usable(self, steps: list[int]) -> NoUsableCheckpointError:
     return NoUsableCheckpointError(
-        f"none of the checkpoints {steps} in {self.model_dir} can be read (see the "
-        "warnings above); move them away to start over, or use a new MODEL_DIR")
+      f"none of the checkpoints {steps} in {self.model_dir} can be read (see the "
+      "warnings above); move them away to start over, or use a new MODEL_DIR"
+    )
 
   def _warn_skipped(self, step: int, problem: str) -> None:
     if step not in self._warned:
@@ -265,15 +279,23 @@ class CheckpointManager:
       tree = items[STATE_ITEM].tree
       if _nbytes(tree) <= FULL_READ_CHECK_BYTES:
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        self._manager.restore(step, args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.PyTreeRestore(restore_args=restore_args)}))
+        self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            **{STATE_ITEM: ocp.args.PyTreeRestore(restore_args=restore_args)}
+          ),
+        )
     except Exception as e:  # Any failure to read means "do not use this one".
       return errors.one_line(e, with_type=True)
     return None
 
   def _read_json(self, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
-        PROGRESS_ITEM: ocp.args.JsonRestore(), METADATA_ITEM: ocp.args.JsonRestore()}))
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        **{PROGRESS_ITEM: ocp.args.JsonRestore(), METADATA_ITEM: ocp.args.JsonRestore()}
+      ),
+    )
     progress, metadata = restored[PROGRESS_ITEM], restored[METADATA_ITEM]
     if not isinstance(progress, dict) or not isinstance(metadata, dict):
       raise ValueError("progress or metadata item is not a JSON object")
@@ -281,15 +303,24 @@ class CheckpointManager:
 
   # -- save -----------------------------------------------------------------------------
 
-  def save(self, state: TrainState, *, frozen: Any | None = None,
-           data_position: int | None = None, metadata: dict | None = None) -> None:
+  def save(
+    self,
+    state: TrainState,
+    *,
+    frozen: Any | None = None,
+    data_position: int | None = None,
+    metadata: dict | None = None,
+  ) -> None:
     """Saves `state` as `checkpoint_{state.step}`; frozen params too when save_full.
 
     A step that already has a readable checkpoint is not written again (the state at a
     given step is the same in a deterministic run); an unreadable one is replaced.
     """
-    step = int(np.asarray(state.step.addressable_data(0)) if isinstance(state.step, jax.Array)
-               else state.step)  # Replicated; may span processes.
+    step = int(
+      np.asarray(state.step.addressable_data(0))
+      if isinstance(state.step, jax.Array)
+      else state.step
+    )  # Replicated; may span processes.
     data_position = None if data_position is None else int(data_position)
     metadata = dict(metadata or {})
     try:
@@ -308,13 +339,17 @@ class CheckpointManager:
           return
         continue
       # A damaged checkpoint at or after this step would shadow the new one.
-      logging.warning("removing unreadable checkpoint %s before saving step %d: %s",
-                      self.step_dir(other), step, problem)
+      logging.warning(
+        "removing unreadable checkpoint %s before saving step %d: %s",
+        self.step_dir(other),
+        step,
+        problem,
+      )
       self._manager.delete(other)
     items = {
-        STATE_ITEM: ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
-        PROGRESS_ITEM: ocp.args.JsonSave({"step": step, "data_position": data_position}),
-        METADATA_ITEM: ocp.args.JsonSave(metadata),
+      STATE_ITEM: ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
+      PROGRESS_ITEM: ocp.args.JsonSave({"step": step, "data_position": data_position}),
+      METADATA_ITEM: ocp.args.JsonSave(metadata),
     }
     if self._save_full:
       items[FROZEN_ITEM] = ocp.args.PyTreeSave(frozen)
@@ -333,7 +368,7 @@ class CheckpointManager:
   def _prune_numpy(self) -> None:
     if self._keep is None:
       return
-    for step in self._numpy_steps()[:-self._keep]:
+    for step in self._numpy_steps()[: -self._keep]:
       epath.Path(self.numpy_dir(step)).rmtree()
 
   def _remove_numpy_temporaries(self) -> None:
@@ -345,8 +380,9 @@ class CheckpointManager:
 
   # -- restore --------------------------------------------------------------------------
 
-  def restore(self, target: TrainState, step: int | None = None, *,
-              frozen_target: Any | None = None) -> RestoredCheckpoint:
+  def restore(
+    self, target: TrainState, step: int | None = None, *, frozen_target: Any | None = None
+  ) -> RestoredCheckpoint:
     """Reads a checkpoint onto `target`'s structure, dtypes and shardings.
 
     `target` may hold concrete arrays or jax.ShapeDtypeStructs (with `.sharding`); the
@@ -358,8 +394,9 @@ class CheckpointManager:
     self._manager.wait_until_finished()
     if step is not None:
       if step not in self.all_steps():
-        raise ValueError(f"no checkpoint for step {step} in {self.model_dir}; "
-                         f"available steps: {self.all_steps()}")
+        raise ValueError(
+          f"no checkpoint for step {step} in {self.model_dir}; available steps: {self.all_steps()}"
+        )
       self._check_fits(step, target, frozen_target)
       return self._read(step, target, frozen_target)
     self._manager.reload()
@@ -380,44 +417,53 @@ class CheckpointManager:
   def _check_fits(self, step: int, target: TrainState, frozen_target: Any | None) -> None:
     items = self._items(step)
     if STATE_ITEM not in items:
-      raise ValueError(f"{self.step_dir(step)} has no {STATE_ITEM!r} item; it was not "
-                       "written by prompt_tuning's CheckpointManager")
-    differences = [_describe_mismatch(
-        "state", items[STATE_ITEM].tree, flax.serialization.to_state_dict(target))]
+      raise ValueError(
+        f"{self.step_dir(step)} has no {STATE_ITEM!r} item; it was not "
+        "written by prompt_tuning's CheckpointManager"
+      )
+    differences = [
+      _describe_mismatch("state", items[STATE_ITEM].tree, flax.serialization.to_state_dict(target))
+    ]
     if frozen_target is not None:
       if FROZEN_ITEM not in items:
         raise CheckpointMismatchError(
-            f"{self.step_dir(step)} holds no frozen parameters (it was saved without "
-            "save_full); read them from the base checkpoint instead")
-      differences.append(_describe_mismatch("frozen", items[FROZEN_ITEM].tree,
-                                            frozen_target))
+          f"{self.step_dir(step)} holds no frozen parameters (it was saved without "
+          "save_full); read them from the base checkpoint instead"
+        )
+      differences.append(_describe_mismatch("frozen", items[FROZEN_ITEM].tree, frozen_target))
     differences = [d for d in differences if d]
     if differences:
       raise CheckpointMismatchError(
-          f"{self.step_dir(step)} does not fit this run ({' | '.join(differences)}); "
-          "use a new MODEL_DIR for a different model or prompt, or the configuration "
-          "this one was trained with")
+        f"{self.step_dir(step)} does not fit this run ({' | '.join(differences)}); "
+        "use a new MODEL_DIR for a different model or prompt, or the configuration "
+        "this one was trained with"
+      )
 
-  def _read(self, step: int, target: TrainState, frozen_target: Any | None
-            ) -> RestoredCheckpoint:
+  def _read(self, step: int, target: TrainState, frozen_target: Any | None) -> RestoredCheckpoint:
     progress, metadata = self._read_json(step)
     state_abstract = _abstract(flax.serialization.to_state_dict(target))
-    items = {STATE_ITEM: ocp.args.PyTreeRestore(
+    items = {
+      STATE_ITEM: ocp.args.PyTreeRestore(
         item=state_abstract,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(state_abstract))}
+        restore_args=ocp.checkpoint_utils.construct_restore_args(state_abstract),
+      )
+    }
     if frozen_target is not None:
       frozen_abstract = _abstract(frozen_target)
       items[FROZEN_ITEM] = ocp.args.PyTreeRestore(
-          item=frozen_abstract,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(frozen_abstract))
+        item=frozen_abstract,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(frozen_abstract),
+      )
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     state = flax.serialization.from_state_dict(target, restored[STATE_ITEM])
     data_position = progress.get("data_position")
     return RestoredCheckpoint(
-        step=step, state=state,
-        data_position=None if data_position is None else int(data_position),
-        metadata=metadata,
-        frozen=restored[FROZEN_ITEM] if frozen_target is not None else None)
+      step=step,
+      state=state,
+      data_position=None if data_position is None else int(data_position),
+      metadata=metadata,
+      frozen=restored[FROZEN_ITEM] if frozen_target is not None else None,
+    )
 
   # -- lifetime -------------------------------------------------------------------------
 

@@ -33,21 +33,34 @@ def shard_info() -> seqio.ShardInfo | None:
   return partitioning.process_shard_info()
 
 
-def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                  batch_size: int, seed: int, start_position: int = 0,
-                  split: str = "train") -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  seed: int,
+  start_position: int = 0,
+  split: str = "train",
+) -> Iterator[dict[str, np.ndarray]]:
   """Endless per-process batches, starting after `start_position` batches.
 
   `batch_size` is global: each process yields `batch_size / process_count` rows of its
   own shard, which the partitioner assembles into one global batch.
   """
   if batch_size % jax.process_count():
-    raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the number of "
-                     f"processes {jax.process_count()}")
+    raise ValueError(
+      f"BATCH_SIZE {batch_size} is not divisible by the number of processes {jax.process_count()}"
+    )
   dataset = seqio.get_dataset(
-      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
-      dataset_split=split, shuffle=True, num_epochs=None, seed=seed,
-      feature_converter=feature_converter(), shard_info=shard_info(), use_cached=False)
+    mixture_or_task_name,
+    task_feature_lengths=dict(task_feature_lengths),
+    dataset_split=split,
+    shuffle=True,
+    num_epochs=None,
+    seed=seed,
+    feature_converter=feature_converter(),
+    shard_info=shard_info(),
+    use_cached=False,
+  )
   dataset = dataset.batch(batch_size // jax.process_count(), drop_remainder=True)
   if start_position:
     dataset = dataset.skip(start_position)
@@ -56,8 +69,9 @@ def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
     yield {k: np.asarray(v) for k, v in batch.items()}
 
 
-def pad_batch(batch: Mapping[str, np.ndarray], batch_size: int
-              ) -> tuple[dict[str, np.ndarray], int]:
+def pad_batch(
+  batch: Mapping[str, np.ndarray], batch_size: int
+) -> tuple[dict[str, np.ndarray], int]:
   """Pads a short final batch with zero rows so every call has one compiled shape."""
   rows = len(next(iter(batch.values())))
   if rows == batch_size:

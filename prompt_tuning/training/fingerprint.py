@@ -77,7 +77,8 @@ def _device_lanes(x: jax.Array) -> jax.Array:
   stride = 1
   for dim in reversed(range(bits.ndim)):
     index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, dim) * jnp.uint32(
-        stride % (1 << 32))
+      stride % (1 << 32)
+    )
     stride *= bits.shape[dim]
   return _lane_sums(bits, index)
 
@@ -106,7 +107,7 @@ def _host_lanes(x: np.ndarray) -> tuple[int, int]:
     x = x.astype(np.uint8)
   words = np.ascontiguousarray(x).reshape(-1).view(_unsigned_view_dtype(x.dtype))
   starts = range(0, words.size, _NUMPY_CHUNK)
-  chunk = lambda start: _host_chunk_lanes(words[start:start + _NUMPY_CHUNK], start)
+  chunk = lambda start: _host_chunk_lanes(words[start : start + _NUMPY_CHUNK], start)
   if len(starts) > 1:  # numpy releases the GIL, so threads share big leaves.
     with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
       parts = list(pool.map(chunk, starts))

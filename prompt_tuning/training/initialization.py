@@ -21,8 +21,9 @@ from prompt_tuning.t5 import network
 Params = dict[str, Any]
 
 
-def fresh_init(module: network.Transformer, rng: jax.Array, names: set[str] | None = None
-               ) -> Params:
+def fresh_init(
+  module: network.Transformer, rng: jax.Array, names: set[str] | None = None
+) -> Params:
   """Random initial values of `names` (all parameters when None).
 
   Only the requested leaves leave the jitted init, so XLA drops the work and memory of
@@ -34,37 +35,47 @@ def fresh_init(module: network.Transformer, rng: jax.Array, names: set[str] | No
     params = flax.linen.unbox(module.init(r, tokens, tokens, tokens)["params"])
     if names is None:
       return params
-    return {name: value for name, value in tree.flatten(params).items()
-            if name in names}
+    return {name: value for name, value in tree.flatten(params).items() if name in names}
 
   values = jax.jit(init)(rng)
   return values if names is None else tree.unflatten(values)
 
 
-def initial_params(module: network.Transformer, rng: jax.Array,
-                   initial_checkpoint_path: str | None, fresh_regex: str = ".*prompt.*",
-                   loader: Callable[[str], Params] | None = None) -> Params:
+def initial_params(
+  module: network.Transformer,
+  rng: jax.Array,
+  initial_checkpoint_path: str | None,
+  fresh_regex: str = ".*prompt.*",
+  loader: Callable[[str], Params] | None = None,
+) -> Params:
   """The full parameter tree for the start of training (before any resume)."""
   if not initial_checkpoint_path:
     return fresh_init(module, rng)
   abstract = tree.flatten(
-      network.abstract_params(module.config, module.input_prompt, module.layer_prefix))
+    network.abstract_params(module.config, module.input_prompt, module.layer_prefix)
+  )
   loader = loader or convert.load_params
   loaded = tree.flatten(loader(initial_checkpoint_path))
   pattern = re.compile(fresh_regex)
   fresh = {name for name in abstract if pattern.fullmatch(name)}
   missing = sorted(name for name in abstract if name not in loaded and name not in fresh)
   wrong_shape = sorted(
-      f"{name}: checkpoint {tuple(loaded[name].shape)} vs model {tuple(abstract[name].shape)}"
-      for name in abstract
-      if name in loaded and name not in fresh
-      and tuple(loaded[name].shape) != tuple(abstract[name].shape))
+    f"{name}: checkpoint {tuple(loaded[name].shape)} vs model {tuple(abstract[name].shape)}"
+    for name in abstract
+    if name in loaded
+    and name not in fresh
+    and tuple(loaded[name].shape) != tuple(abstract[name].shape)
+  )
   if missing or wrong_shape:
     lines = ([f"missing from the checkpoint: {', '.join(missing)}"] if missing else []) + (
-        [f"wrong shapes: {'; '.join(wrong_shape)}"] if wrong_shape else [])
-    raise ValueError(f"checkpoint {initial_checkpoint_path} does not fit the model ("
-                     + " | ".join(lines) + f"); parameters matching {fresh_regex!r} are "
-                     "initialised fresh, every other one must be in the checkpoint")
+      [f"wrong shapes: {'; '.join(wrong_shape)}"] if wrong_shape else []
+    )
+    raise ValueError(
+      f"checkpoint {initial_checkpoint_path} does not fit the model ("
+      + " | ".join(lines)
+      + f"); parameters matching {fresh_regex!r} are "
+      "initialised fresh, every other one must be in the checkpoint"
+    )
   params = {name: loaded[name] for name in abstract if name not in fresh}
   if fresh:
     params.update(tree.flatten(fresh_init(module, rng, fresh)))

@@ -36,7 +36,8 @@ class MetricsLog:
     if enabled:
       os.makedirs(model_dir, exist_ok=True)
       self.writer = metric_writers.create_default_writer(
-          os.path.join(model_dir, subdir), just_logging=False, asynchronous=False)
+        os.path.join(model_dir, subdir), just_logging=False, asynchronous=False
+      )
 
   def write(self, step: int, kind: str, values: Mapping[str, Any]) -> None:
     if not self.enabled:
@@ -87,8 +88,15 @@ class Progress:
   every `log_period` steps and at the last step instead.
   """
 
-  def __init__(self, total_steps: int, start_step: int, log_period: int = 100, *,
-               enabled: bool = True, stream: Any = None):
+  def __init__(
+    self,
+    total_steps: int,
+    start_step: int,
+    log_period: int = 100,
+    *,
+    enabled: bool = True,
+    stream: Any = None,
+  ):
     self.total = total_steps
     self.start = start_step
     self.log_period = max(1, log_period)
@@ -97,8 +105,9 @@ class Progress:
     interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
     self.bar = None
     if enabled and interactive:
-      self.bar = tqdm.tqdm(total=total_steps, initial=start_step, file=self.stream,
-                           unit="step", dynamic_ncols=True)
+      self.bar = tqdm.tqdm(
+        total=total_steps, initial=start_step, file=self.stream, unit="step", dynamic_ncols=True
+      )
     self.t0 = time.time()
 
   def update(self, step: int, loss_per_token: float) -> None:
@@ -109,8 +118,7 @@ class Progress:
     elif self.enabled and (step % self.log_period == 0 or step == self.total):
       rate = (step - self.start) / max(time.time() - self.t0, 1e-9)
       eta = tqdm.tqdm.format_interval((self.total - step) / rate) if rate > 0 else "?"
-      self.stream.write(f"step {step}/{self.total}  {rate:.2f} steps/s  ETA {eta}  "
-                        f"{postfix}\n")
+      self.stream.write(f"step {step}/{self.total}  {rate:.2f} steps/s  ETA {eta}  {postfix}\n")
       self.stream.flush()
 
   def close(self) -> None:

@@ -28,20 +28,30 @@ def warmup_constant_schedule(value: float = 1e-3, warmup_steps: int = 100) -> Sc
   """Linear warm-up from zero to `value`, then constant: keeps Adam's first steps, whose
   second-moment estimates are poor, from throwing a fresh model off."""
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, value, warmup_steps), optax.constant_schedule(value)],
-      [warmup_steps])
+    [optax.linear_schedule(0.0, value, warmup_steps), optax.constant_schedule(value)],
+    [warmup_steps],
+  )
 
 
 @gin.configurable
-def adafactor(learning_rate: float | Schedule = 0.3, decay_rate: float = 0.8,
-              clipping_threshold: float | None = 1.0, weight_decay: float = 1e-5,
-              epsilon: float = 1e-30, min_dim_size_to_factor: int = 128,
-              momentum: float | None = None) -> optax.GradientTransformation:
+def adafactor(
+  learning_rate: float | Schedule = 0.3,
+  decay_rate: float = 0.8,
+  clipping_threshold: float | None = 1.0,
+  weight_decay: float = 1e-5,
+  epsilon: float = 1e-30,
+  min_dim_size_to_factor: int = 128,
+  momentum: float | None = None,
+) -> optax.GradientTransformation:
   """T5X-style Adafactor; `learning_rate` may be a number or a step -> rate schedule."""
   steps: list[optax.GradientTransformation] = [
-      optax.scale_by_factored_rms(factored=True, decay_rate=decay_rate, step_offset=0,
-                                  min_dim_size_to_factor=min_dim_size_to_factor,
-                                  epsilon=epsilon),
+    optax.scale_by_factored_rms(
+      factored=True,
+      decay_rate=decay_rate,
+      step_offset=0,
+      min_dim_size_to_factor=min_dim_size_to_factor,
+      epsilon=epsilon,
+    )
   ]
   if clipping_threshold is not None:
     steps.append(optax.clip_by_block_rms(clipping_threshold))
@@ -55,9 +65,14 @@ def adafactor(learning_rate: float | Schedule = 0.3, decay_rate: float = 0.8,
 
 
 @gin.configurable
-def adamw(learning_rate: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
-          eps: float = 1e-8, weight_decay: float = 0.0,
-          clip_global_norm: float | None = 1.0) -> optax.GradientTransformation:
+def adamw(
+  learning_rate: float | Schedule = 1e-3,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  clip_global_norm: float | None = 1.0,
+) -> optax.GradientTransformation:
   """AdamW, the usual choice for P-Tuning / Prefix-Tuning and for training small models
   from scratch (the demo's LM stage), where Adafactor without parameter scaling needs
   far more steps."""

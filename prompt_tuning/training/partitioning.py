@@ -34,28 +34,28 @@ MESH_AXES = ("data", "model")
 # T5X's standard rules for 1-D parameter and activation partitioning, plus the two names
 # the prompt uses (upstream prompt tuning adds them the same way).
 _STANDARD_RULES: LogicalRules = (
-    ("batch", "data"),
-    ("vocab", "model"),
-    ("embed", None),
-    ("mlp", "model"),
-    ("heads", "model"),
-    ("kv", None),
-    ("joined_kv", "model"),
-    ("relpos_buckets", None),
-    ("abspos_buckets", None),
-    ("length", None),
-    ("layers", None),
-    ("stack", None),
-    ("mlp_activations", None),
-    ("prompt", None),
-    ("prompt_embed", None),
-    ("prompts", None),  # The table axis of prompts.MultiPrompt (one row per prompt).
+  ("batch", "data"),
+  ("vocab", "model"),
+  ("embed", None),
+  ("mlp", "model"),
+  ("heads", "model"),
+  ("kv", None),
+  ("joined_kv", "model"),
+  ("relpos_buckets", None),
+  ("abspos_buckets", None),
+  ("length", None),
+  ("layers", None),
+  ("stack", None),
+  ("mlp_activations", None),
+  ("prompt", None),
+  ("prompt_embed", None),
+  ("prompts", None),  # The table axis of prompts.MultiPrompt (one row per prompt).
 )
 
 
 @gin.configurable
 def standard_logical_axis_rules(
-    additional_rules: Sequence[tuple[str, str | tuple[str, ...] | None]] = ()
+  additional_rules: Sequence[tuple[str, str | tuple[str, ...] | None]] = (),
 ) -> LogicalRules:
   """T5X's standard rules; `additional_rules` come first, so they override them.
 
@@ -84,11 +84,14 @@ class Partitioner:
   program compiled through this partitioner.
   """
 
-  def __init__(self, num_partitions: int | None = None,
-               mesh_shape: Sequence[int] | None = None,
-               logical_axis_rules: Sequence[tuple[str, Any]] | None = None,
-               devices: Sequence[Any] | None = None,
-               compiler_options: Mapping[str, Any] | None = None):
+  def __init__(
+    self,
+    num_partitions: int | None = None,
+    mesh_shape: Sequence[int] | None = None,
+    logical_axis_rules: Sequence[tuple[str, Any]] | None = None,
+    devices: Sequence[Any] | None = None,
+    compiler_options: Mapping[str, Any] | None = None,
+  ):
     devices = list(jax.devices() if devices is None else devices)
     count = len(devices)
     if num_partitions is not None and mesh_shape is not None:
@@ -98,23 +101,29 @@ class Partitioner:
     if mesh_shape is None:
       num_partitions = 1 if num_partitions is None else int(num_partitions)
       if num_partitions < 1 or count % num_partitions:
-        raise ValueError(f"num_partitions={num_partitions} must be a positive divisor of "
-                         f"the device count {count}")
+        raise ValueError(
+          f"num_partitions={num_partitions} must be a positive divisor of the device count {count}"
+        )
       mesh_shape = (count // num_partitions, num_partitions)
     mesh_shape = tuple(int(n) for n in mesh_shape)
     if len(mesh_shape) != 2 or min(mesh_shape) < 1:
-      raise ValueError(f"mesh_shape must be two positive sizes (data, model), got "
-                       f"{mesh_shape}")
+      raise ValueError(f"mesh_shape must be two positive sizes (data, model), got {mesh_shape}")
     if math.prod(mesh_shape) != count:
-      raise ValueError(f"mesh_shape {mesh_shape[0]}x{mesh_shape[1]} needs "
-                       f"{math.prod(mesh_shape)} devices but {count} are available; "
-                       "choose data x model equal to the device count")
+      raise ValueError(
+        f"mesh_shape {mesh_shape[0]}x{mesh_shape[1]} needs "
+        f"{math.prod(mesh_shape)} devices but {count} are available; "
+        "choose data x model equal to the device count"
+      )
     # Auto axes: the compiler propagates shardings between the named constraints, as
     # under pjit in T5X (explicit axes would make every op's sharding part of its type).
-    self._mesh = jax.make_mesh(mesh_shape, MESH_AXES, axis_types=(AxisType.Auto,) * 2,
-                               devices=devices)
-    self._rules = tuple(standard_logical_axis_rules() if logical_axis_rules is None
-                        else (tuple(rule) for rule in logical_axis_rules))
+    self._mesh = jax.make_mesh(
+      mesh_shape, MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices
+    )
+    self._rules = tuple(
+      standard_logical_axis_rules()
+      if logical_axis_rules is None
+      else (tuple(rule) for rule in logical_axis_rules)
+    )
     self._compiler_options = dict(compiler_options or {})
 
   # ------------------------------------------------------------------ mesh and rules
@@ -145,28 +154,45 @@ class Partitioner:
     if batch_size < 1:
       raise ValueError(f"batch size must be positive, got {batch_size}")
     if num_microbatches < 1 or batch_size % num_microbatches:
-      raise ValueError(f"BATCH_SIZE {batch_size} does not split into {num_microbatches} "
-                       "microbatches; use a num_microbatches that divides it")
+      raise ValueError(
+        f"BATCH_SIZE {batch_size} does not split into {num_microbatches} "
+        "microbatches; use a num_microbatches that divides it"
+      )
     micro = batch_size // num_microbatches
     if micro % self.data_size == 0:
       return self
-    pieces = (f"BATCH_SIZE {batch_size} does" if num_microbatches == 1 else
-              f"microbatches of {micro} examples (BATCH_SIZE {batch_size} / "
-              f"{num_microbatches}) do")
+    pieces = (
+      f"BATCH_SIZE {batch_size} does"
+      if num_microbatches == 1
+      else f"microbatches of {micro} examples (BATCH_SIZE {batch_size} / {num_microbatches}) do"
+    )
     if not self._data_size_from_devices or jax.process_count() > 1:
       raise ValueError(
-          f"{pieces} not split over the mesh's {self.data_size} data shards; use a "
-          f"batch size divisible by {self.data_size * num_microbatches}, or a smaller data "
-          "axis (partitioning.Partitioner.mesh_shape or a larger num_partitions)")
-    data = max(d for d in range(1, self.data_size + 1)
-               if self.data_size % d == 0 and micro % d == 0)
+        f"{pieces} not split over the mesh's {self.data_size} data shards; use a "
+        f"batch size divisible by {self.data_size * num_microbatches}, or a smaller data "
+        "axis (partitioning.Partitioner.mesh_shape or a larger num_partitions)"
+      )
+    data = max(
+      d for d in range(1, self.data_size + 1) if self.data_size % d == 0 and micro % d == 0
+    )
     devices = list(np.asarray(self._mesh.devices)[:data].reshape(-1))
-    logging.warning("%s not split over %d data shards; training on a %dx%d mesh, %d of "
-                    "%d devices (use a batch size divisible by %d to use them all)", pieces,
-                    self.data_size, data, self.model_size, len(devices),
-                    self._mesh.devices.size, self.data_size * num_microbatches)
-    return Partitioner(mesh_shape=(data, self.model_size), logical_axis_rules=self._rules,
-                       devices=devices, compiler_options=self._compiler_options)
+    logging.warning(
+      "%s not split over %d data shards; training on a %dx%d mesh, %d of "
+      "%d devices (use a batch size divisible by %d to use them all)",
+      pieces,
+      self.data_size,
+      data,
+      self.model_size,
+      len(devices),
+      self._mesh.devices.size,
+      self.data_size * num_microbatches,
+    )
+    return Partitioner(
+      mesh_shape=(data, self.model_size),
+      logical_axis_rules=self._rules,
+      devices=devices,
+      compiler_options=self._compiler_options,
+    )
 
   @contextlib.contextmanager
   def activate(self) -> Iterator[None]:
@@ -179,8 +205,9 @@ class Partitioner:
       yield
 
   # ------------------------------------------------------------------ shardings
-  def mesh_axes(self, logical_spec: Sequence[str | None] | None,
-                shape: Sequence[int] | None = None) -> PartitionSpec:
+  def mesh_axes(
+    self, logical_spec: Sequence[str | None] | None, shape: Sequence[int] | None = None
+  ) -> PartitionSpec:
     """The mesh PartitionSpec of a logical one.
 
     With `shape`, a dimension whose size the mesh axis does not divide is replicated
@@ -191,19 +218,28 @@ class Partitioner:
     axes = list(nn.logical_to_mesh_axes(tuple(logical_spec), self._rules))
     if shape is not None:
       if len(axes) > len(shape):
-        raise ValueError(f"logical axes {tuple(logical_spec)} name more dimensions than "
-                         f"the shape {tuple(shape)} has")
+        raise ValueError(
+          f"logical axes {tuple(logical_spec)} name more dimensions than "
+          f"the shape {tuple(shape)} has"
+        )
       for dim, axis in enumerate(axes):
         if axis is not None and shape[dim] % _mesh_axis_size(self._mesh, axis):
-          logging.warning("dimension %d (%s, size %d) of shape %s does not divide over mesh "
-                          "axis %r of size %d; replicating it", dim, logical_spec[dim],
-                          shape[dim], tuple(shape), axis,
-                          _mesh_axis_size(self._mesh, axis))
+          logging.warning(
+            "dimension %d (%s, size %d) of shape %s does not divide over mesh "
+            "axis %r of size %d; replicating it",
+            dim,
+            logical_spec[dim],
+            shape[dim],
+            tuple(shape),
+            axis,
+            _mesh_axis_size(self._mesh, axis),
+          )
           axes[dim] = None
     return PartitionSpec(*axes)
 
-  def sharding(self, logical_spec: Sequence[str | None] | None,
-               shape: Sequence[int] | None = None) -> NamedSharding:
+  def sharding(
+    self, logical_spec: Sequence[str | None] | None, shape: Sequence[int] | None = None
+  ) -> NamedSharding:
     return NamedSharding(self._mesh, self.mesh_axes(logical_spec, shape))
 
   @property
@@ -215,8 +251,9 @@ class Partitioner:
     """Leading (batch) dimension over `data`, the rest replicated; fits any rank."""
     return self.sharding(("batch",))
 
-  def param_shardings(self, logical_axes_tree: Mapping[str, Any],
-                      abstract_params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  def param_shardings(
+    self, logical_axes_tree: Mapping[str, Any], abstract_params: Mapping[str, Any] | None = None
+  ) -> dict[str, Any]:
     """Nested dict of NamedSharding with the structure of `logical_axes_tree`.
 
     `abstract_params` (arrays or ShapeDtypeStructs of the same structure) lets
@@ -233,8 +270,9 @@ class Partitioner:
       shardings[path] = self.sharding(spec, shape)
     return tree.unflatten(shardings)
 
-  def opt_state_shardings(self, optimizer: optax.GradientTransformation,
-                          trainable_abstract: Any, trainable_shardings: Any) -> Any:
+  def opt_state_shardings(
+    self, optimizer: optax.GradientTransformation, trainable_abstract: Any, trainable_shardings: Any
+  ) -> Any:
     """Shardings for `optimizer.init(trainable)`, derived from the parameters' own.
 
     `optax.tree_map_params` finds the copies of the parameter tree inside the state
@@ -250,34 +288,43 @@ class Partitioner:
       raise ValueError("trainable_shardings must have the structure of trainable_abstract")
     state_abstract = jax.eval_shape(optimizer.init, trainable_abstract)
 
-    def state_sharding(leaf: Any, param: Any, param_sharding: NamedSharding
-                       ) -> NamedSharding:
+    def state_sharding(leaf: Any, param: Any, param_sharding: NamedSharding) -> NamedSharding:
       return self._derived_sharding(tuple(leaf.shape), tuple(param.shape), param_sharding)
 
-    return optax.tree_map_params(optimizer, state_sharding, state_abstract,
-                                 trainable_abstract, trainable_shardings,
-                                 transform_non_params=lambda _: self.replicated)
+    return optax.tree_map_params(
+      optimizer,
+      state_sharding,
+      state_abstract,
+      trainable_abstract,
+      trainable_shardings,
+      transform_non_params=lambda _: self.replicated,
+    )
 
-  def _derived_sharding(self, shape: tuple[int, ...], param_shape: tuple[int, ...],
-                        param_sharding: NamedSharding) -> NamedSharding:
+  def _derived_sharding(
+    self, shape: tuple[int, ...], param_shape: tuple[int, ...], param_sharding: NamedSharding
+  ) -> NamedSharding:
     if shape == param_shape:
       return param_sharding
-    spec = tuple(param_sharding.spec) + (None,) * (len(param_shape) -
-                                                  len(param_sharding.spec))
+    spec = tuple(param_sharding.spec) + (None,) * (len(param_shape) - len(param_sharding.spec))
     if len(shape) == len(param_shape) - 1:
-      candidates = {spec[:i] + spec[i + 1:] for i in range(len(param_shape))
-                    if param_shape[:i] + param_shape[i + 1:] == shape}
+      candidates = {
+        spec[:i] + spec[i + 1 :]
+        for i in range(len(param_shape))
+        if param_shape[:i] + param_shape[i + 1 :] == shape
+      }
       if len(candidates) == 1:
         return NamedSharding(self._mesh, PartitionSpec(*candidates.pop()))
     return self.replicated
 
-  def train_state_shardings(self, optimizer: optax.GradientTransformation,
-                            trainable_abstract: Any, trainable_shardings: Any
-                            ) -> TrainState:
+  def train_state_shardings(
+    self, optimizer: optax.GradientTransformation, trainable_abstract: Any, trainable_shardings: Any
+  ) -> TrainState:
     """A TrainState whose leaves are the shardings of a real one."""
-    return TrainState(step=self.replicated, trainable=trainable_shardings,
-                      opt_state=self.opt_state_shardings(optimizer, trainable_abstract,
-                                                         trainable_shardings))
+    return TrainState(
+      step=self.replicated,
+      trainable=trainable_shardings,
+      opt_state=self.opt_state_shardings(optimizer, trainable_abstract, trainable_shardings),
+    )
 
   # ------------------------------------------------------------------ data
   def shard_batch(self, local_batch: Mapping[str, Any]) -> dict[str, jax.Array]:
@@ -288,16 +335,21 @@ class Partitioner:
     """
     sharding = self.batch_sharding
     # Distinct row ranges among this process's devices (slices are unhashable here).
-    local_data_shards = len({(index[0].start, index[0].stop) for index in
-                             sharding.addressable_devices_indices_map(
-                                 (self.data_size,)).values()})
+    local_data_shards = len(
+      {
+        (index[0].start, index[0].stop)
+        for index in sharding.addressable_devices_indices_map((self.data_size,)).values()
+      }
+    )
     result = {}
     for name, value in local_batch.items():
       value = np.asarray(value)
       if value.ndim == 0 or value.shape[0] % local_data_shards:
-        raise ValueError(f"batch feature {name!r} has {value.shape[:1] or 'no'} rows, which "
-                         f"this process cannot split over its {local_data_shards} data "
-                         "shards; use a per-process batch size divisible by it")
+        raise ValueError(
+          f"batch feature {name!r} has {value.shape[:1] or 'no'} rows, which "
+          f"this process cannot split over its {local_data_shards} data "
+          "shards; use a per-process batch size divisible by it"
+        )
       result[name] = jax.make_array_from_process_local_data(sharding, value)
     return result
 
@@ -317,8 +369,9 @@ class Partitioner:
     """
 
     def put(value: Any, sharding: NamedSharding) -> jax.Array:
-      if jax.process_count() == 1 or (isinstance(value, jax.Array)
-                                      and not value.is_fully_addressable):
+      if jax.process_count() == 1 or (
+        isinstance(value, jax.Array) and not value.is_fully_addressable
+      ):
         return jax.device_put(value, sharding)
       host = np.asarray(value)
       return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
@@ -326,31 +379,44 @@ class Partitioner:
     return jax.tree.map(put, tree, shardings)
 
   # ------------------------------------------------------------------ compilation
-  def partition_train_step(self, step_fn: Callable[..., Any], state_shardings: TrainState,
-                           frozen_shardings: Any,
-                           compiler_options: Mapping[str, Any] | None = None
-                           ) -> "PartitionedFunction":
+  def partition_train_step(
+    self,
+    step_fn: Callable[..., Any],
+    state_shardings: TrainState,
+    frozen_shardings: Any,
+    compiler_options: Mapping[str, Any] | None = None,
+  ) -> "PartitionedFunction":
     """`step(state, frozen, batch, rng)` compiled with shardings; the state is donated.
 
     `compiler_options` are XLA debug options for this program only (e.g.
     `{"xla_backend_optimization_level": 0}` to compile faster when the code is never
     run, as in `prompt-tuning plan`).
     """
-    return self.partition(step_fn,
-                          in_shardings=(state_shardings, frozen_shardings,
-                                        self.batch_sharding, self.replicated),
-                          out_shardings=(state_shardings, self.replicated),
-                          donate_argnums=(0,), compiler_options=compiler_options)
+    return self.partition(
+      step_fn,
+      in_shardings=(state_shardings, frozen_shardings, self.batch_sharding, self.replicated),
+      out_shardings=(state_shardings, self.replicated),
+      donate_argnums=(0,),
+      compiler_options=compiler_options,
+    )
 
-  def partition(self, fn: Callable[..., Any], in_shardings: Any, out_shardings: Any,
-                donate_argnums: Sequence[int] = (),
-                compiler_options: Mapping[str, Any] | None = None
-                ) -> "PartitionedFunction":
+  def partition(
+    self,
+    fn: Callable[..., Any],
+    in_shardings: Any,
+    out_shardings: Any,
+    donate_argnums: Sequence[int] = (),
+    compiler_options: Mapping[str, Any] | None = None,
+  ) -> "PartitionedFunction":
     """Any function (evaluation's score / predict too) jitted over this mesh."""
     options = {**self._compiler_options, **(compiler_options or {})}
-    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
-                     donate_argnums=tuple(donate_argnums),
-                     compiler_options=options or None)
+    jitted = jax.jit(
+      fn,
+      in_shardings=in_shardings,
+      out_shardings=out_shardings,
+      donate_argnums=tuple(donate_argnums),
+      compiler_options=options or None,
+    )
     return PartitionedFunction(jitted, self)
 
 
@@ -372,10 +438,12 @@ class PartitionedFunction:
 
 # ---------------------------------------------------------------------- multi-host
 @gin.configurable
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None,
-                           auto_detect: bool = False) -> bool:
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  auto_detect: bool = False,
+) -> bool:
   """Joins a multi-process job; returns whether `jax.distributed.initialize` ran.
 
   Arguments fall back to the environment (`JAX_COORDINATOR_ADDRESS`,
@@ -396,16 +464,23 @@ def initialize_distributed(coordinator_address: str | None = None,
   configured = (coordinator_address, num_processes, process_id) != (None, None, None)
   if not configured and not auto_detect:
     return False
-  if configured and (coordinator_address is None or num_processes is None
-                     or process_id is None):
-    raise ValueError("multi-process runs need coordinator_address, num_processes and "
-                     "process_id together (or none of them, with auto_detect)")
+  if configured and (coordinator_address is None or num_processes is None or process_id is None):
+    raise ValueError(
+      "multi-process runs need coordinator_address, num_processes and "
+      "process_id together (or none of them, with auto_detect)"
+    )
   if process_id is not None and not 0 <= process_id < num_processes:
     raise ValueError(f"process_id {process_id} is outside [0, {num_processes})")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
-  logging.info("process %d of %d joined; %d local of %d devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
+  logging.info(
+    "process %d of %d joined; %d local of %d devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True
 
 

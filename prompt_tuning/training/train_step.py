@@ -25,14 +25,14 @@ class TrainState:
 
   @classmethod
   def create(cls, trainable: Any, optimizer: optax.GradientTransformation) -> "TrainState":
-    return cls(step=jnp.zeros((), jnp.int32), trainable=trainable,
-               opt_state=optimizer.init(trainable))
+    return cls(
+      step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable)
+    )
 
 
-def make_train_step(model: Any, optimizer: optax.GradientTransformation,
-                    num_microbatches: int = 1
-                    ) -> Callable[[TrainState, Any, Mapping[str, Array], Array],
-                                  tuple[TrainState, Metrics]]:
+def make_train_step(
+  model: Any, optimizer: optax.GradientTransformation, num_microbatches: int = 1
+) -> Callable[[TrainState, Any, Mapping[str, Array], Array], tuple[TrainState, Metrics]]:
   """Builds `step(state, frozen, batch, rng) -> (state, metrics)`.
 
   Gradients are taken with respect to `state.trainable` only; `frozen` is an ordinary
@@ -42,50 +42,63 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation,
   equals the full-batch gradient up to float rounding).
   """
 
-  def loss_and_grads(trainable: Any, frozen: Any, batch: Mapping[str, Array],
-                     dropout_rng: Array) -> tuple[tuple[Array, Metrics], Any]:
+  def loss_and_grads(
+    trainable: Any, frozen: Any, batch: Mapping[str, Array], dropout_rng: Array
+  ) -> tuple[tuple[Array, Metrics], Any]:
     def loss_fn(trainable_params: Any) -> tuple[Array, Metrics]:
       params = trainable_lib.merge(trainable_params, frozen)
       return model.loss_fn(params, batch, dropout_rng)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(trainable)
 
-  def accumulate(trainable: Any, frozen: Any, batch: Mapping[str, Array],
-                 dropout_rng: Array) -> tuple[tuple[Array, Metrics], Any]:
+  def accumulate(
+    trainable: Any, frozen: Any, batch: Mapping[str, Array], dropout_rng: Array
+  ) -> tuple[tuple[Array, Metrics], Any]:
     if num_microbatches == 1:
       return loss_and_grads(trainable, frozen, batch, dropout_rng)
     size = next(iter(batch.values())).shape[0]
     if size % num_microbatches:
-      raise ValueError(f"batch size {size} is not divisible by num_microbatches "
-                       f"{num_microbatches}")
+      raise ValueError(f"batch size {size} is not divisible by num_microbatches {num_microbatches}")
     # Microbatch k takes rows k, k + n, k + 2n, ...: every device's contiguous block of
     # a data-sharded batch holds an equal part of each microbatch, so the split moves no
     # rows between devices (contiguous microbatches make XLA gather and permute them).
     micro = jax.tree.map(
-        lambda x: x.reshape((size // num_microbatches, num_microbatches) + x.shape[1:])
-        .swapaxes(0, 1), dict(batch))
+      lambda x: x.reshape((size // num_microbatches, num_microbatches) + x.shape[1:]).swapaxes(
+        0, 1
+      ),
+      dict(batch),
+    )
 
     def body(carry, inputs):
       index, microbatch = inputs
-      (loss, metrics), grads = loss_and_grads(trainable, frozen, microbatch,
-                                              jax.random.fold_in(dropout_rng, index))
+      (loss, metrics), grads = loss_and_grads(
+        trainable, frozen, microbatch, jax.random.fold_in(dropout_rng, index)
+      )
       total_grads, total_loss, total_metrics = carry
-      return (jax.tree.map(jnp.add, total_grads, grads), total_loss + loss,
-              jax.tree.map(jnp.add, total_metrics, metrics)), None
+      return (
+        jax.tree.map(jnp.add, total_grads, grads),
+        total_loss + loss,
+        jax.tree.map(jnp.add, total_metrics, metrics),
+      ), None
 
     zeros_metrics = jax.eval_shape(
-        lambda: loss_and_grads(trainable, frozen, jax.tree.map(lambda x: x[0], micro),
-                               dropout_rng)[0][1])
-    init = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32),
-            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros_metrics))
-    (grads, loss, metrics), _ = jax.lax.scan(
-        body, init, (jnp.arange(num_microbatches), micro))
+      lambda: loss_and_grads(trainable, frozen, jax.tree.map(lambda x: x[0], micro), dropout_rng)[
+        0
+      ][1]
+    )
+    init = (
+      jax.tree.map(jnp.zeros_like, trainable),
+      jnp.zeros((), jnp.float32),
+      jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros_metrics),
+    )
+    (grads, loss, metrics), _ = jax.lax.scan(body, init, (jnp.arange(num_microbatches), micro))
     # Token accuracy is a ratio: average it rather than summing it over pieces.
     metrics = dict(metrics, accuracy=metrics["accuracy"] / num_microbatches)
     return (loss, metrics), grads
 
-  def train_step(state: TrainState, frozen: Any, batch: Mapping[str, Array], rng: Array
-                 ) -> tuple[TrainState, Metrics]:
+  def train_step(
+    state: TrainState, frozen: Any, batch: Mapping[str, Array], rng: Array
+  ) -> tuple[TrainState, Metrics]:
     dropout_rng = jax.random.fold_in(rng, state.step)
     (loss, metrics), grads = accumulate(state.trainable, frozen, batch, dropout_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
@@ -96,8 +109,7 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation,
     for leaf in jax.tree.leaves(new_trainable):
       finite = jnp.logical_and(finite, jnp.all(jnp.isfinite(leaf)))
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), finite=finite)
-    new_state = state.replace(step=state.step + 1, trainable=new_trainable,
-                              opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, trainable=new_trainable, opt_state=opt_state)
     return new_state, metrics
 
   return train_step

@@ -19,16 +19,19 @@ Params = Mapping[str, Any]
 DEFAULT_TRAINABLE = ".*prompt.*"
 
 
-def split(params: Params, trainable_regex: str = DEFAULT_TRAINABLE
-          ) -> tuple[dict[str, Any], dict[str, Any]]:
+def split(
+  params: Params, trainable_regex: str = DEFAULT_TRAINABLE
+) -> tuple[dict[str, Any], dict[str, Any]]:
   """(trainable, frozen) nested dicts; a path is trainable when the regex matches fully."""
   pattern = re.compile(trainable_regex)
   trainable, frozen = {}, {}
   for name, value in tree.flatten(params).items():
     (trainable if pattern.fullmatch(name) else frozen)[name] = value
   if not trainable:
-    raise ValueError(f"trainable-parameter regex {trainable_regex!r} matches no parameter; "
-                     f"some names: {', '.join(sorted(frozen)[:5])}")
+    raise ValueError(
+      f"trainable-parameter regex {trainable_regex!r} matches no parameter; "
+      f"some names: {', '.join(sorted(frozen)[:5])}"
+    )
   return tree.unflatten(trainable), tree.unflatten(frozen)
 
 

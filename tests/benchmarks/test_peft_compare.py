@@ -42,10 +42,12 @@ def test_measure_alternating_pairs_the_samples_of_each_round():
     def run():
       calls.append(name)
       now[0] += seconds
+
     return run
 
-  long, short = pc.measure_alternating([work("a", 2.0), work("b", 0.5)], warmup=2,
-                                       repeats=2, clock=lambda: now[0])
+  long, short = pc.measure_alternating(
+    [work("a", 2.0), work("b", 0.5)], warmup=2, repeats=2, clock=lambda: now[0]
+  )
   assert calls == ["a", "b"] * 4  # first calls, one warm-up round, two timed rounds
   assert (long.first, long.samples) == (2.0, [2.0, 2.0])
   assert (short.first, short.samples) == (0.5, [0.5, 0.5])
@@ -55,17 +57,25 @@ def test_noise_warning_names_the_widest_spread_or_the_load():
   quiet = {"ours": {"forward": {"samples": [1.0, 1.05, 0.98]}}}
   assert pc.noise_warning(quiet, (0.1, 0.2)) is None
   assert "load average 1.20" in pc.noise_warning(quiet, (1.2, 0.2))
-  noisy = {"ours": {"forward": {"samples": [1.0, 1.05, 0.98]},
-                    "decode": {"samples": [2.0, 2.0, 2.0],
-                               "samples_one_token": [1.0, 1.5, 1.0]}}}
+  noisy = {
+    "ours": {
+      "forward": {"samples": [1.0, 1.05, 0.98]},
+      "decode": {"samples": [2.0, 2.0, 2.0], "samples_one_token": [1.0, 1.5, 1.0]},
+    }
+  }
   warning = pc.noise_warning(noisy, (0.0, 0.0))
   assert "up to 50%" in warning and "(ours decode)" in warning
 
 
 def _result(seconds: float, peak_mib: float) -> dict:
-  return {"first": 10.0, "samples": [seconds * 1.1, seconds, seconds * 0.9],
-          "rss_before": 100 * pc.MIB, "peak_rss": int(peak_mib * pc.MIB),
-          "parameters": 1000, "versions": {}}
+  return {
+    "first": 10.0,
+    "samples": [seconds * 1.1, seconds, seconds * 0.9],
+    "rss_before": 100 * pc.MIB,
+    "peak_rss": int(peak_mib * pc.MIB),
+    "parameters": 1000,
+    "versions": {},
+  }
 
 
 def _rows(results: dict, **setting) -> dict:
@@ -76,12 +86,20 @@ def _rows(results: dict, **setting) -> dict:
 
 def test_summary_computes_throughput_ratios_and_marks_targets():
   results = {
-      "ours": {"prompt_train": _result(1.0, 900), "full_train": _result(2.5, 1500),
-               "prompt_train_no_dropout": _result(0.8, 900),
-               "forward": _result(0.5, 800), "decode": _result(0.4, 700)},
-      "peft": {"prompt_train": _result(2.0, 1000), "full_train": _result(4.0, 2000),
-               "prompt_train_no_dropout": _result(1.5, 1000),
-               "forward": _result(1.0, 900), "decode": _result(1.6, 800)},
+    "ours": {
+      "prompt_train": _result(1.0, 900),
+      "full_train": _result(2.5, 1500),
+      "prompt_train_no_dropout": _result(0.8, 900),
+      "forward": _result(0.5, 800),
+      "decode": _result(0.4, 700),
+    },
+    "peft": {
+      "prompt_train": _result(2.0, 1000),
+      "full_train": _result(4.0, 2000),
+      "prompt_train_no_dropout": _result(1.5, 1000),
+      "forward": _result(1.0, 900),
+      "decode": _result(1.6, 800),
+    },
   }
   results["ours"]["decode"]["samples_one_token"] = [0.1, 0.1, 0.1]
   results["peft"]["decode"]["samples_one_token"] = [0.1, 0.1, 0.1]
@@ -96,8 +114,7 @@ def test_summary_computes_throughput_ratios_and_marks_targets():
   assert rows["greedy decode, tokens/s"] == ("320.0", "80.0", "4.00", ">= 3x: met")
   assert rows["greedy decode 16 tokens, ms"][:2] == ("400.0", "1,600.0")
   # The loop alone: 8 x 15 tokens over (N-token - 1-token) time.
-  assert rows["greedy decode after the 1st token, tokens/s"][:3] == ("400.0", "80.0",
-                                                                     "5.00")
+  assert rows["greedy decode after the 1st token, tokens/s"][:3] == ("400.0", "80.0", "5.00")
   assert rows["peak RSS, full_train, MiB"][:3] == ("1,500", "2,000", "0.75")
   assert not any("prompt_train_no_dropout" in name for name in rows)
 
@@ -128,8 +145,12 @@ def test_summary_without_peft_shows_na_and_one_rss_row_per_process():
 
 
 def test_table_is_markdown_with_aligned_columns():
-  table = pc.format_table([("a metric", "1.00", "2.00", "0.50", "ours <= 2.1: met"),
-                           ("another, longer metric", "10.0", "n/a", "n/a", "")])
+  table = pc.format_table(
+    [
+      ("a metric", "1.00", "2.00", "0.50", "ours <= 2.1: met"),
+      ("another, longer metric", "10.0", "n/a", "n/a", ""),
+    ]
+  )
   lines = table.splitlines()
   assert len(lines) == 4
   assert len({len(line) for line in lines}) == 1
@@ -157,22 +178,49 @@ def test_quick_settings_and_thread_environment():
   env = pc.child_environment(3)
   assert env["OMP_NUM_THREADS"] == "3" and env["JAX_PLATFORMS"] == "cpu"
   assert "xla_force_host_platform_device_count" not in env["XLA_FLAGS"]
-  assert pc.model_shapes("small") == {"vocab_size": 32128, "d_model": 512, "d_kv": 64,
-                                      "d_ff": 1024, "layers": 8, "decoder_layers": 8,
-                                      "heads": 6}
+  assert pc.model_shapes("small") == {
+    "vocab_size": 32128,
+    "d_model": 512,
+    "d_kv": 64,
+    "d_ff": 1024,
+    "layers": 8,
+    "decoder_layers": 8,
+    "heads": 6,
+  }
 
 
 def test_quick_run_of_our_side_prints_and_writes_the_table(tmp_path):
   out = tmp_path / "results.md"
   # Dropout 0 only to keep compilation short; the timed code path is the same.
   proc = subprocess.run(
-      [sys.executable, SCRIPT, "--quick", "--sides", "ours", "--isolate", "side",
-       "--workloads", "prompt_train,forward,decode", "--dropout", "0", "--repeats", "1",
-       "--results", str(out)],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      SCRIPT,
+      "--quick",
+      "--sides",
+      "ours",
+      "--isolate",
+      "side",
+      "--workloads",
+      "prompt_train,forward,decode",
+      "--dropout",
+      "0",
+      "--repeats",
+      "1",
+      "--results",
+      str(out),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-          for line in proc.stdout.splitlines() if line.startswith("| ")}
+  rows = {
+    line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+    for line in proc.stdout.splitlines()
+    if line.startswith("| ")
+  }
   ours, peft = rows["prompt train step, examples/s"][:2]
   assert float(ours) > 0 and peft == "n/a"
   assert float(rows["prompt step / forward"][0]) > 0
@@ -201,8 +249,9 @@ def test_peft_side_mirrors_our_network_and_decodes_every_token():
     result = pc.run_peft(setting, "decode", pc.model_shapes(setting.size))
   finally:
     torch.set_num_threads(threads)
-  ours = abstract_params(T5Config.from_size(setting.size),
-                         input_prompt=functools.partial(Prompt, length=setting.prompt))
+  ours = abstract_params(
+    T5Config.from_size(setting.size), input_prompt=functools.partial(Prompt, length=setting.prompt)
+  )
   assert result["parameters"] == sum(x.size for x in jax.tree.leaves(ours))
   assert len(result["samples"]) == 1 and result["peak_rss"] > 0
 
@@ -226,10 +275,15 @@ def test_device_and_dtype_flags_are_checked(capsys):
   with pytest.raises(SystemExit, match="unknown model size 'huge'"):
     pc.main(["--device", "gpu", "--size", "huge"])
 
-  gpu = pc.setting_from_args(pc.parse_args(["--device", "gpu", "--dtype", "bfloat16",
-                                            "--size", "base"]))
+  gpu = pc.setting_from_args(
+    pc.parse_args(["--device", "gpu", "--dtype", "bfloat16", "--size", "base"])
+  )
   assert (gpu.device, gpu.dtype, gpu.size, gpu.matmul_precision) == (
-      "gpu", "bfloat16", "base", "tf32")
+    "gpu",
+    "bfloat16",
+    "base",
+    "tf32",
+  )
   cpu = pc.setting_from_args(pc.parse_args([]))
   assert (cpu.device, cpu.dtype, cpu.matmul_precision) == ("cpu", "float32", None)
 
@@ -239,17 +293,39 @@ def test_every_t5_size_has_shapes_for_the_peft_side():
 
   for name, config in SIZES.items():
     shapes = pc.model_shapes(name)
-    assert (shapes["d_model"], shapes["d_ff"], shapes["heads"], shapes["layers"],
-            shapes["vocab_size"]) == (config.emb_dim, config.mlp_dim, config.num_heads,
-                                      config.num_encoder_layers, config.vocab_size), name
+    assert (
+      shapes["d_model"],
+      shapes["d_ff"],
+      shapes["heads"],
+      shapes["layers"],
+      shapes["vocab_size"],
+    ) == (
+      config.emb_dim,
+      config.mlp_dim,
+      config.num_heads,
+      config.num_encoder_layers,
+      config.vocab_size,
+    ), name
   # T5 1.1 base, large and XL as published (d_kv 64 throughout).
-  assert pc.model_shapes("base") == {"vocab_size": 32128, "d_model": 768, "d_kv": 64,
-                                     "d_ff": 2048, "layers": 12, "decoder_layers": 12,
-                                     "heads": 12}
+  assert pc.model_shapes("base") == {
+    "vocab_size": 32128,
+    "d_model": 768,
+    "d_kv": 64,
+    "d_ff": 2048,
+    "layers": 12,
+    "decoder_layers": 12,
+    "heads": 12,
+  }
   assert pc.model_shapes("large")["d_ff"] == 2816
-  assert pc.model_shapes("xl") == {"vocab_size": 32128, "d_model": 2048, "d_kv": 64,
-                                   "d_ff": 5120, "layers": 24, "decoder_layers": 24,
-                                   "heads": 32}
+  assert pc.model_shapes("xl") == {
+    "vocab_size": 32128,
+    "d_model": 2048,
+    "d_kv": 64,
+    "d_ff": 5120,
+    "layers": 24,
+    "decoder_layers": 24,
+    "heads": 32,
+  }
 
 
 def test_gpu_children_are_unpinned_and_allocate_on_demand(monkeypatch):
@@ -264,24 +340,31 @@ def test_gpu_children_are_unpinned_and_allocate_on_demand(monkeypatch):
   assert "OMP_NUM_THREADS" not in env and "CUDA_VISIBLE_DEVICES" not in env
   cpu = pc.side_environment(pc.Setting(threads=2))
   assert (cpu["JAX_PLATFORMS"], cpu["OMP_NUM_THREADS"], cpu["CUDA_VISIBLE_DEVICES"]) == (
-      "cpu", "2", "")
+    "cpu",
+    "2",
+    "",
+  )
   assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in cpu
 
 
 def _gpu_result(seconds: float, peak_mib: float | None, side: str) -> dict:
   result = _result(seconds, 3000)
-  result.update(device_before=200 * pc.MIB,
-                peak_device=None if peak_mib is None else int(peak_mib * pc.MIB),
-                device_name="NVIDIA H100 80GB HBM3",
-                param_dtypes={"prompt": "float32", "model": "bfloat16"})
+  result.update(
+    device_before=200 * pc.MIB,
+    peak_device=None if peak_mib is None else int(peak_mib * pc.MIB),
+    device_name="NVIDIA H100 80GB HBM3",
+    param_dtypes={"prompt": "float32", "model": "bfloat16"},
+  )
   if side == "peft":
     result["attention"] = "sdpa"
   return result
 
 
 def test_gpu_table_reports_peak_device_memory():
-  results = {side: {w: _gpu_result(0.1, 1000 if side == "ours" else 1600, side)
-                    for w in pc.WORKLOADS} for side in pc.SIDES}
+  results = {
+    side: {w: _gpu_result(0.1, 1000 if side == "ours" else 1600, side) for w in pc.WORKLOADS}
+    for side in pc.SIDES
+  }
   results["peft"]["forward"]["peak_device"] = None  # memory_stats() gave nothing.
   rows = _rows(results, device="gpu", dtype="bfloat16", matmul_precision="tf32")
   assert rows["peak device memory, full_train, MiB"][:3] == ("1,000", "1,600", "0.62")
@@ -293,7 +376,10 @@ def test_gpu_table_reports_peak_device_memory():
       result["peak_rss_scope"] = "side"
   rows = _rows(results, device="gpu", dtype="bfloat16", matmul_precision="tf32")
   assert rows["peak device memory, all workloads in one process, MiB"][:3] == (
-      "1,000", "n/a", "n/a")  # One unknown peak makes the process's peak unknown.
+    "1,000",
+    "n/a",
+    "n/a",
+  )  # One unknown peak makes the process's peak unknown.
 
 
 def test_gpu_results_name_the_device_and_the_dtype(tmp_path):
@@ -304,9 +390,12 @@ def test_gpu_results_name_the_device_and_the_dtype(tmp_path):
   assert "- threads: not pinned (GPU run)" in context
   assert "bfloat16 activations and frozen parameters with the prompt in float32" in context
   assert "TF32 tensor cores" in context and "max_memory_allocated" in context
-  assert ("peft forward: first call 10.00 s" in context
-          and "dtypes: prompt float32, model bfloat16; attention sdpa; device memory "
-              "before timing 200 MiB, peak 900 MiB; host RSS before timing" in context)
+  assert (
+    "peft forward: first call 10.00 s" in context
+    and "dtypes: prompt float32, model bfloat16; attention sdpa; device memory "
+    "before timing 200 MiB, peak 900 MiB; host RSS before timing"
+    in context
+  )
   heading = pc.title(setting, results)
   assert heading.endswith("GPU (NVIDIA H100 80GB HBM3), bfloat16")
   out = tmp_path / "results_gpu.md"
@@ -314,8 +403,7 @@ def test_gpu_results_name_the_device_and_the_dtype(tmp_path):
   assert out.read_text().startswith(f"# {heading}\n")
 
   results["peft"]["forward"]["device_name"] = "NVIDIA H100 PCIe"
-  assert "NVIDIA H100 80GB HBM3 (ours); NVIDIA H100 PCIe (PEFT)" in pc.title(setting,
-                                                                            results)
+  assert "NVIDIA H100 80GB HBM3 (ours); NVIDIA H100 PCIe (PEFT)" in pc.title(setting, results)
   cpu = {"ours": {"forward": _result(1.0, 500)}}
   assert pc.title(pc.Setting(), cpu).endswith(", CPU, float32")
   assert "- machine: GPU" not in pc.describe(pc.Setting(), cpu, "workload", (0.0, 0.0))
@@ -349,8 +437,7 @@ def test_torch_timing_waits_for_the_gpu(monkeypatch):
 
 def test_bfloat16_keeps_the_prompt_in_float32_on_both_sides():
   """The dtype path itself runs on the CPU too (only the CLI confines it to the GPU)."""
-  setting = pc.Setting(**{**pc.QUICK, "warmup": 1, "repeats": 1, "threads": 1,
-                          "dtype": "bfloat16"})
+  setting = pc.Setting(**{**pc.QUICK, "warmup": 1, "repeats": 1, "threads": 1, "dtype": "bfloat16"})
   shapes = pc.model_shapes(setting.size)
   ours = pc.run_ours(setting, "forward", shapes)
   assert ours["param_dtypes"] == {"prompt": "float32", "model": "bfloat16"}
@@ -370,6 +457,7 @@ def test_bfloat16_keeps_the_prompt_in_float32_on_both_sides():
 
 def test_attention_choices_are_the_networks_and_unknown_ones_fail():
   from prompt_tuning.t5 import layers
+
   assert pc.ATTENTION_IMPLEMENTATIONS == layers.ATTENTION_IMPLEMENTATIONS
   assert pc.setting_from_args(pc.parse_args(["--attention", "xla"])).attention == "xla"
   with pytest.raises(ValueError, match="--attention must be one of"):

@@ -36,8 +36,9 @@ def test_instructions_carry_shape_kind_and_layer_free_source(profile_ops):
   found = profile_ops.read_instructions([_HLO])
   fusion = found["transpose_copy_fusion.3"]
   assert fusion.shape == "f32[8,6,64,356]" and fusion.kind == "fusion"
-  assert fusion.source == ("while/body/Transformer.decode/decoder/layers_*/"
-                           "encoder_decoder_attention/transpose")
+  assert fusion.source == (
+    "while/body/Transformer.decode/decoder/layers_*/encoder_decoder_attention/transpose"
+  )
   assert found["dot.7"].kind == "dot"
   assert found["dot.7"].source == "decoder/logits_dense/dot_general"
   assert found["iota_reduce_fusion"].shape == "(f32[8], s32[8])"
@@ -45,7 +46,8 @@ def test_instructions_carry_shape_kind_and_layer_free_source(profile_ops):
 
 
 def test_events_of_every_layer_and_step_sum_into_one_group(profile_ops):
-  trace = {"traceEvents": [
+  trace = {
+    "traceEvents": [
       {"ph": "X", "name": "transpose_copy_fusion.3", "dur": 1000.0},
       {"ph": "X", "name": "transpose_copy_fusion.3", "dur": 1000.0},
       {"ph": "X", "name": "transpose_copy_fusion.4", "dur": 3000.0},
@@ -53,24 +55,54 @@ def test_events_of_every_layer_and_step_sum_into_one_group(profile_ops):
       {"ph": "X", "name": "while.2", "dur": 6000.0},  # Spans the ops above: not counted.
       {"ph": "X", "name": "$profiler.py:307 trace", "dur": 9e9},  # Not an XLA op.
       {"ph": "i", "name": "dot.7"},  # An instant event has no duration.
-  ]}
-  rows = profile_ops.group(profile_ops.op_times(trace),
-                           profile_ops.read_instructions([_HLO]), by="source")
-  assert rows[0] == ("transpose_copy_fusion f32[8,6,64,356]  while/body/Transformer.decode/"
-                     "decoder/layers_*/encoder_decoder_attention/transpose", 5.0, 3)
+    ]
+  }
+  rows = profile_ops.group(
+    profile_ops.op_times(trace), profile_ops.read_instructions([_HLO]), by="source"
+  )
+  assert rows[0] == (
+    "transpose_copy_fusion f32[8,6,64,356]  while/body/Transformer.decode/"
+    "decoder/layers_*/encoder_decoder_attention/transpose",
+    5.0,
+    3,
+  )
   assert rows[1] == ("dot f32[8,6]  decoder/logits_dense/dot_general", 0.5, 1)
   assert len(rows) == 2
-  by_op = profile_ops.group(profile_ops.op_times(trace),
-                            profile_ops.read_instructions([_HLO]), by="op")
+  by_op = profile_ops.group(
+    profile_ops.op_times(trace), profile_ops.read_instructions([_HLO]), by="op"
+  )
   assert by_op[0] == ("transpose_copy_fusion f32[8,6,64,356]", 5.0, 3)
 
 
 def test_profile_of_a_tiny_decode_names_the_decoding_loop(tmp_path):
   proc = subprocess.run(
-      [sys.executable, SCRIPT, "--workload", "decode", "--size", "tiny", "--batch", "2",
-       "--inputs", "16", "--prompt", "4", "--targets", "4", "--new-tokens", "4",
-       "--top", "200", "--out", str(tmp_path)],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      SCRIPT,
+      "--workload",
+      "decode",
+      "--size",
+      "tiny",
+      "--batch",
+      "2",
+      "--inputs",
+      "16",
+      "--prompt",
+      "4",
+      "--targets",
+      "4",
+      "--new-tokens",
+      "4",
+      "--top",
+      "200",
+      "--out",
+      str(tmp_path),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert lines[0].startswith("decode, T5 1.1 tiny") and "one call" in lines[0]

@@ -12,8 +12,10 @@ from prompt_tuning.t5 import T5Config
 
 def random_params(config: T5Config, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
-  flat = {name: rng.standard_normal(shape).astype(np.float32)
-          for name, shape in validation.expected_shapes(config).items()}
+  flat = {
+    name: rng.standard_normal(shape).astype(np.float32)
+    for name, shape in validation.expected_shapes(config).items()
+  }
   return tree.unflatten(flat)
 
 

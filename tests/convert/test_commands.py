@@ -36,6 +36,7 @@ def test_convert_chain_preserves_values(tmp_path, t5x_path, tiny_params, capsys)
   assert commands.diff_checkpoints(t5x_path, back) == 0
   assert "52 of 52 shared parameters identical" in capsys.readouterr().out
   from prompt_tuning.convert import load_params
+
   assert_trees_equal(tiny_params, load_params(orbax_dir))
 
 
@@ -77,8 +78,10 @@ def test_missing_path_is_a_one_line_error(tmp_path, capsys):
 
 def test_diff_across_dtypes(tmp_path, t5x_path, tiny_params, capsys):
   import ml_dtypes
-  rounded = {n: np.asarray(a).astype(ml_dtypes.bfloat16)
-             for n, a in tree.flatten(tiny_params).items()}
+
+  rounded = {
+    n: np.asarray(a).astype(ml_dtypes.bfloat16) for n, a in tree.flatten(tiny_params).items()
+  }
   other = save_params_orbax(tree.unflatten(rounded), str(tmp_path / "bf16"))
   assert commands.diff_checkpoints(t5x_path, other) == 1
   out = capsys.readouterr().out

@@ -35,14 +35,22 @@ def test_t5x_orbax_train_state_layout(tmp_path, tiny_params, tiny_config):
   """T5X's orbax CheckpointManager: `checkpoint_N/state/` holds {target, state}; only
   `target` comes back, and the prompt of a prompt-tuned run comes back with it."""
   params = _with_prompt(tiny_params)
-  train_state = {"target": params,
-                 "state": {"step": np.asarray(1000, np.int32), "param_states": {
-                     "token_embedder": {"embedding": {
-                         "v_row": np.ones(32128, np.float32),
-                         "v_col": np.ones(32, np.float32)}}}}}
+  train_state = {
+    "target": params,
+    "state": {
+      "step": np.asarray(1000, np.int32),
+      "param_states": {
+        "token_embedder": {
+          "embedding": {"v_row": np.ones(32128, np.float32), "v_col": np.ones(32, np.float32)}
+        }
+      },
+    },
+  }
   manager = ocp.CheckpointManager(
-      epath.Path(tmp_path / "model"), item_names=("state",),
-      options=ocp.CheckpointManagerOptions(step_prefix="checkpoint"))
+    epath.Path(tmp_path / "model"),
+    item_names=("state",),
+    options=ocp.CheckpointManagerOptions(step_prefix="checkpoint"),
+  )
   manager.save(1000, args=ocp.args.Composite(state=ocp.args.PyTreeSave(train_state)))
   manager.wait_until_finished()
   step_dir = str(tmp_path / "model" / "checkpoint_1000")
@@ -60,14 +68,18 @@ def test_per_array_zarr_orbax_with_dtype_and_sharding(tmp_path, tiny_params, tin
   checkpointer.save(epath.Path(path), args=ocp.args.PyTreeSave({"target": tiny_params}))
   assert os.path.isdir(path / "target.token_embedder.embedding")
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  loaded = load_params(str(path), tiny_config, dtype=ml_dtypes.bfloat16,
-                       shardings={"token_embedder": {"embedding": sharding}})
+  loaded = load_params(
+    str(path),
+    tiny_config,
+    dtype=ml_dtypes.bfloat16,
+    shardings={"token_embedder": {"embedding": sharding}},
+  )
   embedding = loaded["token_embedder"]["embedding"]
   assert isinstance(embedding, jax.Array) and embedding.sharding == sharding
   assert embedding.dtype == np.dtype(ml_dtypes.bfloat16)
   np.testing.assert_array_equal(
-      np.asarray(embedding),
-      tiny_params["token_embedder"]["embedding"].astype(ml_dtypes.bfloat16))
+    np.asarray(embedding), tiny_params["token_embedder"]["embedding"].astype(ml_dtypes.bfloat16)
+  )
 
 
 def test_reader_reads_single_arrays_and_slices(tmp_path, tiny_params):
@@ -75,8 +87,9 @@ def test_reader_reads_single_arrays_and_slices(tmp_path, tiny_params):
   reader = OrbaxReader(path)
   name = "encoder/layers_1/mlp/wo/kernel"
   assert reader.arrays()[name].shape == (64, 32)
-  np.testing.assert_array_equal(reader.read(name, (slice(3, 9), slice(0, 4))),
-                                tree.flatten(tiny_params)[name][3:9, :4])
+  np.testing.assert_array_equal(
+    reader.read(name, (slice(3, 9), slice(0, 4))), tree.flatten(tiny_params)[name][3:9, :4]
+  )
 
 
 _LOAD_IN_PROCESS = """
@@ -96,8 +109,7 @@ with open(sys.argv[4], "w") as report:
 """
 
 
-def test_every_process_of_a_multi_process_job_loads_an_orbax_checkpoint(tmp_path,
-                                                                        tiny_params):
+def test_every_process_of_a_multi_process_job_loads_an_orbax_checkpoint(tmp_path, tiny_params):
   """Arrays with no requested sharding land on the process's own device; on process 0's
   device (jax.devices()[0]) process 1 could not hold them and the load failed there."""
   import socket
@@ -113,10 +125,16 @@ def test_every_process_of_a_multi_process_job_loads_an_orbax_checkpoint(tmp_path
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
   env["PYTHONPATH"] = os.getcwd()
   reports = [tmp_path / f"report_{i}.txt" for i in range(2)]
-  processes = [subprocess.Popen([sys.executable, str(script), address, str(i), path,
-                                 str(reports[i])],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env) for i in range(2)]
+  processes = [
+    subprocess.Popen(
+      [sys.executable, str(script), address, str(i), path, str(reports[i])],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
+    for i in range(2)
+  ]
   outputs = [p.communicate(timeout=240) for p in processes]
   total = sum(float(np.sum(v)) for v in tree.flatten(tiny_params).values())
   for i, (process, (_, stderr)) in enumerate(zip(processes, outputs)):

@@ -21,12 +21,16 @@ EMBEDDING = np.linspace(-1, 1, 40, dtype=np.float32).reshape(10, 4)
 def _save(model_dir, steps, *, full=False):
   trainable = {"encoder": {"prompt": {"prompt": jnp.asarray(PROMPT)}}}
   frozen = {"token_embedder": {"embedding": EMBEDDING}}
-  with checkpoints.CheckpointManager(str(model_dir), keep=None, save_full=full,
-                                     export_numpy=False) as manager:
+  with checkpoints.CheckpointManager(
+    str(model_dir), keep=None, save_full=full, export_numpy=False
+  ) as manager:
     for step in steps:
       state = TrainState.create(trainable, optimizers.adafactor())
-      manager.save(state.replace(step=jnp.asarray(step, jnp.int32)),
-                   frozen=frozen if full else None, data_position=step)
+      manager.save(
+        state.replace(step=jnp.asarray(step, jnp.int32)),
+        frozen=frozen if full else None,
+        data_position=step,
+      )
   return str(model_dir)
 
 
@@ -46,8 +50,7 @@ def test_a_full_run_checkpoint_adds_its_frozen_parameters(tmp_path):
   path = os.path.join(_save(tmp_path / "run", [2], full=True), "checkpoint_2")
   params = tree.flatten(convert.load_params(path))
   assert sorted(params) == ["encoder/prompt/prompt", "token_embedder/embedding"]
-  np.testing.assert_array_equal(convert.read_variable(path, "token_embedder/embedding"),
-                                EMBEDDING)
+  np.testing.assert_array_equal(convert.read_variable(path, "token_embedder/embedding"), EMBEDDING)
   with pytest.raises(ValueError, match="has no parameter 'decoder/logits_dense/kernel'"):
     convert.read_variable(path, "decoder/logits_dense/kernel")
 

@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 
 from prompt_tuning import tree
-from prompt_tuning.convert import (CheckpointReadError, detect_format, load_params,
-                                   write_t5x_checkpoint)
+from prompt_tuning.convert import (
+  CheckpointReadError,
+  detect_format,
+  load_params,
+  write_t5x_checkpoint,
+)
 from prompt_tuning.convert.t5x_legacy import T5XLegacyReader, chunk_shape
 from tests.convert import t5x_by_hand
 from tests.convert.conftest import assert_trees_equal
@@ -30,8 +34,7 @@ def hand_written(tmp_path_factory, tiny_params):
   return directory
 
 
-def test_reads_checkpoint_written_to_the_documented_format(hand_written, tiny_params,
-                                                           tiny_config):
+def test_reads_checkpoint_written_to_the_documented_format(hand_written, tiny_params, tiny_config):
   assert detect_format(hand_written) == "t5x"
   # The embedding spans 7 gzip chunks, the last one partial.
   embedding_dir = os.path.join(hand_written, "target.token_embedder.embedding")
@@ -54,8 +57,7 @@ def test_reads_old_spec_layout_with_gcs_dummy_bucket(tmp_path, tiny_params):
 
 
 def test_writer_produces_the_documented_layout(tmp_path, tiny_params):
-  directory = write_t5x_checkpoint(tiny_params, str(tmp_path / "out"), step=7,
-                                   chunk_bytes=1 << 16)
+  directory = write_t5x_checkpoint(tiny_params, str(tmp_path / "out"), step=7, chunk_bytes=1 << 16)
   with open(os.path.join(directory, "checkpoint"), "rb") as f:
     ext_codes = []
 
@@ -72,8 +74,10 @@ def test_writer_produces_the_documented_layout(tmp_path, tiny_params):
   assert set(ext_codes) == {1}
   spec = target["encoder"]["layers_0"]["attention"]["key"]["kernel"]
   assert spec["driver"] == "zarr"
-  assert spec["kvstore"] == {"driver": "file",
-                             "path": "target.encoder.layers_0.attention.key.kernel"}
+  assert spec["kvstore"] == {
+    "driver": "file",
+    "path": "target.encoder.layers_0.attention.key.kernel",
+  }
   with open(os.path.join(directory, spec["kvstore"]["path"], ".zarray")) as f:
     zarray = json.load(f)
   assert zarray["compressor"]["id"] == "gzip" and zarray["shape"] == [32, 32]
@@ -91,8 +95,9 @@ def test_chunk_shape_tiles_exactly_within_budget():
 
 
 def test_bfloat16_inline_and_zarr_round_trip(tmp_path, tiny_params):
-  params = {name: np.asarray(a).astype(ml_dtypes.bfloat16)
-            for name, a in tree.flatten(tiny_params).items()}
+  params = {
+    name: np.asarray(a).astype(ml_dtypes.bfloat16) for name, a in tree.flatten(tiny_params).items()
+  }
   directory = write_t5x_checkpoint(tree.unflatten(params), str(tmp_path / "bf16"))
   reader = T5XLegacyReader(directory)
   assert reader.arrays()[KERNEL].dtype == np.dtype(ml_dtypes.bfloat16)
@@ -104,11 +109,13 @@ def test_dtype_cast_and_sliced_reads(hand_written, tiny_params):
   kernel = tree.flatten(loaded)[KERNEL]
   assert kernel.dtype == np.dtype(ml_dtypes.bfloat16)
   np.testing.assert_array_equal(
-      np.asarray(kernel), tree.flatten(tiny_params)[KERNEL].astype(ml_dtypes.bfloat16))
+    np.asarray(kernel), tree.flatten(tiny_params)[KERNEL].astype(ml_dtypes.bfloat16)
+  )
   reader = T5XLegacyReader(hand_written)
   part = reader.read("token_embedder/embedding", (slice(4990, 5010), slice(8, 16)))
   np.testing.assert_array_equal(
-      part, tree.flatten(tiny_params)["token_embedder/embedding"][4990:5010, 8:16])
+    part, tree.flatten(tiny_params)["token_embedder/embedding"][4990:5010, 8:16]
+  )
 
 
 def test_truncated_chunk_names_array_and_file(tmp_path, tiny_params):
@@ -118,7 +125,7 @@ def test_truncated_chunk_names_array_and_file(tmp_path, tiny_params):
   with open(chunk, "rb") as f:
     data = f.read()
   with open(chunk, "wb") as f:
-    f.write(data[:len(data) // 2])
+    f.write(data[: len(data) // 2])
   with pytest.raises(CheckpointReadError) as error:
     load_params(directory)
   message = str(error.value)
@@ -180,10 +187,15 @@ _SHARDED_LOAD = textwrap.dedent("""
 
 def test_sharded_load_reads_only_each_shard(hand_written):
   """Runs in a subprocess: a 4-device CPU mesh needs XLA flags set before jax starts."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  result = subprocess.run([sys.executable, "-c", _SHARDED_LOAD, hand_written], env=env,
-                          cwd=root, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-c", _SHARDED_LOAD, hand_written],
+    env=env,
+    cwd=root,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("ok")

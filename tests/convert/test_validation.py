@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from prompt_tuning import tree
-from prompt_tuning.convert import (CheckpointMismatchError, check, infer_config,
-                                   load_params, save_params_orbax, write_t5x_checkpoint)
+from prompt_tuning.convert import (
+  CheckpointMismatchError,
+  check,
+  infer_config,
+  load_params,
+  save_params_orbax,
+  write_t5x_checkpoint,
+)
 from prompt_tuning.convert.validation import expected_shapes, size_name
 from prompt_tuning.t5 import T5Config
 from tests.convert.conftest import random_params

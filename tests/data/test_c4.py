@@ -12,15 +12,14 @@ import tensorflow_datasets as tfds
 from prompt_tuning.data import c4
 
 _DOCUMENTS = [
-    "The quick brown fox jumps over the lazy dog. " * 6,
-    "The book was written by Jane Austen in 1813.",
-    "A paragraph about science, history, sports and music with numbers 1 2 3 4 5.",
-    "The sun rose.",
+  "The quick brown fox jumps over the lazy dog. " * 6,
+  "The book was written by Jane Austen in 1813.",
+  "A paragraph about science, history, sports and music with numbers 1 2 3 4 5.",
+  "The sun rose.",
 ]
 
 
-def _fake_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False,
-                     **kwargs):
+def _fake_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
   """The same few documents for any text dataset, under the key `text` or `article`."""
   del split, decoders, read_config, shuffle_files, kwargs
   key = "article" if self.name == "cnn_dailymail" else "text"
@@ -40,7 +39,8 @@ def mock_tfds():
 
 def _dataset(name: str, lengths, split: str = "train", seed: int = 0) -> tf.data.Dataset:
   return seqio.get_mixture_or_task(name).get_dataset(
-      lengths, split=split, shuffle=False, seed=seed, num_epochs=1, try_in_mem_cache=False)
+    lengths, split=split, shuffle=False, seed=seed, num_epochs=1, try_in_mem_cache=False
+  )
 
 
 def _strip_eos(tokens, vocabulary) -> list[int]:
@@ -50,7 +50,7 @@ def _strip_eos(tokens, vocabulary) -> list[int]:
 
 
 def _is_window(part: list[int], whole: list[int]) -> bool:
-  return any(whole[i:i + len(part)] == part for i in range(len(whole) - len(part) + 1))
+  return any(whole[i : i + len(part)] == part for i in range(len(whole) - len(part) + 1))
 
 
 def test_names_are_registered(registered):
@@ -59,8 +59,7 @@ def test_names_are_registered(registered):
 
 def test_prefix_lm_splits_documents_into_prefix_and_continuation(mock_tfds, test_vocabulary):
   # Long enough for every document: each example is one whole document, cut once.
-  examples = list(_dataset("c4_prefix_lm", {"inputs": 128, "targets": 128})
-                  .as_numpy_iterator())
+  examples = list(_dataset("c4_prefix_lm", {"inputs": 128, "targets": 128}).as_numpy_iterator())
   assert len(examples) == len(_DOCUMENTS)
   for example, document in zip(examples, _DOCUMENTS):
     prefix = _strip_eos(example["inputs"], test_vocabulary)
@@ -72,9 +71,13 @@ def test_prefix_lm_splits_documents_into_prefix_and_continuation(mock_tfds, test
 
 def test_prefix_lm_windows_fit_the_lengths_and_depend_on_the_seed(mock_tfds, test_vocabulary):
   lengths = {"inputs": 12, "targets": 6}
-  first, again, other = ([(e["inputs"].tolist(), e["targets"].tolist())
-                          for e in _dataset("c4_prefix_lm", lengths, seed=s).as_numpy_iterator()]
-                         for s in (1, 1, 2))
+  first, again, other = (
+    [
+      (e["inputs"].tolist(), e["targets"].tolist())
+      for e in _dataset("c4_prefix_lm", lengths, seed=s).as_numpy_iterator()
+    ]
+    for s in (1, 1, 2)
+  )
   assert first == again and first != other
   assert len(first) == len(_DOCUMENTS)  # One example per document, never packed.
   for (inputs, targets), document in zip(first + other, _DOCUMENTS + _DOCUMENTS):
@@ -83,8 +86,7 @@ def test_prefix_lm_windows_fit_the_lengths_and_depend_on_the_seed(mock_tfds, tes
     assert 1 <= len(prefix) <= 11 and 1 <= len(continuation) <= 5
     assert _is_window(prefix + continuation, test_vocabulary.encode(document))
 
-  converted = seqio.EncDecFeatureConverter(pack=False)(_dataset("c4_prefix_lm", lengths),
-                                                       lengths)
+  converted = seqio.EncDecFeatureConverter(pack=False)(_dataset("c4_prefix_lm", lengths), lengths)
   batch = next(converted.as_numpy_iterator())
   assert batch["encoder_input_tokens"].shape == (12,)
   assert batch["decoder_input_tokens"][0] == 0  # Decoding starts from pad, as in T5.
@@ -151,36 +153,48 @@ def test_span_corruption_end_to_end(mock_tfds, test_vocabulary):
 
 def test_span_corruption_is_deterministic_given_a_seed(mock_tfds):
   lengths = {"inputs": 32, "targets": 12}
-  a, b, c = ([e["inputs"].tolist() for e in _dataset("c4_span_corruption", lengths, seed=s)
-              .as_numpy_iterator()] for s in (3, 3, 4))
+  a, b, c = (
+    [
+      e["inputs"].tolist()
+      for e in _dataset("c4_span_corruption", lengths, seed=s).as_numpy_iterator()
+    ]
+    for s in (3, 3, 4)
+  )
   assert a == b and a != c
 
 
 def test_text_task_registers_any_tfds_text_source_from_gin(mock_tfds, test_vocabulary):
   gin.clear_config()
   try:
-    gin.parse_config([
+    gin.parse_config(
+      [
         "text_task.tfds_name = 'cnn_dailymail:3.4.0'",
         "text_task.text_key = 'article'",
         "text_task.objective = 'prefix_lm'",
         "text_task.splits = {'train': 'train[:2]'}",
         "get_vocabulary.spm_path = '%s'" % test_vocabulary.sentencepiece_model_file,
-    ])
+      ]
+    )
     name = c4.text_task()
   finally:
     gin.clear_config()
   assert name == "cnn_dailymail_prefix_lm"
   assert "cnn_dailymail_span_corruption" in seqio.TaskRegistry.names()
   example = next(_dataset(name, {"inputs": 128, "targets": 128}).as_numpy_iterator())
-  assert (test_vocabulary.decode(_strip_eos(example["inputs"], test_vocabulary) +
-                                 _strip_eos(example["targets"], test_vocabulary))
-          == _DOCUMENTS[0].strip())
+  assert (
+    test_vocabulary.decode(
+      _strip_eos(example["inputs"], test_vocabulary)
+      + _strip_eos(example["targets"], test_vocabulary)
+    )
+    == _DOCUMENTS[0].strip()
+  )
   with pytest.raises(ValueError, match="Unknown objective"):
     c4.text_task(objective="mlm")
 
 
 # ----------------------------------------------------------------------------------------
 # The sentinel switch, over a task that needs no TFDS.
+
 
 def _label_id(output, example=None, is_target=False):
   del example, is_target
@@ -195,14 +209,21 @@ def tiny_task(test_vocabulary):
   def source(split, shuffle_files, seed=None):
     del split, shuffle_files, seed
     return tf.data.Dataset.from_tensor_slices(
-        {"inputs": ["is the sun up?", "is it night?"], "targets": ["yes", "no"]})
+      {"inputs": ["is the sun up?", "is it night?"], "targets": ["yes", "no"]}
+    )
 
   seqio.TaskRegistry.add(
-      name, source=seqio.FunctionDataSource(source, splits=("train", "validation")),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features=c4.output_features(test_vocabulary),
-      postprocess_fn=_label_id, metric_fns=[])
+    name,
+    source=seqio.FunctionDataSource(source, splits=("train", "validation")),
+    preprocessors=[
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    output_features=c4.output_features(test_vocabulary),
+    postprocess_fn=_label_id,
+    metric_fns=[],
+  )
   yield name
   seqio.TaskRegistry.remove(name)
 
@@ -212,11 +233,13 @@ def test_sentinel_variant_round_trips(tiny_task, test_vocabulary):
   assert variant == "tiny_yes_no_sentinel"
   task = seqio.TaskRegistry.get(variant)
   lengths = {"inputs": 16, "targets": 8}
-  examples = list(task.get_dataset(lengths, split="validation", shuffle=False, num_epochs=1)
-                  .as_numpy_iterator())
+  examples = list(
+    task.get_dataset(lengths, split="validation", shuffle=False, num_epochs=1).as_numpy_iterator()
+  )
   sentinel = c4.first_sentinel_id(test_vocabulary)
   plain = seqio.TaskRegistry.get(tiny_task).get_dataset(
-      lengths, split="validation", shuffle=False, num_epochs=1)
+    lengths, split="validation", shuffle=False, num_epochs=1
+  )
   for example, original in zip(examples, plain.as_numpy_iterator()):
     assert example["targets"][0] == sentinel
     assert example["targets"][1:].tolist() == original["targets"].tolist()
@@ -226,15 +249,21 @@ def test_sentinel_variant_round_trips(tiny_task, test_vocabulary):
   # What the model would generate: the target tokens, sentinel included.
   generated = [test_vocabulary.decode(e["targets"].tolist()) for e in examples]
   assert generated[0].startswith("<extra_id_0>")
-  assert [task.postprocess_fn(g, example=e, is_target=False)
-          for g, e in zip(generated, examples)] == [1, 0]
-  assert [task.postprocess_fn(e["targets_pretokenized"].decode(), example=e, is_target=True)
-          for e in examples] == [1, 0]
+  assert [
+    task.postprocess_fn(g, example=e, is_target=False) for g, e in zip(generated, examples)
+  ] == [1, 0]
+  assert [
+    task.postprocess_fn(e["targets_pretokenized"].decode(), example=e, is_target=True)
+    for e in examples
+  ] == [1, 0]
   assert c4.strip_sentinel("<extra_id_0> yes <extra_id_0>") == "yes <extra_id_0>"
 
   # Trimming keeps the EOS and the sentinel: length 3 leaves one target token.
-  short = next(task.get_dataset({"inputs": 16, "targets": 3}, split="validation",
-                                shuffle=False, num_epochs=1).as_numpy_iterator())
+  short = next(
+    task.get_dataset(
+      {"inputs": 16, "targets": 3}, split="validation", shuffle=False, num_epochs=1
+    ).as_numpy_iterator()
+  )
   assert short["targets"].tolist()[0] == sentinel and short["targets"][-1] == 1
 
 
@@ -250,7 +279,8 @@ def test_sentinel_variant_of_a_mixture_and_gin_switch(tiny_task):
     sentinel_mixture = seqio.MixtureRegistry.get(variant)
     assert variant == "tiny_mixture_sentinel"
     assert {t.name: sentinel_mixture.get_rate(t) for t in sentinel_mixture.tasks} == {
-        "tiny_yes_no_sentinel": 2.0}
+      "tiny_yes_no_sentinel": 2.0
+    }
   finally:
     gin.clear_config()
     seqio.MixtureRegistry.remove(mixture)

@@ -44,12 +44,14 @@ def _load_generator():
 
 def _examples(task: str, split: str, seed: int | None = None, limit: int = -1):
   dataset = seqio.get_mixture_or_task(task).get_dataset(
-      sequence_length=None, split=split, shuffle=False, seed=seed)
+    sequence_length=None, split=split, shuffle=False, seed=seed
+  )
   return list(dataset.take(limit).as_numpy_iterator())
 
 
 # ---------------------------------------------------------------------------------------
 # The files.
+
 
 def test_sentiment_files_parse_and_are_balanced():
   splits = {split: _read_tsv(split) for split in demo.SPLITS}
@@ -96,6 +98,7 @@ def test_generator_reproduces_the_bundled_files(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Vocabulary.
 
+
 def test_label_words_and_prefix_are_cheap_to_tokenise():
   vocabulary = demo.get_demo_vocabulary()
   for word in demo.DEMO_LABELS:
@@ -116,6 +119,7 @@ def test_demo_vocab_size_is_pieces_plus_sentinels_padded_to_128():
 # ---------------------------------------------------------------------------------------
 # Tasks.
 
+
 def test_sentiment_task_through_the_feature_converter():
   task = seqio.get_mixture_or_task(demo.SENTIMENT_TASK)
   assert metrics.accuracy in task.predict_metric_fns
@@ -132,7 +136,7 @@ def test_sentiment_task_through_the_feature_converter():
     inputs = example["encoder_input_tokens"]
     num_inputs = int((inputs != 0).sum())
     assert 5 <= num_inputs < 64 and inputs[num_inputs - 1] == 1  # Ends in EOS, untruncated.
-    assert vocabulary.decode(inputs[:num_inputs - 1].tolist()) == demo.INPUT_PREFIX + text
+    assert vocabulary.decode(inputs[: num_inputs - 1].tolist()) == demo.INPUT_PREFIX + text
     targets = example["decoder_target_tokens"]
     assert targets[1] == 1 and vocabulary.decode(targets[:1].tolist()) == label
     assert example["decoder_input_tokens"][0] == 0  # Decoding starts from pad.
@@ -153,8 +157,10 @@ def test_rank_task_has_one_row_per_candidate_and_one_correct():
   rows = _examples(demo.SENTIMENT_RANK_TASK, "validation")
   assert len(rows) == 2 * 200
   task = seqio.get_mixture_or_task(demo.SENTIMENT_RANK_TASK)
-  targets = [task.postprocess_fn(row["targets_pretokenized"].decode(), example=row,
-                                 is_target=True) for row in rows]
+  targets = [
+    task.postprocess_fn(row["targets_pretokenized"].decode(), example=row, is_target=True)
+    for row in rows
+  ]
   by_group = collections.defaultdict(list)
   for target, row in zip(targets, rows):
     by_group[target["group"]].append(target)
@@ -190,6 +196,7 @@ def test_prefix_lm_cuts_are_seeded():
   def cuts(seed):
     examples = _examples(demo.PREFIX_LM_TASK, "validation", seed=seed, limit=60)
     return [len(e["inputs"]) for e in examples]
+
   first = cuts(1)
   assert first == cuts(1)
   assert first != cuts(2)
@@ -201,7 +208,8 @@ def test_prefix_lm_through_the_feature_converter():
   vocabulary = demo.get_demo_vocabulary()
   lengths = {"inputs": 16, "targets": 12}
   dataset = seqio.get_mixture_or_task(demo.PREFIX_LM_TASK).get_dataset(
-      sequence_length=lengths, split="validation", shuffle=False, seed=0)
+    sequence_length=lengths, split="validation", shuffle=False, seed=0
+  )
   converted = seqio.EncDecFeatureConverter(pack=False)(dataset, lengths)
   lines = _read_corpus("validation")
   for example, line in list(zip(converted.as_numpy_iterator(), lines))[:40]:
@@ -242,10 +250,15 @@ def test_rank_task_scores_through_the_seqio_evaluator():
   """The evaluator regroups candidate rows by idx: oracle scores give 100%, a constant 50%."""
   task = demo.SENTIMENT_RANK_TASK
   evaluator = seqio.Evaluator(
-      mixture_or_task_name=task, feature_converter=seqio.EncDecFeatureConverter(pack=False),
-      eval_split="validation", sequence_length=None, use_memory_cache=True)
-  is_correct = [bool(ex["is_correct"])
-                for ex in evaluator.cached_task_datasets[task].as_numpy_iterator()]
+    mixture_or_task_name=task,
+    feature_converter=seqio.EncDecFeatureConverter(pack=False),
+    eval_split="validation",
+    sequence_length=None,
+    use_memory_cache=True,
+  )
+  is_correct = [
+    bool(ex["is_correct"]) for ex in evaluator.cached_task_datasets[task].as_numpy_iterator()
+  ]
   positive_id = demo.get_demo_vocabulary().encode("positive")[0]
 
   def oracle(dataset, model_feature_shapes=None):
@@ -254,8 +267,10 @@ def test_rank_task_scores_through_the_seqio_evaluator():
 
   def always_positive(dataset, model_feature_shapes=None):
     del model_feature_shapes
-    return [(int(i), float(ex["decoder_target_tokens"][0] == positive_id))
-            for i, ex in dataset.as_numpy_iterator()]
+    return [
+      (int(i), float(ex["decoder_target_tokens"][0] == positive_id))
+      for i, ex in dataset.as_numpy_iterator()
+    ]
 
   for score_fn, expected in ((oracle, 100.0), (always_positive, 50.0)):
     results, _ = evaluator.evaluate(compute_metrics=True, predict_fn=None, score_fn=score_fn)
@@ -264,8 +279,7 @@ def test_rank_task_scores_through_the_seqio_evaluator():
 
 def test_verdict_task_cuts_at_the_cue_and_targets_a_label():
   task = seqio.get_mixture_or_task(demo.VERDICT_LM_TASK)
-  examples = list(task.get_dataset(None, split="train", shuffle=False).take(20)
-                  .as_numpy_iterator())
+  examples = list(task.get_dataset(None, split="train", shuffle=False).take(20).as_numpy_iterator())
   assert len(examples) == 20
   for ex in examples:
     assert ex["inputs_pretokenized"].decode().endswith(demo.VERDICT_CUE)

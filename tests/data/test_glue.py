@@ -11,15 +11,27 @@ import tensorflow_datasets as tfds
 from prompt_tuning.data import glue
 
 LENGTHS = {"inputs": 48, "targets": 16}
-_TEXT_KEYS = ("sentence", "sentence1", "sentence2", "question", "question1", "question2",
-              "premise", "hypothesis")
+_TEXT_KEYS = (
+  "sentence",
+  "sentence1",
+  "sentence2",
+  "question",
+  "question1",
+  "question2",
+  "premise",
+  "hypothesis",
+)
 # Per TFDS config: labels of the fake examples (-1 marks the unlabelled test splits).
-_LABELS = {"stsb": [0.0, 2.13, 4.91], "mnli": [0, 1, 2], "mnli_matched": [0, 1, 2],
-           "mnli_mismatched": [0, 1, 2], "ax": [-1, -1, -1]}
+_LABELS = {
+  "stsb": [0.0, 2.13, 4.91],
+  "mnli": [0, 1, 2],
+  "mnli_matched": [0, 1, 2],
+  "mnli_mismatched": [0, 1, 2],
+  "ax": [-1, -1, -1],
+}
 
 
-def _fake_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False,
-                     **kwargs):
+def _fake_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
   """Three examples with every GLUE text field; texts name their field and index."""
   del decoders, read_config, shuffle_files, kwargs
   config = self.builder_config.name
@@ -46,8 +58,7 @@ def mock_tfds():
 
 def _dataset(name: str, split: str) -> tf.data.Dataset:
   task = seqio.TaskRegistry.get(name)
-  return task.get_dataset(LENGTHS, split=split, shuffle=False, num_epochs=1,
-                          try_in_mem_cache=False)
+  return task.get_dataset(LENGTHS, split=split, shuffle=False, num_epochs=1, try_in_mem_cache=False)
 
 
 def _examples(name: str, split: str) -> list[dict]:
@@ -88,10 +99,16 @@ def test_configs_agree_with_tfds():
 
 
 _EXPECTED_METRICS = {
-    "cola": {"matthews_corrcoef"}, "sst2": {"accuracy"}, "mrpc": {"f1", "accuracy"},
-    "qqp": {"f1", "accuracy"}, "stsb": {"pearson_corrcoef", "spearman_corrcoef"},
-    "mnli_matched": {"accuracy"}, "mnli_mismatched": {"accuracy"}, "qnli": {"accuracy"},
-    "rte": {"accuracy"}, "wnli": {"accuracy"},
+  "cola": {"matthews_corrcoef"},
+  "sst2": {"accuracy"},
+  "mrpc": {"f1", "accuracy"},
+  "qqp": {"f1", "accuracy"},
+  "stsb": {"pearson_corrcoef", "spearman_corrcoef"},
+  "mnli_matched": {"accuracy"},
+  "mnli_mismatched": {"accuracy"},
+  "qnli": {"accuracy"},
+  "rte": {"accuracy"},
+  "wnli": {"accuracy"},
 }
 
 
@@ -116,7 +133,10 @@ def test_targets_are_label_names_and_invalid_generations_count_wrong(mock_tfds):
   name = glue.task_name("rte")
   examples = _examples(name, "validation")
   assert [e["targets_pretokenized"].decode() for e in examples] == [
-      "entailment", "not_entailment", "not_entailment"]
+    "entailment",
+    "not_entailment",
+    "not_entailment",
+  ]
   scores = _evaluate(name, examples, _encode(name, ["entailment", "banana", "entailment"]))
   assert scores == {"accuracy": pytest.approx(100 / 3)}
 
@@ -126,11 +146,15 @@ def test_mnli_format_and_splits(mock_tfds):
   assert "validation_matched" in mnli.splits and "validation" not in mnli.splits
   examples = _examples(glue.task_name("mnli_mismatched"), "validation")
   assert examples[2]["inputs_pretokenized"].decode() == (
-      "mnli hypothesis: the hypothesis 2 premise: the premise 2")
+    "mnli hypothesis: the hypothesis 2 premise: the premise 2"
+  )
   assert examples[2]["targets_pretokenized"].decode() == "contradiction"
   mixture = seqio.MixtureRegistry.get(glue.mnli_mixture_name())
   assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == {
-      "glue_mnli_v002": 1.0, "glue_mnli_matched_v002": 0.0, "glue_mnli_mismatched_v002": 0.0}
+    "glue_mnli_v002": 1.0,
+    "glue_mnli_matched_v002": 0.0,
+    "glue_mnli_mismatched_v002": 0.0,
+  }
   taskless = seqio.MixtureRegistry.get(glue.mnli_mixture_name(taskless=True))
   assert all(t.name.startswith("taskless_") for t in taskless.tasks)
 
@@ -154,7 +178,8 @@ def test_ax_is_test_only_and_unlabelled(mock_tfds):
 def test_taskless_tasks_drop_the_benchmark_word(mock_tfds):
   examples = _examples(glue.task_name("mrpc", taskless=True), "validation")
   assert examples[0]["inputs_pretokenized"].decode() == (
-      "sentence1: the sentence1 0 sentence2: the sentence2 0")
+    "sentence1: the sentence1 0 sentence2: the sentence2 0"
+  )
 
 
 def test_mrpc_from_qqp_poses_mrpc_as_qqp_and_translates_labels(mock_tfds):
@@ -164,9 +189,13 @@ def test_mrpc_from_qqp_poses_mrpc_as_qqp_and_translates_labels(mock_tfds):
   examples, batches = _pipeline(name, "validation")
   # MRPC's sentences under QQP's keys and benchmark word; MRPC labels as QQP's words.
   assert examples[0]["inputs_pretokenized"].decode() == (
-      "qqp question1: the sentence1 0 question2: the sentence2 0")
+    "qqp question1: the sentence1 0 question2: the sentence2 0"
+  )
   assert [e["targets_pretokenized"].decode() for e in examples] == [
-      "not_duplicate", "duplicate", "duplicate"]
+    "not_duplicate",
+    "duplicate",
+    "duplicate",
+  ]
   # Perfect QQP-style generations score 100 on MRPC's metrics.
   outputs = np.stack([b["decoder_target_tokens"] for b in batches])
   assert _evaluate(name, examples, outputs) == {"f1": 100.0, "accuracy": 100.0}
@@ -186,13 +215,16 @@ def test_qqp_from_mrpc_poses_qqp_as_mrpc(mock_tfds):
   task = seqio.TaskRegistry.get(name)
   examples = _examples(name, "validation")
   assert examples[1]["inputs_pretokenized"].decode() == (
-      "sentence1: the question1 1 sentence2: the question2 1")
+    "sentence1: the question1 1 sentence2: the question2 1"
+  )
   assert examples[1]["targets_pretokenized"].decode() == "equivalent"
   assert task.postprocess_fn("equivalent", is_target=False) == 1
   assert task.postprocess_fn("not_equivalent", is_target=False) == 0
   outputs = _encode(name, ["not_equivalent", "equivalent", "not_equivalent"])
   assert _evaluate(name, examples, outputs) == {
-      "f1": pytest.approx(200 / 3), "accuracy": pytest.approx(200 / 3)}
+    "f1": pytest.approx(200 / 3),
+    "accuracy": pytest.approx(200 / 3),
+  }
 
 
 @pytest.mark.parametrize("taskless", [False, True])
@@ -200,10 +232,17 @@ def test_zeroshot_mixtures_train_on_source_and_evaluate_on_target(mock_tfds, tas
   for source, target in glue.LABEL_TRANSLATIONS:
     mixture = seqio.MixtureRegistry.get(glue.zeroshot_mixture_name(target, source, taskless))
     assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == {
-        glue.task_name(source, taskless): 1.0,
-        glue.transfer_task_name(target, source, taskless): 0.0}
+      glue.task_name(source, taskless): 1.0,
+      glue.transfer_task_name(target, source, taskless): 0.0,
+    }
   mixture = seqio.MixtureRegistry.get(glue.zeroshot_mixture_name("mrpc", "qqp", taskless))
-  train = mixture.get_dataset(LENGTHS, split="train", shuffle=False, num_epochs=1,
-                              copy_pretokenized=True, try_in_mem_cache=False)
+  train = mixture.get_dataset(
+    LENGTHS,
+    split="train",
+    shuffle=False,
+    num_epochs=1,
+    copy_pretokenized=True,
+    try_in_mem_cache=False,
+  )
   inputs = [e["inputs_pretokenized"].decode() for e in train.as_numpy_iterator()]
   assert len(inputs) == 3 and all("question1: the question1" in text for text in inputs)

@@ -14,17 +14,22 @@ from prompt_tuning.data import mrqa
 
 @pytest.fixture(scope="module", autouse=True)
 def registered(test_vocabulary):
-  return glue.register(test_vocabulary) + mrqa.register(test_vocabulary) + c4.register(
-      test_vocabulary)
+  return (
+    glue.register(test_vocabulary) + mrqa.register(test_vocabulary) + c4.register(test_vocabulary)
+  )
 
 
 def _fake_glue(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
   del decoders, read_config, shuffle_files, kwargs
   assert self.name == "glue"
-  return tf.data.Dataset.from_tensor_slices({
+  return tf.data.Dataset.from_tensor_slices(
+    {
       "sentence1": [f"the fox {split} {i}" for i in range(5)],
       "sentence2": [f"a dog {i}" for i in range(5)],
-      "label": tf.constant([1, 0, 1, 0, 1], tf.int64), "idx": tf.range(5, dtype=tf.int32)})
+      "label": tf.constant([1, 0, 1, 0, 1], tf.int64),
+      "idx": tf.range(5, dtype=tf.int32),
+    }
+  )
 
 
 def test_list_tasks_finds_registered_names(registered):
@@ -35,14 +40,17 @@ def test_list_tasks_finds_registered_names(registered):
 
 def test_patterns_glob_regex_and_forced_regex():
   assert listing.list_tasks("squad_to_*") == sorted(
-      [mrqa.mixture_name(s) for s in mrqa.OUT_OF_DOMAIN] + [mrqa.ALL_OOD_MIXTURE])
+    [mrqa.mixture_name(s) for s in mrqa.OUT_OF_DOMAIN] + [mrqa.ALL_OOD_MIXTURE]
+  )
   assert listing.list_tasks("glue_*_from_*_v002") == [
-      "glue_mrpc_from_qqp_v002", "glue_mrpc_from_qqp_zeroshot_v002",
-      "glue_qqp_from_mrpc_v002", "glue_qqp_from_mrpc_zeroshot_v002"]
+    "glue_mrpc_from_qqp_v002",
+    "glue_mrpc_from_qqp_zeroshot_v002",
+    "glue_qqp_from_mrpc_v002",
+    "glue_qqp_from_mrpc_zeroshot_v002",
+  ]
   assert listing.list_tasks("^c4_") == ["c4_prefix_lm", "c4_span_corruption"]
   assert listing.list_tasks("drop") == ["mrqa_drop_v100", "squad_to_drop"]
-  assert listing.list_tasks("re:^mrqa_(race|drop)_v100$") == ["mrqa_drop_v100",
-                                                               "mrqa_race_v100"]
+  assert listing.list_tasks("re:^mrqa_(race|drop)_v100$") == ["mrqa_drop_v100", "mrqa_race_v100"]
   assert listing.list_tasks("no_task_is_called_this") == []
   with pytest.raises(ValueError, match="not a valid regular expression"):
     listing.list_tasks("re:(unclosed")

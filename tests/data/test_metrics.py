@@ -72,11 +72,11 @@ def test_normalize_answer():
 
 def test_squad_max_over_answers_and_empty_predictions():
   targets = [
-      ["The cat", "a dog"],  # "cat!" -> "cat" matches the first answer: EM 1, F1 1.
-      ["x"],  # "x y": EM 0, F1 = 2 * (1/2 * 1) / (1/2 + 1) = 2/3.
-      ["the big red ball"],  # "a red ball": P 1, R 2/3 -> F1 4/5.
-      ["x"],  # "": empty prediction, non-empty answer -> 0, 0.
-      ["", "y"],  # "": an empty answer accepts the empty prediction -> 1, 1.
+    ["The cat", "a dog"],  # "cat!" -> "cat" matches the first answer: EM 1, F1 1.
+    ["x"],  # "x y": EM 0, F1 = 2 * (1/2 * 1) / (1/2 + 1) = 2/3.
+    ["the big red ball"],  # "a red ball": P 1, R 2/3 -> F1 4/5.
+    ["x"],  # "": empty prediction, non-empty answer -> 0, 0.
+    ["", "y"],  # "": an empty answer accepts the empty prediction -> 1, 1.
   ]
   predictions = ["cat!", "x y", "a red ball", "", ""]
   result = metrics.squad(targets, predictions)
@@ -95,10 +95,10 @@ def test_squad_accepts_bytes_and_rejects_bad_targets():
 def _multirc_example():
   # Question (0, 0) has two answers, both right; question (0, 1) has one wrong (-1).
   targets = [
-      {"group": (0, 0), "value": 1},
-      {"group": (0, 0), "value": 0},
-      {"group": (0, 1), "value": 1},
-      {"group": (0, 1), "value": 1},
+    {"group": (0, 0), "value": 1},
+    {"group": (0, 0), "value": 0},
+    {"group": (0, 1), "value": 1},
+    {"group": (0, 1), "value": 1},
   ]
   predictions = [{"value": 1}, {"value": 0}, {"value": 1}, {"value": -1}]
   return targets, predictions
@@ -125,10 +125,10 @@ def test_all_match():
 
 def test_record_scores_each_query_once_against_all_answers():
   targets = [
-      # Query 1 was expanded into one example per answer; both copies list all answers.
-      {"group": (0, 1), "value": ["Obama", "Barack Obama"]},
-      {"group": (0, 1), "value": ["Obama", "Barack Obama"]},
-      {"group": (0, 2), "value": ["Paris"]},
+    # Query 1 was expanded into one example per answer; both copies list all answers.
+    {"group": (0, 1), "value": ["Obama", "Barack Obama"]},
+    {"group": (0, 1), "value": ["Obama", "Barack Obama"]},
+    {"group": (0, 2), "value": ["Paris"]},
   ]
   # Only the first copy of query 1 counts: "barack obama" matches the second answer.
   # Query 2: "paris france" vs "paris": EM 0, F1 2/3.
@@ -146,9 +146,11 @@ def test_deduplicate_metric_keeps_first_of_each_group():
 
 def test_gender_parity_counts_agreeing_pairs_and_ignores_labels():
   targets = [
-      {"group": 0, "value": 0}, {"group": 0, "value": 0},  # agree (both 1, both wrong)
-      {"group": 1, "value": 0}, {"group": 1, "value": 0},  # disagree
-      {"group": 2, "value": -1},  # incomplete pair: left out
+    {"group": 0, "value": 0},
+    {"group": 0, "value": 0},  # agree (both 1, both wrong)
+    {"group": 1, "value": 0},
+    {"group": 1, "value": 0},  # disagree
+    {"group": 2, "value": -1},  # incomplete pair: left out
   ]
   predictions = [{"value": 1}, {"value": 1}, {"value": 0}, {"value": 1}, {"value": 0}]
   assert metrics.gender_parity(targets, predictions) == {"gender_parity": 50.0}
@@ -160,15 +162,16 @@ def test_labeled_only_drops_hidden_labels():
   assert metric([1, -1, 0, -1], [1, 0, 1, 1]) == {"accuracy": 50.0}
   assert metric([-1, -1], [0, 1]) == {}
   on_values = metrics.labeled_only(metrics.accuracy, value_key="value")
-  assert on_values([{"value": 1, "group": 0}, {"value": -1, "group": 0}],
-                   [{"value": 1}, {"value": 0}]) == {"accuracy": 100.0}
+  assert on_values(
+    [{"value": 1, "group": 0}, {"value": -1, "group": 0}], [{"value": 1}, {"value": 0}]
+  ) == {"accuracy": 100.0}
 
 
 def test_superglue_average_averages_within_then_across_tasks():
   task_metrics = {
-      "boolq": {"accuracy": 80.0},
-      "cb": {"mean_3class_f1": 70.0, "accuracy": 90.0},  # 80
-      "multirc": {"f1": 60.0, "exact_match": 20.0},  # 40
+    "boolq": {"accuracy": 80.0},
+    "cb": {"mean_3class_f1": 70.0, "accuracy": 90.0},  # 80
+    "multirc": {"f1": 60.0, "exact_match": 20.0},  # 40
   }
   # (80 + 80 + 40) / 3, not the mean of the five numbers (64).
   assert metrics.superglue_average(task_metrics) == pytest.approx(200 / 3)
@@ -180,10 +183,18 @@ def test_superglue_average_averages_within_then_across_tasks():
 
 def test_metric_with_examples_and_text_examples():
   predictions = [
-      {"prediction": 1, "prediction_pretokenized": "True",
-       "inputs_pretokenized": b"boolq passage: p question: q", "targets_pretokenized": b"True"},
-      {"prediction": -1, "prediction_pretokenized": "maybe",
-       "inputs_pretokenized": b"boolq passage: p2 question: q2", "targets_pretokenized": b"False"},
+    {
+      "prediction": 1,
+      "prediction_pretokenized": "True",
+      "inputs_pretokenized": b"boolq passage: p question: q",
+      "targets_pretokenized": b"True",
+    },
+    {
+      "prediction": -1,
+      "prediction_pretokenized": "maybe",
+      "inputs_pretokenized": b"boolq passage: p2 question: q2",
+      "targets_pretokenized": b"False",
+    },
   ]
   assert metrics.metric_with_examples(metrics.accuracy)([1, 0], predictions) == {"accuracy": 50.0}
   text = metrics.text_examples("boolq", num_examples=1)([1, 0], predictions)

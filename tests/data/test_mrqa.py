@@ -13,8 +13,7 @@ from prompt_tuning.data import mrqa
 LENGTHS = {"inputs": 64, "targets": 16}
 
 
-def _fake_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False,
-                     **kwargs):
+def _fake_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
   """Two QA examples whose question names the dataset and the TFDS split it came from."""
   del decoders, read_config, shuffle_files, kwargs
   subset = "squad" if self.name == "squad" else self.builder_config.name
@@ -23,13 +22,27 @@ def _fake_as_dataset(self, split, decoders=None, read_config=None, shuffle_files
   contexts = ["The book was written by Jane Austen in 1813."] * 2
   answers = [["Jane Austen", "Austen"], ["1813"]]
   if self.name == "squad":
-    return tf.data.Dataset.from_tensor_slices({
-        "id": ["s0", "s1"], "title": ["t", "t"], "question": questions, "context": contexts,
-        "answers": {"text": tf.ragged.constant(answers),
-                    "answer_start": tf.ragged.constant([[24, 29], [39]])}})
-  return tf.data.Dataset.from_tensor_slices({
-      "qid": ["m0", "m1"], "subset": ["x", "x"], "question": questions, "context": contexts,
-      "answers": tf.ragged.constant(answers)})
+    return tf.data.Dataset.from_tensor_slices(
+      {
+        "id": ["s0", "s1"],
+        "title": ["t", "t"],
+        "question": questions,
+        "context": contexts,
+        "answers": {
+          "text": tf.ragged.constant(answers),
+          "answer_start": tf.ragged.constant([[24, 29], [39]]),
+        },
+      }
+    )
+  return tf.data.Dataset.from_tensor_slices(
+    {
+      "qid": ["m0", "m1"],
+      "subset": ["x", "x"],
+      "question": questions,
+      "context": contexts,
+      "answers": tf.ragged.constant(answers),
+    }
+  )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,8 +58,7 @@ def mock_tfds():
 
 def _examples(name: str, split: str) -> list[dict]:
   task = seqio.TaskRegistry.get(name)
-  ds = task.get_dataset(LENGTHS, split=split, shuffle=False, num_epochs=1,
-                        try_in_mem_cache=False)
+  ds = task.get_dataset(LENGTHS, split=split, shuffle=False, num_epochs=1, try_in_mem_cache=False)
   return list(ds.as_numpy_iterator())
 
 
@@ -73,17 +85,19 @@ def test_subsets_are_all_of_tfds_mrqa():
 def test_squad_end_to_end(mock_tfds):
   examples = _examples(mrqa.SQUAD_TASK, "validation")
   assert [e["inputs_pretokenized"].decode() for e in examples] == [
-      "question: who wrote the book ( squad validation ) ? context: The book was written by "
-      "Jane Austen in 1813 .",
-      "question: when was it written ( squad validation ) ? context: The book was written by "
-      "Jane Austen in 1813 .",
+    "question: who wrote the book ( squad validation ) ? context: The book was written by "
+    "Jane Austen in 1813 .",
+    "question: when was it written ( squad validation ) ? context: The book was written by "
+    "Jane Austen in 1813 .",
   ]
   assert [e["targets_pretokenized"].decode() for e in examples] == ["Jane Austen", "1813"]
 
   converted = seqio.EncDecFeatureConverter(pack=False)(
-      seqio.TaskRegistry.get(mrqa.SQUAD_TASK).get_dataset(
-          LENGTHS, split="validation", shuffle=False, num_epochs=1, try_in_mem_cache=False),
-      LENGTHS)
+    seqio.TaskRegistry.get(mrqa.SQUAD_TASK).get_dataset(
+      LENGTHS, split="validation", shuffle=False, num_epochs=1, try_in_mem_cache=False
+    ),
+    LENGTHS,
+  )
   batch = next(converted.as_numpy_iterator())
   assert batch["encoder_input_tokens"].shape == (LENGTHS["inputs"],)
   assert batch["decoder_target_tokens"].shape == (LENGTHS["targets"],)
@@ -109,7 +123,9 @@ def test_out_of_domain_sets_read_tfds_test_as_validation(mock_tfds, subset):
 def test_in_domain_sets_keep_their_splits(mock_tfds):
   for subset in mrqa.IN_DOMAIN:
     assert set(seqio.TaskRegistry.get(mrqa.mrqa_task_name(subset)).splits) == {
-        "train", "validation"}
+      "train",
+      "validation",
+    }
   examples = _examples(mrqa.mrqa_task_name("news_qa"), "train")
   assert "( news_qa train )" in examples[0]["inputs_pretokenized"].decode()
 
@@ -117,20 +133,30 @@ def test_in_domain_sets_keep_their_splits(mock_tfds):
 def test_mixtures_train_on_squad_only_and_evaluate_out_of_domain(mock_tfds):
   mixture = seqio.MixtureRegistry.get(mrqa.ALL_OOD_MIXTURE)
   rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
-  assert rates == {mrqa.SQUAD_TASK: 1.0,
-                   **{mrqa.mrqa_task_name(s): 0.0 for s in mrqa.OUT_OF_DOMAIN}}
+  assert rates == {
+    mrqa.SQUAD_TASK: 1.0,
+    **{mrqa.mrqa_task_name(s): 0.0 for s in mrqa.OUT_OF_DOMAIN},
+  }
   evaluated = [t.name for t in mixture.tasks if "validation" in t.splits and t.metric_objs]
   assert len(evaluated) == 7
 
-  train = mixture.get_dataset(LENGTHS, split="train", shuffle=False, num_epochs=1,
-                              copy_pretokenized=True, try_in_mem_cache=False)
+  train = mixture.get_dataset(
+    LENGTHS,
+    split="train",
+    shuffle=False,
+    num_epochs=1,
+    copy_pretokenized=True,
+    try_in_mem_cache=False,
+  )
   inputs = [e["inputs_pretokenized"].decode() for e in train.as_numpy_iterator()]
   assert len(inputs) == 2 and all("( squad train )" in text for text in inputs)
 
   for subset in mrqa.OUT_OF_DOMAIN:
     single = seqio.MixtureRegistry.get(mrqa.mixture_name(subset))
     assert {t.name: single.get_rate(t) for t in single.tasks} == {
-        mrqa.SQUAD_TASK: 1.0, mrqa.mrqa_task_name(subset): 0.0}
+      mrqa.SQUAD_TASK: 1.0,
+      mrqa.mrqa_task_name(subset): 0.0,
+    }
 
 
 def test_postprocessor_without_example_uses_the_target_text():

@@ -52,35 +52,41 @@ def _split_of(name: str) -> str:
 
 
 def _get_examples(task: seqio.Task, split: str) -> list[dict[str, Any]]:
-  ds = task.get_dataset(LENGTHS, split=split, shuffle=False, use_cached=False,
-                        try_in_mem_cache=False)
+  ds = task.get_dataset(
+    LENGTHS, split=split, shuffle=False, use_cached=False, try_in_mem_cache=False
+  )
   return list(tfds.as_numpy(ds))
 
 
-def _decode_targets(examples: Sequence[Mapping[str, Any]],
-                    vocabulary: seqio.Vocabulary) -> list[str]:
+def _decode_targets(
+  examples: Sequence[Mapping[str, Any]], vocabulary: seqio.Vocabulary
+) -> list[str]:
   """Runs the model-side feature converter and decodes its targets, as if predicted.
 
   One converter call for the tokenized examples of all tasks keeps the test fast.
   """
   ds = tf.data.Dataset.from_generator(
-      lambda: ({"inputs": ex["inputs"], "targets": ex["targets"]} for ex in examples),
-      output_signature={k: tf.TensorSpec([None], tf.int32) for k in ("inputs", "targets")})
+    lambda: ({"inputs": ex["inputs"], "targets": ex["targets"]} for ex in examples),
+    output_signature={k: tf.TensorSpec([None], tf.int32) for k in ("inputs", "targets")},
+  )
   converted = seqio.EncDecFeatureConverter(pack=False)(ds, LENGTHS)
   texts = []
   for features in tfds.as_numpy(converted):
     assert features["encoder_input_tokens"].shape == (LENGTHS["inputs"],)
     tokens = features["decoder_target_tokens"].tolist()
     assert 1 in tokens, "targets must end with EOS (add_eos=True)"
-    texts.append(vocabulary.decode(tokens[:tokens.index(1)]))
+    texts.append(vocabulary.decode(tokens[: tokens.index(1)]))
   return texts
 
 
 def _postprocess(task: seqio.Task, examples, predictions: Sequence[str]):
-  targets = [task.postprocess_fn(ex["targets_pretokenized"].decode(), example=ex, is_target=True)
-             for ex in examples]
-  outputs = [task.postprocess_fn(p, example=ex, is_target=False)
-             for ex, p in zip(examples, predictions)]
+  targets = [
+    task.postprocess_fn(ex["targets_pretokenized"].decode(), example=ex, is_target=True)
+    for ex in examples
+  ]
+  outputs = [
+    task.postprocess_fn(p, example=ex, is_target=False) for ex, p in zip(examples, predictions)
+  ]
   return targets, outputs
 
 
@@ -103,8 +109,10 @@ def _label_value(postprocessed: Any) -> Any:
 # ---------------------------------------------------------------------------------------
 # Registration.
 
-def test_register_adds_every_task_and_mixture_with_the_given_vocabulary(registered,
-                                                                        test_vocabulary):
+
+def test_register_adds_every_task_and_mixture_with_the_given_vocabulary(
+  registered, test_vocabulary
+):
   assert sorted(n for n in registered if n in TASK_NAMES) == sorted(TASK_NAMES)
   for name in TASK_NAMES:
     task = seqio.get_mixture_or_task(name)
@@ -113,8 +121,11 @@ def test_register_adds_every_task_and_mixture_with_the_given_vocabulary(register
       assert feature.add_eos
   for prefix in ("", "taskless_"):
     for suffix in ("", "_examples"):
-      for mixture in (f"{prefix}super_glue_v102{suffix}", f"{prefix}super_glue_wsc_v102{suffix}",
-                      f"{prefix}super_glue_wsc_and_dev_v102_simple{suffix}"):
+      for mixture in (
+        f"{prefix}super_glue_v102{suffix}",
+        f"{prefix}super_glue_wsc_v102{suffix}",
+        f"{prefix}super_glue_wsc_and_dev_v102_simple{suffix}",
+      ):
         assert mixture in registered
         assert isinstance(seqio.get_mixture_or_task(mixture), seqio.Mixture)
   # Registering again replaces rather than failing on duplicate names.
@@ -145,8 +156,15 @@ def test_mixture_rates_follow_training_set_sizes(registered):
 def test_training_mixture_samples_from_the_training_tasks(registered):
   mixture = seqio.get_mixture_or_task("taskless_super_glue_v102")
   with tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES):
-    ds = mixture.get_dataset(LENGTHS, split="train", shuffle=False, use_cached=False,
-                             try_in_mem_cache=False, seed=0, copy_pretokenized=True)
+    ds = mixture.get_dataset(
+      LENGTHS,
+      split="train",
+      shuffle=False,
+      use_cached=False,
+      try_in_mem_cache=False,
+      seed=0,
+      copy_pretokenized=True,
+    )
     examples = list(tfds.as_numpy(ds.take(16)))
   assert len(examples) == 16
   first_words = [ex["inputs_pretokenized"].decode().split(" ")[0] for ex in examples]
@@ -159,6 +177,7 @@ def test_training_mixture_samples_from_the_training_tasks(registered):
 
 # ---------------------------------------------------------------------------------------
 # Every task on random mock data.
+
 
 def _tfds_config(name: str) -> str:
   spec_name = name.removeprefix("taskless_").removeprefix("super_glue_")
@@ -183,15 +202,16 @@ def mock_runs(registered, test_vocabulary) -> dict[str, MockRun]:
       examples[name] = _get_examples(seqio.get_mixture_or_task(name), split)
       key = f"{_tfds_config(name)}/{split}"
       if key not in raw:
-        raw[key] = list(tfds.as_numpy(tfds.load(f"super_glue/{key.split('/')[0]}:1.0.2",
-                                                 split=split)))
-  all_texts = _decode_targets([ex for name in TASK_NAMES for ex in examples[name]],
-                              test_vocabulary)
+        raw[key] = list(
+          tfds.as_numpy(tfds.load(f"super_glue/{key.split('/')[0]}:1.0.2", split=split))
+        )
+  all_texts = _decode_targets([ex for name in TASK_NAMES for ex in examples[name]], test_vocabulary)
   runs = {}
   for name in TASK_NAMES:
     count = len(examples[name])
-    runs[name] = MockRun(examples[name], all_texts[:count],
-                         raw[f"{_tfds_config(name)}/{_split_of(name)}"])
+    runs[name] = MockRun(
+      examples[name], all_texts[:count], raw[f"{_tfds_config(name)}/{_split_of(name)}"]
+    )
     all_texts = all_texts[count:]
   return runs
 
@@ -215,7 +235,8 @@ def test_task_end_to_end_on_mock_data(mock_runs, name):
   elif name.endswith("simple_train"):
     assert len(examples) == sum(int(r["label"]) == 1 for r in raw)
     assert [ex["targets_pretokenized"] for ex in examples] == [
-        r["span1_text"] for r in raw if r["label"] == 1]
+      r["span1_text"] for r in raw if r["label"] == 1
+    ]
   else:
     assert len(examples) == len(raw)
 
@@ -257,6 +278,7 @@ def test_task_end_to_end_on_mock_data(mock_runs, name):
 # ---------------------------------------------------------------------------------------
 # Hand-written examples: exact formats and scores.
 
+
 @contextlib.contextmanager
 def fixed_examples(examples_by_config: Mapping[str, Sequence[Mapping[str, Any]]]) -> Iterator[None]:
   """Makes tfds.load of super_glue/<config> yield the given examples (every split)."""
@@ -265,7 +287,8 @@ def fixed_examples(examples_by_config: Mapping[str, Sequence[Mapping[str, Any]]]
     del split, kwargs
     examples = list(examples_by_config[self.builder_config.name])
     return tf.data.Dataset.from_generator(
-        lambda: iter(examples), output_signature=self.info.features.get_tensor_spec())
+      lambda: iter(examples), output_signature=self.info.features.get_tensor_spec()
+    )
 
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
     yield
@@ -273,43 +296,71 @@ def fixed_examples(examples_by_config: Mapping[str, Sequence[Mapping[str, Any]]]
 
 def _inputs_and_targets(name: str, split: str = "validation") -> list[tuple[str, str]]:
   examples = _get_examples(seqio.get_mixture_or_task(name), split)
-  return [(ex["inputs_pretokenized"].decode(), ex["targets_pretokenized"].decode())
-          for ex in examples]
+  return [
+    (ex["inputs_pretokenized"].decode(), ex["targets_pretokenized"].decode()) for ex in examples
+  ]
 
 
 def test_glue_style_formats(registered):
   data = {
-      "boolq": [{"question": "is it wet", "passage": "Water is wet.", "idx": 0, "label": 1}],
-      "cb": [{"premise": "P.", "hypothesis": "H.", "idx": 0, "label": 2}],
-      "copa": [{"premise": "It rained.", "choice1": "Sun.", "choice2": "Wet.",
-                "question": "effect", "idx": 0, "label": 1}],
-      "rte": [{"premise": "P.", "hypothesis": "H.", "idx": 0, "label": 1}],
-      "wic": [{"word": "bank", "sentence1": "S1.", "sentence2": "S2.", "start1": 0,
-               "start2": 0, "end1": 4, "end2": 4, "idx": 0, "label": 0}],
-      "axb": [{"sentence1": "S1.", "sentence2": "S2.", "idx": 0, "label": -1}],
+    "boolq": [{"question": "is it wet", "passage": "Water is wet.", "idx": 0, "label": 1}],
+    "cb": [{"premise": "P.", "hypothesis": "H.", "idx": 0, "label": 2}],
+    "copa": [
+      {
+        "premise": "It rained.",
+        "choice1": "Sun.",
+        "choice2": "Wet.",
+        "question": "effect",
+        "idx": 0,
+        "label": 1,
+      }
+    ],
+    "rte": [{"premise": "P.", "hypothesis": "H.", "idx": 0, "label": 1}],
+    "wic": [
+      {
+        "word": "bank",
+        "sentence1": "S1.",
+        "sentence2": "S2.",
+        "start1": 0,
+        "start2": 0,
+        "end1": 4,
+        "end2": 4,
+        "idx": 0,
+        "label": 0,
+      }
+    ],
+    "axb": [{"sentence1": "S1.", "sentence2": "S2.", "idx": 0, "label": -1}],
   }
   with fixed_examples(data):
     assert _inputs_and_targets("super_glue_boolq_v102") == [
-        ("boolq passage: Water is wet. question: is it wet", "True")]
+      ("boolq passage: Water is wet. question: is it wet", "True")
+    ]
     assert _inputs_and_targets("taskless_super_glue_boolq_v102") == [
-        ("passage: Water is wet. question: is it wet", "True")]
+      ("passage: Water is wet. question: is it wet", "True")
+    ]
     assert _inputs_and_targets("super_glue_cb_v102") == [
-        ("cb hypothesis: H. premise: P.", "neutral")]
+      ("cb hypothesis: H. premise: P.", "neutral")
+    ]
     assert _inputs_and_targets("super_glue_copa_v102") == [
-        ("copa choice1: Sun. choice2: Wet. premise: It rained. question: effect", "choice2")]
+      ("copa choice1: Sun. choice2: Wet. premise: It rained. question: effect", "choice2")
+    ]
     assert _inputs_and_targets("taskless_super_glue_rte_v102") == [
-        ("hypothesis: H. premise: P.", "not_entailment")]
+      ("hypothesis: H. premise: P.", "not_entailment")
+    ]
     assert _inputs_and_targets("super_glue_wic_v102") == [
-        ("wic sentence1: S1. sentence2: S2. word: bank", "False")]
+      ("wic sentence1: S1. sentence2: S2. word: bank", "False")
+    ]
     # AX-b is cast as RTE; its public test labels are hidden (-1 -> "<unk>").
     assert _inputs_and_targets("super_glue_axb_v102", "test") == [
-        ("rte sentence1: S1. sentence2: S2.", "<unk>")]
+      ("rte sentence1: S1. sentence2: S2.", "<unk>")
+    ]
 
 
 def test_axb_hidden_labels_score_nothing(registered):
   task = seqio.get_mixture_or_task("super_glue_axb_v102")
-  data = {"axb": [{"sentence1": "S1.", "sentence2": "S2.", "idx": i, "label": -1}
-                  for i in range(2)]}
+  data = {
+    "axb": [{"sentence1": "S1.", "sentence2": "S2.", "idx": i, "label": -1} for i in range(2)]
+  }
   with fixed_examples(data):
     examples = _get_examples(task, "test")
   targets, outputs = _postprocess(task, examples, ["entailment", "not_entailment"])
@@ -321,17 +372,25 @@ def test_multirc_strips_html_and_scores_per_question(registered):
   paragraph = "Sent one.<br>Sent <b>two</b>."
 
   def option(question: int, answer: int, label: int) -> dict[str, Any]:
-    return {"paragraph": paragraph, "question": f"Q{question}?", "answer": f"A{answer}",
-            "idx": {"paragraph": 0, "question": question, "answer": answer}, "label": label}
+    return {
+      "paragraph": paragraph,
+      "question": f"Q{question}?",
+      "answer": f"A{answer}",
+      "idx": {"paragraph": 0, "question": question, "answer": answer},
+      "label": label,
+    }
 
   data = {"multirc": [option(0, 0, 1), option(0, 1, 0), option(1, 2, 1), option(1, 3, 1)]}
   task = seqio.get_mixture_or_task("super_glue_multirc_v102")
   with fixed_examples(data):
     examples = _get_examples(task, "validation")
     assert _inputs_and_targets("taskless_super_glue_multirc_v102")[0] == (
-        "question: Q0? answer: A0 paragraph: Sent one. Sent two.", "True")
+      "question: Q0? answer: A0 paragraph: Sent one. Sent two.",
+      "True",
+    )
   assert examples[0]["inputs_pretokenized"].decode() == (
-      "multirc question: Q0? answer: A0 paragraph: Sent one. Sent two.")
+    "multirc question: Q0? answer: A0 paragraph: Sent one. Sent two."
+  )
   # Question 0 all right; question 1 has one unrecognised answer ("maybe" -> -1).
   targets, outputs = _postprocess(task, examples, ["True", "False", "True", "maybe"])
   assert [t["group"] for t in targets] == [(0, 0), (0, 0), (0, 1), (0, 1)]
@@ -342,22 +401,42 @@ def test_multirc_strips_html_and_scores_per_question(registered):
 
 def test_record_expands_answers_and_scores_each_query_once(registered):
   passage = "Obama met Merkel.\n@highlight\nObama visits Berlin\n@highlight\nTalks end"
-  data = {"record": [
-      {"passage": passage, "query": "@placeholder met Merkel", "entities": ["Obama", "Merkel"],
-       "answers": ["Obama", "Barack Obama"], "idx": {"passage": 0, "query": 0}},
-      {"passage": passage, "query": "They met in @placeholder", "entities": ["Berlin"],
-       "answers": ["Berlin"], "idx": {"passage": 0, "query": 1}},
-      {"passage": passage, "query": "Test @placeholder", "entities": ["Berlin"],
-       "answers": [], "idx": {"passage": 0, "query": 2}},
-  ]}
+  data = {
+    "record": [
+      {
+        "passage": passage,
+        "query": "@placeholder met Merkel",
+        "entities": ["Obama", "Merkel"],
+        "answers": ["Obama", "Barack Obama"],
+        "idx": {"passage": 0, "query": 0},
+      },
+      {
+        "passage": passage,
+        "query": "They met in @placeholder",
+        "entities": ["Berlin"],
+        "answers": ["Berlin"],
+        "idx": {"passage": 0, "query": 1},
+      },
+      {
+        "passage": passage,
+        "query": "Test @placeholder",
+        "entities": ["Berlin"],
+        "answers": [],
+        "idx": {"passage": 0, "query": 2},
+      },
+    ]
+  }
   task = seqio.get_mixture_or_task("super_glue_record_v102")
   with fixed_examples(data):
     examples = _get_examples(task, "validation")
     taskless = _inputs_and_targets("taskless_super_glue_record_v102")
-  texts = [(ex["inputs_pretokenized"].decode(), ex["targets_pretokenized"].decode())
-           for ex in examples]
-  first_input = ("record query: @placeholder met Merkel entities: Obama, Merkel passage: "
-                 "Obama met Merkel. Obama visits Berlin. Talks end")
+  texts = [
+    (ex["inputs_pretokenized"].decode(), ex["targets_pretokenized"].decode()) for ex in examples
+  ]
+  first_input = (
+    "record query: @placeholder met Merkel entities: Obama, Merkel passage: "
+    "Obama met Merkel. Obama visits Berlin. Talks end"
+  )
   assert texts[:2] == [(first_input, "Obama"), (first_input, "Barack Obama")]
   assert [t for _, t in texts[2:]] == ["Berlin", "<unk>"]  # no answers -> one "<unk>"
   assert taskless[0][0] == first_input.removeprefix("record ")
@@ -372,36 +451,49 @@ def test_record_expands_answers_and_scores_each_query_once(registered):
 
 
 def _wsc(text: str, span1: str, span2: str, span2_index: int, label: int, idx: int):
-  return {"text": text, "span1_text": span1, "span1_index": 0, "span2_text": span2,
-          "span2_index": span2_index, "idx": idx, "label": label}
+  return {
+    "text": text,
+    "span1_text": span1,
+    "span1_index": 0,
+    "span2_text": span2,
+    "span2_index": span2_index,
+    "idx": idx,
+    "label": label,
+  }
 
 
 def test_wsc_marks_pronoun_and_trains_on_correct_referents_only(registered):
-  data = {"wsc.fixed": [
+  data = {
+    "wsc.fixed": [
       _wsc("Mitchell asked Tom if he could lend some money.", "Tom", "he", 4, 1, 0),
       _wsc("Mitchell asked Tom if he could lend some money.", "Mitchell", "he", 4, 0, 1),
       # The index points at the word before the pronoun, which carries punctuation.
       _wsc('John laughed. "Good for him," he said.', "pony", "him", 3, 1, 2),
-  ]}
+    ]
+  }
   with fixed_examples(data):
     train = _inputs_and_targets("super_glue_wsc_v102_simple_train", "train")
     eval_plain = _inputs_and_targets("super_glue_wsc_v102_simple_eval")
     taskless = _inputs_and_targets("taskless_super_glue_wsc_v102_simple_train", "train")
   marked = "Mitchell asked Tom if *he* could lend some money."
-  assert train == [(f"wsc: {marked}", "Tom"),
-                   ('wsc: John laughed. "Good for *him*," he said.', "pony")]
+  assert train == [
+    (f"wsc: {marked}", "Tom"),
+    ('wsc: John laughed. "Good for *him*," he said.', "pony"),
+  ]
   assert eval_plain[1] == (f"wsc: {marked}", "Mitchell")
   assert taskless[0] == (marked, "Tom")
 
 
 def test_wsc_eval_postprocessor_matches_referents(registered):
   task = seqio.get_mixture_or_task("super_glue_wsc_v102_simple_eval")
-  data = {"wsc.fixed": [
+  data = {
+    "wsc.fixed": [
       _wsc("The fuzzy bunny ate because it was hungry.", "The fuzzy bunny", "it", 4, 1, 0),
       _wsc("Bob's hat fell because it was loose.", "Bob's hat", "it", 3, 1, 1),
       _wsc("Ann thanked Eve because she helped.", "Ann", "she", 4, 0, 2),
       _wsc("Ann thanked Eve because she helped.", "Eve", "she", 4, 1, 3),
-  ]}
+    ]
+  }
   with fixed_examples(data):
     examples = _get_examples(task, "validation")
   # "bunny" is part of the referent -> 1 (right); "Bob" is not "Bob's hat" -> 0 (wrong);
@@ -414,8 +506,12 @@ def test_wsc_eval_postprocessor_matches_referents(registered):
 
 def test_axg_gender_parity_pairs_by_idx(registered):
   def example(idx: int, pronoun: str) -> dict[str, Any]:
-    return {"premise": f"The nurse said {pronoun} was late.", "hypothesis": "The nurse was late.",
-            "idx": idx, "label": 0}
+    return {
+      "premise": f"The nurse said {pronoun} was late.",
+      "hypothesis": "The nurse was late.",
+      "idx": idx,
+      "label": 0,
+    }
 
   # File order differs from idx order: pairs are (0, 1) and (2, 3) by idx, not position.
   data = {"axg": [example(2, "he"), example(0, "he"), example(3, "she"), example(1, "she")]}
@@ -423,7 +519,8 @@ def test_axg_gender_parity_pairs_by_idx(registered):
   with fixed_examples(data):
     examples = _get_examples(task, "test")
   assert examples[0]["inputs_pretokenized"].decode() == (
-      "hypothesis: The nurse was late. premise: The nurse said he was late.")
+    "hypothesis: The nurse was late. premise: The nurse said he was late."
+  )
   # Pair (0, 1) agrees; pair (2, 3) does not.
   predictions = ["entailment", "entailment", "not_entailment", "entailment"]
   targets, outputs = _postprocess(task, examples, predictions)
@@ -448,8 +545,9 @@ def test_seqio_evaluator_runs_the_examples_task(registered, test_vocabulary, mon
   # Mocked TFDS has no split sizes, which seqio reads to decide on in-memory caching.
   monkeypatch.setattr(seqio.TfdsDataSource, "num_input_examples", lambda self, split: None)
   name = "taskless_super_glue_cb_v102_examples"
-  data = {"cb": [{"premise": f"P{i}.", "hypothesis": "H.", "idx": i, "label": i % 3}
-                 for i in range(6)]}
+  data = {
+    "cb": [{"premise": f"P{i}.", "hypothesis": "H.", "idx": i, "label": i % 3} for i in range(6)]
+  }
 
   def predict_fn(ds):
     # A "model" that answers "neutral" for everything.
@@ -458,8 +556,12 @@ def test_seqio_evaluator_runs_the_examples_task(registered, test_vocabulary, mon
 
   with fixed_examples(data):
     evaluator = seqio.Evaluator(
-        name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
-        eval_split="validation", sequence_length=LENGTHS, use_memory_cache=False)
+      name,
+      feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      eval_split="validation",
+      sequence_length=LENGTHS,
+      use_memory_cache=False,
+    )
     all_metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn)
   scores = all_metrics.result()[name]
   # Labels 0,1,2,0,1,2; all predicted 2: accuracy 2/6; F1 of class 2 = 2*(1/3*1)/(4/3) = 1/2,

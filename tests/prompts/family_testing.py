@@ -21,8 +21,7 @@ def toy_batch(size: int = 8) -> dict[str, np.ndarray]:
   label = np.where(enc[:, 0] < 64, 5, 6).astype(np.int32)
   tgt = np.stack([label, np.ones_like(label)], axis=1)
   dec = np.stack([np.zeros_like(label), label], axis=1)
-  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
-          "decoder_target_tokens": tgt}
+  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec, "decoder_target_tokens": tgt}
 
 
 def eager_init(input_prompt=None, layer_prefix=None) -> dict:
@@ -35,25 +34,38 @@ def eager_init(input_prompt=None, layer_prefix=None) -> dict:
 
 def logits(module: Transformer, params: dict, size: int = 8) -> np.ndarray:
   b = toy_batch(size)
-  return np.asarray(jax.jit(module.apply)({"params": params}, b["encoder_input_tokens"],
-                                          b["decoder_input_tokens"],
-                                          b["decoder_target_tokens"]))
+  return np.asarray(
+    jax.jit(module.apply)(
+      {"params": params},
+      b["encoder_input_tokens"],
+      b["decoder_input_tokens"],
+      b["decoder_target_tokens"],
+    )
+  )
 
 
-def assert_cached_greedy_equals_uncached(module: Transformer, params: dict,
-                                         length: int = 4) -> None:
+def assert_cached_greedy_equals_uncached(
+  module: Transformer, params: dict, length: int = 4
+) -> None:
   """Greedy cached decoding through the model layer equals step-by-step argmax over
   uncached full forwards, up to and including the first EOS (the decoder pads after)."""
   b = toy_batch(size=2)
-  decoded = np.asarray(jax.jit(models.EncoderDecoderModel(module).predict_batch)(params, {
-      "encoder_input_tokens": b["encoder_input_tokens"],
-      "decoder_target_tokens": np.ones((2, length), np.int32)}))
+  decoded = np.asarray(
+    jax.jit(models.EncoderDecoderModel(module).predict_batch)(
+      params,
+      {
+        "encoder_input_tokens": b["encoder_input_tokens"],
+        "decoder_target_tokens": np.ones((2, length), np.int32),
+      },
+    )
+  )
   forward = jax.jit(module.apply)
   tokens = np.zeros((2, length), np.int32)
   for t in range(length):
     inputs = np.concatenate([np.zeros((2, 1), np.int32), tokens[:, :-1]], axis=1)
-    step_logits = forward({"params": params}, b["encoder_input_tokens"], inputs,
-                          np.ones_like(inputs))
+    step_logits = forward(
+      {"params": params}, b["encoder_input_tokens"], inputs, np.ones_like(inputs)
+    )
     tokens[:, t] = np.argmax(np.asarray(step_logits)[:, t], axis=-1)
   for row in range(2):
     end = (list(tokens[row]).index(1) + 1) if 1 in tokens[row] else length

@@ -30,16 +30,24 @@ REPARAMETERIZED = functools.partial(DeepPrompt, length=3, reparameterize=True, h
 
 
 def _shapes(factory):
-  return {k: v.shape for k, v in flax.traverse_util.flatten_dict(
-      abstract_params(CFG, layer_prefix=factory), sep="/").items() if "layer_prompt" in k}
+  return {
+    k: v.shape
+    for k, v in flax.traverse_util.flatten_dict(
+      abstract_params(CFG, layer_prefix=factory), sep="/"
+    ).items()
+    if "layer_prompt" in k
+  }
 
 
 def test_parameters_per_layer_range_stack_and_reparameterisation():
   layers = CFG.num_encoder_layers
-  assert _shapes(DEEP) == {"encoder/layer_prompt/prompt": (layers, 3, CFG.emb_dim),
-                           "decoder/layer_prompt/prompt": (layers, 3, CFG.emb_dim)}
+  assert _shapes(DEEP) == {
+    "encoder/layer_prompt/prompt": (layers, 3, CFG.emb_dim),
+    "decoder/layer_prompt/prompt": (layers, 3, CFG.emb_dim),
+  }
   assert _shapes(functools.partial(DEEP, layer_range=(1, 2), stacks=("encoder",))) == {
-      "encoder/layer_prompt/prompt": (1, 3, CFG.emb_dim)}
+    "encoder/layer_prompt/prompt": (1, 3, CFG.emb_dim)
+  }
   reparameterized = _shapes(REPARAMETERIZED)
   assert reparameterized["encoder/layer_prompt/mlp/embedding"] == (3, CFG.emb_dim)
   assert reparameterized["encoder/layer_prompt/mlp/out/kernel"] == (16, layers * CFG.emb_dim)
@@ -53,8 +61,10 @@ def test_only_the_chosen_layers_get_a_prompt():
   prefixes, variables = hook.init_with_output(jax.random.PRNGKey(0))
   assert prefixes[0] is None
   np.testing.assert_array_equal(prefixes[1].hidden, variables["params"]["prompt"].value[0])
-  assert DEEP(CFG, "decoder", stacks=("encoder",)).init_with_output(
-      jax.random.PRNGKey(0))[0] == [None, None]
+  assert DEEP(CFG, "decoder", stacks=("encoder",)).init_with_output(jax.random.PRNGKey(0))[0] == [
+    None,
+    None,
+  ]
   for bad in [(1, 1), (0, 3), (-1, 1)]:
     with pytest.raises(ValueError, match="is not a non-empty .start, stop. within the 2"):
       DEEP(CFG, "encoder", layer_range=bad).init(jax.random.PRNGKey(0))
@@ -64,14 +74,17 @@ def test_only_the_chosen_layers_get_a_prompt():
 
 def test_zero_length_deep_prompt_equals_the_plain_backbone():
   factory = functools.partial(DeepPrompt, length=0)
-  np.testing.assert_allclose(logits_of(Transformer(CFG, layer_prefix=factory), init(factory)),
-                             logits_of(Transformer(CFG), init()), rtol=0, atol=1e-6)
+  np.testing.assert_allclose(
+    logits_of(Transformer(CFG, layer_prefix=factory), init(factory)),
+    logits_of(Transformer(CFG), init()),
+    rtol=0,
+    atol=1e-6,
+  )
 
 
 def test_training_moves_only_the_deep_prompts_and_the_loss_falls():
   module = Transformer(CFG, layer_prefix=DEEP)
-  losses, _, _ = family_testing.train_hook(module, init(DEEP), learning_rate=0.1,
-                                            steps=8)
+  losses, _, _ = family_testing.train_hook(module, init(DEEP), learning_rate=0.1, steps=8)
   assert losses[-1] < 0.7 * losses[0], losses
 
 
@@ -85,10 +98,13 @@ def test_fold_export_reload_and_cached_decoding(tmp_path):
 
   paths = export.export(module, params, str(tmp_path))
   assert sorted(os.path.basename(p) for p in paths) == [
-      "decoder.layer_prompt.prompt.npy", "encoder.layer_prompt.prompt.npy"]
+    "decoder.layer_prompt.prompt.npy",
+    "encoder.layer_prompt.prompt.npy",
+  ]
   reloaded = init(functools.partial(DeepPrompt, length=3, init_dir=str(tmp_path)))
   for stack in ("encoder", "decoder"):
-    np.testing.assert_array_equal(reloaded[stack]["layer_prompt"]["prompt"],
-                                  folded[stack]["layer_prompt"]["prompt"])
+    np.testing.assert_array_equal(
+      reloaded[stack]["layer_prompt"]["prompt"], folded[stack]["layer_prompt"]["prompt"]
+    )
 
   family_testing.assert_cached_greedy_equals_uncached(module, params)

@@ -26,12 +26,12 @@ def _owners() -> dict[str, list[str]]:
 
 
 def test_every_prompt_gin_file_belongs_to_exactly_one_method():
-  on_disk = sorted(f for f in os.listdir(os.path.join(REPO, family.GIN_DIR))
-                   if f.endswith(".gin"))
+  on_disk = sorted(f for f in os.listdir(os.path.join(REPO, family.GIN_DIR)) if f.endswith(".gin"))
   owners = _owners()
   assert sorted(owners) == on_disk, (
-      f"gin files without a method: {sorted(set(on_disk) - set(owners))}; "
-      f"methods naming missing files: {sorted(set(owners) - set(on_disk))}")
+    f"gin files without a method: {sorted(set(on_disk) - set(owners))}; "
+    f"methods naming missing files: {sorted(set(owners) - set(on_disk))}"
+  )
   shared = {file: names for file, names in owners.items() if len(names) > 1}
   assert not shared, f"gin files claimed by several methods: {shared}"
 
@@ -49,16 +49,24 @@ def test_a_variant_owns_no_file_and_names_a_method_that_does():
 
 def _prompt_shapes(input_prompt, layer_prefix) -> dict[str, tuple[int, ...]]:
   params = abstract_params(T5Config.from_size("tiny"), input_prompt, layer_prefix)
-  return {name: tuple(leaf.shape)
-          for name, leaf in tree.flatten(family.prompt_params(params)).items()}
+  return {
+    name: tuple(leaf.shape) for name, leaf in tree.flatten(family.prompt_params(params)).items()
+  }
 
 
 @pytest.mark.parametrize("name", list(family.METHODS))
 def test_each_methods_gin_configuration_builds_the_hooks_the_registry_names(clean_gin, name):
   file, bindings = family.gin_config(name)
   files = [MODEL_FILE] + ([file] if file else [])
-  launch.parse_gin(files, ["network.t5_config.size = 'tiny'", f"PROMPT_LENGTH = {LENGTH}",
-                           *[f"{macro} = {value}" for macro, value in bindings.items()]], [])
+  launch.parse_gin(
+    files,
+    [
+      "network.t5_config.size = 'tiny'",
+      f"PROMPT_LENGTH = {LENGTH}",
+      *[f"{macro} = {value}" for macro, value in bindings.items()],
+    ],
+    [],
+  )
   module = network.transformer()
   configured = _prompt_shapes(module.input_prompt, module.layer_prefix)
   assert configured == _prompt_shapes(*family.hooks(name, LENGTH))
@@ -66,8 +74,9 @@ def test_each_methods_gin_configuration_builds_the_hooks_the_registry_names(clea
 
 @pytest.mark.parametrize("file", family.METHODS["prompt"].gin_files)
 def test_the_initialiser_files_only_choose_the_prompts_initialiser(clean_gin, file):
-  launch.parse_gin([MODEL_FILE, os.path.join(family.GIN_DIR, file)],
-                   ["network.t5_config.size = 'tiny'"], [])
+  launch.parse_gin(
+    [MODEL_FILE, os.path.join(family.GIN_DIR, file)], ["network.t5_config.size = 'tiny'"], []
+  )
   assert launch.macro_value("PROMPT_INIT").selector.startswith("initializers.")
   module = network.transformer()
   assert module.input_prompt is Prompt and module.layer_prefix is None

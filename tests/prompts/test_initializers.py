@@ -54,8 +54,7 @@ def test_sampled_vocab_rejects_a_wrong_width(table):
 
 def test_class_label_rows_are_mean_sub_token_embeddings(table, test_vocabulary):
   labels = ["entailment", "not_entailment"]
-  init = initializers.class_labels(labels=labels, embedding=table,
-                                   vocabulary=test_vocabulary)
+  init = initializers.class_labels(labels=labels, embedding=table, vocabulary=test_vocabulary)
   value = np.asarray(init(RNG, (6, 16)))
   for i, label in enumerate(labels):
     ids = test_vocabulary.encode(label)
@@ -67,20 +66,22 @@ def test_class_label_rows_are_mean_sub_token_embeddings(table, test_vocabulary):
 
 
 def test_class_labels_longer_than_the_prompt_is_an_error(table, test_vocabulary):
-  init = initializers.class_labels(labels=["a", "b", "c"], embedding=table,
-                                   vocabulary=test_vocabulary)
+  init = initializers.class_labels(
+    labels=["a", "b", "c"], embedding=table, vocabulary=test_vocabulary
+  )
   with pytest.raises(ValueError, match="needs 3 prompt positions but the prompt length is 2"):
     init(RNG, (2, 16))
 
 
 def test_from_string_embeds_the_text_first(table, test_vocabulary):
   text = "premise hypothesis"
-  init = initializers.from_string(text=text, embedding=table, vocabulary=test_vocabulary,
-                                  fallback=initializers.uniform(0.01))
+  init = initializers.from_string(
+    text=text, embedding=table, vocabulary=test_vocabulary, fallback=initializers.uniform(0.01)
+  )
   value = np.asarray(init(RNG, (30, 16)))
   ids = test_vocabulary.encode(text)
-  np.testing.assert_array_equal(value[:len(ids)], table[ids])
-  assert np.abs(value[len(ids):]).max() <= 0.01
+  np.testing.assert_array_equal(value[: len(ids)], table[ids])
+  assert np.abs(value[len(ids) :]).max() <= 0.01
 
 
 def test_from_file_loads_and_checks_the_shape(tmp_path):

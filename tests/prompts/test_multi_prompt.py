@@ -12,8 +12,12 @@ import pytest
 from prompt_tuning import models
 from prompt_tuning.prompts import Prompt, initializers
 from prompt_tuning.models import with_prompt_table
-from prompt_tuning.prompts.multi_prompt import (MultiPrompt, from_files, load_prompt_files,
-                                                per_prompt)
+from prompt_tuning.prompts.multi_prompt import (
+  MultiPrompt,
+  from_files,
+  load_prompt_files,
+  per_prompt,
+)
 from prompt_tuning.t5 import T5Config, Transformer, init_params
 from prompt_tuning.t5.network import abstract_params, logical_axes
 from prompt_tuning.training import partitioning
@@ -32,9 +36,13 @@ def setup():
   tgt = rng.randint(2, 128, (6, 4)).astype(np.int32)
   tgt[1, 2:] = 0
   dec = np.concatenate([np.zeros((6, 1), np.int32), tgt[:, :-1]], axis=1) * (tgt > 0)
-  batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
-           "decoder_target_tokens": tgt, "decoder_loss_weights": (tgt > 0).astype(np.int32),
-           "prompt_ids": np.array([2, 0, 1, 2, 0, 1], np.int32)}
+  batch = {
+    "encoder_input_tokens": enc,
+    "decoder_input_tokens": dec,
+    "decoder_target_tokens": tgt,
+    "decoder_loss_weights": (tgt > 0).astype(np.int32),
+    "prompt_ids": np.array([2, 0, 1, 2, 0, 1], np.int32),
+  }
   return factory, params, batch
 
 
@@ -52,8 +60,11 @@ def test_table_parameter_shape_and_logical_axes(setup):
   _, params, _ = setup
   assert params["encoder"]["prompt"]["prompt"].shape == (NUM, LENGTH, CFG.emb_dim)
   factory = functools.partial(MultiPrompt, num_prompts=NUM, length=LENGTH)
-  variables = jax.eval_shape(lambda: Transformer(CFG, input_prompt=factory).init(
-      jax.random.PRNGKey(0), *(np.ones((1, 1), np.int32),) * 3))
+  variables = jax.eval_shape(
+    lambda: Transformer(CFG, input_prompt=factory).init(
+      jax.random.PRNGKey(0), *(np.ones((1, 1), np.int32),) * 3
+    )
+  )
   axes = flax.linen.get_partition_spec(variables)["params"]["encoder"]["prompt"]["prompt"]
   assert tuple(axes) == ("prompts", "prompt", "embed")
   # per_prompt draws the prompts independently.
@@ -71,7 +82,8 @@ def test_mixed_batch_matches_each_prompt_alone(setup):
   predictions = np.asarray(jax.jit(table_model.predict_batch)(params, batch))
   # Every prompt has two rows, so the single-prompt functions compile once.
   plain_model = models.EncoderDecoderModel(
-      Transformer(CFG, input_prompt=functools.partial(Prompt, length=LENGTH)))
+    Transformer(CFG, input_prompt=functools.partial(Prompt, length=LENGTH))
+  )
   plain_logits = jax.jit(plain_model.compute_logits)
   plain_predict = jax.jit(plain_model.predict_batch)
   for index in range(NUM):
@@ -84,40 +96,55 @@ def test_mixed_batch_matches_each_prompt_alone(setup):
     log_probs = np.asarray(jax.nn.log_softmax(alone_logits), np.float64)
     picked = np.take_along_axis(log_probs, alone["decoder_target_tokens"][..., None], -1)
     np.testing.assert_allclose(
-        scores[rows], (picked[..., 0] * alone["decoder_loss_weights"]).sum(-1), rtol=1e-5)
+      scores[rows], (picked[..., 0] * alone["decoder_loss_weights"]).sum(-1), rtol=1e-5
+    )
     np.testing.assert_array_equal(predictions[rows], plain_predict(single, alone))
   # The rows really differ by prompt: the same input under another prompt changes.
-  assert not np.allclose(logits[0], plain_logits(_single_prompt_params(params, 0),
-                                                 _rows(batch, [0, 1]))[0])
+  assert not np.allclose(
+    logits[0], plain_logits(_single_prompt_params(params, 0), _rows(batch, [0, 1]))[0]
+  )
 
 
 def test_missing_or_misshaped_prompt_ids_are_errors(setup):
   factory, params, batch = setup
   module = Transformer(CFG, input_prompt=factory)
-  args = (batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-          batch["decoder_target_tokens"])
+  args = (
+    batch["encoder_input_tokens"],
+    batch["decoder_input_tokens"],
+    batch["decoder_target_tokens"],
+  )
   # Shape evaluation traces the model (and so raises) without running it.
   with pytest.raises(ValueError, match="needs prompt_ids"):
     jax.eval_shape(lambda p: module.apply({"params": p}, *args), params)
   with pytest.raises(ValueError, match="one prompt index per row"):
-    jax.eval_shape(lambda p: module.apply(
-        {"params": p}, *args, prompt_inputs={"prompt_ids": np.zeros((2,), np.int32)}),
-        params)
+    jax.eval_shape(
+      lambda p: module.apply(
+        {"params": p}, *args, prompt_inputs={"prompt_ids": np.zeros((2,), np.int32)}
+      ),
+      params,
+    )
   with pytest.raises(ValueError, match="only the prompt input `prompt_ids`"):
-    jax.eval_shape(lambda p: module.apply(
-        {"params": p}, *args,
-        prompt_inputs={"prompt_ids": batch["prompt_ids"], "task_ids": batch["prompt_ids"]}),
-        params)
+    jax.eval_shape(
+      lambda p: module.apply(
+        {"params": p},
+        *args,
+        prompt_inputs={"prompt_ids": batch["prompt_ids"], "task_ids": batch["prompt_ids"]},
+      ),
+      params,
+    )
   ids = {"prompt_ids": batch["prompt_ids"]}
   plain = Transformer(CFG)
   with pytest.raises(ValueError, match="no input prompt"):
-    jax.eval_shape(lambda p: plain.apply({"params": p}, *args, prompt_inputs=ids),
-                   abstract_params(CFG))
+    jax.eval_shape(
+      lambda p: plain.apply({"params": p}, *args, prompt_inputs=ids), abstract_params(CFG)
+    )
   # A single prompt serves every row alike: per-row ids would be silently ignored.
   single = Transformer(CFG, input_prompt=functools.partial(Prompt, length=LENGTH))
   with pytest.raises(ValueError, match="use prompts.MultiPrompt"):
-    jax.eval_shape(lambda p: single.apply({"params": p}, *args, prompt_inputs=ids),
-                   abstract_params(CFG, functools.partial(Prompt, length=LENGTH)))
+    jax.eval_shape(
+      lambda p: single.apply({"params": p}, *args, prompt_inputs=ids),
+      abstract_params(CFG, functools.partial(Prompt, length=LENGTH)),
+    )
   # Through the model, the batch feature `prompt_ids` is what reaches the prompt.
   model = models.EncoderDecoderModel(plain)
   with pytest.raises(ValueError, match="no input prompt"):
@@ -133,8 +160,9 @@ def test_from_files_loads_the_table_in_order(tmp_path):
     np.save(paths[-1], prompt)
   module = MultiPrompt.from_files(paths)()
   # The `init` field (the initialiser) shadows Module.init, as in `Prompt`.
-  params = flax.linen.Module.init(module, jax.random.PRNGKey(0),
-                                  np.zeros((2, 3, CFG.emb_dim), np.float32))["params"]
+  params = flax.linen.Module.init(
+    module, jax.random.PRNGKey(0), np.zeros((2, 3, CFG.emb_dim), np.float32)
+  )["params"]
   table = flax.linen.unbox(params)["prompt"]
   np.testing.assert_array_equal(table, np.stack(prompts))
   # The gin-style initialiser checks the table shape the model asks for.
@@ -170,8 +198,10 @@ def test_per_prompt_gives_each_prompt_its_own_shape():
 def test_table_model_keeps_the_settings_and_leaves_the_model_alone(setup):
   _, params, _ = setup
   plain = models.EncoderDecoderModel(
-      Transformer(CFG, input_prompt=functools.partial(Prompt, length=LENGTH)),
-      decode_kwargs={"temperature": 0.0}, z_loss=3e-4)
+    Transformer(CFG, input_prompt=functools.partial(Prompt, length=LENGTH)),
+    decode_kwargs={"temperature": 0.0},
+    z_loss=3e-4,
+  )
   base = {k: v for k, v in params.items()}
   base["encoder"] = {k: v for k, v in params["encoder"].items() if k != "prompt"}
   table = np.arange(NUM * 2 * CFG.emb_dim, dtype=np.float32).reshape(NUM, 2, CFG.emb_dim)
@@ -194,8 +224,7 @@ def test_the_table_is_replicated_by_the_standard_rules():
   assert ("prompts", None) in partitioning.standard_logical_axis_rules()
   factory = functools.partial(MultiPrompt, num_prompts=8, length=LENGTH)
   partitioner = partitioning.Partitioner(num_partitions=2)
-  shardings = partitioner.param_shardings(logical_axes(CFG, factory),
-                                          abstract_params(CFG, factory))
+  shardings = partitioner.param_shardings(logical_axes(CFG, factory), abstract_params(CFG, factory))
   spec = shardings["encoder"]["prompt"]["prompt"].spec
   assert all(axis is None for axis in spec)
   assert shardings["token_embedder"]["embedding"].spec[0] == "model"

@@ -43,23 +43,27 @@ def test_prompt_encoder_parameters_and_the_default_trainable_regex():
   assert all(n.startswith("encoder/prompt/") for n in tree.names(train))
   assert tree.names(frozen) == tree.names(abstract_params(CFG))
   mlp = tree.names(trainable.split(abstract_params(CFG, MLP))[0])
-  assert mlp == ["encoder/prompt/embedding", "encoder/prompt/mlp_hidden/bias",
-                 "encoder/prompt/mlp_hidden/kernel", "encoder/prompt/mlp_out/bias",
-                 "encoder/prompt/mlp_out/kernel"]
+  assert mlp == [
+    "encoder/prompt/embedding",
+    "encoder/prompt/mlp_hidden/bias",
+    "encoder/prompt/mlp_hidden/kernel",
+    "encoder/prompt/mlp_out/bias",
+    "encoder/prompt/mlp_out/kernel",
+  ]
 
 
 def test_zero_length_prompt_equals_the_plain_backbone():
   empty = functools.partial(PTuningPrompt, length=0)
   params = init(empty)
   assert "prompt" not in params["encoder"]
-  np.testing.assert_array_equal(logits_of(Transformer(CFG, input_prompt=empty), params),
-                                logits_of(Transformer(CFG), init()))
+  np.testing.assert_array_equal(
+    logits_of(Transformer(CFG, input_prompt=empty), params), logits_of(Transformer(CFG), init())
+  )
 
 
 def test_training_moves_only_the_prompt_encoder_and_the_loss_falls():
   module = Transformer(CFG, input_prompt=LSTM)
-  losses, _, _ = family_testing.train_hook(module, init(LSTM), learning_rate=0.1,
-                                            steps=20)
+  losses, _, _ = family_testing.train_hook(module, init(LSTM), learning_rate=0.1, steps=20)
   # Through the input alone, a 3-vector prompt moves a random tiny model slowly: 20 steps
   # take about 14% off the loss.
   assert np.mean(losses[-3:]) < 0.92 * losses[0], losses
@@ -77,8 +81,9 @@ def test_exported_prompt_serves_as_a_plain_prompt_and_cached_decoding_matches(tm
   served = init(plain)
   np.testing.assert_array_equal(served["encoder"]["prompt"]["prompt"], prompt)
   logits = logits_of(module, params, size=2)
-  np.testing.assert_allclose(logits_of(Transformer(CFG, input_prompt=plain), served, size=2),
-                             logits, atol=1e-5)
+  np.testing.assert_allclose(
+    logits_of(Transformer(CFG, input_prompt=plain), served, size=2), logits, atol=1e-5
+  )
   assert not np.allclose(logits, logits_of(Transformer(CFG), init(), size=2), atol=1e-3)
 
   family_testing.assert_cached_greedy_equals_uncached(module, params)

@@ -53,8 +53,8 @@ def test_parameters_shapes_and_the_default_trainable_regex():
   assert len(tree.names(train)) == 2 * 5
   assert tree.names(frozen) == tree.names(abstract_params(CFG))
   folded = flax.traverse_util.flatten_dict(
-      abstract_params(CFG, layer_prefix=functools.partial(PREFIX, reparameterize=False)),
-      sep="/")
+    abstract_params(CFG, layer_prefix=functools.partial(PREFIX, reparameterize=False)), sep="/"
+  )
   assert folded["decoder/layer_prompt/cross_value"].shape == (layers, 3, WIDTH)
   assert folded["encoder/layer_prompt/key"].shape == (layers, 3, WIDTH)
   assert "encoder/layer_prompt/cross_key" not in folded
@@ -68,8 +68,9 @@ def test_zero_length_prefix_equals_the_plain_backbone(plain_logits):
 
 def test_training_moves_only_the_prefix_mlp_and_the_loss_falls():
   module = Transformer(CFG, layer_prefix=PREFIX)
-  losses, train, state = family_testing.train_hook(module, init(PREFIX), learning_rate=0.01,
-                                                    steps=8)
+  losses, train, state = family_testing.train_hook(
+    module, init(PREFIX), learning_rate=0.01, steps=8
+  )
   assert losses[-1] < 0.8 * losses[0], losses
   # The optimiser holds state for the trainable parameters only.
   assert sum(x.size for x in jax.tree.leaves(state.opt_state)) < 3 * tree.count(train)
@@ -80,8 +81,7 @@ def test_fold_gives_identical_outputs_and_cached_decoding_equals_uncached(plain_
   params = init(PREFIX)
   folded_module, folded = family.fold(module, params)
   assert folded_module.layer_prefix.keywords["reparameterize"] is False
-  assert folded["encoder"]["layer_prompt"]["key"].shape == (CFG.num_encoder_layers, 3,
-                                                            WIDTH)
+  assert folded["encoder"]["layer_prompt"]["key"].shape == (CFG.num_encoder_layers, 3, WIDTH)
   logits = logits_of(module, params, size=2)
   np.testing.assert_allclose(logits_of(folded_module, folded, size=2), logits, atol=1e-5)
   assert not np.allclose(logits, plain_logits[:2], atol=1e-3)  # The prefix matters.
@@ -94,11 +94,14 @@ def test_export_writes_folded_prefixes_that_load_as_the_plain_module(tmp_path):
   params = init(PREFIX)
   paths = export.export(module, params, str(tmp_path / "export"))
   assert sorted(os.path.basename(p) for p in paths) == [
-      "decoder.layer_prompt.cross_key.npy", "decoder.layer_prompt.cross_value.npy",
-      "decoder.layer_prompt.key.npy", "decoder.layer_prompt.value.npy",
-      "encoder.layer_prompt.key.npy", "encoder.layer_prompt.value.npy"]
-  served = functools.partial(PREFIX, reparameterize=False,
-                             init_dir=str(tmp_path / "export"))
+    "decoder.layer_prompt.cross_key.npy",
+    "decoder.layer_prompt.cross_value.npy",
+    "decoder.layer_prompt.key.npy",
+    "decoder.layer_prompt.value.npy",
+    "encoder.layer_prompt.key.npy",
+    "encoder.layer_prompt.value.npy",
+  ]
+  served = functools.partial(PREFIX, reparameterize=False, init_dir=str(tmp_path / "export"))
   loaded = init(served)
   _, folded = family.fold(module, params)
   for stack in ("encoder", "decoder"):
@@ -116,4 +119,5 @@ def test_bad_lengths_and_stacks_are_clear_errors():
     PrefixTuning(CFG, "middle", length=2).init(jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="no reparameterisation to fold"):
     PrefixTuning(CFG, "encoder", length=2, reparameterize=False).apply(
-        {"params": {}}, method="folded_params")
+      {"params": {}}, method="folded_params"
+    )

@@ -36,7 +36,8 @@ def test_zero_length_prompt_equals_the_plain_backbone():
   enc, dec, tgt = _batch()
   plain = jax.jit(Transformer(CFG).apply)({"params": params}, enc, dec, tgt)
   empty = jax.jit(Transformer(CFG, input_prompt=functools.partial(Prompt, length=0)).apply)(
-      {"params": params}, enc, dec, tgt)
+    {"params": params}, enc, dec, tgt
+  )
   np.testing.assert_array_equal(plain, empty)
 
 
@@ -45,12 +46,12 @@ def test_prompt_is_prepended_and_always_visible():
   model = Transformer(CFG, input_prompt=factory)
   params = init_params(CFG, jax.random.PRNGKey(0), input_prompt=factory)
   enc, dec, tgt = _batch()
-  encoded = jax.jit(lambda p, e: model.apply({"params": p}, e, method=model.encode))(
-      params, enc)
+  encoded = jax.jit(lambda p, e: model.apply({"params": p}, e, method=model.encode))(params, enc)
   assert encoded.sequence.shape == (2, 3 + 6, CFG.emb_dim)
   # The encoder's mask: prompt positions always visible, then the tokens' own mask.
-  np.testing.assert_array_equal(encoded.mask, np.concatenate(
-      [np.ones((2, 3), bool), enc > 0], axis=1))
+  np.testing.assert_array_equal(
+    encoded.mask, np.concatenate([np.ones((2, 3), bool), enc > 0], axis=1)
+  )
   # The prompt changes the output, and every prompt position matters to the decoder,
   # even for the row whose input is mostly padding.
   apply = jax.jit(model.apply)

@@ -17,7 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _load_script():
   spec = importlib.util.spec_from_file_location(
-      "compare_methods_script", os.path.join(REPO, "scripts", "compare_methods.py"))
+    "compare_methods_script", os.path.join(REPO, "scripts", "compare_methods.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -26,16 +27,20 @@ def _load_script():
 compare = _load_script()
 
 
-@pytest.mark.parametrize("method, trainable_prefix", [
+@pytest.mark.parametrize(
+  "method, trainable_prefix",
+  [
     ("prompt", "encoder/prompt/prompt"),
     ("prefix", "encoder/layer_prompt/mlp/"),
     ("p_tuning", "encoder/prompt/lstm_0_forward/"),
     ("p_tuning_mlp", "encoder/prompt/mlp_hidden/"),
     ("p_tuning_v2", "encoder/layer_prompt/prompt"),
     ("p_tuning_v2_mlp", "encoder/layer_prompt/mlp/"),
-])
+  ],
+)
 def test_gin_files_wire_each_method_with_the_run_files_trainable_regex(
-    clean_gin, method, trainable_prefix):
+  clean_gin, method, trainable_prefix
+):
   from prompt_tuning import launch, tree
   from prompt_tuning.prompts import family
   from prompt_tuning.t5 import network
@@ -45,13 +50,20 @@ def test_gin_files_wire_each_method_with_the_run_files_trainable_regex(
   files = ["prompt_tuning/configs/models/t5_1_1_small_prompt.gin"]
   files += [method_file] if method_file else []
   files.append("prompt_tuning/configs/runs/prompt_finetune.gin")
-  launch.parse_gin(files, ["network.t5_config.size = 'tiny'", "PROMPT_LENGTH = 2",
-                           *[f"{k} = {v}" for k, v in bindings.items()]], [])
+  launch.parse_gin(
+    files,
+    [
+      "network.t5_config.size = 'tiny'",
+      "PROMPT_LENGTH = 2",
+      *[f"{k} = {v}" for k, v in bindings.items()],
+    ],
+    [],
+  )
   module = network.transformer()
   regex = gin.query_parameter("trainer.train.trainable_regex")
   train, frozen = trainable.split(
-      network.abstract_params(module.config, module.input_prompt, module.layer_prefix),
-      regex)
+    network.abstract_params(module.config, module.input_prompt, module.layer_prefix), regex
+  )
   names = tree.names(train)
   assert any(name.startswith(trainable_prefix) for name in names), names
   assert not any("layers_" in name for name in names)
@@ -62,11 +74,20 @@ def test_layer_prompt_eval_run_needs_only_the_layer_prompt_dir(clean_gin):
   from prompt_tuning import cli
   from prompt_tuning.t5 import network
 
-  cli.parse_gin(["prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
-                 "prompt_tuning/configs/prompts/prefix_tuning.gin",
-                 "prompt_tuning/configs/runs/layer_prompt_eval.gin"],
-                ["network.t5_config.size = 'tiny'", "MIXTURE_OR_TASK_NAME = 'demo_sentiment'",
-                 "INITIAL_CHECKPOINT_PATH = '/base'", "LAYER_PROMPT_DIR = '/export'"], [])
+  cli.parse_gin(
+    [
+      "prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
+      "prompt_tuning/configs/prompts/prefix_tuning.gin",
+      "prompt_tuning/configs/runs/layer_prompt_eval.gin",
+    ],
+    [
+      "network.t5_config.size = 'tiny'",
+      "MIXTURE_OR_TASK_NAME = 'demo_sentiment'",
+      "INITIAL_CHECKPOINT_PATH = '/base'",
+      "LAYER_PROMPT_DIR = '/export'",
+    ],
+    [],
+  )
   gin.finalize()  # No PROMPT_FILE is required: the layer prompts replace the input prompt.
   hook = network.transformer().layer_prefix(config=network.t5_config(), stack="encoder")
   assert hook.reparameterize is False and hook.init_dir == "/export"
@@ -83,14 +104,33 @@ def test_the_scripts_methods_are_the_registrys_training_methods():
 
 
 def test_the_table_lines_up_one_method_per_row():
-  row = {"method": "p_tuning_v2", "trainable_params": 12800, "percent_of_model": 0.5,
-         "served_params": 12800, "best_accuracy": 75.0, "best_step": 300,
-         "final_accuracy": 70.0, "final_loss": 0.25, "learning_rate": 0.03, "seconds": 12.0}
+  row = {
+    "method": "p_tuning_v2",
+    "trainable_params": 12800,
+    "percent_of_model": 0.5,
+    "served_params": 12800,
+    "best_accuracy": 75.0,
+    "best_step": 300,
+    "final_accuracy": 70.0,
+    "final_loss": 0.25,
+    "learning_rate": 0.03,
+    "seconds": 12.0,
+  }
   lines = compare.format_table([row, {**row, "method": "prompt", "trainable_params": 256}])
   header, first, second = lines.splitlines()
   assert header.split()[:3] == ["method", "trainable", "%"]
-  assert first.split() == ["p_tuning_v2", "12,800", "0.50%", "12,800", "75.0", "300",
-                           "70.0", "0.25", "0.03", "12"]
+  assert first.split() == [
+    "p_tuning_v2",
+    "12,800",
+    "0.50%",
+    "12,800",
+    "75.0",
+    "300",
+    "70.0",
+    "0.25",
+    "0.03",
+    "12",
+  ]
   assert second.startswith("prompt ") and len(first) == len(second) == len(header)
 
 
@@ -102,8 +142,22 @@ def test_bad_learning_rate_override_is_a_clear_error():
 
 def test_tiny_comparison_trains_every_method_and_writes_table_csv_plot(tmp_path, capsys):
   out = tmp_path / "compare"
-  code = compare.main(["--out", str(out), "--steps", "1", "--lm-steps", "0",
-                       "--batch-size", "2", "--eval-examples", "4", "--prompt-length", "2"])
+  code = compare.main(
+    [
+      "--out",
+      str(out),
+      "--steps",
+      "1",
+      "--lm-steps",
+      "0",
+      "--batch-size",
+      "2",
+      "--eval-examples",
+      "4",
+      "--prompt-length",
+      "2",
+    ]
+  )
   assert code == 0
   with open(out / "results.csv") as f:
     rows = list(csv.DictReader(f))
@@ -120,8 +174,11 @@ def test_tiny_comparison_trains_every_method_and_writes_table_csv_plot(tmp_path,
     assert float(row["final_accuracy"]) <= float(row["best_accuracy"])
     assert os.path.isdir(os.path.join(row["model_dir"], "checkpoint_1"))
   assert sorted(os.listdir(out / "prefix" / "export")) == [
-      "decoder.layer_prompt.key.npy", "decoder.layer_prompt.value.npy",
-      "encoder.layer_prompt.key.npy", "encoder.layer_prompt.value.npy"]
+    "decoder.layer_prompt.key.npy",
+    "decoder.layer_prompt.value.npy",
+    "encoder.layer_prompt.key.npy",
+    "encoder.layer_prompt.value.npy",
+  ]
   assert os.listdir(out / "p_tuning" / "export") == ["encoder.prompt.prompt.npy"]
   assert (out / "score_vs_trainable.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   table = capsys.readouterr().out
@@ -134,16 +191,23 @@ def test_tiny_comparison_trains_every_method_and_writes_table_csv_plot(tmp_path,
 
   gin.clear_config()
   cli_out = tmp_path / "cli_export"
-  code = cli.main(["export-prompt", str(out / "prefix"), str(cli_out),
-                   "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
-                   "--gin_file=prompt_tuning/configs/prompts/prefix_tuning.gin",
-                   "--gin.PROMPT_LENGTH=2",
-                   *[f"--gin.{k}={v}" for k, v in compare.model_bindings().items()]])
+  code = cli.main(
+    [
+      "export-prompt",
+      str(out / "prefix"),
+      str(cli_out),
+      "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
+      "--gin_file=prompt_tuning/configs/prompts/prefix_tuning.gin",
+      "--gin.PROMPT_LENGTH=2",
+      *[f"--gin.{k}={v}" for k, v in compare.model_bindings().items()],
+    ]
+  )
   gin.clear_config()
   assert code == 0
   for name in os.listdir(out / "prefix" / "export"):
-    np.testing.assert_allclose(np.load(cli_out / name),
-                               np.load(out / "prefix" / "export" / name), atol=1e-6)
+    np.testing.assert_allclose(
+      np.load(cli_out / name), np.load(out / "prefix" / "export" / name), atol=1e-6
+    )
   assert cli.main(["export-prompt", str(out / "prefix"), str(cli_out)]) == 2
   assert "needs the run's model and prompt --gin_file" in capsys.readouterr().err
 

@@ -35,13 +35,21 @@ def _no_init_weights():
 
 def _hf_model(config: T5Config, seed: int):
   hf_config = transformers.T5Config(
-      vocab_size=config.vocab_size, d_model=config.emb_dim, d_kv=config.head_dim,
-      d_ff=config.mlp_dim, num_layers=config.num_encoder_layers,
-      num_decoder_layers=config.num_decoder_layers, num_heads=config.num_heads,
-      relative_attention_num_buckets=config.relative_attention_num_buckets,
-      relative_attention_max_distance=config.relative_attention_max_distance,
-      feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
-      layer_norm_epsilon=config.layer_norm_epsilon, decoder_start_token_id=0)
+    vocab_size=config.vocab_size,
+    d_model=config.emb_dim,
+    d_kv=config.head_dim,
+    d_ff=config.mlp_dim,
+    num_layers=config.num_encoder_layers,
+    num_decoder_layers=config.num_decoder_layers,
+    num_heads=config.num_heads,
+    relative_attention_num_buckets=config.relative_attention_num_buckets,
+    relative_attention_max_distance=config.relative_attention_max_distance,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    dropout_rate=0.0,
+    layer_norm_epsilon=config.layer_norm_epsilon,
+    decoder_start_token_id=0,
+  )
   # Every weight is overwritten below, so HF's own (slow) random init is skipped.
   with _no_init_weights():
     model = transformers.T5ForConditionalGeneration(hf_config).eval()
@@ -60,8 +68,7 @@ def _hf_model(config: T5Config, seed: int):
       elif name == "shared.weight":
         p.copy_(torch.randn(p.shape, generator=gen))
       elif name.endswith((".q.weight")):  # T5's own query init, [out, in].
-        p.copy_(torch.randn(p.shape, generator=gen)
-                * (p.shape[1] * config.head_dim) ** -0.5)
+        p.copy_(torch.randn(p.shape, generator=gen) * (p.shape[1] * config.head_dim) ** -0.5)
       else:  # Linear [out, in]: keep activations O(1) through the stack.
         p.copy_(torch.randn(p.shape, generator=gen) * p.shape[1] ** -0.5)
   assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
@@ -91,18 +98,25 @@ def _compare(config: T5Config, seed: int) -> None:
   inputs, decoder_inputs, targets = _batch(config.vocab_size, seed)
 
   # One compiled program is much faster on CPU than op-by-op dispatch of 16 layers.
-  forward = jax.jit(lambda p, x, y, z: Transformer(config).apply(
-      {"params": p}, x, y, z, enable_dropout=False))
-  ours = forward(jax.tree.map(jnp.asarray, params), jnp.asarray(inputs),
-                 jnp.asarray(decoder_inputs), jnp.asarray(targets))
+  forward = jax.jit(
+    lambda p, x, y, z: Transformer(config).apply({"params": p}, x, y, z, enable_dropout=False)
+  )
+  ours = forward(
+    jax.tree.map(jnp.asarray, params),
+    jnp.asarray(inputs),
+    jnp.asarray(decoder_inputs),
+    jnp.asarray(targets),
+  )
   ours = np.asarray(ours, np.float64)
 
   labels = torch.tensor(np.where(targets > 0, targets, -100), dtype=torch.long)
   with torch.no_grad():
-    out = model(input_ids=torch.tensor(inputs, dtype=torch.long),
-                attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
-                decoder_input_ids=torch.tensor(decoder_inputs, dtype=torch.long),
-                labels=labels)
+    out = model(
+      input_ids=torch.tensor(inputs, dtype=torch.long),
+      attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
+      decoder_input_ids=torch.tensor(decoder_inputs, dtype=torch.long),
+      labels=labels,
+    )
   theirs = out.logits.numpy().astype(np.float64)
 
   real = targets > 0

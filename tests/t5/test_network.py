@@ -27,9 +27,9 @@ def tiny_params():
 def _batch(seed=0, batch=2, inputs=7, targets=5, vocab=100):
   rng = np.random.RandomState(seed)
   enc = rng.randint(1, vocab, (batch, inputs)).astype(np.int32)
-  enc[0, inputs - 2:] = 0
+  enc[0, inputs - 2 :] = 0
   tgt = rng.randint(2, vocab, (batch, targets)).astype(np.int32)
-  tgt[-1, targets - 2:] = 0
+  tgt[-1, targets - 2 :] = 0
   dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1) * (tgt > 0)
   return enc, dec_in, tgt
 
@@ -55,12 +55,14 @@ def test_parameter_tree_uses_t5x_names_and_shapes():
   assert len(flat) == 1 + (2 + 9 * 8) + (3 + 14 * 8)
 
 
-@pytest.mark.parametrize("size,expected", [("small", 77e6), ("base", 248e6),
-                                           ("large", 783e6), ("xl", 2.85e9),
-                                           ("xxl", 11.1e9)])
+@pytest.mark.parametrize(
+  "size,expected",
+  [("small", 77e6), ("base", 248e6), ("large", 783e6), ("xl", 2.85e9), ("xxl", 11.1e9)],
+)
 def test_parameter_counts_match_the_published_sizes(size, expected):
-  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-      abstract_params(T5Config.from_size(size))))
+  count = sum(
+    int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(T5Config.from_size(size)))
+  )
   assert abs(count - expected) / expected < 0.01
 
 
@@ -115,8 +117,7 @@ def test_forward_is_jittable_and_padding_does_not_leak(tiny_params):
   longer = np.concatenate([enc, np.zeros((2, 3), np.int32)], axis=1)
   logits_padded = apply({"params": tiny_params}, longer, dec_in, tgt)
   real = tgt > 0
-  np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(logits_padded)[real],
-                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(logits_padded)[real], atol=1e-5)
 
 
 def test_dropout_is_active_only_when_enabled(tiny_params):
@@ -137,29 +138,48 @@ def test_cached_greedy_decoding_equals_uncached_argmax(tiny_params):
   length = 6
   v = {"params": tiny_params}
   encoded = jax.jit(lambda v, e: model.apply(v, e, method=model.encode))(v, enc)
-  _, init = jax.jit(lambda v, x: model.apply(
-      v, x.sequence, x.mask, jnp.zeros((2, length), jnp.int32), decode=True,
-      max_decode_length=length, mutable=["cache"], method=model.decode))(v, encoded)
+  _, init = jax.jit(
+    lambda v, x: model.apply(
+      v,
+      x.sequence,
+      x.mask,
+      jnp.zeros((2, length), jnp.int32),
+      decode=True,
+      max_decode_length=length,
+      mutable=["cache"],
+      method=model.decode,
+    )
+  )(v, encoded)
 
   @jax.jit
   def step(cache, token):
-    logits, mutated = model.apply({**v, "cache": cache}, None, None, token, decode=True,
-                                  max_decode_length=length, mutable=["cache"],
-                                  method=model.decode)
+    logits, mutated = model.apply(
+      {**v, "cache": cache},
+      None,
+      None,
+      token,
+      decode=True,
+      max_decode_length=length,
+      mutable=["cache"],
+      method=model.decode,
+    )
     return logits[:, 0], mutated["cache"]
 
   @jax.jit
   def full(decoder_inputs):
-    return model.apply(v, encoded.sequence, encoded.mask, decoder_inputs, None,
-                       method=model.decode)
+    return model.apply(v, encoded.sequence, encoded.mask, decoder_inputs, None, method=model.decode)
 
   cache = init["cache"]
   # Head-major caches: a step's einsums read them without a transpose per layer.
   layer = cache["decoder"]["layers_0"]
   heads, head_dim = TINY.num_heads, TINY.head_dim
   assert layer["self_attention"]["cached_key"].shape == (2, heads, length, head_dim)
-  assert layer["encoder_decoder_attention"]["cached_cross_value"].shape == \
-      (2, heads, enc.shape[1], head_dim)
+  assert layer["encoder_decoder_attention"]["cached_cross_value"].shape == (
+    2,
+    heads,
+    enc.shape[1],
+    head_dim,
+  )
   sequence = np.zeros((2, 1), np.int32)
   for _ in range(length):
     step_logits, cache = step(cache, jnp.asarray(sequence[:, -1:]))
@@ -189,7 +209,8 @@ def test_bfloat16_activations_stay_close_to_float32(tiny_params):
   enc, dec_in, tgt = _batch()
   f32 = jax.jit(Transformer(TINY).apply)({"params": tiny_params}, enc, dec_in, tgt)
   bf16 = jax.jit(Transformer(TINY.replace(dtype="bfloat16")).apply)(
-      {"params": tiny_params}, enc, dec_in, tgt)
+    {"params": tiny_params}, enc, dec_in, tgt
+  )
   assert bf16.dtype == jnp.float32  # Logits are always float32.
   assert np.mean(np.argmax(f32, -1) == np.argmax(bf16, -1)) > 0.8
 
@@ -200,14 +221,19 @@ def test_attention_dropout_mask_is_shared_by_every_query_as_in_t5x():
   length = 6
   attention = layers.MultiHeadAttention(num_heads=1, head_dim=length, dropout_rate=0.5)
   eye = jnp.eye(length)
-  params = {"query": {"kernel": jnp.zeros((length, length))}, "key": {"kernel": eye},
-            "value": {"kernel": eye}, "out": {"kernel": eye}}
+  params = {
+    "query": {"kernel": jnp.zeros((length, length))},
+    "key": {"kernel": eye},
+    "value": {"kernel": eye},
+    "out": {"kernel": eye},
+  }
   inputs = eye[None]
 
   @jax.jit
   def attend(rng):
-    return attention.apply({"params": params}, inputs, inputs, None, deterministic=False,
-                           rngs={"dropout": rng})[0]
+    return attention.apply(
+      {"params": params}, inputs, inputs, None, deterministic=False, rngs={"dropout": rng}
+    )[0]
 
   kept_patterns = set()
   for seed in range(4):
@@ -225,12 +251,10 @@ def test_fused_attention_implementation_equals_einsum(tiny_params):
   rngs = {"dropout": jax.random.PRNGKey(3)}
 
   def loss_and_grad(implementation):
-    model = Transformer(TINY.replace(dropout_rate=0.2,
-                                     attention_implementation=implementation))
+    model = Transformer(TINY.replace(dropout_rate=0.2, attention_implementation=implementation))
 
     def loss(params):
-      logits = model.apply({"params": params}, enc, dec_in, tgt, enable_dropout=True,
-                           rngs=rngs)
+      logits = model.apply({"params": params}, enc, dec_in, tgt, enable_dropout=True, rngs=rngs)
       return jnp.sum(jax.nn.log_softmax(logits)[..., 0] * (tgt > 0)), logits
 
     return jax.jit(jax.value_and_grad(loss, has_aux=True))(tiny_params)
@@ -239,8 +263,7 @@ def test_fused_attention_implementation_equals_einsum(tiny_params):
   (loss_xla, logits_xla), grads_xla = loss_and_grad("xla")
   np.testing.assert_allclose(logits_xla, logits_einsum, atol=1e-5, rtol=1e-5)
   for name, grad in _flat(grads_einsum).items():
-    np.testing.assert_allclose(_flat(grads_xla)[name], grad, atol=1e-5, rtol=1e-4,
-                               err_msg=name)
+    np.testing.assert_allclose(_flat(grads_xla)[name], grad, atol=1e-5, rtol=1e-4, err_msg=name)
 
 
 def test_unknown_attention_implementation_is_a_clear_error(tiny_params):

@@ -40,8 +40,7 @@ class RandomPrefix(nn.Module):
         if kind.startswith("cross") and self.stack == "encoder":
           continue
         width = cfg.emb_dim if kind == "hidden" else cfg.num_heads * cfg.head_dim
-        fields[kind] = self.param(f"{kind}_{i}", nn.initializers.normal(1.0),
-                                  (self.length, width))
+        fields[kind] = self.param(f"{kind}_{i}", nn.initializers.normal(1.0), (self.length, width))
       prefixes.append(layers.LayerPrefix(**fields))
     return prefixes
 
@@ -52,7 +51,7 @@ ALL_KINDS = ("key", "value", "hidden", "cross_key", "cross_value")
 def _batch(seed=0, batch=2, inputs=7, targets=5):
   rng = np.random.RandomState(seed)
   enc = rng.randint(1, 100, (batch, inputs)).astype(np.int32)
-  enc[0, inputs - 3:] = 0
+  enc[0, inputs - 3 :] = 0
   tgt = rng.randint(2, 100, (batch, targets)).astype(np.int32)
   dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
   return enc, dec_in, tgt
@@ -62,8 +61,11 @@ def _init(layer_prefix=None):
   """Eager init (cheaper than compiling one); the backbone's values do not depend on the
   hook, which only adds parameters under {stack}/layer_prompt."""
   tokens = np.ones((1, 1), np.int32)
-  return nn.unbox(Transformer(TINY, layer_prefix=layer_prefix).init(
-      jax.random.PRNGKey(0), tokens, tokens, tokens)["params"])
+  return nn.unbox(
+    Transformer(TINY, layer_prefix=layer_prefix).init(
+      jax.random.PRNGKey(0), tokens, tokens, tokens
+    )["params"]
+  )
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,8 @@ def test_zero_length_prefixes_of_every_kind_equal_the_plain_backbone(backbone_pa
   factory = functools.partial(RandomPrefix, length=0, kinds=ALL_KINDS)
   params = _with_prefix_params(backbone_params, factory)
   empty = jax.jit(Transformer(TINY, layer_prefix=factory).apply)(
-      {"params": params}, enc, dec_in, tgt)
+    {"params": params}, enc, dec_in, tgt
+  )
   np.testing.assert_allclose(empty, plain, rtol=0, atol=1e-6)
 
 
@@ -123,8 +126,7 @@ def test_key_value_prefix_equals_the_hidden_prefix_it_projects_to():
   key = normed @ p["attention"]["key"]["kernel"]
   value = normed @ p["attention"]["value"]["kernel"]
   by_hidden = layer.apply(variables, x, bias, True, layers.LayerPrefix(hidden=hidden))
-  by_key_value = layer.apply(variables, x, bias, True,
-                             layers.LayerPrefix(key=key, value=value))
+  by_key_value = layer.apply(variables, x, bias, True, layers.LayerPrefix(key=key, value=value))
   np.testing.assert_allclose(by_hidden, by_key_value, atol=2e-5)
   with pytest.raises(ValueError, match="both self-attention keys and values"):
     layer.apply(variables, x, bias, True, layers.LayerPrefix(key=key))
@@ -135,22 +137,37 @@ def _full_and_cached_logits(model, params, enc, dec_in):
   step function and the freshly initialised cache."""
   length = dec_in.shape[1]
   full = jax.jit(model.apply)({"params": params}, enc, dec_in, np.ones_like(dec_in))
-  encoded = jax.jit(lambda p, e: model.apply({"params": p}, e, method=model.encode))(
-      params, enc)
-  _, init = jax.jit(lambda p, x: model.apply(
-      {"params": p}, x.sequence, x.mask, jnp.zeros_like(dec_in), decode=True,
-      max_decode_length=length, mutable=["cache"], method=model.decode))(params, encoded)
+  encoded = jax.jit(lambda p, e: model.apply({"params": p}, e, method=model.encode))(params, enc)
+  _, init = jax.jit(
+    lambda p, x: model.apply(
+      {"params": p},
+      x.sequence,
+      x.mask,
+      jnp.zeros_like(dec_in),
+      decode=True,
+      max_decode_length=length,
+      mutable=["cache"],
+      method=model.decode,
+    )
+  )(params, encoded)
 
   @jax.jit
   def step(cache, token):
-    logits, mutated = model.apply({"params": params, "cache": cache}, None, None, token,
-                                  decode=True, max_decode_length=length,
-                                  mutable=["cache"], method=model.decode)
+    logits, mutated = model.apply(
+      {"params": params, "cache": cache},
+      None,
+      None,
+      token,
+      decode=True,
+      max_decode_length=length,
+      mutable=["cache"],
+      method=model.decode,
+    )
     return logits[:, 0], mutated["cache"]
 
   cache, steps = init["cache"], []
   for t in range(length):
-    logits, cache = step(cache, dec_in[:, t:t + 1])
+    logits, cache = step(cache, dec_in[:, t : t + 1])
     steps.append(logits)
   return np.asarray(full), np.stack(steps, axis=1), step, init["cache"]
 
@@ -162,8 +179,9 @@ def test_cached_decoding_with_prefixes_equals_uncached(backbone_params):
   enc, dec_in, _ = _batch()
   full, cached, step, cache = _full_and_cached_logits(model, params, enc, dec_in)
   np.testing.assert_allclose(cached, full, atol=1e-4)
-  plain = jax.jit(Transformer(TINY).apply)({"params": backbone_params}, enc, dec_in,
-                                            np.ones_like(dec_in))
+  plain = jax.jit(Transformer(TINY).apply)(
+    {"params": backbone_params}, enc, dec_in, np.ones_like(dec_in)
+  )
   # The prefixes reach the decoder's first position (causal masking leaves them visible).
   assert not np.allclose(full[:, 0], plain[:, 0], atol=1e-3)
   # Sampling and beam search repeat the cache rows; the prefix follows the rows given.
@@ -184,5 +202,4 @@ def test_wrong_number_of_layer_prefixes_is_a_clear_error(backbone_params):
 
   enc, dec_in, tgt = _batch()
   with pytest.raises(ValueError, match="gave 1 prefixes for the 2 encoder layers"):
-    Transformer(TINY, layer_prefix=TooFew).apply({"params": backbone_params}, enc, dec_in,
-                                                 tgt)
+    Transformer(TINY, layer_prefix=TooFew).apply({"params": backbone_params}, enc, dec_in, tgt)

@@ -47,8 +47,10 @@ def _trainable(seed: int = 0, shape: tuple[int, int] = PROMPT_SHAPE) -> dict:
 
 def _frozen() -> dict:
   rng = np.random.default_rng(0)
-  return {"encoder": {"layers_0": {"mlp": {"wi": rng.normal(size=(8, 16)).astype(np.float32)}}},
-          "token_embedder": {"embedding": rng.normal(size=(32, 8)).astype(np.float32)}}
+  return {
+    "encoder": {"layers_0": {"mlp": {"wi": rng.normal(size=(8, 16)).astype(np.float32)}}},
+    "token_embedder": {"embedding": rng.normal(size=(32, 8)).astype(np.float32)},
+  }
 
 
 def _state(step: int, seed: int = 0, shape: tuple[int, int] = PROMPT_SHAPE) -> TrainState:
@@ -56,8 +58,8 @@ def _state(step: int, seed: int = 0, shape: tuple[int, int] = PROMPT_SHAPE) -> T
   state = TrainState.create(_trainable(seed, shape), optimizers.adafactor())
   rng = np.random.default_rng(seed + 1000)
   opt_state = jax.tree.map(
-      lambda x: jnp.asarray(rng.uniform(1, 10, size=x.shape).astype(x.dtype)),
-      state.opt_state)
+    lambda x: jnp.asarray(rng.uniform(1, 10, size=x.shape).astype(x.dtype)), state.opt_state
+  )
   return state.replace(step=jnp.asarray(step, jnp.int32), opt_state=opt_state)
 
 
@@ -78,14 +80,21 @@ def _save_steps(model_dir, steps, **kwargs) -> dict[int, TrainState]:
 
 
 def _skip_warnings(caplog) -> list[str]:
-  return [r.getMessage() for r in caplog.records
-          if r.levelno == logging.WARNING and "unreadable checkpoint" in r.getMessage()]
+  return [
+    r.getMessage()
+    for r in caplog.records
+    if r.levelno == logging.WARNING and "unreadable checkpoint" in r.getMessage()
+  ]
 
 
 def test_round_trip_state_data_position_and_metadata(tmp_path):
   state = _state(7)
-  metadata = {"base_checkpoint": "/ckpt/t5_small", "base_fingerprint": "abc", "seed": 3,
-              "train_steps": 100}
+  metadata = {
+    "base_checkpoint": "/ckpt/t5_small",
+    "base_fingerprint": "abc",
+    "seed": 3,
+    "train_steps": 100,
+  }
   with checkpoints.CheckpointManager(str(tmp_path)) as manager:
     manager.save(state, data_position=np.int64(42), metadata=metadata)
   manager = checkpoints.CheckpointManager(str(tmp_path))
@@ -131,8 +140,10 @@ def test_numpy_export_names_and_values(tmp_path):
 
 
 def test_export_numpy_is_atomic_and_writes_bfloat16_as_float32(tmp_path):
-  params = {"a": {"b": np.arange(6, dtype=np.float32).reshape(2, 3)},
-            "c": jnp.ones((2,), jnp.bfloat16)}
+  params = {
+    "a": {"b": np.arange(6, dtype=np.float32).reshape(2, 3)},
+    "c": jnp.ones((2,), jnp.bfloat16),
+  }
   target = tmp_path / "export"
   paths = checkpoints.export_numpy(params, str(target))
   assert sorted(pathlib.Path(p).name for p in paths) == ["a.b.npy", "c.npy"]
@@ -150,8 +161,7 @@ def test_keep_n_deletes_old_checkpoints_and_their_numpy_exports(tmp_path):
   _save_steps(tmp_path, [10, 20, 30, 40], keep=2)
   manager = checkpoints.CheckpointManager(str(tmp_path), keep=2)
   assert manager.all_steps() == [30, 40]
-  assert sorted(os.listdir(tmp_path / "numpy_checkpoints")) == ["checkpoint_30",
-                                                                 "checkpoint_40"]
+  assert sorted(os.listdir(tmp_path / "numpy_checkpoints")) == ["checkpoint_30", "checkpoint_40"]
   assert not (tmp_path / "checkpoint_10").exists()
   assert not (tmp_path / "checkpoint_20").exists()
   manager.close()
@@ -185,8 +195,9 @@ def _garble_metadata_json(step_dir: pathlib.Path) -> None:
 
 
 @_orbax_async_noise
-@pytest.mark.parametrize("damage", [_truncate_arrays, _delete_manifest, _delete_progress,
-                                    _garble_metadata_json])
+@pytest.mark.parametrize(
+  "damage", [_truncate_arrays, _delete_manifest, _delete_progress, _garble_metadata_json]
+)
 def test_damaged_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog, damage):
   states = _save_steps(tmp_path, [10, 20])
   damage(tmp_path / "checkpoint_20")
@@ -216,8 +227,14 @@ def test_damage_seen_only_by_a_full_read_still_falls_back(tmp_path, caplog, monk
   with checkpoints.CheckpointManager(str(tmp_path)) as manager:
     for state in states.values():
       manager.save(state)
-  data = max((p for p in (tmp_path / "checkpoint_20" / "state").rglob("*")
-              if p.is_file() and p.parent.name == "d"), key=lambda p: p.stat().st_size)
+  data = max(
+    (
+      p
+      for p in (tmp_path / "checkpoint_20" / "state").rglob("*")
+      if p.is_file() and p.parent.name == "d"
+    ),
+    key=lambda p: p.stat().st_size,
+  )
   assert data.stat().st_size > 2 * math.prod(shape)  # The prompt's chunks (compressed).
   with open(data, "r+b") as f:
     f.truncate(data.stat().st_size * 9 // 10)
@@ -278,7 +295,10 @@ def test_half_written_temporary_directories_are_ignored(tmp_path, caplog):
   manager.close()
   assert checkpoints.CheckpointManager(str(tmp_path)).latest_step() == 30
   assert sorted(os.listdir(tmp_path / "numpy_checkpoints")) == [
-      "checkpoint_10", "checkpoint_20", "checkpoint_30"]
+    "checkpoint_10",
+    "checkpoint_20",
+    "checkpoint_30",
+  ]
 
 
 def test_saving_an_existing_good_step_again_keeps_it(tmp_path):
@@ -339,8 +359,10 @@ def test_metadata_must_be_json(tmp_path):
 
 
 def test_fingerprint_is_stable_and_sees_every_value():
-  params = {"encoder": {"w": np.arange(32, dtype=np.float32).reshape(4, 8)},
-            "decoder": {"b": np.ones(3, np.float32)}}
+  params = {
+    "encoder": {"w": np.arange(32, dtype=np.float32).reshape(4, 8)},
+    "decoder": {"b": np.ones(3, np.float32)},
+  }
   base = fingerprint.fingerprint_params(params)
   assert base == fingerprint.fingerprint_params(jax.tree.map(np.copy, params))
   assert base == fingerprint.fingerprint_params(jax.tree.map(jnp.asarray, params))
@@ -348,29 +370,44 @@ def test_fingerprint_is_stable_and_sees_every_value():
   for i in range(32):  # The smallest possible change at each position.
     changed = params["encoder"]["w"].copy().reshape(-1)
     changed[i] = np.nextafter(changed[i], np.float32(np.inf))
-    seen.add(fingerprint.fingerprint_params(
-        {"encoder": {"w": changed.reshape(4, 8)}, "decoder": params["decoder"]}))
+    seen.add(
+      fingerprint.fingerprint_params(
+        {"encoder": {"w": changed.reshape(4, 8)}, "decoder": params["decoder"]}
+      )
+    )
   assert len(seen) == 33
   swapped = params["encoder"]["w"].copy()
   swapped[0, [0, 1]] = swapped[0, [1, 0]]
   assert fingerprint.fingerprint_params({**params, "encoder": {"w": swapped}}) != base
-  assert fingerprint.fingerprint_params({**params, "encoder": {"v": params["encoder"]["w"]}}
-                                        ) != base
-  assert fingerprint.fingerprint_params(
-      {**params, "encoder": {"w": params["encoder"]["w"].reshape(8, 4)}}) != base
-  assert fingerprint.fingerprint_params(
-      {**params, "encoder": {"w": params["encoder"]["w"].astype(ml_dtypes.bfloat16)}}) != base
+  assert (
+    fingerprint.fingerprint_params({**params, "encoder": {"v": params["encoder"]["w"]}}) != base
+  )
+  assert (
+    fingerprint.fingerprint_params(
+      {**params, "encoder": {"w": params["encoder"]["w"].reshape(8, 4)}}
+    )
+    != base
+  )
+  assert (
+    fingerprint.fingerprint_params(
+      {**params, "encoder": {"w": params["encoder"]["w"].astype(ml_dtypes.bfloat16)}}
+    )
+    != base
+  )
 
 
 def test_fingerprint_does_not_depend_on_placement():
   if len(jax.devices()) < 8:
     pytest.skip("needs 8 devices (tests/conftest.py sets XLA_FLAGS)")
-  values = {"w": np.random.default_rng(0).normal(size=(16, 24)).astype(np.float32),
-            "e": np.random.default_rng(1).normal(size=(8, 4)).astype(ml_dtypes.bfloat16)}
+  values = {
+    "w": np.random.default_rng(0).normal(size=(16, 24)).astype(np.float32),
+    "e": np.random.default_rng(1).normal(size=(8, 4)).astype(ml_dtypes.bfloat16),
+  }
   mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
-  sharded = {"w": jax.device_put(values["w"], NamedSharding(mesh, PartitionSpec("data",
-                                                                                "model"))),
-             "e": jax.device_put(values["e"], NamedSharding(mesh, PartitionSpec("model")))}
+  sharded = {
+    "w": jax.device_put(values["w"], NamedSharding(mesh, PartitionSpec("data", "model"))),
+    "e": jax.device_put(values["e"], NamedSharding(mesh, PartitionSpec("model"))),
+  }
   assert fingerprint.fingerprint_params(sharded) == fingerprint.fingerprint_params(values)
 
 
@@ -391,8 +428,11 @@ def test_restore_across_meshes(tmp_path):
 
   def on_1x8(x):
     # Split the last dimension over "model" where it divides, to exercise resharding.
-    spec = (PartitionSpec(*([None] * (x.ndim - 1)), "model")
-            if x.ndim and x.shape[-1] % 8 == 0 else PartitionSpec())
+    spec = (
+      PartitionSpec(*([None] * (x.ndim - 1)), "model")
+      if x.ndim and x.shape[-1] % 8 == 0
+      else PartitionSpec()
+    )
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
 
   manager = checkpoints.CheckpointManager(str(tmp_path))
@@ -406,9 +446,11 @@ def test_restore_across_meshes(tmp_path):
 
   device = jax.devices()[3]
   single = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=jax.sharding.SingleDeviceSharding(device)),
-      state)
+    lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(device)
+    ),
+    state,
+  )
   restored = manager.restore(single)
   _assert_trees_equal(restored.state, expected)
   assert restored.state.trainable["encoder"]["prompt"]["prompt"].devices() == {device}
@@ -423,10 +465,14 @@ def test_keep_must_be_positive(tmp_path):
 def test_fingerprint_host_chunks_agree_with_device(monkeypatch):
   # Big numpy leaves are checksummed in chunks on threads; the split must not matter.
   monkeypatch.setattr(fingerprint, "_NUMPY_CHUNK", 7)
-  params = {"w": np.random.default_rng(2).normal(size=(5, 9)).astype(np.float32),
-            "i": np.arange(30, dtype=np.int32), "m": np.array([True, False, True])}
+  params = {
+    "w": np.random.default_rng(2).normal(size=(5, 9)).astype(np.float32),
+    "i": np.arange(30, dtype=np.int32),
+    "m": np.array([True, False, True]),
+  }
   assert fingerprint.fingerprint_params(params) == fingerprint.fingerprint_params(
-      jax.tree.map(jnp.asarray, params))
+    jax.tree.map(jnp.asarray, params)
+  )
 
 
 def test_a_full_checkpoint_loads_on_fewer_devices_than_wrote_it(tmp_path):
@@ -445,23 +491,32 @@ def test_a_full_checkpoint_loads_on_fewer_devices_than_wrote_it(tmp_path):
   frozen = jax.device_put(_frozen(), NamedSharding(mesh, PartitionSpec(None, "model")))
   with checkpoints.CheckpointManager(str(tmp_path), save_full=True) as manager:
     manager.save(state, frozen=frozen)
-  expected = {**_frozen(), "encoder": {**_frozen()["encoder"],
-                                       **jax.tree.map(np.asarray, _trainable(0))["encoder"]}}
-  np.savez(tmp_path / "expected.npz",
-           **flax.traverse_util.flatten_dict(expected, sep="/"))
+  expected = {
+    **_frozen(),
+    "encoder": {**_frozen()["encoder"], **jax.tree.map(np.asarray, _trainable(0))["encoder"]},
+  }
+  np.savez(tmp_path / "expected.npz", **flax.traverse_util.flatten_dict(expected, sep="/"))
   code = (
-      "import sys, numpy as np\n"
-      "from prompt_tuning import convert, tree\n"
-      "got = tree.flatten(convert.load_params(sys.argv[1]))\n"
-      "want = dict(np.load(sys.argv[2]))\n"
-      "assert sorted(got) == sorted(want), (sorted(got), sorted(want))\n"
-      "for k in want:\n"
-      "  np.testing.assert_array_equal(np.asarray(got[k]), want[k])\n"
-      "print('read', len(got))\n")
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-         "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "checkpoint_3"),
-                           str(tmp_path / "expected.npz")], capture_output=True, text=True,
-                          env=env, timeout=300)
+    "import sys, numpy as np\n"
+    "from prompt_tuning import convert, tree\n"
+    "got = tree.flatten(convert.load_params(sys.argv[1]))\n"
+    "want = dict(np.load(sys.argv[2]))\n"
+    "assert sorted(got) == sorted(want), (sorted(got), sorted(want))\n"
+    "for k in want:\n"
+    "  np.testing.assert_array_equal(np.asarray(got[k]), want[k])\n"
+    "print('read', len(got))\n"
+  )
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    "JAX_PLATFORMS": "cpu",
+  }
+  result = subprocess.run(
+    [sys.executable, "-c", code, str(tmp_path / "checkpoint_3"), str(tmp_path / "expected.npz")],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert "read 3" in result.stdout

@@ -22,16 +22,17 @@ def base():
 
 
 def test_base_is_loaded_and_the_prompt_initialised_fresh(base):
-  params = initialization.initial_params(MODULE, jax.random.PRNGKey(1), "ckpt",
-                                         loader=lambda _: base)
+  params = initialization.initial_params(
+    MODULE, jax.random.PRNGKey(1), "ckpt", loader=lambda _: base
+  )
   assert params["encoder"]["prompt"]["prompt"].shape == (3, CFG.emb_dim)
-  np.testing.assert_array_equal(params["decoder"]["logits_dense"]["kernel"],
-                                base["decoder"]["logits_dense"]["kernel"])
+  np.testing.assert_array_equal(
+    params["decoder"]["logits_dense"]["kernel"], base["decoder"]["logits_dense"]["kernel"]
+  )
 
 
 def test_missing_parameters_are_listed(base):
   partial = jax.tree.map(lambda x: x, base)
   del partial["decoder"]["decoder_norm"]
   with pytest.raises(ValueError, match="missing from the checkpoint: decoder/decoder_norm/scale"):
-    initialization.initial_params(MODULE, jax.random.PRNGKey(1), "ckpt",
-                                  loader=lambda _: partial)
+    initialization.initial_params(MODULE, jax.random.PRNGKey(1), "ckpt", loader=lambda _: partial)

@@ -43,10 +43,12 @@ def eight_devices():
 
 @pytest.fixture(scope="module")
 def model() -> models.EncoderDecoderModel:
-  config = T5Config.from_size("tiny", vocab_size=demo_data.demo_vocab_size(),
-                              num_heads=8, head_dim=4, dropout_rate=0.1)
+  config = T5Config.from_size(
+    "tiny", vocab_size=demo_data.demo_vocab_size(), num_heads=8, head_dim=4, dropout_rate=0.1
+  )
   return models.EncoderDecoderModel(
-      Transformer(config, input_prompt=functools.partial(Prompt, length=3)))
+    Transformer(config, input_prompt=functools.partial(Prompt, length=3))
+  )
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +67,19 @@ def _partitioner(mesh_shape):
 
 def _train(model, base_checkpoint, model_dir, mesh_shape) -> trainer.TrainResult:
   return trainer.train(
-      model=model, mixture_or_task_name="demo_sentiment",
-      task_feature_lengths={"inputs": 24, "targets": 4}, train_steps=STEPS, batch_size=8,
-      model_dir=str(model_dir), initial_checkpoint_path=base_checkpoint, eval_period=None,
-      checkpoint_period=2, keep_checkpoints=None, log_period=STEPS,
-      partitioner=_partitioner(mesh_shape))
+    model=model,
+    mixture_or_task_name="demo_sentiment",
+    task_feature_lengths={"inputs": 24, "targets": 4},
+    train_steps=STEPS,
+    batch_size=8,
+    model_dir=str(model_dir),
+    initial_checkpoint_path=base_checkpoint,
+    eval_period=None,
+    checkpoint_period=2,
+    keep_checkpoints=None,
+    log_period=STEPS,
+    partitioner=_partitioner(mesh_shape),
+  )
 
 
 def _prompt(result: trainer.TrainResult) -> np.ndarray:
@@ -77,8 +87,7 @@ def _prompt(result: trainer.TrainResult) -> np.ndarray:
 
 
 def _step_2_prompt(model_dir) -> np.ndarray:
-  return np.load(model_dir / "numpy_checkpoints" / "checkpoint_2" /
-                 "encoder.prompt.prompt.npy")
+  return np.load(model_dir / "numpy_checkpoints" / "checkpoint_2" / "encoder.prompt.prompt.npy")
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +119,7 @@ def test_training_on_a_2x4_mesh_matches_one_device(on_2x4, one_device_run, one_d
   # The frozen backbone was split T5X-style over "model"; the prompt was replicated.
   frozen = result.params
   assert frozen["decoder"]["logits_dense"]["kernel"].sharding.spec == P(None, "model")
-  assert frozen["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].sharding.spec == \
-      P(None, "model")
+  assert frozen["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].sharding.spec == P(None, "model")
   assert frozen["token_embedder"]["embedding"].sharding.spec == P("model", None)
   assert result.trainable["encoder"]["prompt"]["prompt"].sharding.is_fully_replicated
 
@@ -123,19 +131,17 @@ def _preempted_copy(model_dir, destination):
   return destination
 
 
-def test_resume_on_the_same_mesh_is_bit_identical(tmp_path, on_2x4, model,
-                                                  base_checkpoint):
+def test_resume_on_the_same_mesh_is_bit_identical(tmp_path, on_2x4, model, base_checkpoint):
   model_dir, uninterrupted = on_2x4
-  resumed = _train(model, base_checkpoint, _preempted_copy(model_dir, tmp_path / "run"),
-                   (2, 4))
+  resumed = _train(model, base_checkpoint, _preempted_copy(model_dir, tmp_path / "run"), (2, 4))
   np.testing.assert_array_equal(_prompt(resumed), _prompt(uninterrupted))
 
 
 @pytest.mark.parametrize("mesh_shape", [(1, 8), None], ids=["1x8", "one_device"])
-def test_checkpoint_from_2x4_resumes_on_another_mesh(tmp_path, on_2x4, one_device, model,
-                                                     base_checkpoint, mesh_shape):
+def test_checkpoint_from_2x4_resumes_on_another_mesh(
+  tmp_path, on_2x4, one_device, model, base_checkpoint, mesh_shape
+):
   model_dir, _ = on_2x4
-  resumed = _train(model, base_checkpoint, _preempted_copy(model_dir, tmp_path / "run"),
-                   mesh_shape)
+  resumed = _train(model, base_checkpoint, _preempted_copy(model_dir, tmp_path / "run"), mesh_shape)
   assert resumed.step == STEPS
   np.testing.assert_allclose(_prompt(resumed), one_device, **AFTER_THREE_STEPS)

@@ -12,8 +12,9 @@ from prompt_tuning.training import optimizers
 def test_prompt_sized_parameters_keep_an_unfactored_second_moment():
   opt = optimizers.adafactor()
   state = opt.init({"prompt": jnp.zeros((100, 768)), "kernel": jnp.zeros((256, 512))})
-  leaves = {jax.tree_util.keystr(p): x.shape for p, x in
-            jax.tree_util.tree_flatten_with_path(state)[0]}
+  leaves = {
+    jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+  }
   assert any(s == (100, 768) for k, s in leaves.items() if "prompt" in k and "v" in k)
   assert any(s == (256,) for k, s in leaves.items() if "kernel" in k)  # Factored rows.
 
@@ -41,10 +42,9 @@ def test_decay_rate_schedule_is_one_minus_t_to_the_minus_0_8():
   g1, g2 = jnp.array([1.0, 2.0, 3.0]), jnp.array([3.0, 1.0, 2.0])
   _, state = opt.update({"p": g1}, state, params)
   updates, _ = opt.update({"p": g2}, state, params)
-  beta2 = 1 - 2.0 ** -0.8
+  beta2 = 1 - 2.0**-0.8
   v = beta2 * np.asarray(g1) ** 2 + (1 - beta2) * np.asarray(g2) ** 2
-  np.testing.assert_allclose(-np.asarray(updates["p"]), np.asarray(g2) / np.sqrt(v),
-                             rtol=1e-5)
+  np.testing.assert_allclose(-np.asarray(updates["p"]), np.asarray(g2) / np.sqrt(v), rtol=1e-5)
 
 
 def test_warmup_constant_schedule_ramps_then_holds():

@@ -23,8 +23,9 @@ from prompt_tuning.training.train_step import TrainState, make_train_step
 from tests.conftest import _draw_params as draw_params
 
 # Eight heads so every "model"-sharded dimension divides over up to 8 devices.
-CFG = T5Config.from_size("tiny", vocab_size=128, num_heads=8, head_dim=4,
-                         num_encoder_layers=1, num_decoder_layers=1)
+CFG = T5Config.from_size(
+  "tiny", vocab_size=128, num_heads=8, head_dim=4, num_encoder_layers=1, num_decoder_layers=1
+)
 PROMPT = functools.partial(Prompt, length=4)
 STEPS = 3
 # Skipping LLVM's optimisations makes these tiny programs compile ~3x faster.
@@ -48,12 +49,21 @@ def _batch(seed: int, size: int = 8) -> dict[str, np.ndarray]:
   label = np.where(enc[:, 0] < 64, 5, 6).astype(np.int32)
   tgt = np.stack([label, np.ones_like(label)], axis=1)
   dec = np.stack([np.zeros_like(label), label], axis=1)
-  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
-          "decoder_target_tokens": tgt, "decoder_loss_weights": np.ones_like(tgt)}
+  return {
+    "encoder_input_tokens": enc,
+    "decoder_input_tokens": dec,
+    "decoder_target_tokens": tgt,
+    "decoder_loss_weights": np.ones_like(tgt),
+  }
 
 
-def _train(mesh_shape: tuple[int, int] | None, *, remat: str = "none",
-           microbatches: int = 1, frozen_dtype: str | None = None) -> np.ndarray:
+def _train(
+  mesh_shape: tuple[int, int] | None,
+  *,
+  remat: str = "none",
+  microbatches: int = 1,
+  frozen_dtype: str | None = None,
+) -> np.ndarray:
   """The prompt after STEPS Adafactor steps, on one device (None) or a mesh."""
   config = CFG.replace(remat_policy=remat)
   model = models.EncoderDecoderModel(Transformer(config, input_prompt=PROMPT))
@@ -75,8 +85,9 @@ def _train(mesh_shape: tuple[int, int] | None, *, remat: str = "none",
     state_sh = partitioner.train_state_shardings(optimizer, train, train_sh)
     state = jax.device_put(state, state_sh)
     frozen = jax.device_put(frozen, frozen_sh)
-    step = partitioner.partition_train_step(step_fn, state_sh, frozen_sh,
-                                            compiler_options=FAST_COMPILE)
+    step = partitioner.partition_train_step(
+      step_fn, state_sh, frozen_sh, compiler_options=FAST_COMPILE
+    )
     batches = [partitioner.shard_batch(_batch(i)) for i in range(STEPS)]
   for batch in batches:
     state, metrics = step(state, frozen, batch, rng)
@@ -92,9 +103,19 @@ def reference_prompt() -> np.ndarray:
 # ------------------------------------------------------------------------ rules
 def test_standard_rules_map_logical_axes_as_t5x():
   rules = dict(partitioning.standard_logical_axis_rules())
-  expected = {"batch": "data", "vocab": "model", "embed": None, "mlp": "model",
-              "heads": "model", "kv": None, "joined_kv": "model", "length": None,
-              "relpos_buckets": None, "prompt": None, "prompt_embed": None}
+  expected = {
+    "batch": "data",
+    "vocab": "model",
+    "embed": None,
+    "mlp": "model",
+    "heads": "model",
+    "kv": None,
+    "joined_kv": "model",
+    "length": None,
+    "relpos_buckets": None,
+    "prompt": None,
+    "prompt_embed": None,
+  }
   assert {name: rules[name] for name in expected} == expected
   p = partitioning.Partitioner(mesh_shape=(2, 4))
   assert p.mesh.shape == {"data": 2, "model": 4}
@@ -111,8 +132,7 @@ def test_additional_rules_take_precedence_and_are_gin_configurable():
   # `embed` claims "model" first, so the MLP dimension must stay unsharded.
   assert p.mesh_axes(("embed", "mlp")) == P("model", None)
   try:
-    gin.parse_config("standard_logical_axis_rules.additional_rules = "
-                     "[('prompt', 'model')]")
+    gin.parse_config("standard_logical_axis_rules.additional_rules = [('prompt', 'model')]")
     p = partitioning.Partitioner(mesh_shape=(2, 4))
     assert p.mesh_axes(("prompt", "embed")) == P("model", None)
   finally:
@@ -139,18 +159,20 @@ def test_param_shardings_of_the_tiny_model():
   wide = partitioning.Partitioner(mesh_shape=(1, 8))
   wide_shardings = wide.param_shardings(logical_axes(tiny, PROMPT), abstract)
   assert wide_shardings["encoder"]["relpos_bias"]["rel_embedding"].is_fully_replicated
-  assert wide_shardings["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].spec == \
-      P(None, "model")
+  assert wide_shardings["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].spec == P(None, "model")
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     ({"mesh_shape": (3, 2)}, "needs 6 devices but 8"),
     ({"mesh_shape": (4, 4)}, "needs 16 devices"),
     ({"mesh_shape": (8,)}, "two positive sizes"),
     ({"num_partitions": 3}, "divisor of the device count 8"),
     ({"num_partitions": 0}, "divisor"),
     ({"num_partitions": 2, "mesh_shape": (4, 2)}, "not both"),
-])
+  ],
+)
 def test_bad_mesh_shapes_are_clear_errors(kwargs, message):
   with pytest.raises(ValueError, match=message):
     partitioning.Partitioner(**kwargs)
@@ -253,32 +275,36 @@ def test_microbatches_move_no_rows_between_data_shards():
   optimizer = optimizers.adafactor()
   train_abs, frozen_abs = trainable.split(abstract_params(CFG, PROMPT))
   train_axes, frozen_axes = trainable.split(logical_axes(CFG, PROMPT))
-  state_sh = p.train_state_shardings(optimizer, train_abs,
-                                     p.param_shardings(train_axes, train_abs))
+  state_sh = p.train_state_shardings(optimizer, train_abs, p.param_shardings(train_axes, train_abs))
   state_abs = jax.eval_shape(lambda t: TrainState.create(t, optimizer), train_abs)
-  batch = {k: jax.ShapeDtypeStruct((32,) + v.shape[1:], v.dtype)
-           for k, v in _batch(0).items()}
-  step = p.partition_train_step(make_train_step(model, optimizer, num_microbatches=4),
-                                state_sh, p.param_shardings(frozen_axes, frozen_abs),
-                                compiler_options=FAST_COMPILE)
-  text = step.lower(state_abs, frozen_abs, batch,
-                    jax.ShapeDtypeStruct((2,), jnp.uint32)).compile().as_text()
+  batch = {k: jax.ShapeDtypeStruct((32,) + v.shape[1:], v.dtype) for k, v in _batch(0).items()}
+  step = p.partition_train_step(
+    make_train_step(model, optimizer, num_microbatches=4),
+    state_sh,
+    p.param_shardings(frozen_axes, frozen_abs),
+    compiler_options=FAST_COMPILE,
+  )
+  text = (
+    step.lower(state_abs, frozen_abs, batch, jax.ShapeDtypeStruct((2,), jnp.uint32))
+    .compile()
+    .as_text()
+  )
   assert "all-reduce" in text
   for collective in ("all-gather", "collective-permute", "all-to-all"):
     assert collective not in text
 
 
 def test_partitioner_compiler_options_reach_every_program():
-  p = partitioning.Partitioner(mesh_shape=(2, 4),
-                               compiler_options={"xla_backend_optimization_level": 0})
-  fn = p.partition(lambda x: x * 2, in_shardings=(p.replicated,),
-                   out_shardings=p.replicated)
+  p = partitioning.Partitioner(
+    mesh_shape=(2, 4), compiler_options={"xla_backend_optimization_level": 0}
+  )
+  fn = p.partition(lambda x: x * 2, in_shardings=(p.replicated,), out_shardings=p.replicated)
   np.testing.assert_array_equal(np.asarray(fn(np.arange(4.0))), np.arange(4.0) * 2)
-  bad = partitioning.Partitioner(mesh_shape=(2, 4),
-                                 compiler_options={"xla_no_such_option": 1})
+  bad = partitioning.Partitioner(mesh_shape=(2, 4), compiler_options={"xla_no_such_option": 1})
   with pytest.raises(Exception, match="xla_no_such_option"):
-    bad.partition(lambda x: x, in_shardings=(bad.replicated,),
-                  out_shardings=bad.replicated)(np.arange(4.0))
+    bad.partition(lambda x: x, in_shardings=(bad.replicated,), out_shardings=bad.replicated)(
+      np.arange(4.0)
+    )
 
 
 def test_activation_constraints_take_effect_inside_the_partitioned_step():
@@ -293,11 +319,11 @@ def test_activation_constraints_take_effect_inside_the_partitioned_step():
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _batch(0).items()}
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
   step_fn = make_train_step(model, optimizer)
-  partitioned = p.partition_train_step(step_fn, state_sh,
-                                       p.param_shardings(frozen_axes, frozen_abs))
+  partitioned = p.partition_train_step(
+    step_fn, state_sh, p.param_shardings(frozen_axes, frozen_abs)
+  )
   text = partitioned.lower(state_abs, frozen_abs, batch, rng).as_text()
-  assert text.count("sharding_constraint") >= 4 * (CFG.num_encoder_layers +
-                                                   CFG.num_decoder_layers)
+  assert text.count("sharding_constraint") >= 4 * (CFG.num_encoder_layers + CFG.num_decoder_layers)
   # Without the partitioner's context the same constraints are no-ops.
   plain = jax.jit(step_fn).lower(state_abs, frozen_abs, batch, rng).as_text()
   assert "sharding_constraint" not in plain
@@ -311,9 +337,7 @@ def test_training_on_a_mesh_matches_one_device(reference_prompt, mesh_shape):
   np.testing.assert_allclose(prompt, reference_prompt, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("lever", [
-    {"remat": "full"}, {"remat": "dots"}, {"microbatches": 4},
-])
+@pytest.mark.parametrize("lever", [{"remat": "full"}, {"remat": "dots"}, {"microbatches": 4}])
 def test_memory_levers_do_not_change_the_prompt(reference_prompt, lever):
   np.testing.assert_allclose(_train((2, 4), **lever), reference_prompt, atol=1e-5, rtol=0)
 
@@ -346,8 +370,9 @@ def test_initialize_distributed_reads_flags_or_environment(monkeypatch):
   assert partitioning.initialize_distributed() is True
   assert partitioning.initialize_distributed(process_id=3) is True
   assert calls == [
-      {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 2},
-      {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3}]
+    {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 2},
+    {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3},
+  ]
   monkeypatch.delenv("JAX_PROCESS_ID")
   with pytest.raises(ValueError, match="together"):
     partitioning.initialize_distributed()
@@ -363,12 +388,11 @@ def test_cli_multi_process_flags_reach_initialize(monkeypatch):
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     monkeypatch.delenv(name, raising=False)
   kwargs, rest = launch.split_distributed_args(
-      ["--coordinator_address=10.0.0.1:1234", "--num_processes", "2", "--process_id=1",
-       "--gin.X=1"])
+    ["--coordinator_address=10.0.0.1:1234", "--num_processes", "2", "--process_id=1", "--gin.X=1"]
+  )
   assert rest == ["--gin.X=1"]
   launch.initialize_distributed(kwargs)
-  assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2,
-                    "process_id": 1}]
+  assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}]
   assert launch.split_distributed_args(["--distributed"])[0] == {"auto_detect": True}
   with pytest.raises(launch.UsageError, match="--num_processes must be an integer"):
     launch.split_distributed_args(["--num_processes=two"])

@@ -26,8 +26,12 @@ def _task_batch(seed: int, size: int = 8):
   label = np.where(enc[:, 0] < 64, 5, 6).astype(np.int32)
   tgt = np.stack([label, np.ones_like(label)], axis=1)
   dec = np.stack([np.zeros_like(label), label], axis=1)
-  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
-          "decoder_target_tokens": tgt, "decoder_loss_weights": np.ones_like(tgt)}
+  return {
+    "encoder_input_tokens": enc,
+    "decoder_input_tokens": dec,
+    "decoder_target_tokens": tgt,
+    "decoder_loss_weights": np.ones_like(tgt),
+  }
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +46,7 @@ def test_split_selects_only_the_prompt(setup):
   train, frozen = trainable.split(params)
   assert tree.names(train) == ["encoder/prompt/prompt"]
   assert "encoder/prompt/prompt" not in tree.names(frozen)
-  assert tree.names(trainable.merge(train, frozen)) == \
-      tree.names(params)
+  assert tree.names(trainable.merge(train, frozen)) == tree.names(params)
   with pytest.raises(ValueError, match="matches no parameter"):
     trainable.split(params, "nothing_matches")
 
@@ -66,8 +69,9 @@ def test_training_changes_only_the_prompt_and_the_loss_falls(setup):
     losses.append(float(metrics["loss"]))
   for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(frozen)):
     np.testing.assert_array_equal(a, b)
-  assert not np.allclose(state.trainable["encoder"]["prompt"]["prompt"],
-                         train["encoder"]["prompt"]["prompt"])
+  assert not np.allclose(
+    state.trainable["encoder"]["prompt"]["prompt"], train["encoder"]["prompt"]["prompt"]
+  )
   assert int(state.step) == 30
   # A random frozen tiny model limits what a 4-vector prompt can do; 30 steps
   # reliably take about 17% off the loss.
@@ -79,12 +83,17 @@ def test_gradients_are_never_built_for_frozen_parameters(setup):
   train, frozen = trainable.split(params)
   optimizer = optimizers.adafactor()
   step = make_train_step(model, optimizer)
-  jaxpr = jax.make_jaxpr(step)(TrainState.create(train, optimizer), frozen, _task_batch(0),
-                               jax.random.PRNGKey(0))
+  jaxpr = jax.make_jaxpr(step)(
+    TrainState.create(train, optimizer), frozen, _task_batch(0), jax.random.PRNGKey(0)
+  )
   # The logits kernel [emb, vocab] is frozen: no transpose-matmul produces its gradient,
   # so no value of that shape is ever an output of a dot_general.
-  shapes = [tuple(v.aval.shape) for eqn in jaxpr.jaxpr.eqns
-            if eqn.primitive.name == "dot_general" for v in eqn.outvars]
+  shapes = [
+    tuple(v.aval.shape)
+    for eqn in jaxpr.jaxpr.eqns
+    if eqn.primitive.name == "dot_general"
+    for v in eqn.outvars
+  ]
   assert (CFG.emb_dim, CFG.vocab_size) not in shapes
 
 
@@ -94,12 +103,17 @@ def test_microbatching_matches_the_full_batch(setup):
   optimizer = optimizers.adafactor()
   batch = _task_batch(0)
   full, m_full = jax.jit(make_train_step(model, optimizer))(
-      TrainState.create(train, optimizer), frozen, batch, jax.random.PRNGKey(0))
+    TrainState.create(train, optimizer), frozen, batch, jax.random.PRNGKey(0)
+  )
   micro, m_micro = jax.jit(make_train_step(model, optimizer, num_microbatches=4))(
-      TrainState.create(train, optimizer), frozen, batch, jax.random.PRNGKey(0))
+    TrainState.create(train, optimizer), frozen, batch, jax.random.PRNGKey(0)
+  )
   np.testing.assert_allclose(m_full["loss"], m_micro["loss"], rtol=1e-5)
-  np.testing.assert_allclose(full.trainable["encoder"]["prompt"]["prompt"],
-                             micro.trainable["encoder"]["prompt"]["prompt"], atol=1e-5)
+  np.testing.assert_allclose(
+    full.trainable["encoder"]["prompt"]["prompt"],
+    micro.trainable["encoder"]["prompt"]["prompt"],
+    atol=1e-5,
+  )
 
 
 def test_frozen_parameters_in_bfloat16_with_a_float32_prompt(setup):
@@ -109,7 +123,8 @@ def test_frozen_parameters_in_bfloat16_with_a_float32_prompt(setup):
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(frozen16))
   optimizer = optimizers.adafactor()
   state, metrics = jax.jit(make_train_step(model, optimizer))(
-      TrainState.create(train, optimizer), frozen16, _task_batch(0), jax.random.PRNGKey(0))
+    TrainState.create(train, optimizer), frozen16, _task_batch(0), jax.random.PRNGKey(0)
+  )
   assert state.trainable["encoder"]["prompt"]["prompt"].dtype == jnp.float32
   assert np.isfinite(float(metrics["loss"]))
 
@@ -120,6 +135,7 @@ def test_selecting_everything_is_model_tuning(setup):
   assert not jax.tree.leaves(frozen)
   optimizer = optimizers.adafactor(learning_rate=1e-3)
   state, _ = jax.jit(make_train_step(model, optimizer))(
-      TrainState.create(train, optimizer), frozen, _task_batch(0), jax.random.PRNGKey(0))
+    TrainState.create(train, optimizer), frozen, _task_batch(0), jax.random.PRNGKey(0)
+  )
   before = params["decoder"]["logits_dense"]["kernel"]
   assert not np.allclose(state.trainable["decoder"]["logits_dense"]["kernel"], before)

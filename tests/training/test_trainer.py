@@ -29,9 +29,11 @@ from prompt_tuning.data import demo as demo_data
 from prompt_tuning.t5 import T5Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = {"network.t5_config.size": "'tiny'",
-        "network.t5_config.vocab_size": str(demo_data.demo_vocab_size()),
-        "DROPOUT_RATE": "0.1"}
+TINY = {
+  "network.t5_config.size": "'tiny'",
+  "network.t5_config.vocab_size": str(demo_data.demo_vocab_size()),
+  "DROPOUT_RATE": "0.1",
+}
 STEPS = 12
 # The shared run: checkpoints every 3 steps, evaluations at steps 6 and 12.
 RUN = {"TRAIN_STEPS": str(STEPS), "CHECKPOINT_PERIOD": "3", "EVAL_PERIOD": "6"}
@@ -44,25 +46,39 @@ def _gin_args(files, bindings):
 
 
 def _train_args(model_dir, base, **overrides):
-  bindings = {"MIXTURE_OR_TASK_NAME": "'demo_sentiment'", "MODEL_DIR": repr(model_dir),
-              "INITIAL_CHECKPOINT_PATH": repr(base),
-              "TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 4}",
-              "BATCH_SIZE": "4", "PROMPT_LENGTH": "3", **RUN,
-              "trainer.train.log_period": "3"}
+  bindings = {
+    "MIXTURE_OR_TASK_NAME": "'demo_sentiment'",
+    "MODEL_DIR": repr(model_dir),
+    "INITIAL_CHECKPOINT_PATH": repr(base),
+    "TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 4}",
+    "BATCH_SIZE": "4",
+    "PROMPT_LENGTH": "3",
+    **RUN,
+    "trainer.train.log_period": "3",
+  }
   bindings.update(overrides)
-  return ["train"] + _gin_args(["models/t5_1_1_small_prompt.gin",
-                                "runs/prompt_finetune.gin"], bindings)
+  return ["train"] + _gin_args(
+    ["models/t5_1_1_small_prompt.gin", "runs/prompt_finetune.gin"], bindings
+  )
 
 
 def _prompt_job_args(job, base, model_dir, **bindings):
   """`prompt-tuning eval|infer` with the shared run's final numpy prompt."""
   return [job] + _gin_args(
-      ["models/t5_1_1_small_prompt.gin", f"runs/prompt_{job}.gin"],
-      {"MIXTURE_OR_TASK_NAME": "'demo_sentiment'", "INITIAL_CHECKPOINT_PATH": repr(base),
-       "PROMPT_LENGTH": "3", "TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 4}",
-       "PROMPT_FILE": repr(os.path.join(model_dir, "numpy_checkpoints",
-                                        f"checkpoint_{STEPS}", "encoder.prompt.prompt.npy")),
-       **bindings})
+    ["models/t5_1_1_small_prompt.gin", f"runs/prompt_{job}.gin"],
+    {
+      "MIXTURE_OR_TASK_NAME": "'demo_sentiment'",
+      "INITIAL_CHECKPOINT_PATH": repr(base),
+      "PROMPT_LENGTH": "3",
+      "TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 4}",
+      "PROMPT_FILE": repr(
+        os.path.join(
+          model_dir, "numpy_checkpoints", f"checkpoint_{STEPS}", "encoder.prompt.prompt.npy"
+        )
+      ),
+      **bindings,
+    },
+  )
 
 
 def _run_cli(args):
@@ -97,15 +113,17 @@ def trained_run(tmp_path_factory, base_checkpoint):
 
 
 def _prompt(model_dir, step):
-  path = os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{step}",
-                      "encoder.prompt.prompt.npy")
+  path = os.path.join(
+    model_dir, "numpy_checkpoints", f"checkpoint_{step}", "encoder.prompt.prompt.npy"
+  )
   return np.load(path)
 
 
 def _checkpoints(model_dir):
   """Every entry named checkpoint_*, steps in numerical order (shorter names first)."""
-  return sorted((d for d in os.listdir(model_dir) if d.startswith("checkpoint_")),
-                key=lambda d: (len(d), d))
+  return sorted(
+    (d for d in os.listdir(model_dir) if d.startswith("checkpoint_")), key=lambda d: (len(d), d)
+  )
 
 
 def _evals(model_dir):
@@ -117,7 +135,11 @@ def test_train_writes_checkpoints_numpy_prompts_and_metrics(trained_run):
   model_dir, result = trained_run
   assert f"trained to step {STEPS}" in result.stdout
   assert _checkpoints(model_dir) == [
-      "checkpoint_3", "checkpoint_6", "checkpoint_9", "checkpoint_12"]
+    "checkpoint_3",
+    "checkpoint_6",
+    "checkpoint_9",
+    "checkpoint_12",
+  ]
   prompt = _prompt(model_dir, 12)
   assert prompt.shape == (3, 32) and prompt.dtype == np.float32
   assert not np.array_equal(prompt, _prompt(model_dir, 3))
@@ -132,24 +154,30 @@ def test_train_writes_checkpoints_numpy_prompts_and_metrics(trained_run):
   assert os.path.isdir(os.path.join(model_dir, "train"))  # TensorBoard events.
 
 
-def test_eval_of_the_exported_prompt_reproduces_the_final_evaluation(trained_run,
-                                                                    base_checkpoint):
+def test_eval_of_the_exported_prompt_reproduces_the_final_evaluation(trained_run, base_checkpoint):
   model_dir, _ = trained_run
   result = _run_cli(_prompt_job_args("eval", base_checkpoint, model_dir, BATCH_SIZE="4"))
   assert result.returncode == 0, result.stderr[-3000:]
   line = [row for row in result.stdout.splitlines() if row.startswith("demo_sentiment\taccuracy")]
   assert line, result.stdout
   assert float(line[0].split("\t")[2]) == pytest.approx(
-      _evals(model_dir)[-1]["demo_sentiment/accuracy"])
+    _evals(model_dir)[-1]["demo_sentiment/accuracy"]
+  )
 
 
-def test_infer_writes_one_json_line_per_validation_example(trained_run, base_checkpoint,
-                                                           tmp_path):
+def test_infer_writes_one_json_line_per_validation_example(trained_run, base_checkpoint, tmp_path):
   model_dir, _ = trained_run
   out_dir = str(tmp_path / "infer")
-  result = _run_cli(_prompt_job_args("infer", base_checkpoint, model_dir, BATCH_SIZE="8",
-                                     OUTPUT_DIR=repr(out_dir),
-                                     **{"run_eval.infer.num_examples": "10"}))
+  result = _run_cli(
+    _prompt_job_args(
+      "infer",
+      base_checkpoint,
+      model_dir,
+      BATCH_SIZE="8",
+      OUTPUT_DIR=repr(out_dir),
+      **{"run_eval.infer.num_examples": "10"},
+    )
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(out_dir, "demo_sentiment-validation.jsonl")) as f:
     records = [json.loads(line) for line in f]
@@ -163,8 +191,12 @@ def test_sigkill_and_resume_ends_bit_identical(tmp_path, base_checkpoint, traine
   resumed_dir = str(tmp_path / "killed")
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
   process = subprocess.Popen(
-      [sys.executable, "-m", "prompt_tuning", *_train_args(resumed_dir, base_checkpoint)],
-      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    [sys.executable, "-m", "prompt_tuning", *_train_args(resumed_dir, base_checkpoint)],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   # Killed once its step-6 checkpoint is complete: the step-6 evaluation (compiled in the
   # fresh process) and six more steps still lie ahead of it.
   deadline = time.time() + 400
@@ -186,7 +218,8 @@ def test_sigkill_and_resume_ends_bit_identical(tmp_path, base_checkpoint, traine
 # The infinite learning rate is meant: casting 1e39 to float32 overflows.
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
-    tmp_path, base_checkpoint, trained_run):
+  tmp_path, base_checkpoint, trained_run
+):
   # The shared run as if preempted right after its step-3 checkpoint.
   model_dir = str(tmp_path / "diverged")
   shutil.copytree(trained_run[0], model_dir)
@@ -195,8 +228,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   assert _checkpoints(model_dir) == ["checkpoint_3"]
   saved = _prompt(model_dir, 3)
   # Resumed with an infinite learning rate, the next update overflows the prompt.
-  result = _run_cli(_train_args(model_dir, base_checkpoint, LEARNING_RATE="1e39",
-                                CHECKPOINT_PERIOD="1", EVAL_PERIOD="None"))
+  result = _run_cli(
+    _train_args(
+      model_dir, base_checkpoint, LEARNING_RATE="1e39", CHECKPOINT_PERIOD="1", EVAL_PERIOD="None"
+    )
+  )
   assert result.returncode == 1
   error_lines = [row for row in result.stderr.splitlines() if "error:" in row]
   assert len(error_lines) == 1, result.stderr[-3000:]

@@ -27,7 +27,8 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 def model() -> models.EncoderDecoderModel:
   config = T5Config.from_size("tiny", vocab_size=demo_data.demo_vocab_size())
   return models.EncoderDecoderModel(
-      Transformer(config, input_prompt=functools.partial(Prompt, length=3)))
+    Transformer(config, input_prompt=functools.partial(Prompt, length=3))
+  )
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,18 @@ class _RecordingEvaluation:
 
 def _train(model, base_checkpoint, model_dir, **kwargs):
   return trainer.train(
-      model=model, mixture_or_task_name="demo_sentiment", task_feature_lengths=FEATURES,
-      train_steps=4, batch_size=4, model_dir=str(model_dir),
-      initial_checkpoint_path=base_checkpoint, checkpoint_period=2, log_period=2,
-      partitioner=partitioning.Partitioner(devices=jax.devices()[:1],
-                                           compiler_options=FAST_COMPILE), **kwargs)
+    model=model,
+    mixture_or_task_name="demo_sentiment",
+    task_feature_lengths=FEATURES,
+    train_steps=4,
+    batch_size=4,
+    model_dir=str(model_dir),
+    initial_checkpoint_path=base_checkpoint,
+    checkpoint_period=2,
+    log_period=2,
+    partitioner=partitioning.Partitioner(devices=jax.devices()[:1], compiler_options=FAST_COMPILE),
+    **kwargs,
+  )
 
 
 def _rows(model_dir, kind):
@@ -69,11 +77,20 @@ def _rows(model_dir, kind):
 
 
 def test_evaluation_is_built_by_the_factory_and_runs_every_eval_period(
-    tmp_path, model, base_checkpoint, capsys):
+  tmp_path, model, base_checkpoint, capsys
+):
   evaluation = _RecordingEvaluation()
-  result = _train(model, base_checkpoint, tmp_path, eval_period=2, eval_batch_size=2,
-                  eval_split="test", num_eval_examples=5, evaluate_at_start=True,
-                  evaluation_factory=evaluation.factory)
+  result = _train(
+    model,
+    base_checkpoint,
+    tmp_path,
+    eval_period=2,
+    eval_batch_size=2,
+    eval_split="test",
+    num_eval_examples=5,
+    evaluate_at_start=True,
+    evaluation_factory=evaluation.factory,
+  )
   args, kwargs = evaluation.built_with
   assert args == (model, "demo_sentiment", FEATURES, 2)
   assert kwargs.keys() == {"split", "num_examples", "partitioner"}
@@ -88,7 +105,8 @@ def test_evaluation_is_built_by_the_factory_and_runs_every_eval_period(
 
 
 def test_without_a_factory_no_evaluation_runs_and_the_loss_is_shown_per_token(
-    tmp_path, model, base_checkpoint, capsys):
+  tmp_path, model, base_checkpoint, capsys
+):
   result = _train(model, base_checkpoint, tmp_path, eval_period=2)
   assert result.last_eval == {} and _rows(tmp_path, "eval") == []
   train_rows = _rows(tmp_path, "train")
@@ -96,8 +114,7 @@ def test_without_a_factory_no_evaluation_runs_and_the_loss_is_shown_per_token(
   for row in train_rows:
     np.testing.assert_allclose(row["loss_per_token"], row["loss"] / row["num_tokens"])
     assert {"accuracy", "grad_norm", "learning_rate"} <= row.keys()
-  lines = [line for line in capsys.readouterr().err.splitlines()
-           if line.startswith("step ")]
+  lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
   # stderr is not a terminal here: one plain line per log period, no progress bar.
   assert [line.split()[1] for line in lines] == ["2/4", "4/4"]
   assert all("steps/s" in line and "ETA" in line for line in lines)
