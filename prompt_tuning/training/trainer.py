@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import os
 import sys
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import gin
 import jax
@@ -66,18 +66,25 @@ def _host_int(value: Any) -> int:
 
 
 def _eval_summary(metrics: Mapping[str, Mapping[str, Any]]) -> str:
-  return "; ".join(f"{task}: " + ", ".join(f"{k}={v:.2f}" for k, v in values.items()
-                                           if isinstance(v, float))
-                   for task, values in metrics.items())
+  return "; ".join(
+    f"{task}: " + ", ".join(f"{k}={v:.2f}" for k, v in values.items() if isinstance(v, float))
+    for task, values in metrics.items()
+  )
 
 
 def _flat_logical_axes(module: network.Transformer) -> dict[str, Any]:
-  return tree.flatten(network.logical_axes(
-      module.config, module.input_prompt, getattr(module, "layer_prefix", None)))
+  return tree.flatten(
+    network.logical_axes(module.config, module.input_prompt, getattr(module, "layer_prefix", None))
+  )
 
 
-def parameter_shardings(partitioner: partitioning.Partitioner, module: network.Transformer,
-                        params: Any, *, axes: Mapping[str, Any] | None = None) -> Any:
+def parameter_shardings(
+  partitioner: partitioning.Partitioner,
+  module: network.Transformer,
+  params: Any,
+  *,
+  axes: Mapping[str, Any] | None = None,
+) -> Any:
   """NamedShardings for `params` (all of `module`'s parameters or a subset, e.g. the
   frozen half), from the logical axis names the module gives each parameter (`axes`:
   those names, flattened, when already at hand)."""
@@ -86,12 +93,12 @@ def parameter_shardings(partitioner: partitioning.Partitioner, module: network.T
   unknown = sorted(set(names) - set(axes))
   if unknown:
     raise ValueError(f"parameters not in the model: {', '.join(unknown[:5])}")
-  return partitioner.param_shardings(
-      tree.unflatten({name: axes[name] for name in names}), params)
+  return partitioner.param_shardings(tree.unflatten({name: axes[name] for name in names}), params)
 
 
-def place_params(partitioner: partitioning.Partitioner, module: network.Transformer,
-                 params: Any) -> Any:
+def place_params(
+  partitioner: partitioning.Partitioner, module: network.Transformer, params: Any
+) -> Any:
   """`params` (host or device arrays) laid out over the partitioner's mesh."""
   return partitioner.place(params, parameter_shardings(partitioner, module, params))
 
@@ -117,12 +124,24 @@ class PlacedRun:
     return trainable_lib.merge(self.state.trainable, self.frozen)
 
 
-def place_run(module: network.Transformer, partitioner: partitioning.Partitioner,
-              optimizer: optax.GradientTransformation, rng: jax.Array,
-              initial_checkpoint_path: str | None, trainable_regex: str, fresh_regex: str,
-              frozen_dtype: str | None) -> tuple[PlacedRun, Any]:
+def place_run(
+  module: network.Transformer,
+  partitioner: partitioning.Partitioner,
+  optimizer: optax.GradientTransformation,
+  rng: jax.Array,
+  initial_checkpoint_path: str | None,
+  trainable_regex: str,
+  fresh_regex: str,
+  frozen_dtype: str | None,
+) -> tuple[PlacedRun, Any]:
   """The parameters read (or initialised), split, fingerprinted, the frozen half placed;
   returns the run and the host copy of the initial trainable parameters."""
+  logging.info(
+    "mesh: %d (data) x %d (model) devices over %d process(es)",
+    partitioner.data_size,
+    partitioner.model_size,
+    jax.process_count(),
+  )
   params = initialization.initial_params(module, rng, initial_checkpoint_path, fresh_regex)
   trainable, frozen = trainable_lib.split(params, trainable_regex)
   del params
@@ -130,28 +149,39 @@ def place_run(module: network.Transformer, partitioner: partitioning.Partitioner
   base_fingerprint = fingerprint.fingerprint_params(frozen) if frozen else ""
   if frozen_dtype:
     frozen = trainable_lib.cast(frozen, frozen_dtype)
-  logging.info("trainable parameters: %s (%d values); frozen: %d values",
-               ", ".join(tree.names(trainable)), tree.count(trainable), tree.count(frozen))
+  logging.info(
+    "trainable parameters: %s (%d values); frozen: %d values",
+    ", ".join(tree.names(trainable)),
+    tree.count(trainable),
+    tree.count(frozen),
+  )
   axes = _flat_logical_axes(module)
   frozen_shardings = parameter_shardings(partitioner, module, frozen, axes=axes)
   trainable_shardings = parameter_shardings(partitioner, module, trainable, axes=axes)
-  state_shardings = partitioner.train_state_shardings(optimizer, trainable,
-                                                      trainable_shardings)
+  state_shardings = partitioner.train_state_shardings(optimizer, trainable, trainable_shardings)
   state_target = jax.tree.map(
-      lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype,
-                                                   sharding=sharding),
-      jax.eval_shape(functools.partial(TrainState.create, optimizer=optimizer), trainable),
-      state_shardings)
-  run = PlacedRun(partitioner=partitioner, frozen=partitioner.place(frozen, frozen_shardings),
-                  frozen_shardings=frozen_shardings, state_target=state_target,
-                  state_shardings=state_shardings, base_fingerprint=base_fingerprint)
+    lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
+    jax.eval_shape(functools.partial(TrainState.create, optimizer=optimizer), trainable),
+    state_shardings,
+  )
+  run = PlacedRun(
+    partitioner=partitioner,
+    frozen=partitioner.place(frozen, frozen_shardings),
+    frozen_shardings=frozen_shardings,
+    state_target=state_target,
+    state_shardings=state_shardings,
+    base_fingerprint=base_fingerprint,
+  )
   return run, trainable
 
 
-def resume_or_initialise(run: PlacedRun, trainable: Any,
-                         optimizer: optax.GradientTransformation,
-                         manager: checkpoints_lib.CheckpointManager,
-                         initial_checkpoint_path: str | None) -> None:
+def resume_or_initialise(
+  run: PlacedRun,
+  trainable: Any,
+  optimizer: optax.GradientTransformation,
+  manager: checkpoints_lib.CheckpointManager,
+  initial_checkpoint_path: str | None,
+) -> None:
   """Sets `run.state` (and `run.data_position`) from the newest readable checkpoint in
   the manager's MODEL_DIR, refusing one trained on another frozen base; with no
   checkpoint, from `trainable` and a fresh optimiser state."""
@@ -161,22 +191,39 @@ def resume_or_initialise(run: PlacedRun, trainable: Any,
     # step cannot delete an array that something else still holds.
     create = functools.partial(TrainState.create, optimizer=optimizer)
     trainable_shardings = run.state_shardings.trainable
-    run.state = partitioner.partition(create, in_shardings=(trainable_shardings,),
-                                      out_shardings=run.state_shardings)(
-                                          partitioner.place(trainable, trainable_shardings))
+    run.state = partitioner.partition(
+      create, in_shardings=(trainable_shardings,), out_shardings=run.state_shardings
+    )(partitioner.place(trainable, trainable_shardings))
     return
   # Read straight into this run's shardings, whatever mesh wrote the checkpoint.
   restored = manager.restore(run.state_target)
   if (restored.metadata or {}).get("base_fingerprint", "") != run.base_fingerprint:
     raise BaseCheckpointMismatchError(
-        f"{manager.model_dir} holds a run trained on a different frozen model than "
-        f"{initial_checkpoint_path!r}; use a new MODEL_DIR or the original checkpoint")
+      f"{manager.model_dir} holds a run trained on a different frozen model than "
+      f"{initial_checkpoint_path!r}; use a new MODEL_DIR or the original checkpoint"
+    )
   # A no-op when orbax placed the arrays as asked; jit refuses any other layout.
   run.state = partitioner.place(restored.state, run.state_shardings)
   run.data_position = restored.data_position or 0
   if logging_utils.is_leader():
-    print(f"resumed from {manager.model_dir} at step {_host_int(run.state.step)} "
-          f"({run.data_position} batches consumed)", file=sys.stderr, flush=True)
+    print(
+      f"resumed from {manager.model_dir} at step {_host_int(run.state.step)} "
+      f"({run.data_position} batches consumed)",
+      file=sys.stderr,
+      flush=True,
+    )
+
+
+class _Schedule(NamedTuple):
+  """When the loop stops and what each step does: `end_step` is where this process stops
+  (before `train_steps` in a time-sliced job), the periods say when a step logs, saves and
+  evaluates."""
+
+  train_steps: int
+  end_step: int
+  log_period: int
+  checkpoint_period: int
+  eval_period: int | None
 
 
 @dataclasses.dataclass
@@ -188,67 +235,75 @@ class _Loop:
   manager: checkpoints_lib.CheckpointManager
   evaluation: Any | None
   save_frozen: bool
-  metadata: dict[str, Any]
-  train_steps: int
-  end_step: int
-  log_period: int
-  checkpoint_period: int
-  eval_period: int | None
   learning_rate: float | Callable[[int], float]
+  schedule: _Schedule
+  metadata: dict[str, Any]
   log: logging_utils.MetricsLog
   last_eval: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
   losses: list[tuple[int, float]] = dataclasses.field(default_factory=list)
 
   def save(self) -> None:
-    self.manager.save(self.run.state, frozen=self.run.frozen if self.save_frozen else None,
-                      data_position=self.run.data_position, metadata=self.metadata)
+    self.manager.save(
+      self.run.state,
+      frozen=self.run.frozen if self.save_frozen else None,
+      data_position=self.run.data_position,
+      metadata=self.metadata,
+    )
 
   def evaluate(self, step: int) -> None:
     self.last_eval = self.evaluation.evaluate(self.run.params, step)
     self.log.write(step, "eval", logging_utils.flatten_metrics(self.last_eval))
     if logging_utils.is_leader():
-      print(f"eval at step {step}: {_eval_summary(self.last_eval)}", file=sys.stderr,
-            flush=True)
+      print(f"eval at step {step}: {_eval_summary(self.last_eval)}", file=sys.stderr, flush=True)
 
-  def after_step(self, step: int, metrics: Mapping[str, Any],
-                 progress: logging_utils.Progress) -> None:
+  def after_step(
+    self, step: int, metrics: Mapping[str, Any], progress: logging_utils.Progress
+  ) -> None:
     """The NaN guard, then the step's logs, checkpoint and evaluation."""
     loss = float(metrics["loss"])
     if not bool(metrics["finite"]):
       raise NonFiniteLossError(
-          f"loss became {loss} (or the updated parameters non-finite) at step {step}; "
-          f"the last good checkpoint is kept in {self.manager.model_dir}. Lower the "
-          "learning rate or check the data, then rerun.")
+        f"loss became {loss} (or the updated parameters non-finite) at step {step}; "
+        f"the last good checkpoint is kept in {self.manager.model_dir}. Lower the "
+        "learning rate or check the data, then rerun."
+      )
     self.losses.append((step, loss))
     # The summed loss follows each batch's token count; per token it is comparable.
     loss_per_token = loss / max(float(metrics["num_tokens"]), 1.0)
-    if step % self.log_period == 0 or step == self.end_step:
+    if step % self.schedule.log_period == 0 or step == self.schedule.end_step:
       values = {k: float(v) for k, v in metrics.items() if k != "finite"}
       values["loss_per_token"] = loss_per_token
-      values["learning_rate"] = float(self.learning_rate(step) if callable(self.learning_rate)
-                                      else self.learning_rate)
+      values["learning_rate"] = float(
+        self.learning_rate(step) if callable(self.learning_rate) else self.learning_rate
+      )
       self.log.write(step, "train", values)
     progress.update(step, loss_per_token)
-    if step % self.checkpoint_period == 0 or step == self.train_steps:
+    if step % self.schedule.checkpoint_period == 0 or step == self.schedule.train_steps:
       self.save()
-    if self.evaluation is not None and (step % self.eval_period == 0
-                                        or step == self.train_steps):
+    if self.evaluation is not None and (
+      step % self.schedule.eval_period == 0 or step == self.schedule.train_steps
+    ):
       self.evaluate(step)
 
-  def run_steps(self, step_fn: Callable[..., Any], batches: Iterator[dict[str, Any]],
-                dropout_rng: jax.Array) -> None:
+  def run_steps(
+    self, step_fn: Callable[..., Any], batches: Iterator[dict[str, Any]], dropout_rng: jax.Array
+  ) -> None:
     start_step = _host_int(self.run.state.step)
-    progress = logging_utils.Progress(self.train_steps, start_step, self.log_period,
-                                      enabled=logging_utils.is_leader())
+    progress = logging_utils.Progress(
+      self.schedule.train_steps,
+      start_step,
+      self.schedule.log_period,
+      enabled=logging_utils.is_leader(),
+    )
     try:
-      for step in range(start_step + 1, self.end_step + 1):
+      for step in range(start_step + 1, self.schedule.end_step + 1):
         batch = self.run.partitioner.shard_batch(next(batches))
-        self.run.state, metrics = step_fn(self.run.state, self.run.frozen, batch,
-                                          dropout_rng)
+        self.run.state, metrics = step_fn(self.run.state, self.run.frozen, batch, dropout_rng)
         self.run.data_position += 1
         self.after_step(step, partitioning.fetch(metrics), progress)
-      if self.end_step < self.train_steps and (_host_int(self.run.state.step)
-                                               % self.checkpoint_period):
+      if self.schedule.end_step < self.schedule.train_steps and (
+        _host_int(self.run.state.step) % self.schedule.checkpoint_period
+      ):
         self.save()  # A time-sliced run leaves a checkpoint where it stopped.
     finally:
       progress.close()
@@ -265,25 +320,36 @@ def _fresh_regex(trainable_regex: str, fresh_regex: str | None) -> str:
 
 
 @gin.configurable
-def train(*, model: models.EncoderDecoderModel = gin.REQUIRED,
-          mixture_or_task_name: str = gin.REQUIRED,
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-          train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED,
-          model_dir: str = gin.REQUIRED, initial_checkpoint_path: str | None = None,
-          trainable_regex: str = trainable_lib.DEFAULT_TRAINABLE,
-          fresh_regex: str | None = None,
-          optimizer_factory: Callable[..., optax.GradientTransformation] = (
-              optimizers.adafactor),
-          learning_rate: float | Callable[[int], float] = 0.3,
-          seed: int = 0, eval_period: int | None = 1000, checkpoint_period: int = 1000,
-          keep_checkpoints: int | None = 3, save_full_checkpoints: bool = False,
-          eval_mixture_or_task_name: str | None = None, eval_batch_size: int | None = None,
-          eval_split: str = "validation", num_eval_examples: int | None = None,
-          evaluate_at_start: bool = False, frozen_dtype: str | None = None,
-          num_microbatches: int = 1, log_period: int = 50,
-          stop_after_steps: int | None = None,
-          partitioner: partitioning.Partitioner | None = None,
-          evaluation_factory: Callable[..., Any] | None = None) -> TrainResult:
+def train(
+  *,
+  model: models.EncoderDecoderModel = gin.REQUIRED,
+  mixture_or_task_name: str = gin.REQUIRED,
+  task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+  train_steps: int = gin.REQUIRED,
+  batch_size: int = gin.REQUIRED,
+  model_dir: str = gin.REQUIRED,
+  initial_checkpoint_path: str | None = None,
+  trainable_regex: str = trainable_lib.DEFAULT_TRAINABLE,
+  fresh_regex: str | None = None,
+  optimizer_factory: Callable[..., optax.GradientTransformation] = (optimizers.adafactor),
+  learning_rate: float | Callable[[int], float] = 0.3,
+  seed: int = 0,
+  eval_period: int | None = 1000,
+  checkpoint_period: int = 1000,
+  keep_checkpoints: int | None = 3,
+  save_full_checkpoints: bool = False,
+  eval_mixture_or_task_name: str | None = None,
+  eval_batch_size: int | None = None,
+  eval_split: str = "validation",
+  num_eval_examples: int | None = None,
+  evaluate_at_start: bool = False,
+  frozen_dtype: str | None = None,
+  num_microbatches: int = 1,
+  log_period: int = 50,
+  stop_after_steps: int | None = None,
+  partitioner: partitioning.Partitioner | None = None,
+  evaluation_factory: Callable[..., Any] | None = None,
+) -> TrainResult:
   """Trains `model` on a seqio task/mixture and writes everything under `model_dir`.
 
   `fresh_regex` (the assignment map) names the parameters initialised fresh instead of
@@ -299,49 +365,66 @@ def train(*, model: models.EncoderDecoderModel = gin.REQUIRED,
   (None) no evaluation runs, whatever `eval_period` says.
   """
   os.makedirs(model_dir, exist_ok=True)
+  base = initial_checkpoint_path
   optimizer = optimizer_factory(learning_rate=learning_rate)
-  partitioner = (partitioner or partitioning.Partitioner()).for_batch(batch_size,
-                                                                      num_microbatches)
-  logging.info("mesh: %d (data) x %d (model) devices over %d process(es)",
-               partitioner.data_size, partitioner.model_size, jax.process_count())
+  partitioner = (partitioner or partitioning.Partitioner()).for_batch(batch_size, num_microbatches)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
-  run, trainable = place_run(model.module, partitioner, optimizer, init_rng,
-                             initial_checkpoint_path, trainable_regex,
-                             _fresh_regex(trainable_regex, fresh_regex), frozen_dtype)
+  fresh = _fresh_regex(trainable_regex, fresh_regex)
+  run, trainable = place_run(
+    model.module, partitioner, optimizer, init_rng, base, trainable_regex, fresh, frozen_dtype
+  )
   # When everything trains (model tuning, LM adaptation) the state already holds the
   # whole model; a separate frozen item exists only when something is frozen.
   save_frozen = save_full_checkpoints and bool(jax.tree.leaves(run.frozen))
-  manager = checkpoints_lib.CheckpointManager(model_dir, keep=keep_checkpoints,
-                                              save_full=save_frozen)
-  resume_or_initialise(run, trainable, optimizer, manager, initial_checkpoint_path)
+  manager = checkpoints_lib.CheckpointManager(
+    model_dir, keep=keep_checkpoints, save_full=save_frozen
+  )
+  resume_or_initialise(run, trainable, optimizer, manager, base)
   del trainable
   start_step = _host_int(run.state.step)
+  end_step = train_steps if stop_after_steps is None else start_step + stop_after_steps
   evaluation = None
   if eval_period and evaluation_factory is not None:
+    eval_task, eval_rows = eval_mixture_or_task_name or mixture_or_task_name, eval_batch_size
     evaluation = evaluation_factory(
-        model, eval_mixture_or_task_name or mixture_or_task_name, task_feature_lengths,
-        eval_batch_size or batch_size, split=eval_split, num_examples=num_eval_examples,
-        partitioner=partitioner)
+      model,
+      eval_task,
+      task_feature_lengths,
+      eval_rows or batch_size,
+      split=eval_split,
+      num_examples=num_eval_examples,
+      partitioner=partitioner,
+    )
   loop = _Loop(
-      run=run, manager=manager, evaluation=evaluation, save_frozen=save_frozen,
-      metadata={"base_checkpoint": initial_checkpoint_path or "",
-                "base_fingerprint": run.base_fingerprint, "trainable_regex": trainable_regex,
-                "mixture_or_task_name": mixture_or_task_name, "seed": seed,
-                "train_steps": train_steps},
-      train_steps=train_steps, log_period=log_period, checkpoint_period=checkpoint_period,
-      end_step=(train_steps if stop_after_steps is None
-                else min(train_steps, start_step + stop_after_steps)),
-      eval_period=eval_period, learning_rate=learning_rate,
-      log=logging_utils.MetricsLog(model_dir, enabled=logging_utils.is_leader()))
+    run,
+    manager,
+    evaluation,
+    save_frozen,
+    learning_rate,
+    _Schedule(train_steps, min(train_steps, end_step), log_period, checkpoint_period, eval_period),
+    metadata=dict(
+      base_checkpoint=base or "",
+      base_fingerprint=run.base_fingerprint,
+      trainable_regex=trainable_regex,
+      mixture_or_task_name=mixture_or_task_name,
+      seed=seed,
+      train_steps=train_steps,
+    ),
+    log=logging_utils.MetricsLog(model_dir, enabled=logging_utils.is_leader()),
+  )
   if evaluation is not None and evaluate_at_start and start_step == 0:
     loop.evaluate(0)
-  step_fn = partitioner.partition_train_step(
-      make_train_step(model, optimizer, num_microbatches), run.state_shardings,
-      run.frozen_shardings)
-  batches = data_lib.train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
-                                   seed, start_position=run.data_position)
+  train_step = make_train_step(model, optimizer, num_microbatches)
+  step_fn = partitioner.partition_train_step(train_step, run.state_shardings, run.frozen_shardings)
+  batches = data_lib.train_batches(
+    mixture_or_task_name, task_feature_lengths, batch_size, seed, start_position=run.data_position
+  )
   loop.run_steps(step_fn, batches, partitioner.place(dropout_rng, partitioner.replicated))
   manager.close()
-  return TrainResult(step=_host_int(run.state.step), params=run.params,
-                     trainable=run.state.trainable, last_eval=loop.last_eval,
-                     losses=loop.losses)
+  return TrainResult(
+    step=_host_int(run.state.step),
+    params=run.params,
+    trainable=run.state.trainable,
+    last_eval=loop.last_eval,
+    losses=loop.losses,
+  )
