@@ -1,8 +1,8 @@
 """Splitting the parameter tree into what trains and what stays frozen.
 
 Prompt tuning differentiates only the prompt: the frozen parameters enter the loss as a
-plain argument, so JAX never builds their gradients (docs/design.md, "The prompt
-contract"). Selecting `.*` turns the same code into full model tuning.
+plain argument, so JAX never builds their gradients (docs/design.md,
+"Decisions"). Selecting `.*` turns the same code into full model tuning.
 """
 
 from __future__ import annotations
