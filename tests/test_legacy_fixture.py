@@ -5,19 +5,15 @@ made of them (`expected/`)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
-import subprocess
 
-import gin
 import numpy as np
 import pytest
 
-from prompt_tuning import cli
 from prompt_tuning.data import demo as demo_data
+from tests.cli_testing import run_cli
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "legacy_run")
 BASE = os.path.join(FIXTURE, "base")
@@ -45,17 +41,6 @@ def _args(job, run_file, **bindings):
   ] + [f"--gin.{k}={v}" for k, v in bindings.items()]
 
 
-def _run_cli(args):
-  out, err = io.StringIO(), io.StringIO()
-  gin.clear_config()
-  try:
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      code = cli.main(args)
-  finally:
-    gin.clear_config()
-  return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture
 def model_dir(tmp_path):
   """A writable copy of the old run's MODEL_DIR."""
@@ -65,7 +50,7 @@ def model_dir(tmp_path):
 
 
 def test_an_old_run_resumes_at_its_step_and_continues_as_the_old_code_did(model_dir):
-  result = _run_cli(
+  result = run_cli(
     _args(
       "train",
       "prompt_finetune.gin",
@@ -88,7 +73,7 @@ def test_an_old_run_resumes_at_its_step_and_continues_as_the_old_code_did(model_
 
 def test_an_old_run_refuses_to_resume_on_another_base_model(model_dir):
   # No INITIAL_CHECKPOINT_PATH: a freshly initialised base, whose fingerprint differs.
-  result = _run_cli(
+  result = run_cli(
     _args(
       "train",
       "prompt_finetune.gin",
@@ -103,7 +88,7 @@ def test_an_old_run_refuses_to_resume_on_another_base_model(model_dir):
 
 
 def test_an_old_numpy_prompt_evaluates_as_it_did():
-  result = _run_cli(_args("eval", "prompt_eval.gin", PROMPT_FILE=repr(PROMPT_6)))
+  result = run_cli(_args("eval", "prompt_eval.gin", PROMPT_FILE=repr(PROMPT_6)))
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(EXPECTED, "eval.json")) as f:
     expected = json.load(f)["demo_sentiment"]
@@ -117,7 +102,7 @@ def test_an_old_numpy_prompt_evaluates_as_it_did():
 
 def test_an_old_numpy_prompt_infers_the_same_predictions(tmp_path):
   out_dir = str(tmp_path / "infer")
-  result = _run_cli(
+  result = run_cli(
     _args(
       "infer",
       "prompt_infer.gin",
@@ -134,7 +119,7 @@ def test_an_old_numpy_prompt_infers_the_same_predictions(tmp_path):
 
 def test_an_old_checkpoint_exports_its_prompt(tmp_path):
   out_dir = str(tmp_path / "export")
-  result = _run_cli(
+  result = run_cli(
     [
       "export-prompt",
       os.path.join(FIXTURE, "model_dir"),

@@ -10,8 +10,6 @@ call the CLI's `main` in this process, which saves a fresh interpreter's imports
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -20,12 +18,12 @@ import subprocess
 import sys
 import time
 
-import gin
 import numpy as np
 import pytest
 
-from prompt_tuning import cli, convert
+from prompt_tuning import convert
 from prompt_tuning.data import demo as demo_data
+from tests.cli_testing import run_cli
 from prompt_tuning.t5 import T5Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -81,19 +79,6 @@ def _prompt_job_args(job, base, model_dir, **bindings):
   )
 
 
-def _run_cli(args):
-  """`prompt-tuning ARGS` in this process, as `python -m prompt_tuning` would run it:
-  exit code and output (gin's global configuration is cleared around it)."""
-  out, err = io.StringIO(), io.StringIO()
-  gin.clear_config()
-  try:
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      code = cli.main(args)
-  finally:
-    gin.clear_config()
-  return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture(scope="module")
 def base_checkpoint(tmp_path_factory, random_params):
   """A random 'pretrained' tiny model saved as an orbax parameter checkpoint."""
@@ -107,7 +92,7 @@ def base_checkpoint(tmp_path_factory, random_params):
 def trained_run(tmp_path_factory, base_checkpoint):
   """`prompt-tuning train` for 12 steps, uninterrupted: (model_dir, result)."""
   model_dir = str(tmp_path_factory.mktemp("trained") / "run")
-  result = _run_cli(_train_args(model_dir, base_checkpoint))
+  result = run_cli(_train_args(model_dir, base_checkpoint))
   assert result.returncode == 0, result.stderr[-3000:]
   return model_dir, result
 
@@ -156,7 +141,7 @@ def test_train_writes_checkpoints_numpy_prompts_and_metrics(trained_run):
 
 def test_eval_of_the_exported_prompt_reproduces_the_final_evaluation(trained_run, base_checkpoint):
   model_dir, _ = trained_run
-  result = _run_cli(_prompt_job_args("eval", base_checkpoint, model_dir, BATCH_SIZE="4"))
+  result = run_cli(_prompt_job_args("eval", base_checkpoint, model_dir, BATCH_SIZE="4"))
   assert result.returncode == 0, result.stderr[-3000:]
   line = [row for row in result.stdout.splitlines() if row.startswith("demo_sentiment\taccuracy")]
   assert line, result.stdout
@@ -168,7 +153,7 @@ def test_eval_of_the_exported_prompt_reproduces_the_final_evaluation(trained_run
 def test_infer_writes_one_json_line_per_validation_example(trained_run, base_checkpoint, tmp_path):
   model_dir, _ = trained_run
   out_dir = str(tmp_path / "infer")
-  result = _run_cli(
+  result = run_cli(
     _prompt_job_args(
       "infer",
       base_checkpoint,
@@ -209,7 +194,7 @@ def test_sigkill_and_resume_ends_bit_identical(tmp_path, base_checkpoint, traine
   process.wait()
   assert not os.path.exists(os.path.join(resumed_dir, f"checkpoint_{STEPS}"))
 
-  resumed = _run_cli(_train_args(resumed_dir, base_checkpoint))
+  resumed = run_cli(_train_args(resumed_dir, base_checkpoint))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from" in resumed.stderr
   np.testing.assert_array_equal(_prompt(reference_dir, STEPS), _prompt(resumed_dir, STEPS))
@@ -228,7 +213,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   assert _checkpoints(model_dir) == ["checkpoint_3"]
   saved = _prompt(model_dir, 3)
   # Resumed with an infinite learning rate, the next update overflows the prompt.
-  result = _run_cli(
+  result = run_cli(
     _train_args(
       model_dir, base_checkpoint, LEARNING_RATE="1e39", CHECKPOINT_PERIOD="1", EVAL_PERIOD="None"
     )

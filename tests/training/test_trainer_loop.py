@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import convert, models
+from prompt_tuning import models
 from prompt_tuning.data import demo as demo_data
 from prompt_tuning.prompts import Prompt
 from prompt_tuning.t5 import T5Config, Transformer
@@ -29,13 +29,6 @@ def model() -> models.EncoderDecoderModel:
   return models.EncoderDecoderModel(
     Transformer(config, input_prompt=functools.partial(Prompt, length=3))
   )
-
-
-@pytest.fixture(scope="module")
-def base_checkpoint(tmp_path_factory, model, random_params) -> str:
-  path = str(tmp_path_factory.mktemp("base") / "tiny")
-  convert.save_params_orbax(random_params(model.module.config), path)
-  return path
 
 
 class _RecordingEvaluation:
