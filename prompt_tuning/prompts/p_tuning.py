@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.prompts.prompt import no_prompt_inputs
-from prompt_tuning.t5.layers import boxed
+from prompt_tuning.t5.layers import axis_dense, boxed
 
 Array = jax.Array
 PROMPT_ENCODERS = ("lstm", "mlp")
@@ -76,23 +76,9 @@ class PTuningPrompt(nn.Module):
         )
         x = jnp.concatenate([forward(x), backward(x)], axis=-1)
       x = x[0]
-    x = nn.Dense(
-      hidden,
-      dtype=jnp.float32,
-      param_dtype=self.param_dtype,
-      kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_embed", "prompt_mlp"),
-      bias_init=boxed(nn.initializers.zeros, "prompt_mlp"),
-      name="mlp_hidden",
-    )(x)
+    x = axis_dense(hidden, "prompt_embed", "prompt_mlp", self.param_dtype, "mlp_hidden")(x)
     x = jax.nn.relu(x)
-    return nn.Dense(
-      width,
-      dtype=jnp.float32,
-      param_dtype=self.param_dtype,
-      kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_mlp", "embed"),
-      bias_init=boxed(nn.initializers.zeros, "embed"),
-      name="mlp_out",
-    )(x)
+    return axis_dense(width, "prompt_mlp", "embed", self.param_dtype, "mlp_out")(x)
 
   def __call__(self, embedded: Array, prompt_inputs: Mapping[str, Array] | None = None) -> Array:
     """The prompt rows [P, d], float32 (none when P is 0)."""

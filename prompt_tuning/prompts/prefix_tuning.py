@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from prompt_tuning.prompts import initializers
 from prompt_tuning.t5.config import T5Config
-from prompt_tuning.t5.layers import LayerPrefix, boxed
+from prompt_tuning.t5.layers import LayerPrefix, axis_dense, boxed
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -52,23 +52,11 @@ class MlpReparameterization(nn.Module):
       (self.length, self.embedding_dim),
       self.param_dtype,
     )
-    x = nn.Dense(
-      self.hidden_dim,
-      dtype=jnp.float32,
-      param_dtype=self.param_dtype,
-      kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_embed", "prompt_mlp"),
-      bias_init=boxed(nn.initializers.zeros, "prompt_mlp"),
-      name="hidden",
-    )(embedding)
+    x = axis_dense(self.hidden_dim, "prompt_embed", "prompt_mlp", self.param_dtype, "hidden")(
+      embedding
+    )
     x = jnp.tanh(x)
-    return nn.Dense(
-      self.features,
-      dtype=jnp.float32,
-      param_dtype=self.param_dtype,
-      kernel_init=boxed(nn.initializers.lecun_normal(), "prompt_mlp", "prompt_out"),
-      bias_init=boxed(nn.initializers.zeros, "prompt_out"),
-      name="out",
-    )(x)
+    return axis_dense(self.features, "prompt_mlp", "prompt_out", self.param_dtype, "out")(x)
 
 
 def exported_or(

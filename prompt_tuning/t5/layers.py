@@ -45,6 +45,21 @@ def boxed(init: Initializer, *axes: str | None) -> Initializer:
   return nn.with_logical_partitioning(init, axes)
 
 
+def axis_dense(
+  features: int, in_axis: str, out_axis: str, param_dtype: DType, name: str
+) -> nn.Dense:
+  """A float32 dense layer (lecun-normal kernel, zero bias) whose kernel and bias carry
+  logical axis names: the layers of the prompt family's reparameterisation MLPs."""
+  return nn.Dense(
+    features,
+    dtype=jnp.float32,
+    param_dtype=param_dtype,
+    kernel_init=boxed(nn.initializers.lecun_normal(), in_axis, out_axis),
+    bias_init=boxed(nn.initializers.zeros, out_axis),
+    name=name,
+  )
+
+
 def _param(
   module: nn.Module,
   name: str,

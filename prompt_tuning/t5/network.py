@@ -113,6 +113,44 @@ def _self_prefix_kwargs(prefix: Optional[layers.LayerPrefix], norm: nn.Module) -
   }
 
 
+def _norm(cfg: T5Config, name: str) -> layers.RMSNorm:
+  return layers.RMSNorm(
+    cfg.layer_norm_epsilon, cfg.activation_dtype, cfg.parameter_dtype, name=name
+  )
+
+
+def _attention(cfg: T5Config, name: str) -> layers.MultiHeadAttention:
+  return layers.MultiHeadAttention(
+    cfg.num_heads,
+    cfg.head_dim,
+    cfg.dropout_rate,
+    cfg.activation_dtype,
+    cfg.parameter_dtype,
+    cfg.attention_implementation,
+    name=name,
+  )
+
+
+def _residual(cfg: T5Config, x: Array, h: Array, deterministic: bool) -> Array:
+  """`x + dropout(h)`, dropout shared across positions as in T5X."""
+  x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
+  return layers.constrain(x, ("batch", "length", "embed"))
+
+
+def _mlp_block(cfg: T5Config, x: Array, deterministic: bool) -> Array:
+  """The gated-GELU MLP sublayer that closes every encoder and decoder layer."""
+  h = _norm(cfg, "pre_mlp_layer_norm")(x)
+  h = layers.GatedMlp(
+    cfg.mlp_dim,
+    cfg.mlp_activations,
+    cfg.dropout_rate,
+    cfg.activation_dtype,
+    cfg.parameter_dtype,
+    name="mlp",
+  )(h, deterministic)
+  return _residual(cfg, x, h, deterministic)
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
   relative_embedding: nn.Module
@@ -122,26 +160,13 @@ class EncoderLayer(nn.Module):
     self, x: Array, bias: Array, deterministic: bool, prefix: Optional[layers.LayerPrefix] = None
   ) -> Array:
     cfg = self.config
-    dtype, pdtype = cfg.activation_dtype, cfg.parameter_dtype
-    norm = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype, name="pre_attention_layer_norm")
+    norm = _norm(cfg, "pre_attention_layer_norm")
     h = norm(x)
-    h = layers.MultiHeadAttention(
-      cfg.num_heads,
-      cfg.head_dim,
-      cfg.dropout_rate,
-      dtype,
-      pdtype,
-      cfg.attention_implementation,
-      name="attention",
-    )(h, h, bias, deterministic=deterministic, **_self_prefix_kwargs(prefix, norm))
-    x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
-    x = layers.constrain(x, ("batch", "length", "embed"))
-    h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype, name="pre_mlp_layer_norm")(x)
-    h = layers.GatedMlp(
-      cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, pdtype, name="mlp"
-    )(h, deterministic)
-    x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
-    return layers.constrain(x, ("batch", "length", "embed"))
+    h = _attention(cfg, "attention")(
+      h, h, bias, deterministic=deterministic, **_self_prefix_kwargs(prefix, norm)
+    )
+    x = _residual(cfg, x, h, deterministic)
+    return _mlp_block(cfg, x, deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -159,20 +184,9 @@ class DecoderLayer(nn.Module):
     prefix: Optional[layers.LayerPrefix] = None,
   ) -> Array:
     cfg = self.config
-    dtype, pdtype = cfg.activation_dtype, cfg.parameter_dtype
-    norm = layers.RMSNorm(
-      cfg.layer_norm_epsilon, dtype, pdtype, name="pre_self_attention_layer_norm"
-    )
+    norm = _norm(cfg, "pre_self_attention_layer_norm")
     h = norm(x)
-    h = layers.MultiHeadAttention(
-      cfg.num_heads,
-      cfg.head_dim,
-      cfg.dropout_rate,
-      dtype,
-      pdtype,
-      cfg.attention_implementation,
-      name="self_attention",
-    )(
+    h = _attention(cfg, "self_attention")(
       h,
       h,
       self_bias,
@@ -180,20 +194,9 @@ class DecoderLayer(nn.Module):
       deterministic=deterministic,
       **_self_prefix_kwargs(prefix, norm),
     )
-    x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
-    x = layers.constrain(x, ("batch", "length", "embed"))
-    h = layers.RMSNorm(
-      cfg.layer_norm_epsilon, dtype, pdtype, name="pre_cross_attention_layer_norm"
-    )(x)
-    h = layers.MultiHeadAttention(
-      cfg.num_heads,
-      cfg.head_dim,
-      cfg.dropout_rate,
-      dtype,
-      pdtype,
-      cfg.attention_implementation,
-      name="encoder_decoder_attention",
-    )(
+    x = _residual(cfg, x, h, deterministic)
+    h = _norm(cfg, "pre_cross_attention_layer_norm")(x)
+    h = _attention(cfg, "encoder_decoder_attention")(
       h,
       encoded,
       cross_bias,
@@ -202,14 +205,8 @@ class DecoderLayer(nn.Module):
       deterministic=deterministic,
       prefix_key_value=layers.cross_attention_prefix(prefix),
     )
-    x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
-    x = layers.constrain(x, ("batch", "length", "embed"))
-    h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, pdtype, name="pre_mlp_layer_norm")(x)
-    h = layers.GatedMlp(
-      cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, pdtype, name="mlp"
-    )(h, deterministic)
-    x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic)
-    return layers.constrain(x, ("batch", "length", "embed"))
+    x = _residual(cfg, x, h, deterministic)
+    return _mlp_block(cfg, x, deterministic)
 
 
 class Encoder(nn.Module):
