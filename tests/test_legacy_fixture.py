@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
+from prompt_tuning import convert
 from prompt_tuning.data import demo as demo_data
 from tests.cli_testing import run_cli
 
@@ -133,4 +134,15 @@ def test_an_old_checkpoint_exports_its_prompt(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   np.testing.assert_array_equal(
     np.load(os.path.join(out_dir, "encoder.prompt.prompt.npy")), np.load(PROMPT_6)
+  )
+
+
+def test_an_old_run_checkpoint_reads_through_the_checkpoint_registry():
+  checkpoint = os.path.join(FIXTURE, "model_dir", "checkpoint_6")
+  assert convert.detect_format(checkpoint) == "run"
+  assert convert.newest_run_checkpoint(os.path.join(FIXTURE, "model_dir")) == checkpoint
+  params = convert.load_params(checkpoint)
+  np.testing.assert_array_equal(params["encoder"]["prompt"]["prompt"], np.load(PROMPT_6))
+  np.testing.assert_array_equal(
+    convert.read_variable(checkpoint, "encoder/prompt/prompt"), np.load(PROMPT_6)
   )
