@@ -30,6 +30,59 @@ class TrainState:
     )
 
 
+def strided_microbatches(batch: Mapping[str, Array], num_microbatches: int) -> dict[str, Array]:
+  """The batch as [num_microbatches, rows / num_microbatches, ...] per feature.
+
+  Microbatch k takes rows k, k + n, k + 2n, ...: every device's contiguous block of a
+  data-sharded batch holds an equal part of each microbatch, so the split moves no rows
+  between devices (contiguous microbatches make XLA gather and permute them).
+  """
+  size = next(iter(batch.values())).shape[0]
+  if size % num_microbatches:
+    raise ValueError(f"batch size {size} is not divisible by num_microbatches {num_microbatches}")
+  rows = size // num_microbatches
+  return jax.tree.map(
+    lambda x: x.reshape((rows, num_microbatches) + x.shape[1:]).swapaxes(0, 1), dict(batch)
+  )
+
+
+def _accumulated(
+  loss_and_grads: Callable[..., tuple[tuple[Array, Metrics], Any]],
+  trainable: Any,
+  frozen: Any,
+  batch: Mapping[str, Array],
+  dropout_rng: Array,
+  num_microbatches: int,
+) -> tuple[tuple[Array, Metrics], Any]:
+  """`loss_and_grads` summed over strided microbatches (a scan: one microbatch's
+  activations live at a time); microbatch k's dropout key is `fold_in(dropout_rng, k)`."""
+  micro = strided_microbatches(batch, num_microbatches)
+
+  def body(carry, inputs):
+    index, microbatch = inputs
+    (loss, metrics), grads = loss_and_grads(
+      trainable, frozen, microbatch, jax.random.fold_in(dropout_rng, index)
+    )
+    total_grads, total_loss, total_metrics = carry
+    return (
+      jax.tree.map(jnp.add, total_grads, grads),
+      total_loss + loss,
+      jax.tree.map(jnp.add, total_metrics, metrics),
+    ), None
+
+  first = jax.tree.map(lambda x: x[0], micro)
+  metrics_shape = jax.eval_shape(lambda: loss_and_grads(trainable, frozen, first, dropout_rng))
+  init = (
+    jax.tree.map(jnp.zeros_like, trainable),
+    jnp.zeros((), jnp.float32),
+    jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape[0][1]),
+  )
+  (grads, loss, metrics), _ = jax.lax.scan(body, init, (jnp.arange(num_microbatches), micro))
+  # Token accuracy is a ratio: average it rather than summing it over pieces.
+  metrics = dict(metrics, accuracy=metrics["accuracy"] / num_microbatches)
+  return (loss, metrics), grads
+
+
 def make_train_step(
   model: Any, optimizer: optax.GradientTransformation, num_microbatches: int = 1
 ) -> Callable[[TrainState, Any, Mapping[str, Array], Array], tuple[TrainState, Metrics]]:
@@ -56,45 +109,7 @@ def make_train_step(
   ) -> tuple[tuple[Array, Metrics], Any]:
     if num_microbatches == 1:
       return loss_and_grads(trainable, frozen, batch, dropout_rng)
-    size = next(iter(batch.values())).shape[0]
-    if size % num_microbatches:
-      raise ValueError(f"batch size {size} is not divisible by num_microbatches {num_microbatches}")
-    # Microbatch k takes rows k, k + n, k + 2n, ...: every device's contiguous block of
-    # a data-sharded batch holds an equal part of each microbatch, so the split moves no
-    # rows between devices (contiguous microbatches make XLA gather and permute them).
-    micro = jax.tree.map(
-      lambda x: x.reshape((size // num_microbatches, num_microbatches) + x.shape[1:]).swapaxes(
-        0, 1
-      ),
-      dict(batch),
-    )
-
-    def body(carry, inputs):
-      index, microbatch = inputs
-      (loss, metrics), grads = loss_and_grads(
-        trainable, frozen, microbatch, jax.random.fold_in(dropout_rng, index)
-      )
-      total_grads, total_loss, total_metrics = carry
-      return (
-        jax.tree.map(jnp.add, total_grads, grads),
-        total_loss + loss,
-        jax.tree.map(jnp.add, total_metrics, metrics),
-      ), None
-
-    zeros_metrics = jax.eval_shape(
-      lambda: loss_and_grads(trainable, frozen, jax.tree.map(lambda x: x[0], micro), dropout_rng)[
-        0
-      ][1]
-    )
-    init = (
-      jax.tree.map(jnp.zeros_like, trainable),
-      jnp.zeros((), jnp.float32),
-      jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros_metrics),
-    )
-    (grads, loss, metrics), _ = jax.lax.scan(body, init, (jnp.arange(num_microbatches), micro))
-    # Token accuracy is a ratio: average it rather than summing it over pieces.
-    metrics = dict(metrics, accuracy=metrics["accuracy"] / num_microbatches)
-    return (loss, metrics), grads
+    return _accumulated(loss_and_grads, trainable, frozen, batch, dropout_rng, num_microbatches)
 
   def train_step(
     state: TrainState, frozen: Any, batch: Mapping[str, Array], rng: Array
