@@ -178,6 +178,29 @@ def _with_shardings(tree: Any, shardings: Any) -> Any:
   )
 
 
+def _hooks(method: str, prompt_length: int) -> tuple[Any, Any]:
+  """(input_prompt, layer_prefix) of a method; "prompt" at length 0 is no prompt at all."""
+  if prompt_length:
+    return family.hooks(method, prompt_length)
+  if method == "prompt":
+    return None, None
+  raise ValueError(f"method {method!r} needs a prompt length above 0")
+
+
+def _abstract_batch(
+  partitioner: partitioning.Partitioner, batch_size: int, input_length: int, target_length: int
+) -> dict[str, jax.ShapeDtypeStruct]:
+  """The train step's batch as sharded shapes: inputs of `input_length`, the decoder's
+  features of `target_length`."""
+  lengths = {"encoder_input_tokens": input_length}
+  return {
+    name: jax.ShapeDtypeStruct(
+      (batch_size, lengths.get(name, target_length)), jnp.int32, sharding=partitioner.batch_sharding
+    )
+    for name in FEATURES
+  }
+
+
 def plan_train_step(
   config: T5Config,
   mesh_shape: tuple[int, int],
@@ -200,12 +223,7 @@ def plan_train_step(
   devices = cpu_devices(data * model_parallel)
   partitioner = partitioning.Partitioner(mesh_shape=mesh_shape, devices=devices)
 
-  if prompt_length:
-    prompt, prefix = family.hooks(method, prompt_length)
-  elif method == "prompt":
-    prompt, prefix = None, None
-  else:
-    raise ValueError(f"method {method!r} needs a prompt length above 0")
+  prompt, prefix = _hooks(method, prompt_length)
   model = models.EncoderDecoderModel(Transformer(config, input_prompt=prompt, layer_prefix=prefix))
   trainable_abs, frozen_abs = trainable_lib.split(
     abstract_params(config, prompt, prefix), trainable_regex
@@ -228,13 +246,7 @@ def plan_train_step(
     jax.eval_shape(lambda t: TrainState.create(t, optimizer), trainable_abs), state_sh
   )
   frozen_abs = _with_shardings(frozen_abs, frozen_sh)
-  lengths = {"encoder_input_tokens": input_length}
-  batch_abs = {
-    name: jax.ShapeDtypeStruct(
-      (batch_size, lengths.get(name, target_length)), jnp.int32, sharding=partitioner.batch_sharding
-    )
-    for name in FEATURES
-  }
+  batch_abs = _abstract_batch(partitioner, batch_size, input_length, target_length)
   rng_abs = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioner.replicated)
 
   step = partitioner.partition_train_step(
