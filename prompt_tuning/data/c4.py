@@ -36,6 +36,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.data import sources
 from prompt_tuning.data import vocab as vocab_lib
 
 C4_NAME = "c4"
@@ -349,7 +350,7 @@ def register_text_tasks(
     seqio.TaskRegistry.remove(full_name)
     seqio.TaskRegistry.add(
       full_name,
-      source=seqio.TfdsDataSource(tfds_name, splits=splits),
+      source=sources.TfdsSource(tfds_name, splits=splits),
       preprocessors=common + [preprocessor, seqio.preprocessors.append_eos_after_trim],
       output_features=output_features(vocabulary),
       metric_fns=[],

@@ -41,6 +41,7 @@ import tensorflow as tf
 from prompt_tuning.data import metrics
 from prompt_tuning.data import postprocessors
 from prompt_tuning.data import preprocessors
+from prompt_tuning.data import sources
 from prompt_tuning.data import vocab as vocab_lib
 
 TFDS_VERSION = "2.0.0"
@@ -330,7 +331,7 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
       name = task_name(config.name, taskless)
       _add_task(
         name,
-        seqio.TfdsDataSource(f"glue/{config.name}:{TFDS_VERSION}", splits=config.splits),
+        sources.TfdsSource(f"glue/{config.name}:{TFDS_VERSION}", splits=config.splits),
         text_preprocessors(config, taskless),
         postprocessor(config),
         list(config.metric_fns),
@@ -355,7 +356,7 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
       name = transfer_task_name(target_name, source_name, taskless)
       _add_task(
         name,
-        seqio.TfdsDataSource(f"glue/{target_name}:{TFDS_VERSION}", splits=("validation",)),
+        sources.TfdsSource(f"glue/{target_name}:{TFDS_VERSION}", splits=("validation",)),
         transfer_text_preprocessors(source, target, taskless),
         transfer_postprocessor(source, target),
         list(target.metric_fns),

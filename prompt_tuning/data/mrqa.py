@@ -27,6 +27,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning.data import metrics
+from prompt_tuning.data import sources
 from prompt_tuning.data import vocab as vocab_lib
 
 SQUAD_TASK = "squad_v010_allanswers"
@@ -159,23 +160,21 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
 
   _add_task(
     SQUAD_TASK,
-    seqio.TfdsDataSource(SQUAD_TFDS_NAME, splits=("train", "validation")),
+    sources.TfdsSource(SQUAD_TFDS_NAME, splits=("train", "validation")),
     squad_preprocessor,
     features,
   )
   names.append(SQUAD_TASK)
 
   for subset in IN_DOMAIN:
-    source = seqio.TfdsDataSource(
+    source = sources.TfdsSource(
       f"mrqa/{subset}:{MRQA_TFDS_VERSION}", splits=("train", "validation")
     )
     _add_task(mrqa_task_name(subset), source, mrqa_preprocessor, features)
     names.append(mrqa_task_name(subset))
 
   for subset in OUT_OF_DOMAIN:
-    source = seqio.TfdsDataSource(
-      f"mrqa/{subset}:{MRQA_TFDS_VERSION}", splits={"validation": "test"}
-    )
+    source = sources.TfdsSource(f"mrqa/{subset}:{MRQA_TFDS_VERSION}", splits={"validation": "test"})
     _add_task(mrqa_task_name(subset), source, mrqa_preprocessor, features)
     names.append(mrqa_task_name(subset))
 

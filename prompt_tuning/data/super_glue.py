@@ -33,6 +33,7 @@ import seqio
 from prompt_tuning.data import metrics
 from prompt_tuning.data import postprocessors
 from prompt_tuning.data import preprocessors
+from prompt_tuning.data import sources
 from prompt_tuning.data import vocab as vocab_lib
 
 TFDS_VERSION = "1.0.2"
@@ -209,7 +210,7 @@ def _add_task(
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
     name,
-    source=seqio.TfdsDataSource(
+    source=sources.TfdsSource(
       tfds_name=f"super_glue/{spec.tfds_config}:{TFDS_VERSION}", splits=list(spec.splits)
     ),
     preprocessors=text_preprocessors
