@@ -55,6 +55,8 @@ class TaskSpec:
   text_preprocessor: Callable[..., object]
   postprocess_fn: Callable[..., object] | None
   metric_fns: Sequence[Callable[..., dict]]
+  # Steps run before `text_preprocessor`, e.g. AX-b's renaming of its fields to RTE's.
+  pre_text: Sequence[Callable[..., object]] = ()
 
 
 def _glue(benchmark: str, labels: Sequence[str], fields: Sequence[str]):
@@ -65,6 +67,12 @@ def _glue(benchmark: str, labels: Sequence[str], fields: Sequence[str]):
     feature_names=tuple(fields),
   )
 
+
+# AX-b names its pair sentence1 / sentence2 where RTE says premise / hypothesis. As T5's
+# `super_glue_axb_v102` does, they are renamed first, so AX-b reads exactly like RTE
+# ("rte hypothesis: <sentence2> premise: <sentence1>") and an RTE prompt sees on AX-b
+# the field names it was trained with.
+AXB_AS_RTE = {"premise": "sentence1", "hypothesis": "sentence2", "label": "label", "idx": "idx"}
 
 # Field orders are T5's: alphabetical, except where T5 named an order (MultiRC, WiC).
 # AX-b and AX-g are cast as RTE, whose labels they share.
@@ -131,9 +139,10 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
     "axb",
     "axb",
     ("test",),
-    _glue("rte", NLI_2_LABELS, ("sentence1", "sentence2")),
+    _glue("rte", NLI_2_LABELS, ("hypothesis", "premise")),
     postprocessors.string_label(NLI_2_LABELS),
     [metrics.labeled_only(metrics.matthews_corrcoef), metrics.labeled_only(metrics.accuracy)],
+    pre_text=(functools.partial(seqio.preprocessors.rekey, key_map=AXB_AS_RTE),),
   ),
   TaskSpec(
     "axg",
@@ -197,7 +206,7 @@ def _output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
 def _add_task(
   name: str, spec: TaskSpec, vocabulary: seqio.Vocabulary, taskless: bool, examples: bool
 ) -> None:
-  text_preprocessors = [spec.text_preprocessor]
+  text_preprocessors = [*spec.pre_text, spec.text_preprocessor]
   if taskless:
     text_preprocessors.append(preprocessors.remove_first_text_token)
   postprocess_fn = spec.postprocess_fn

@@ -350,9 +350,13 @@ def test_glue_style_formats(registered):
     assert _inputs_and_targets("super_glue_wic_v102") == [
       ("wic sentence1: S1. sentence2: S2. word: bank", "False")
     ]
-    # AX-b is cast as RTE; its public test labels are hidden (-1 -> "<unk>").
+    # AX-b is posed as RTE, its sentence1 / sentence2 renamed premise / hypothesis; its
+    # public test labels are hidden (-1 -> "<unk>").
     assert _inputs_and_targets("super_glue_axb_v102", "test") == [
-      ("rte sentence1: S1. sentence2: S2.", "<unk>")
+      ("rte hypothesis: S2. premise: S1.", "<unk>")
+    ]
+    assert _inputs_and_targets("taskless_super_glue_axb_v102", "test") == [
+      ("hypothesis: S2. premise: S1.", "<unk>")
     ]
 
 
