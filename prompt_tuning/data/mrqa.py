@@ -1,9 +1,10 @@
 """Extractive QA under domain shift: train on SQuAD, evaluate on MRQA's out-of-domain sets.
 
 This is the paper's Table 1 experiment. Every QA example is posed in T5's SQuAD format,
-`question: Q context: C` -> first answer (punctuation padded with spaces, as T5 does), and
-scored with SQuAD EM/F1 against *all* reference answers, which is why the postprocessor
-replaces a target by the example's answer list.
+`question: Q context: C` -> first answer, with ASCII punctuation padded with spaces in the
+question, the context and the answers exactly as T5 does (see `pad_punctuation`), and
+scored with SQuAD EM/F1 against *all* (padded) reference answers, which is why the
+postprocessor replaces a target by the example's answer list.
 
 Registered names:
   squad_v010_allanswers     TFDS `squad/v1.1`, splits train / validation.
@@ -55,14 +56,24 @@ def mixture_name(subset: str) -> str:
 
 
 def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
-  """Surrounds every punctuation mark with spaces and collapses whitespace (T5's SQuAD).
+  """T5's SQuAD padding: a space either side of each ASCII punctuation mark, runs of
+  whitespace collapsed to one space.
 
-  T5 trained its QA tasks on this form, and SQuAD scoring ignores punctuation and extra
-  spaces, so the padding changes what the model sees but not how answers are scored.
+  The marks are RE2's `[[:punct:]]`, i.e. exactly Python's `string.punctuation`
+  (`_` included); other characters (the en dash, curly quotes, `€`, `°`, a non-breaking
+  space...) stay where they are, so `1990–91` stays one word, as under T5. Nothing is
+  stripped: like T5, a text ending in a mark ends in a space ("1813 . "). T5 pads the
+  question, the context and every reference answer (the scored answers included), and
+  so does `_qa_example`; SQuAD scoring drops exactly these marks and extra spaces again,
+  so the padding never costs a prediction that matches an answer's words.
   """
-  text = tf.strings.regex_replace(text, r"([^_\s\p{N}\p{L}\p{M}])", r" \1 ")
-  text = tf.strings.regex_replace(text, r"\s+", " ")
-  return tf.strings.strip(text)
+  text = tf.strings.regex_replace(text, r"([[:punct:]])", r" \1 ")
+  return tf.strings.regex_replace(text, r"\s+", " ")
+
+
+def _join_words(parts: list[tf.Tensor | str]) -> tf.Tensor:
+  """T5's `_string_join`: join with spaces, then collapse runs of whitespace."""
+  return tf.strings.regex_replace(tf.strings.join(parts, separator=" "), r"\s+", " ")
 
 
 def _qa_example(
@@ -72,7 +83,7 @@ def _qa_example(
   context = pad_punctuation(context)
   answers = pad_punctuation(answers)
   return {
-    "inputs": tf.strings.join(["question:", question, "context:", context], separator=" "),
+    "inputs": _join_words(["question:", question, "context:", context]),
     "targets": answers[0],
     "id": example_id,
     "question": question,

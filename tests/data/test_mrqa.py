@@ -86,9 +86,9 @@ def test_squad_end_to_end(mock_tfds):
   examples = _examples(mrqa.SQUAD_TASK, "validation")
   assert [e["inputs_pretokenized"].decode() for e in examples] == [
     "question: who wrote the book ( squad validation ) ? context: The book was written by "
-    "Jane Austen in 1813 .",
+    "Jane Austen in 1813 . ",
     "question: when was it written ( squad validation ) ? context: The book was written by "
-    "Jane Austen in 1813 .",
+    "Jane Austen in 1813 . ",
   ]
   assert [e["targets_pretokenized"].decode() for e in examples] == ["Jane Austen", "1813"]
 
@@ -115,7 +115,8 @@ def test_out_of_domain_sets_read_tfds_test_as_validation(mock_tfds, subset):
   task = seqio.TaskRegistry.get(name)
   assert set(task.splits) == {"validation"}
   examples = _examples(name, "validation")
-  assert all(f"( {subset} test )" in e["inputs_pretokenized"].decode() for e in examples)
+  padded = subset.replace("_", " _ ")  # T5 pads "_" like any ASCII punctuation mark.
+  assert all(f"( {padded} test )" in e["inputs_pretokenized"].decode() for e in examples)
   assert list(examples[0]["answers"]) == [b"Jane Austen", b"Austen"]
   assert _evaluate(name, examples, ["Jane Austen", "1813"]) == {"em": 100.0, "f1": 100.0}
 
@@ -127,7 +128,7 @@ def test_in_domain_sets_keep_their_splits(mock_tfds):
       "validation",
     }
   examples = _examples(mrqa.mrqa_task_name("news_qa"), "train")
-  assert "( news_qa train )" in examples[0]["inputs_pretokenized"].decode()
+  assert "( news _ qa train )" in examples[0]["inputs_pretokenized"].decode()
 
 
 def test_mixtures_train_on_squad_only_and_evaluate_out_of_domain(mock_tfds):
