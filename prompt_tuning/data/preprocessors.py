@@ -147,6 +147,45 @@ def _mark_pronoun(text: tf.Tensor, pronoun: tf.Tensor, index: tf.Tensor) -> tf.T
   return tf.cond(num_words > 0, mark, lambda: text)
 
 
+# Two WSC texts whose pronoun T5 does not locate by its word index (the pronoun carries a
+# quote and comma in one, the index points at "use" in the other). T5 hard-codes their
+# blanked form, "X" standing for the pronoun; it is reproduced here character for
+# character (the first loses its trailing space and gains one before the comma).
+WSC_SPECIAL_TEXTS: dict[str, str] = {
+  (
+    "The boy continued to whip the pony , and eventually the pony threw him over. John "
+    'laughed out quite loud. "Good for him," he said. '
+  ): (
+    "The boy continued to whip the pony , and eventually the pony threw him over. John "
+    'laughed out quite loud. "Good for X ," he said.'
+  ),
+  (
+    "When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the "
+    "magic pebble in an iron safe . Some day they might want to use it , but really for "
+    "now, what more could they wish for?"
+  ): (
+    "When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the "
+    "magic pebble in an iron safe . Some day they might want to use X , but really for "
+    "now, what more could they wish for?"
+  ),
+}
+
+
+@_plain_tf
+def wsc_marked_text(text: tf.Tensor, pronoun: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+  """WSC's text with its pronoun in asterisks, as T5's simple WSC writes it.
+
+  The two texts T5 special-cases get T5's fixed form with the pronoun in place of its
+  "X"; every other text is marked by `_mark_pronoun`.
+  """
+  marked = _mark_pronoun(text, pronoun, index)
+  starred = tf.strings.join([" *", pronoun, "* "])
+  for original, blanked in WSC_SPECIAL_TEXTS.items():
+    special = tf.strings.regex_replace(tf.constant(blanked), " X ", starred)
+    marked = tf.where(tf.equal(text, original), special, marked)
+  return marked
+
+
 def wsc_simple(dataset: tf.data.Dataset, correct_referent_only: bool) -> tf.data.Dataset:
   """T5's "simple" WSC: mark the pronoun, generate the noun phrase it refers to.
 
@@ -161,7 +200,7 @@ def wsc_simple(dataset: tf.data.Dataset, correct_referent_only: bool) -> tf.data
 
   @_plain_tf
   def format_example(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    marked = _mark_pronoun(x["text"], x["span2_text"], x["span2_index"])
+    marked = wsc_marked_text(x["text"], x["span2_text"], x["span2_index"])
     return {
       "inputs": tf.strings.join(["wsc:", marked], separator=" "),
       "targets": x["span1_text"],
