@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # The gin half of the command line lives in launch.py (shared with the demo and the
 # scripts); its names are re-exported here, where scripts have always found them.
-from prompt_tuning.errors import one_line
+from prompt_tuning.errors import EXIT_INTERRUPTED, describe
 from prompt_tuning.launch import (
   DISTRIBUTED_HELP,
   GIN_HELP,
@@ -155,6 +155,8 @@ def _diff_checkpoints(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
     prog="prompt-tuning diff-checkpoints",
     description="Which parameters differ between two checkpoints and by how much.",
+    epilog="exit status: 0 if the checkpoints hold the same names, shapes and values; 1 if "
+    "they differ; 2 if either path is not a readable checkpoint.",
   )
   parser.add_argument("a")
   parser.add_argument("b")
@@ -266,14 +268,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   except UsageError as error:
     print(f"prompt-tuning {command}: error: {error}", file=sys.stderr)
     return 2
-  except (ValueError, FileNotFoundError, RuntimeError) as error:
+  except (Exception, KeyboardInterrupt) as error:
+    # Every other failure, a library's included, is one line naming the problem and the
+    # fix (errors.describe); Ctrl-C says where training stopped and exits 130.
     if debug:
       raise
-    print(
-      f"prompt-tuning {command}: error: {one_line(error)} (rerun with --debug for the traceback)",
-      file=sys.stderr,
-    )
-    return 1
+    message, code = describe(error)
+    if code == EXIT_INTERRUPTED:
+      print(f"prompt-tuning {command}: {message}", file=sys.stderr)
+    else:
+      print(
+        f"prompt-tuning {command}: error: {message} (rerun with --debug for the traceback)",
+        file=sys.stderr,
+      )
+    return code
 
 
 def _configure_logging(verbose: bool) -> None:
