@@ -7,6 +7,7 @@ batches), so the tools work on checkpoints larger than host memory allows twice.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -26,19 +27,24 @@ TARGET_FORMATS = ("orbax", "hf")
 _BATCH_BYTES = 1 << 30
 
 
-def _fail(message: str) -> int:
+# diff-checkpoints' exit codes, as diff(1) has them: 0 same, 1 different, 2 trouble.
+DIFF_IDENTICAL, DIFF_DIFFERENT, DIFF_UNREADABLE = 0, 1, 2
+
+
+def _fail(message: str, code: int = 1) -> int:
   print(f"error: {message}", file=sys.stderr)
-  return 1
+  return code
 
 
-def _guard(command: Callable[..., int]) -> Callable[..., int]:
-  """Bad input (a ValueError of ours) becomes a one-line message and exit code 1."""
+def _guard(command: Callable[..., int], code: int = 1) -> Callable[..., int]:
+  """Bad input (a ValueError of ours, a path that does not exist) becomes a one-line
+  message and exit code `code`."""
 
   def run(*args, **kwargs) -> int:
     try:
       return command(*args, **kwargs)
-    except ValueError as e:
-      return _fail(str(e))
+    except (ValueError, FileNotFoundError) as e:
+      return _fail(str(e), code)
 
   run.__name__ = command.__name__
   run.__doc__ = command.__doc__
@@ -179,11 +185,12 @@ def extract_variable(ckpt: str, regex: str, out_npy: str) -> int:
   return 0
 
 
-@_guard
+@functools.partial(_guard, code=DIFF_UNREADABLE)
 def diff_checkpoints(a: str, b: str) -> int:
   """Compares two checkpoints parameter by parameter (max absolute difference).
 
-  Exit code 0: identical names, shapes and values; 1: any difference (like `diff`).
+  Exit code 0: identical names, shapes and values; 1: any difference; 2: either path is
+  not a readable checkpoint (like diff(1), so scripts can tell "differ" from "broken").
   """
   with loading.open_checkpoint(a) as ra, loading.open_checkpoint(b) as rb:
     ia, ib = ra.arrays(), rb.arrays()
@@ -218,4 +225,4 @@ def diff_checkpoints(a: str, b: str) -> int:
     f"{same} of {len(common)} shared parameters identical; {len(differing)} differ, "
     f"{len(reshaped)} reshaped, {len(only_a)} only in a, {len(only_b)} only in b"
   )
-  return 0 if not (only_a or only_b or reshaped or differing) else 1
+  return DIFF_IDENTICAL if not (only_a or only_b or reshaped or differing) else DIFF_DIFFERENT
