@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
+import tempfile
 import sys
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
@@ -30,7 +32,7 @@ import jax
 import optax
 from absl import logging
 
-from prompt_tuning import models, tree
+from prompt_tuning import errors, models, tree
 from prompt_tuning.t5 import network
 from prompt_tuning.training import checkpoints as checkpoints_lib
 from prompt_tuning.training import data as data_lib
@@ -250,6 +252,19 @@ class _Loop:
       metadata=self.metadata,
     )
 
+  def _divergence(self, step: int, loss: float) -> str:
+    """The NaN guard's message: the value it saw, and what is on disk to go back to."""
+    if math.isfinite(loss):
+      seen = f"the updated parameters became non-finite at step {step} (loss {loss:.6g})"
+    else:
+      seen = f"loss became {loss} at step {step}"
+    latest = self.manager.latest_step()
+    if latest is None:
+      kept = f"no checkpoint was saved in {self.manager.model_dir} yet"
+    else:
+      kept = f"the last good checkpoint, checkpoint_{latest}, is kept in {self.manager.model_dir}"
+    return f"{seen}; {kept}. Lower the learning rate or check the data, then rerun."
+
   def evaluate(self, step: int) -> None:
     self.last_eval = self.evaluation.evaluate(self.run.params, step)
     self.log.write(step, "eval", logging_utils.flatten_metrics(self.last_eval))
@@ -262,11 +277,7 @@ class _Loop:
     """The NaN guard, then the step's logs, checkpoint and evaluation."""
     loss = float(metrics["loss"])
     if not bool(metrics["finite"]):
-      raise NonFiniteLossError(
-        f"loss became {loss} (or the updated parameters non-finite) at step {step}; "
-        f"the last good checkpoint is kept in {self.manager.model_dir}. Lower the "
-        "learning rate or check the data, then rerun."
-      )
+      raise NonFiniteLossError(self._divergence(step, loss))
     self.losses.append((step, loss))
     # The summed loss follows each batch's token count; per token it is comparable.
     loss_per_token = loss / max(float(metrics["num_tokens"]), 1.0)
@@ -295,20 +306,106 @@ class _Loop:
       self.schedule.log_period,
       enabled=logging_utils.is_leader(),
     )
+    done = start_step
     try:
       for step in range(start_step + 1, self.schedule.end_step + 1):
         batch = self.run.partitioner.shard_batch(next(batches))
         self.run.state, metrics = step_fn(self.run.state, self.run.frozen, batch, dropout_rng)
         self.run.data_position += 1
+        done = step  # Computed; a Ctrl-C while it logs or saves reports this step.
         self.after_step(step, partitioning.fetch(metrics), progress)
       if self.schedule.end_step < self.schedule.train_steps and (
         _host_int(self.run.state.step) % self.schedule.checkpoint_period
       ):
         self.save()  # A time-sliced run leaves a checkpoint where it stopped.
+    except KeyboardInterrupt:
+      # Ctrl-C: let a checkpoint being written finish (orbax renames a step only when it
+      # is complete), then say where the run stopped and what a rerun resumes from.
+      self.manager.wait()
+      raise errors.TrainingInterrupted(
+        done, self.manager.latest_step(), self.manager.model_dir
+      ) from None
     finally:
       progress.close()
       self.manager.wait()
       self.log.close()
+
+
+def _positive(name: str, value: Any, *, macro: str | None = None, optional: bool = False) -> None:
+  """`value` must be an int >= 1 (or None when `optional`); the error names the setting
+  by its gin macro, which is how users set it."""
+  if optional and value is None:
+    return
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    setting = macro or f"trainer.train.{name}"
+    allowed = "None or an integer >= 1" if optional else "an integer >= 1"
+    raise errors.ConfigurationError(
+      f"{setting} must be {allowed}, got {value!r}; set --gin.{setting}=N with N >= 1"
+    )
+
+
+def _check_model_dir(model_dir: str) -> None:
+  """MODEL_DIR must be a directory this process can write (created when missing): found
+  now rather than at the first checkpoint, after minutes of loading and compiling."""
+  if not isinstance(model_dir, str) or not model_dir:
+    raise errors.ConfigurationError(
+      f"MODEL_DIR must be a directory path, got {model_dir!r}; set --gin.MODEL_DIR=\"'/path'\""
+    )
+  if "://" in model_dir:
+    return  # A remote file system: its own client reports problems.
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    raise errors.ConfigurationError(
+      f"MODEL_DIR {model_dir} exists and is not a directory; choose a directory path"
+    )
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    # A real write, not os.access: permission bits say nothing about a read-only mount.
+    probe, name = tempfile.mkstemp(prefix=".write-check-", dir=model_dir)
+    os.close(probe)
+    os.remove(name)
+  except OSError as error:
+    raise errors.ConfigurationError(
+      f"MODEL_DIR {model_dir} is not writable ({error.strerror or error}); choose a "
+      "directory you may write to"
+    ) from None
+
+
+def validate_settings(
+  *,
+  train_steps: Any,
+  task_feature_lengths: Any,
+  batch_size: Any,
+  model_dir: Any,
+  checkpoint_period: Any,
+  eval_period: Any,
+  log_period: Any,
+  keep_checkpoints: Any,
+  num_microbatches: Any,
+  stop_after_steps: Any,
+) -> None:
+  """Refuses settings that cannot train before anything is loaded or compiled: a run of
+  0 steps would exit 0 having trained nothing, a period of 0 divides by zero at step 1,
+  an input length of 0 trains on empty inputs."""
+  _positive("train_steps", train_steps, macro="TRAIN_STEPS")
+  _positive("batch_size", batch_size, macro="BATCH_SIZE")
+  _positive("checkpoint_period", checkpoint_period, macro="CHECKPOINT_PERIOD")
+  _positive("eval_period", eval_period, macro="EVAL_PERIOD", optional=True)
+  _positive("log_period", log_period)
+  _positive("keep_checkpoints", keep_checkpoints, optional=True)
+  _positive("num_microbatches", num_microbatches)
+  _positive("stop_after_steps", stop_after_steps, optional=True)
+  if not isinstance(task_feature_lengths, Mapping) or not task_feature_lengths:
+    raise errors.ConfigurationError(
+      f"TASK_FEATURE_LENGTHS must be a dict of feature lengths, got {task_feature_lengths!r}; "
+      "e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 8}\""
+    )
+  for feature, length in task_feature_lengths.items():
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+      raise errors.ConfigurationError(
+        f"TASK_FEATURE_LENGTHS[{feature!r}] must be an integer >= 1, got {length!r}; "
+        "every feature needs at least one token"
+      )
+  _check_model_dir(model_dir)
 
 
 def _fresh_regex(trainable_regex: str, fresh_regex: str | None) -> str:
@@ -320,6 +417,7 @@ def _fresh_regex(trainable_regex: str, fresh_regex: str | None) -> str:
 
 
 @gin.configurable
+@checkpoints_lib.holding_model_dir_lock
 def train(
   *,
   model: models.EncoderDecoderModel = gin.REQUIRED,
@@ -364,7 +462,19 @@ def train(
   returns {task: {metric: value}}; every `eval_period` steps it runs. Without a factory
   (None) no evaluation runs, whatever `eval_period` says.
   """
-  os.makedirs(model_dir, exist_ok=True)
+  validate_settings(
+    train_steps=train_steps,
+    task_feature_lengths=task_feature_lengths,
+    batch_size=batch_size,
+    model_dir=model_dir,
+    checkpoint_period=checkpoint_period,
+    eval_period=eval_period,
+    log_period=log_period,
+    keep_checkpoints=keep_checkpoints,
+    num_microbatches=num_microbatches,
+    stop_after_steps=stop_after_steps,
+  )
+  initialization.check_task_vocabularies(mixture_or_task_name, model.module.config.vocab_size)
   base = initial_checkpoint_path
   optimizer = optimizer_factory(learning_rate=learning_rate)
   partitioner = (partitioner or partitioning.Partitioner()).for_batch(batch_size, num_microbatches)
