@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from typing import Any, Callable, NoReturn, Sequence
 
 import gin
@@ -179,12 +180,75 @@ def parse_gin(
   for path in paths:
     gin.add_config_file_search_path(path)
   resolved = [_resolve(f, paths) for f in files]
+  # Each binding alone first: gin parses them joined into one string, so its syntax
+  # errors point at a line of that string, not at the flag the user typed.
+  for binding in bindings:
+    problem = _syntax_problem(binding)
+    if problem is not None:
+      raise UsageError(f"bad gin binding {_as_flag(binding)}: {problem}{_quote_hint(binding)}")
   try:
     gin.parse_config_files_and_bindings(
       resolved, list(bindings), finalize_config=False, skip_unknown=False
     )
   except Exception as error:  # gin raises many exception types for bad configs.
+    culprit = _binding_at_fault(error, bindings)
+    if culprit is not None:
+      message = str(error).split("In bindings string line", 1)[0]
+      raise UsageError(
+        f"bad gin binding {_as_flag(culprit)}: {errors.one_line(message)}"
+      ) from error
     raise UsageError(f"bad gin configuration: {errors.one_line(error)}") from error
+
+
+def _as_flag(binding: str) -> str:
+  return f"--gin.{' '.join(binding.split())}"
+
+
+def _syntax_problem(binding: str) -> str | None:
+  """Gin's complaint about `binding` parsed on its own, or None when it parses. Only the
+  syntax is checked: names are resolved later, with every gin file loaded."""
+  from gin import config_parser
+
+  try:
+    for _ in config_parser.ConfigParser(binding, gin.config.ParserDelegate(skip_unknown=True)):
+      pass
+  except Exception as error:  # SyntaxError, ValueError, ... as gin's parser raises them.
+    text = str(error)
+    token = re.search(r"Failed to parse token '[^']*'", text)
+    text = token.group(0) if token else text
+    return re.sub(r"\s*\(line \d+\)\s*$", "", errors.one_line(text)).rstrip(".")
+  return None
+
+
+def _quote_hint(binding: str) -> str:
+  """The quoted spelling when the value looks like a bare string (a path, a name) and
+  parses once quoted: the commonest gin mistake on a shell command line."""
+  name, eq, value = binding.partition("=")
+  value = value.strip()
+  if not eq or not value or value[0] in "[({'\"@%-+." or value[0].isdigit():
+    return ""
+  quoted = f"{name.strip()}={value!r}"
+  if _syntax_problem(quoted) is not None:
+    return ""
+  return (
+    f"; did you mean --gin.{name.strip()}=\"{value!r}\"? (gin strings need quotes inside the "
+    "shell's)"
+  )
+
+
+def _binding_at_fault(error: Exception, bindings: Sequence[str]) -> str | None:
+  """The binding a gin error names by its line in gin's joined bindings string."""
+  found = re.search(r"In bindings string line (\d+)", str(error))
+  if not found:
+    return None
+  line = int(found.group(1))
+  first = 1
+  for binding in bindings:
+    last = first + binding.count("\n")
+    if first <= line <= last:
+      return binding
+    first = last + 1
+  return None
 
 
 def macro_value(name: str) -> Any:

@@ -56,7 +56,7 @@ def test_bad_binding_syntax_is_a_one_line_error(capsys):
     "--gin.TRAIN_STEPS=[unclosed",
   )
   assert code == 2 and len(err.strip().splitlines()) == 1
-  assert "bad gin configuration" in err
+  assert "bad gin binding --gin.TRAIN_STEPS=[unclosed" in err
 
 
 def test_missing_required_macros_are_named(capsys):
