@@ -38,9 +38,9 @@ def build_command(tfds_name: str, data_dir: str) -> str:
 
 def not_prepared_message(tfds_name: str, data_dir: str) -> str:
   return (
-    f"TFDS dataset '{tfds_name}' is not prepared in {data_dir}: prepare it with "
-    f"`{build_command(tfds_name, data_dir)}` (needs network, or copy a prepared TFDS "
-    f"directory there), or point {DATA_DIR_ENV} at the directory that holds it."
+    f"TFDS dataset '{tfds_name}' is not prepared in {data_dir}; prepare it with "
+    f"`{build_command(tfds_name, data_dir)}` (needs network) or set {DATA_DIR_ENV} to a "
+    "directory that holds it."
   )
 
 
@@ -49,6 +49,7 @@ class TfdsSource(seqio.TfdsDataSource):
 
   def __init__(self, tfds_name: str, splits: Iterable[str] | Mapping[str, str]):
     super().__init__(tfds_name=tfds_name, splits=splits, read_only=True)
+    self._follows_environment = False
 
   @property
   def data_dir(self) -> str:
@@ -56,10 +57,12 @@ class TfdsSource(seqio.TfdsDataSource):
     return self.tfds_dataset.data_dir or default_data_dir()
 
   def _pin_data_dir(self) -> None:
-    """Pins TFDS's directory at first use, so a TFDS_DATA_DIR set after import counts."""
+    """Points the loader at TFDS's directory as of this read (TFDS_DATA_DIR set after
+    import counts); an explicit directory or seqio's global override wins."""
     loader = self.tfds_dataset
-    if not loader.data_dir:
+    if self._follows_environment or not loader.data_dir:
       loader.override_data_dir(default_data_dir())
+      self._follows_environment = True
 
   def _builder(self):
     try:
@@ -69,6 +72,11 @@ class TfdsSource(seqio.TfdsDataSource):
         f"TFDS cannot build '{self.tfds_dataset.name}': {str(e).splitlines()[0]} "
         "Check the dataset's name, config and version (`tfds build --help`)."
       ) from None
+
+  def _is_prepared(self) -> bool:
+    """Whether `tfds build` finished here: the version folder holds its dataset_info.json
+    (what `builder.is_prepared()` checks, without its warning about the missing file)."""
+    return (self._builder().data_path / "dataset_info.json").exists()
 
   def _not_prepared(self) -> FileNotFoundError:
     return FileNotFoundError(not_prepared_message(self.tfds_dataset.name, self.data_dir))
@@ -84,7 +92,7 @@ class TfdsSource(seqio.TfdsDataSource):
     try:
       return read()
     except (AssertionError, KeyError, ValueError, FileNotFoundError):
-      if not self._builder().is_prepared():
+      if not self._is_prepared():
         raise self._not_prepared() from None
       raise
 
