@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,7 +27,8 @@ from prompt_tuning.training import checkpoints as checkpoints_lib
 from prompt_tuning.training import trainer
 from tests.cli_testing import run_cli
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "legacy_run")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "legacy_run")
 BASE = os.path.join(FIXTURE, "base")
 OLD_RUN = os.path.join(FIXTURE, "model_dir")
 
@@ -189,6 +194,39 @@ def test_ctrl_c_during_training_names_the_step_and_a_rerun_resumes(tmp_path, mon
   assert "at step 2 (2 batches consumed)" in resumed.stderr
   assert _steps(model_dir) == [2, 4, 6]
   np.testing.assert_array_equal(_prompt(model_dir, 2), saved)
+
+
+def test_a_real_sigint_to_a_training_process_exits_130_with_the_step(tmp_path):
+  """The same through the operating system: SIGINT to `python -m prompt_tuning train`
+  once its step-2 checkpoint exists (a long run, so it is still training)."""
+  model_dir = str(tmp_path / "run")
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+  process = subprocess.Popen(
+    [sys.executable, "-m", "prompt_tuning", *_train_args(model_dir, TRAIN_STEPS="100000")],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if os.path.isdir(os.path.join(model_dir, "numpy_checkpoints", "checkpoint_2")):
+      break
+    time.sleep(0.05)
+  assert process.poll() is None, "training ended before it could be interrupted"
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr[-3000:]
+  assert "Traceback" not in stderr, stderr[-3000:]
+  lines = [line for line in stderr.splitlines() if line.startswith("prompt-tuning train:")]
+  assert len(lines) == 1 and "interrupted at step " in lines[0], stderr[-3000:]
+  assert "rerun the same command to resume" in lines[0]
+  # Every checkpoint it left is complete: readable, with its exported prompt.
+  assert not [d for d in os.listdir(model_dir) if "tmp" in d]
+  for step in _steps(model_dir):
+    restored = convert.load_params(os.path.join(model_dir, f"checkpoint_{step}"))
+    np.testing.assert_array_equal(restored["encoder"]["prompt"]["prompt"], _prompt(model_dir, step))
 
 
 def test_ctrl_c_while_a_checkpoint_is_written_lets_it_finish(tmp_path, monkeypatch):
