@@ -3,6 +3,10 @@
 Released T5X checkpoints live on GCS; tests and most users have local copies. Reading
 both through tensorstore's key-value stores (the `file` and `gcs` drivers) means the
 code path exercised by local tests is the one that reads buckets.
+
+Every bucket operation waits at most `remote.timeout_seconds()` (tensorstore's GCS listing
+has no deadline of its own, so without network it would wait forever) and fails with one
+line that says what could not be reached and to pass a local copy instead.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import posixpath
 import re
 
 import tensorstore as ts
+
+from prompt_tuning.data import remote
 
 _GCS = re.compile(r"^gs://([^/]+)/?(.*)$", re.DOTALL)
 
@@ -52,6 +58,24 @@ def kvstore_spec(path: str) -> dict:
   return {"driver": "file", "path": os.path.abspath(path) + os.sep}
 
 
+def _instead(path: str) -> str:
+  return f"copy it to a local directory (`gsutil -m cp -r {path} DIR`) and pass DIR instead"
+
+
+def _gcs_result(future, path: str):
+  """The future's result, or one line naming `path` once the deadline passes or it fails."""
+  try:
+    return future.result(timeout=remote.timeout_seconds())
+  except TimeoutError:
+    message = remote.unreachable_message(path, "the checkpoint location", _instead(path))
+    raise remote.UnreachableError(message) from None
+  except ValueError as e:  # tensorstore's errors (permission, bad bucket name, ...)
+    message = remote.unreachable_message(
+      path, "the checkpoint location", _instead(path), remote.first_line(e)
+    )
+    raise remote.UnreachableError(message) from None
+
+
 class Directory:
   """Read-only view of one directory: file contents and the (recursive) key listing."""
 
@@ -62,7 +86,7 @@ class Directory:
 
   def _kv(self) -> ts.KvStore:
     if self._store is None:
-      self._store = ts.KvStore.open(kvstore_spec(self.path)).result()
+      self._store = _gcs_result(ts.KvStore.open(kvstore_spec(self.path)), self.path)
     return self._store
 
   def read(self, name: str) -> bytes | None:
@@ -73,14 +97,14 @@ class Directory:
         return None
       with open(full, "rb") as f:
         return f.read()
-    result = self._kv().read(name.encode()).result()
+    result = _gcs_result(self._kv().read(name.encode()), join(self.path, name))
     return bytes(result.value) if result.state == "value" else None
 
   def keys(self) -> list[str]:
     """Every file below the directory, as relative names with "/" separators."""
     if self._keys is None:
       if is_gcs(self.path):
-        self._keys = sorted(k.decode() for k in self._kv().list().result())
+        self._keys = sorted(k.decode() for k in _gcs_result(self._kv().list(), self.path))
       else:
         self._keys = sorted(
           os.path.relpath(os.path.join(root, f), self.path).replace(os.sep, "/")
