@@ -45,6 +45,52 @@ def uniform_positive(scale: float = 0.5) -> Initializer:
   return init
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def load_prompt_file(path: str) -> np.ndarray:
+  """A saved prompt as an array, refused with one line naming the file when it is missing,
+  not a `.npy` file, damaged, or holds NaN / inf: a diverged run's prompt would otherwise
+  evaluate to zero scores, or train with a loss blamed on the learning rate.
+
+  Pickles are never loaded: numpy's own error for a non-`.npy` file advises loading it
+  unsafely, which would run code from an untrusted file."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ValueError(f"prompt file {path} does not exist; pass a saved prompt .npy")
+  with open(path, "rb") as f:
+    magic = f.read(len(NPY_MAGIC))
+  if magic != NPY_MAGIC:
+    raise ValueError(
+      f"prompt file {path} is not a NumPy .npy file; pass a prompt saved with numpy.save, "
+      "e.g. MODEL_DIR/numpy_checkpoints/checkpoint_N/encoder.prompt.prompt.npy"
+    )
+  try:
+    value = np.load(path, allow_pickle=False)
+  except (ValueError, EOFError, OSError) as e:
+    if "pickle" in str(e):
+      raise ValueError(
+        f"prompt file {path} holds pickled Python objects, which are never loaded; a "
+        "prompt is a float array [prompt length, d_model]"
+      ) from None
+    raise ValueError(
+      f"prompt file {path} is a damaged .npy file ({' '.join(str(e).split())}); "
+      "export it again or use another checkpoint's prompt"
+    ) from e
+  if value.dtype.kind not in "fiu":
+    raise ValueError(
+      f"prompt file {path} holds {value.dtype} values; a prompt is a float array "
+      "[prompt length, d_model]"
+    )
+  bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+  if bad:
+    raise ValueError(
+      f"prompt file {path} holds {bad} non-finite values (NaN or inf) of {value.size}; "
+      "the run that wrote it diverged: use an earlier checkpoint's prompt"
+    )
+  return value
+
+
 @functools.lru_cache(maxsize=4)
 def _load_embedding_cached(source: str) -> np.ndarray:
   if source.endswith(".npy"):
@@ -129,6 +175,40 @@ def _resolve_vocabulary(vocabulary: Any) -> Any:
   return vocabulary
 
 
+def vocabulary_size(vocabulary: Any) -> int:
+  """The number of ids `vocabulary` produces, read here so that a file that is not a
+  SentencePiece model fails with one line naming it, not with protobuf's "Wire format was
+  corrupt" from deep inside seqio."""
+  path = getattr(vocabulary, "sentencepiece_model_file", None)
+  try:
+    return int(vocabulary.vocab_size)
+  except Exception as e:  # protobuf DecodeError, TensorFlow's NotFoundError, ...
+    if type(e).__name__ == "DecodeError":
+      raise ValueError(
+        f"vocabulary file {path} is not a SentencePiece model; point "
+        "get_vocabulary.spm_path at the .model file the base model was trained with"
+      ) from e
+    raise ValueError(
+      f"cannot read the vocabulary {path or vocabulary!r} ({type(e).__name__}: "
+      f"{' '.join(str(e).split())[:200]}); point get_vocabulary.spm_path at a readable "
+      "SentencePiece .model file"
+    ) from e
+
+
+def check_vocabulary_fits(vocabulary: Any, rows: int, what: str) -> None:
+  """Refuses a vocabulary with more ids than the embedding has rows: ids past the table
+  would index outside it (jax clamps such gathers silently, so nothing else would tell)."""
+  size = vocabulary_size(vocabulary)
+  if size > rows:
+    path = getattr(vocabulary, "sentencepiece_model_file", None)
+    raise ValueError(
+      f"{what}{f' ({path})' if path else ''} has {size} ids but the model's embedding has "
+      f"only {rows} rows; use the vocabulary the base model was trained with "
+      "(get_vocabulary.spm_path) or a model with network.t5_config.vocab_size >= "
+      f"{size}"
+    )
+
+
 @gin.configurable
 def class_labels(
   labels: Sequence[str] = gin.REQUIRED,
@@ -143,6 +223,7 @@ def class_labels(
     table = load_embedding(embedding)
     _check_width(table, shape)
     pieces = _resolve_vocabulary(vocabulary)
+    check_vocabulary_fits(pieces, table.shape[0], "the class labels' vocabulary")
     rows = []
     for label in labels:
       ids = list(pieces.encode(label))
@@ -167,7 +248,9 @@ def from_string(
   def init(rng: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
     table = load_embedding(embedding)
     _check_width(table, shape)
-    ids = list(_resolve_vocabulary(vocabulary).encode(text))
+    pieces = _resolve_vocabulary(vocabulary)
+    check_vocabulary_fits(pieces, table.shape[0], "the prompt text's vocabulary")
+    ids = list(pieces.encode(text))
     filler = fallback or sampled_vocab(embedding=table)
     return _fill_rows(table[ids], rng, shape, dtype, filler, "prompt text")
 
@@ -180,9 +263,7 @@ def from_file(path: str = gin.REQUIRED) -> Initializer:
 
   def init(rng: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
     del rng
-    if not os.path.exists(path):
-      raise ValueError(f"prompt file {path} does not exist")
-    value = np.load(path)
+    value = load_prompt_file(path)
     if tuple(value.shape) != tuple(shape):
       raise ValueError(
         f"prompt file {path} has shape {tuple(value.shape)} but the model "
@@ -190,4 +271,5 @@ def from_file(path: str = gin.REQUIRED) -> Initializer:
       )
     return jnp.asarray(value, dtype)
 
+  init.prompt_file = path  # Where evaluation looks for the run that trained it.
   return init

@@ -13,7 +13,6 @@ prompts (prompt ensembling, multi-task serving), without touching its initialise
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -35,9 +34,7 @@ def load_prompt_files(paths: Sequence[str]) -> np.ndarray:
     raise ValueError("no prompt files given; pass at least one .npy prompt [length, d_model]")
   prompts = []
   for path in paths:
-    if not os.path.exists(path):
-      raise ValueError(f"prompt file {path} does not exist")
-    value = np.load(path)
+    value = initializers.load_prompt_file(path)
     if value.ndim != 2:
       raise ValueError(
         f"prompt file {path} has shape {tuple(value.shape)}; expected a "

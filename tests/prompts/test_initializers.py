@@ -96,3 +96,41 @@ def test_from_file_loads_and_checks_the_shape(tmp_path):
 def test_missing_embedding_source_says_what_to_bind():
   with pytest.raises(ValueError, match="needs the frozen embedding table"):
     initializers.sampled_vocab()(RNG, (2, 4))
+
+
+def test_a_prompt_file_is_refused_when_damaged_pickled_or_not_numeric(tmp_path):
+  good = tmp_path / "good.npy"
+  np.save(good, np.ones((3, 4), np.float32))
+  truncated = tmp_path / "truncated.npy"
+  truncated.write_bytes(good.read_bytes()[:-8])
+  with pytest.raises(ValueError, match="truncated.npy is a damaged .npy file"):
+    initializers.load_prompt_file(str(truncated))
+  pickled = tmp_path / "pickled.npy"
+  np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+  with pytest.raises(ValueError, match="pickled.npy holds pickled Python objects") as error:
+    initializers.load_prompt_file(str(pickled))
+  assert "allow_pickle" not in str(error.value)  # Never numpy's advice to load it.
+  strings = tmp_path / "strings.npy"
+  np.save(strings, np.array([["a", "b"]]))
+  with pytest.raises(ValueError, match="holds <U1 values; a prompt is a float array"):
+    initializers.load_prompt_file(str(strings))
+  np.testing.assert_array_equal(initializers.load_prompt_file(str(good)), np.ones((3, 4)))
+
+
+class _Pieces:
+  """A vocabulary stand-in with a given number of ids."""
+
+  def __init__(self, size):
+    self.vocab_size = size
+
+  def encode(self, text):
+    return [3, 4]
+
+
+def test_class_labels_refuse_a_vocabulary_larger_than_the_embedding(table):
+  init = initializers.class_labels(["yes"], embedding=table, vocabulary=_Pieces(401))
+  with pytest.raises(ValueError, match="has 401 ids but the model's embedding has only 400 rows"):
+    init(RNG, (3, 16))
+  assert initializers.class_labels(["yes"], embedding=table, vocabulary=_Pieces(400))(
+    RNG, (3, 16)
+  ).shape == (3, 16)

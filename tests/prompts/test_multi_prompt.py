@@ -228,3 +228,15 @@ def test_the_table_is_replicated_by_the_standard_rules():
   spec = shardings["encoder"]["prompt"]["prompt"].spec
   assert all(axis is None for axis in spec)
   assert shardings["token_embedder"]["embedding"].spec[0] == "model"
+
+
+def test_a_table_refuses_a_prompt_file_with_non_finite_values_or_not_npy(tmp_path):
+  np.save(tmp_path / "a.npy", np.zeros((4, 8), np.float32))
+  bad = np.zeros((4, 8), np.float32)
+  bad[0, 0], bad[3, 7] = np.nan, -np.inf
+  np.save(tmp_path / "b.npy", bad)
+  (tmp_path / "c.npy").write_bytes(b"PK\x03\x04 a zip file, not an array")
+  with pytest.raises(ValueError, match=r"b.npy holds 2 non-finite values \(NaN or inf\) of 32"):
+    load_prompt_files([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")])
+  with pytest.raises(ValueError, match="c.npy is not a NumPy .npy file"):
+    load_prompt_files([str(tmp_path / "c.npy")])
