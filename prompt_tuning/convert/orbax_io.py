@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
+import sys
 from typing import Any, Iterable, Mapping
 
 import jax
@@ -54,7 +56,12 @@ def _tree_metadata(item_dir: str) -> Any:
   try:
     metadata = handler.metadata(epath.Path(item_dir))
   except Exception as e:
-    raise CheckpointReadError(f"cannot read orbax metadata of {item_dir}: {e}") from e
+    _silence_abandoned_reads()
+    reason = " ".join(str(e).split())[:160]
+    raise CheckpointReadError(
+      f"orbax checkpoint {item_dir} is damaged or incomplete: its metadata cannot be read "
+      f"({reason}); copy or download the checkpoint again"
+    ) from e
   return getattr(metadata, "tree", metadata)
 
 
@@ -200,14 +207,60 @@ def _restore_item(item: _Item, restore_args: dict[str, Any]) -> dict[str, Any]:
       args=ocp.args.PyTreeRestore(item=nested_item, restore_args=nested_args, partial_restore=True),
     )
   except Exception as e:
-    raise CheckpointReadError(
-      f"cannot read {sorted(restore_args)[:3]}... from orbax checkpoint {item.directory}: {e}"
-    ) from e
+    _silence_abandoned_reads()
+    raise CheckpointReadError(_read_failure(item, restore_args, e)) from e
   finally:
     orbax_logger.setLevel(level)
   for key in item.prefix:
     restored = restored[key]
   return tree.flatten(restored)
+
+
+# The array a TensorStore read error is about: its kvstore path inside the OCDBT store,
+# the parameter's name with dots (`trainable.decoder.layers_0.mlp.wi_0.kernel/`).
+_ARRAY_PATH = re.compile(r"'path': '([^'/]+)/'")
+
+
+def _read_failure(item: _Item, restore_args: Mapping[str, Any], error: Exception) -> str:
+  """One line for a failed read: which array, why in a few words (TensorStore's message
+  runs to pages of spec), and the fix. A missing or truncated data file is what a copy
+  or download that stopped early leaves behind."""
+  text = " ".join(str(error).split())
+  reason = text.split(" See full TensorStore details")[0]
+  match = _ARRAY_PATH.search(str(error))
+  if match:
+    parts = match.group(1).split(".")
+    name = "/".join(
+      parts[len(item.prefix) :] if tuple(parts[: len(item.prefix)]) == item.prefix else parts
+    )
+    what = f"the array {name}"
+  else:
+    names = sorted(restore_args)
+    what = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+  return (
+    f"orbax checkpoint {item.directory} is damaged or incomplete: {what} cannot be read "
+    f"({reason[:200]}); copy or download the checkpoint again"
+  )
+
+
+def _silence_abandoned_reads() -> None:
+  """After a failed restore, orbax abandons the reads still in flight; when each one
+  finishes, TensorStore's callback posts to the event loop orbax has closed, and Python
+  prints a "RuntimeError: Event loop is closed" traceback per array, after the real error.
+  Those exceptions, and only those, are dropped from then on (every other unraisable
+  exception still reaches the previous hook)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_event_loop_closed", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.drops_event_loop_closed = True  # type: ignore[attr-defined]
+  sys.unraisablehook = hook
 
 
 def save_params_orbax(params: Mapping[str, Any], path: str) -> str:
