@@ -19,10 +19,14 @@ warning naming each one skipped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import os
+import socket
+import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -33,7 +37,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from prompt_tuning import errors
-from prompt_tuning.convert import runs
+from prompt_tuning.convert import runs, storage
 from prompt_tuning.convert.errors import CheckpointMismatchError
 from prompt_tuning.training.fingerprint import named_leaves
 from prompt_tuning.training.train_step import TrainState
@@ -128,6 +132,176 @@ def _to_host(x: Any) -> np.ndarray:
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(x)
+
+
+# ---------------------------------------------------------------------------------------
+# Which run a prompt came from.
+
+
+def _read_run_metadata(step_dir: str) -> dict[str, Any] | None:
+  """The JSON `metadata` item of a run checkpoint, None when absent or unreadable."""
+  raw = storage.Directory(storage.join(step_dir, METADATA_ITEM)).read(METADATA_ITEM)
+  if raw is None:
+    return None
+  try:
+    metadata = json.loads(raw)
+  except ValueError:
+    return None
+  return metadata if isinstance(metadata, dict) else None
+
+
+def run_metadata(path: str) -> tuple[str, dict[str, Any]] | None:
+  """(checkpoint directory, its metadata) of the training run `path` belongs to: a run
+  checkpoint `MODEL_DIR/checkpoint_N`, a MODEL_DIR (its newest checkpoint), or a numpy
+  prompt `MODEL_DIR/numpy_checkpoints/checkpoint_N/NAME.npy` (that step's checkpoint, or
+  the run's newest when it was pruned: a run never changes its frozen base, since
+  resuming on another one is refused). None when no run is around `path` (a bare .npy,
+  a base checkpoint), which then cannot be checked."""
+  path = str(path).rstrip("/")
+  candidates: list[str] = []
+  if not storage.is_gcs(path) and os.path.isfile(path):
+    step_dir = os.path.dirname(os.path.abspath(path))
+    numpy_root = os.path.dirname(step_dir)
+    if (
+      runs.step_of(os.path.basename(step_dir)) is None or os.path.basename(numpy_root) != NUMPY_DIR
+    ):
+      return None
+    path = os.path.dirname(numpy_root)
+    candidates.append(os.path.join(path, os.path.basename(step_dir)))
+  elif runs.is_run_checkpoint(path):
+    candidates.append(path)
+  candidates += [storage.join(path, runs.step_name(step)) for step in reversed(runs.steps(path))]
+  for candidate in candidates:
+    if runs.is_run_checkpoint(candidate):
+      metadata = _read_run_metadata(candidate)
+      if metadata is not None:
+        return candidate, metadata
+  return None
+
+
+# ---------------------------------------------------------------------------------------
+# One trainer per MODEL_DIR.
+
+LOCK_FILE = "train.lock"
+
+
+class ModelDirLockedError(RuntimeError):
+  """Another trainer holds MODEL_DIR: two would overwrite each other's checkpoints."""
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Alive, owned by another user.
+    return True
+  return True
+
+
+class ModelDirLock:
+  """An exclusive lock file `MODEL_DIR/train.lock` naming its holder (host, pid, start
+  time), taken by process 0 of a training job for as long as it trains.
+
+  The file is created complete or not at all (written under a unique name, then
+  hard-linked to `train.lock`, which fails when it exists), so a reader never sees a
+  half-written holder. A lock whose holder was on this host and is gone (killed, crashed)
+  is stale and taken over; a holder on another host cannot be checked from here, so the
+  message says to remove the file once that job is known to be gone. Object stores
+  (gs://) have no exclusive create: no lock is taken there.
+  """
+
+  def __init__(self, model_dir: str, *, enabled: bool | None = None):
+    self.model_dir = str(model_dir)
+    self.path = os.path.join(self.model_dir, LOCK_FILE)
+    self._enabled = (jax.process_index() == 0) if enabled is None else enabled
+    self._held = False
+
+  def _holder(self) -> dict[str, Any] | None:
+    try:
+      with open(self.path) as f:
+        holder = json.load(f)
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError):
+      return {}
+    return holder if isinstance(holder, dict) else {}
+
+  def acquire(self) -> None:
+    if not self._enabled or storage.is_gcs(self.model_dir):
+      return
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    tmp = f"{self.path}.{uuid.uuid4().hex[:8]}"
+    try:
+      os.makedirs(self.model_dir, exist_ok=True)
+      with open(tmp, "w") as f:
+        json.dump(me, f)
+    except OSError:
+      # Not a writable directory: the trainer's own check of MODEL_DIR says so.
+      return
+    try:
+      for _ in range(2):
+        try:
+          os.link(tmp, self.path)
+          self._held = True
+          return
+        except FileExistsError:
+          holder = self._holder()
+          if holder is None:
+            continue  # Released meanwhile.
+          if (
+            holder.get("host") == me["host"]
+            and isinstance(holder.get("pid"), int)
+            and holder["pid"] != me["pid"]
+            and not _process_alive(holder["pid"])
+          ):
+            logging.warning("taking over the stale lock %s of process %s", self.path, holder)
+            os.remove(self.path)
+            continue
+          raise ModelDirLockedError(self._refusal(holder))
+      raise ModelDirLockedError(self._refusal(self._holder() or {}))
+    finally:
+      os.remove(tmp)
+
+  def _refusal(self, holder: dict[str, Any]) -> str:
+    since = holder.get("since")
+    when = (
+      f", since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}"
+      if isinstance(since, (int, float))
+      else ""
+    )
+    who = f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}{when}"
+    return (
+      f"{self.model_dir} is in use by another trainer ({who}); wait for it to finish or "
+      f"use another MODEL_DIR (if that process is gone, remove {self.path})"
+    )
+
+  def release(self) -> None:
+    if not self._held:
+      return
+    self._held = False
+    holder = self._holder()
+    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+      os.remove(self.path)
+
+  def __enter__(self) -> "ModelDirLock":
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.release()
+
+
+def holding_model_dir_lock(train_fn: Callable[..., Any]) -> Callable[..., Any]:
+  """Runs `train_fn(*, model_dir, ...)` holding `ModelDirLock(model_dir)`, released when
+  it returns or raises (KeyboardInterrupt included)."""
+
+  @functools.wraps(train_fn)
+  def wrapper(*args: Any, **kwargs: Any) -> Any:
+    with ModelDirLock(kwargs["model_dir"], enabled=None if kwargs.get("model_dir") else False):
+      return train_fn(*args, **kwargs)
+
+  return wrapper
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import os
 import pathlib
 import shutil
+import socket
 
 import jax
 import jax.numpy as jnp
@@ -520,3 +522,66 @@ def test_a_full_checkpoint_loads_on_fewer_devices_than_wrote_it(tmp_path):
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert "read 3" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# The MODEL_DIR lock and the run a prompt came from.
+
+
+def test_a_model_dir_lock_admits_one_holder_until_released(tmp_path):
+  model_dir = str(tmp_path / "run")
+  first = checkpoints.ModelDirLock(model_dir, enabled=True)
+  first.acquire()
+  with open(os.path.join(model_dir, checkpoints.LOCK_FILE)) as f:
+    holder = json.load(f)
+  assert (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid())
+  with pytest.raises(checkpoints.ModelDirLockedError, match=f"pid {os.getpid()}"):
+    checkpoints.ModelDirLock(model_dir, enabled=True).acquire()
+  first.release()
+  assert os.listdir(model_dir) == []  # No lock, no temporary file left behind.
+  with checkpoints.ModelDirLock(model_dir, enabled=True):
+    assert os.listdir(model_dir) == [checkpoints.LOCK_FILE]
+  assert os.listdir(model_dir) == []
+
+
+def test_only_process_zero_takes_the_model_dir_lock(tmp_path):
+  model_dir = str(tmp_path / "run")
+  with checkpoints.ModelDirLock(model_dir, enabled=True):
+    with checkpoints.ModelDirLock(model_dir, enabled=False):  # Another process of the job.
+      pass
+    assert os.listdir(model_dir) == [checkpoints.LOCK_FILE]
+
+
+def test_the_lock_is_released_when_the_trainer_raises(tmp_path):
+  model_dir = str(tmp_path / "run")
+
+  @checkpoints.holding_model_dir_lock
+  def train(*, model_dir):
+    assert os.path.exists(os.path.join(model_dir, checkpoints.LOCK_FILE))
+    raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    train(model_dir=model_dir)
+  assert os.listdir(model_dir) == []
+
+
+def test_run_metadata_is_found_from_a_checkpoint_a_model_dir_or_its_numpy_prompt(tmp_path):
+  manager = checkpoints.CheckpointManager(str(tmp_path / "run"), keep=1)
+  state = TrainState.create({"prompt": jnp.ones(PROMPT_SHAPE)}, optax.sgd(0.1))
+  manager.save(state, metadata={"base_fingerprint": "abc"})
+  manager.save(state.replace(step=state.step + 1), metadata={"base_fingerprint": "abc"})
+  manager.close()
+  newest = manager.step_dir(1)
+  prompt = os.path.join(manager.numpy_dir(1), "prompt.npy")
+  # A prompt kept by hand after its step's checkpoint was pruned: the run's newest answers.
+  kept = os.path.join(manager.numpy_dir(0), "prompt.npy")
+  os.makedirs(os.path.dirname(kept))
+  shutil.copy(prompt, kept)
+  assert not os.path.exists(manager.step_dir(0))
+  for path in (newest, manager.model_dir, prompt, kept):
+    where, metadata = checkpoints.run_metadata(path)
+    assert where == newest and metadata["base_fingerprint"] == "abc"
+  bare = tmp_path / "bare.npy"
+  np.save(bare, np.ones(PROMPT_SHAPE))
+  assert checkpoints.run_metadata(str(bare)) is None
+  assert checkpoints.run_metadata(str(tmp_path / "nothing_here")) is None
