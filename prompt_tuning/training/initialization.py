@@ -14,8 +14,10 @@ from typing import Any, Callable
 import flax
 import jax
 import numpy as np
+import seqio
 
 from prompt_tuning import convert, tree
+from prompt_tuning.prompts import initializers
 from prompt_tuning.t5 import network
 
 Params = dict[str, Any]
@@ -41,6 +43,37 @@ def fresh_init(
   return values if names is None else tree.unflatten(values)
 
 
+def _misfits(abstract: dict[str, Any], shapes: dict[str, tuple[int, ...]], fresh: Any) -> list[str]:
+  """Clauses naming the parameters of `abstract` (flat) that the checkpoint's `shapes`
+  lack or hold in another shape, leaving out those initialised fresh."""
+  needed = [name for name in abstract if not fresh.fullmatch(name)]
+  missing = sorted(name for name in needed if name not in shapes)
+  wrong_shape = sorted(
+    f"{name}: checkpoint {shapes[name]} vs model {tuple(abstract[name].shape)}"
+    for name in needed
+    if name in shapes and shapes[name] != tuple(abstract[name].shape)
+  )
+  return ([f"missing from the checkpoint: {_first(missing, ', ')}"] if missing else []) + (
+    [f"wrong shapes: {_first(wrong_shape, '; ')}"] if wrong_shape else []
+  )
+
+
+def _first(items: list[str], sep: str, count: int = 3) -> str:
+  """The first few items and how many more: the one-line error stays readable."""
+  more = f" (+{len(items) - count} more)" if len(items) > count else ""
+  return sep.join(items[:count]) + more
+
+
+def _refuse_misfit(path: str, lines: list[str], fresh_regex: str) -> None:
+  if lines:
+    raise ValueError(
+      f"checkpoint {path} does not fit the model ("
+      + " | ".join(lines)
+      + f"); parameters matching {fresh_regex!r} are "
+      "initialised fresh, every other one must be in the checkpoint"
+    )
+
+
 def initial_params(
   module: network.Transformer,
   rng: jax.Array,
@@ -48,35 +81,45 @@ def initial_params(
   fresh_regex: str = ".*prompt.*",
   loader: Callable[[str], Params] | None = None,
 ) -> Params:
-  """The full parameter tree for the start of training (before any resume)."""
+  """The full parameter tree for the start of training (before any resume).
+
+  The backbone's shapes are checked against the checkpoint before anything else: a
+  base of another size must read as "does not fit the model", not as the complaint of a
+  prompt initialiser that reads the same checkpoint's embedding (the width of a class-
+  label prompt), and with the default loader no array is read from a misfit."""
   if not initial_checkpoint_path:
     return fresh_init(module, rng)
+  pattern = re.compile(fresh_regex)
+  backbone = tree.flatten(network.abstract_params(module.config, None, None))
+  if loader is None:
+    with convert.open_checkpoint(initial_checkpoint_path) as reader:
+      shapes = {name: tuple(info.shape) for name, info in reader.arrays().items()}
+    _refuse_misfit(initial_checkpoint_path, _misfits(backbone, shapes, pattern), fresh_regex)
+    loader = convert.load_params
+  loaded = tree.flatten(loader(initial_checkpoint_path))
+  shapes = {name: tuple(value.shape) for name, value in loaded.items()}
+  _refuse_misfit(initial_checkpoint_path, _misfits(backbone, shapes, pattern), fresh_regex)
+  # Only now the prompt's own initialiser runs (abstractly, for the shapes).
   abstract = tree.flatten(
     network.abstract_params(module.config, module.input_prompt, module.layer_prefix)
   )
-  loader = loader or convert.load_params
-  loaded = tree.flatten(loader(initial_checkpoint_path))
-  pattern = re.compile(fresh_regex)
+  _refuse_misfit(initial_checkpoint_path, _misfits(abstract, shapes, pattern), fresh_regex)
   fresh = {name for name in abstract if pattern.fullmatch(name)}
-  missing = sorted(name for name in abstract if name not in loaded and name not in fresh)
-  wrong_shape = sorted(
-    f"{name}: checkpoint {tuple(loaded[name].shape)} vs model {tuple(abstract[name].shape)}"
-    for name in abstract
-    if name in loaded
-    and name not in fresh
-    and tuple(loaded[name].shape) != tuple(abstract[name].shape)
-  )
-  if missing or wrong_shape:
-    lines = ([f"missing from the checkpoint: {', '.join(missing)}"] if missing else []) + (
-      [f"wrong shapes: {'; '.join(wrong_shape)}"] if wrong_shape else []
-    )
-    raise ValueError(
-      f"checkpoint {initial_checkpoint_path} does not fit the model ("
-      + " | ".join(lines)
-      + f"); parameters matching {fresh_regex!r} are "
-      "initialised fresh, every other one must be in the checkpoint"
-    )
   params = {name: loaded[name] for name in abstract if name not in fresh}
   if fresh:
     params.update(tree.flatten(fresh_init(module, rng, fresh)))
   return tree.unflatten(params)
+
+
+def check_task_vocabularies(mixture_or_task_name: str, vocab_size: int) -> None:
+  """Every vocabulary of the task (or the mixture's tasks) is a readable SentencePiece
+  model with no more ids than the model's `vocab_size` embedding rows. Checked before
+  any checkpoint is read or step compiled: a vocabulary that does not fit the embedding
+  would otherwise train on clamped ids without a word."""
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+  for task in tasks:
+    for name, feature in task.output_features.items():
+      initializers.check_vocabulary_fits(
+        feature.vocabulary, vocab_size, f"the {name!r} vocabulary of task {task.name}"
+      )
