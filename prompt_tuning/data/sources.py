@@ -4,8 +4,10 @@ seqio's `TfdsDataSource` reads through `tfds.load(download=True, try_gcs=True)`:
 whose data is not prepared tries to fetch it, which without network retries for minutes
 and leaves a `downloads/` folder behind. Every benchmark task here reads through
 `TfdsSource` instead: it only reads what `tfds build` prepared (seqio's `read_only`), and
-checks before the first read that the dataset is there, so an unprepared task fails at
-once with one line naming the dataset and the command that prepares it.
+checks, when a read fails, whether the dataset is there, so an unprepared task fails at
+once with one line naming the dataset and the command that prepares it: `python -m
+prompt_tuning.data.sources NAME --data_dir=DIR` (this module's `main`, the dataset's own
+TFDS builder, as `tfds build` runs it; TFDS 4.9.10's `tfds` script needs apache-beam).
 
 The data directory is the one TFDS itself would use: seqio's override when one is set,
 else `TFDS_DATA_DIR`, else `~/tensorflow_datasets`. `TFDS_DATA_DIR` is read when a task is
@@ -15,10 +17,13 @@ job started from a process that already imported TFDS still follows it.
 
 from __future__ import annotations
 
+import argparse
 import os
-from typing import Callable, Iterable, Mapping, TypeVar
+import sys
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import seqio
+import tensorflow_datasets as tfds
 
 DATA_DIR_ENV = "TFDS_DATA_DIR"
 T = TypeVar("T")
@@ -31,17 +36,48 @@ def default_data_dir() -> str:
   )
 
 
-def build_command(tfds_name: str, data_dir: str) -> str:
-  """The shell command that prepares `tfds_name` (name/config[:version]) under `data_dir`."""
-  return f"tfds build {tfds_name.split(':')[0]} --data_dir={data_dir}"
+def prepare_command(tfds_name: str, data_dir: str) -> str:
+  """The command that prepares `tfds_name` with this install (see `main`): TFDS's own
+  `tfds build` does the same, but in tensorflow-datasets 4.9.10 the `tfds` script imports
+  apache-beam at start, which this project does not install."""
+  return f"python -m prompt_tuning.data.sources {tfds_name} --data_dir={data_dir}"
 
 
 def not_prepared_message(tfds_name: str, data_dir: str) -> str:
+  """One line, short enough for the CLI's 400 characters with two long paths in it."""
   return (
-    f"TFDS dataset '{tfds_name}' is not prepared in {data_dir}; prepare it with "
-    f"`{build_command(tfds_name, data_dir)}` (needs network) or set {DATA_DIR_ENV} to a "
-    "directory that holds it."
+    f"TFDS dataset '{tfds_name}' is not prepared in {data_dir} ({DATA_DIR_ENV}); prepare "
+    f"it with `{prepare_command(tfds_name, data_dir)}` (needs network; `tfds build` without "
+    "apache-beam)."
   )
+
+
+def prepare(tfds_name: str, data_dir: str) -> str:
+  """Downloads and prepares `tfds_name` under `data_dir` with the dataset's own TFDS
+  builder (what `tfds build` does); returns the prepared version's directory."""
+  builder = tfds.builder(tfds_name, data_dir=data_dir)
+  builder.download_and_prepare()
+  return str(builder.data_path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`python -m prompt_tuning.data.sources NAME --data_dir=DIR`: prepares one dataset."""
+  parser = argparse.ArgumentParser(
+    prog="python -m prompt_tuning.data.sources",
+    description="Download and prepare a TFDS dataset for the tasks (needs network).",
+  )
+  parser.add_argument("tfds_name", help="name/config:version, e.g. super_glue/rte:1.0.2")
+  parser.add_argument("--data_dir", default=None, help="default: TFDS_DATA_DIR")
+  args = parser.parse_args(argv)
+  data_dir = args.data_dir or default_data_dir()
+  try:
+    path = prepare(args.tfds_name, data_dir)
+  except Exception as e:  # One line, as the CLI reports errors.
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"error: cannot prepare {args.tfds_name} in {data_dir}: {text[:300]}", file=sys.stderr)
+    return 1
+  print(f"prepared {args.tfds_name} in {path}; set {DATA_DIR_ENV}={data_dir} to read it")
+  return 0
 
 
 class TfdsSource(seqio.TfdsDataSource):
@@ -106,3 +142,7 @@ class TfdsSource(seqio.TfdsDataSource):
 
   def list_shards(self, split: str):
     return self._read(lambda: super(TfdsSource, self).list_shards(split))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -63,14 +63,14 @@ def _write_squad(root: str) -> dict[str, str]:
 
 
 def _prepare(name: str, data_dir: str, local) -> None:
-  """Runs the dataset's own builder with its downloads replaced by `local` (what
-  `download_and_extract` would have returned), so no checksum or URL is involved."""
+  """`python -m prompt_tuning.data.sources NAME --data_dir=DIR` (the dataset's own builder)
+  with its downloads replaced by `local` (what `download_and_extract` would have
+  returned), so no checksum or URL is involved."""
   with mock.patch.object(
     tfds.download.DownloadManager, "download_and_extract", lambda self, urls: local
   ):
-    builder = tfds.builder(name, data_dir=data_dir)
-    builder.download_and_prepare()
-  assert builder.is_prepared()
+    assert sources.main([name, f"--data_dir={data_dir}"]) == 0
+  assert tfds.builder(name, data_dir=data_dir).is_prepared()
 
 
 def _job(job: str, run_file: str, task: str, lengths: str, **bindings) -> list[str]:
@@ -161,9 +161,14 @@ def test_a_task_whose_data_is_not_prepared_fails_at_once_in_one_line_and_downloa
   assert result.returncode != 0
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1, result.stderr[-3000:]
-  assert f"TFDS dataset 'super_glue/rte:1.0.2' is not prepared in {data_dir};" in lines[0]
-  assert f"tfds build super_glue/rte --data_dir={data_dir}" in lines[0]
-  assert "TFDS_DATA_DIR" in lines[0]
+  assert (
+    f"TFDS dataset 'super_glue/rte:1.0.2' is not prepared in {data_dir} (TFDS_DATA_DIR);"
+    in lines[0]
+  )
+  assert (
+    f"`python -m prompt_tuning.data.sources super_glue/rte:1.0.2 --data_dir={data_dir}`" in lines[0]
+  )
+  assert "(needs network; `tfds build` without apache-beam)." in lines[0]
   assert list(data_dir.iterdir()) == []  # No downloads/ or incomplete dataset left behind.
 
 
@@ -173,7 +178,7 @@ def test_a_source_reads_the_tfds_data_dir_of_the_moment_not_the_one_at_import(
   source = sources.TfdsSource("super_glue/rte:1.0.2", splits=("train",))
   for name in ("first", "second"):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / name))
-    with pytest.raises(FileNotFoundError, match=f"not prepared in {tmp_path / name};"):
+    with pytest.raises(FileNotFoundError, match=f"not prepared in {tmp_path / name} "):
       source.get_dataset("train")
 
 
@@ -182,3 +187,17 @@ def test_an_unknown_tfds_config_is_one_line_naming_it():
   with pytest.raises(ValueError, match=r"^TFDS cannot build 'super_glue/nosuch:1\.0\.2': ") as e:
     source.get_dataset("train")
   assert "\n" not in str(e.value)
+
+
+def test_preparing_a_dataset_that_cannot_be_downloaded_is_one_line_and_exit_1(tmp_path, capsys):
+  def offline(self, urls):
+    raise ConnectionError("Could not resolve host: dl.fbaipublicfiles.com\n  more")
+
+  with mock.patch.object(tfds.download.DownloadManager, "download_and_extract", offline):
+    code = sources.main(["super_glue/rte:1.0.2", f"--data_dir={tmp_path}"])
+  assert code == 1
+  err = capsys.readouterr().err.strip()
+  assert err == (
+    f"error: cannot prepare super_glue/rte:1.0.2 in {tmp_path}: "
+    "Could not resolve host: dl.fbaipublicfiles.com more"
+  )
