@@ -35,10 +35,13 @@ from prompt_tuning import models
 from prompt_tuning.evaluation import ensemble
 from prompt_tuning.evaluation import evaluator as evaluator_lib
 from prompt_tuning.prompts import multi_prompt
+from prompt_tuning.training import checkpoints as checkpoints_lib
 from prompt_tuning.training import data as data_lib
+from prompt_tuning.training import fingerprint
 from prompt_tuning.training import initialization
 from prompt_tuning.training import logging_utils
 from prompt_tuning.training import partitioning
+from prompt_tuning.training import trainable as trainable_lib
 from prompt_tuning.training import trainer as trainer_lib
 
 
@@ -58,6 +61,51 @@ def _params_without_prompt(
   PROMPT_FILE) is never built, since a prompt table replaces it."""
   backbone = model.module.clone(input_prompt=None)
   return initialization.initial_params(backbone, jax.random.PRNGKey(seed), initial_checkpoint_path)
+
+
+def _model_prompt_file(model: models.EncoderDecoderModel) -> str | None:
+  """The `.npy` the model's input prompt is read from (initializers.from_file), if any."""
+  factory = model.module.input_prompt
+  if factory is None:
+    return None
+  try:
+    init = getattr(factory(), "init", None)
+  except Exception:  # A factory that needs arguments: not a file-backed prompt.
+    return None
+  return getattr(init, "prompt_file", None)
+
+
+def check_trained_on(
+  params: Any, sources: Sequence[str | None], initial_checkpoint_path: str | None
+) -> None:
+  """Refuses prompts or a MODEL_DIR trained on another frozen model than `params`' base,
+  as resuming a run does: the run's checkpoint metadata records the fingerprint of its
+  frozen parameters (`checkpoints.run_metadata` finds the run around a numpy prompt). A
+  bare .npy with no run around it carries no fingerprint and is not checked."""
+  computed: dict[str, str] = {}
+  for source in dict.fromkeys(s for s in sources if s):
+    found = checkpoints_lib.run_metadata(str(source))
+    if found is None:
+      continue
+    where, metadata = found
+    recorded = metadata.get("base_fingerprint")
+    if not recorded:
+      continue
+    regex = metadata.get("trainable_regex") or trainable_lib.DEFAULT_TRAINABLE
+    if regex not in computed:
+      _, frozen = trainable_lib.split(params, regex)
+      computed[regex] = fingerprint.fingerprint_params(frozen) if frozen else ""
+    if computed[regex] != recorded:
+      trained_on = metadata.get("base_checkpoint") or "a freshly initialised model"
+      raise trainer_lib.BaseCheckpointMismatchError(
+        f"{source} was trained on a different frozen model than {initial_checkpoint_path!r} "
+        f"(base fingerprint in {where}); evaluate it on the base it was trained on: "
+        f"INITIAL_CHECKPOINT_PATH={trained_on!r}"
+      )
+
+
+def _check_vocabularies(model: models.EncoderDecoderModel, mixture_or_task_name: str) -> None:
+  initialization.check_task_vocabularies(mixture_or_task_name, model.module.config.vocab_size)
 
 
 def _file_list(value: Sequence[str] | str, macro: str) -> list[str]:
@@ -104,10 +152,11 @@ def evaluate(
       seed,
       output_dir,
     )
+  _check_vocabularies(model, mixture_or_task_name)
+  host_params = _params(model, initial_checkpoint_path, seed)
+  check_trained_on(host_params, [_model_prompt_file(model), model_dir], initial_checkpoint_path)
   partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
-  params = trainer_lib.place_params(
-    partitioner, model.module, _params(model, initial_checkpoint_path, seed)
-  )
+  params = trainer_lib.place_params(partitioner, model.module, host_params)
   evaluation = evaluator_lib.build_evaluation(
     model,
     mixture_or_task_name,
@@ -144,7 +193,9 @@ def _evaluate_prompt_ensemble(
 ) -> dict[str, dict[str, Any]]:
   # Read the prompts first: a bad file should not wait for the base checkpoint.
   multi_prompt.load_prompt_files(prompt_files)
+  _check_vocabularies(model, mixture_or_task_name)
   params = _params_without_prompt(model, initial_checkpoint_path, seed)
+  check_trained_on(params, prompt_files, initial_checkpoint_path)
   partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
   results = ensemble.evaluate_ensemble(
     model,
@@ -230,14 +281,17 @@ def infer(
   model's configured prompt.
   """
   tasks = tasks_with_split(mixture_or_task_name, split)
+  _check_vocabularies(model, mixture_or_task_name)
   serving = task_prompts is not None
   if serving:
     tasks, files = serving_table(mixture_or_task_name, tasks, task_prompts)
     table = multi_prompt.load_prompt_files(files)
     base = _params_without_prompt(model, initial_checkpoint_path, seed)
+    check_trained_on(base, files, initial_checkpoint_path)
     model, params = models.with_prompt_table(model, base, table)
   else:
     params = _params(model, initial_checkpoint_path, seed)
+    check_trained_on(params, [_model_prompt_file(model)], initial_checkpoint_path)
   partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
   params = trainer_lib.place_params(partitioner, model.module, params)
   predict = evaluator_lib.on_mesh(model.predict_batch, partitioner)
