@@ -20,6 +20,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import convert
+from prompt_tuning.convert import orbax_io
 from prompt_tuning.training import checkpoints, fingerprint
 from prompt_tuning.training import optimizers
 from prompt_tuning.training.train_step import TrainState
@@ -585,3 +586,26 @@ def test_run_metadata_is_found_from_a_checkpoint_a_model_dir_or_its_numpy_prompt
   np.save(bare, np.ones(PROMPT_SHAPE))
   assert checkpoints.run_metadata(str(bare)) is None
   assert checkpoints.run_metadata(str(tmp_path / "nothing_here")) is None
+
+
+def test_a_run_checkpoint_as_a_base_reads_its_parameters_and_not_its_optimiser_state(
+  tmp_path, monkeypatch
+):
+  manager = checkpoints.CheckpointManager(str(tmp_path / "run"), keep=1)
+  trainable = {"encoder": {"prompt": {"prompt": jnp.arange(32.0).reshape(PROMPT_SHAPE)}}}
+  manager.save(TrainState.create(trainable, optax.adam(0.1)))  # Two moments per parameter.
+  manager.close()
+  asked = []
+  restore_item = orbax_io._restore_item
+
+  def spy(item, restore_args):
+    asked.append((item.prefix, sorted(restore_args)))
+    return restore_item(item, restore_args)
+
+  monkeypatch.setattr(orbax_io, "_restore_item", spy)
+  params = convert.load_params(manager.step_dir(0))
+  # Orbax is asked for `state/trainable` alone (partial restore leaves the rest unread).
+  assert asked == [(("trainable",), ["encoder/prompt/prompt"])]
+  np.testing.assert_array_equal(
+    params["encoder"]["prompt"]["prompt"], np.arange(32.0).reshape(PROMPT_SHAPE)
+  )
