@@ -22,10 +22,9 @@ import pytest
 
 from prompt_tuning import cli, convert
 from prompt_tuning.convert import commands
-from prompt_tuning.data import demo as demo_data
 from prompt_tuning.training import checkpoints as checkpoints_lib
 from prompt_tuning.training import trainer
-from tests.cli_testing import run_cli
+from tests.cli_testing import run_cli, tiny_job_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "legacy_run")
@@ -34,25 +33,9 @@ OLD_RUN = os.path.join(FIXTURE, "model_dir")
 
 
 def _train_args(model_dir, **bindings):
-  bindings = {
-    "network.t5_config.size": "'tiny'",
-    "network.t5_config.vocab_size": str(demo_data.demo_vocab_size()),
-    "MIXTURE_OR_TASK_NAME": "'demo_sentiment'",
-    "TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 4}",
-    "BATCH_SIZE": "4",
-    "PROMPT_LENGTH": "3",
-    "INITIAL_CHECKPOINT_PATH": repr(BASE),
-    "MODEL_DIR": repr(model_dir),
-    "TRAIN_STEPS": "6",
-    "CHECKPOINT_PERIOD": "2",
-    "EVAL_PERIOD": "None",
-    **bindings,
-  }
-  return [
-    "train",
-    "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
-    "--gin_file=prompt_tuning/configs/runs/prompt_finetune.gin",
-  ] + [f"--gin.{k}={v}" for k, v in bindings.items()]
+  settings = {"MODEL_DIR": repr(model_dir), "TRAIN_STEPS": "6", "CHECKPOINT_PERIOD": "2"}
+  settings["EVAL_PERIOD"] = "None"
+  return tiny_job_args("train", "prompt_finetune.gin", **{**settings, **bindings})
 
 
 def _error_line(result) -> str:

@@ -21,7 +21,7 @@ import pytest
 
 from prompt_tuning.data import demo as demo_data
 from prompt_tuning.training import checkpoints
-from tests.cli_testing import run_cli
+from tests.cli_testing import run_cli, tiny_job_args
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "legacy_run")
 BASE = os.path.join(FIXTURE, "base")
@@ -31,21 +31,7 @@ PROMPT_6 = os.path.join(MODEL_DIR, "numpy_checkpoints", "checkpoint_6", PROMPT_N
 
 
 def _args(job: str, run_file: str, *gin_files: str, **bindings: str) -> list[str]:
-  bindings = {
-    "network.t5_config.size": "'tiny'",
-    "network.t5_config.vocab_size": str(demo_data.demo_vocab_size()),
-    "MIXTURE_OR_TASK_NAME": "'demo_sentiment'",
-    "TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 4}",
-    "BATCH_SIZE": "4",
-    "PROMPT_LENGTH": "3",
-    "INITIAL_CHECKPOINT_PATH": repr(BASE),
-    **bindings,
-  }
-  files = ["prompt_tuning/configs/models/t5_1_1_small_prompt.gin", *gin_files]
-  files.append(f"prompt_tuning/configs/runs/{run_file}")
-  return (
-    [job] + [f"--gin_file={f}" for f in files] + [f"--gin.{k}={v}" for k, v in bindings.items()]
-  )
+  return tiny_job_args(job, run_file, *gin_files, **bindings)
 
 
 def _train_args(model_dir: str, *gin_files: str, **bindings: str) -> list[str]:

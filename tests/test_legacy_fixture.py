@@ -14,7 +14,7 @@ import pytest
 
 from prompt_tuning import convert
 from prompt_tuning.data import demo as demo_data
-from tests.cli_testing import run_cli
+from tests.cli_testing import run_cli, tiny_job_args
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "legacy_run")
 BASE = os.path.join(FIXTURE, "base")
@@ -25,21 +25,7 @@ PROMPT_6 = os.path.join(
 
 
 def _args(job, run_file, **bindings):
-  bindings = {
-    "network.t5_config.size": "'tiny'",
-    "network.t5_config.vocab_size": str(demo_data.demo_vocab_size()),
-    "MIXTURE_OR_TASK_NAME": "'demo_sentiment'",
-    "TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 4}",
-    "BATCH_SIZE": "4",
-    "PROMPT_LENGTH": "3",
-    "INITIAL_CHECKPOINT_PATH": repr(BASE),
-    **bindings,
-  }
-  return [
-    job,
-    "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
-    f"--gin_file=prompt_tuning/configs/runs/{run_file}",
-  ] + [f"--gin.{k}={v}" for k, v in bindings.items()]
+  return tiny_job_args(job, run_file, **bindings)
 
 
 @pytest.fixture

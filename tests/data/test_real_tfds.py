@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from prompt_tuning.data import demo as demo_data
 from prompt_tuning.data import sources
-from tests.cli_testing import run_cli
+from tests.cli_testing import run_cli, tiny_job_args
 
 BASE = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "legacy_run", "base"
@@ -74,22 +74,13 @@ def _prepare(name: str, data_dir: str, local) -> None:
 
 
 def _job(job: str, run_file: str, task: str, lengths: str, **bindings) -> list[str]:
-  bindings = {
-    "network.t5_config.size": "'tiny'",
-    "network.t5_config.vocab_size": str(demo_data.demo_vocab_size()),
+  settings = {
     "prompt_tuning.data.vocab.get_vocabulary.spm_path": repr(demo_data.DEMO_SPM_PATH),
     "MIXTURE_OR_TASK_NAME": repr(task),
     "TASK_FEATURE_LENGTHS": lengths,
     "BATCH_SIZE": "8",  # One example per fake CPU device.
-    "PROMPT_LENGTH": "3",
-    "INITIAL_CHECKPOINT_PATH": repr(BASE),
-    **bindings,
   }
-  return [
-    job,
-    "--gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin",
-    f"--gin_file=prompt_tuning/configs/runs/{run_file}",
-  ] + [f"--gin.{k}={v}" for k, v in bindings.items()]
+  return tiny_job_args(job, run_file, **{**settings, **bindings})
 
 
 def _train_then_eval(task: str, lengths: str, model_dir: str) -> dict[str, float]:
