@@ -177,8 +177,14 @@ def test_eval_refuses_a_runs_prompt_on_another_base_model():
   result = run_cli(
     _args("eval", "prompt_eval.gin", PROMPT_FILE=repr(PROMPT_6), INITIAL_CHECKPOINT_PATH="None")
   )
+  # The suggested base is the one the run recorded (the fixture was written elsewhere).
+  recorded_base = checkpoints.run_metadata(PROMPT_6)[1]["base_checkpoint"]
   _assert_one_line_error(
-    result, PROMPT_6, "different frozen model", os.path.join(MODEL_DIR, "checkpoint_6"), BASE
+    result,
+    PROMPT_6,
+    "different frozen model",
+    os.path.join(MODEL_DIR, "checkpoint_6"),
+    f"INITIAL_CHECKPOINT_PATH={recorded_base!r}",
   )
   assert result.stdout == ""
 
