@@ -22,7 +22,9 @@ import pytest
 
 from prompt_tuning import cli, convert
 from prompt_tuning.convert import commands
+from prompt_tuning.evaluation import run_eval
 from prompt_tuning.training import checkpoints as checkpoints_lib
+from prompt_tuning.training import settings as settings_lib
 from prompt_tuning.training import trainer
 from tests.cli_testing import run_cli, tiny_job_args
 
@@ -324,12 +326,130 @@ def test_a_model_dir_whose_writes_fail_is_refused_at_once(tmp_path, no_loading, 
   def read_only(*args, **kwargs):
     raise PermissionError(errno.EROFS, "Read-only file system")
 
-  monkeypatch.setattr(trainer.tempfile, "mkstemp", read_only)
+  monkeypatch.setattr(settings_lib.tempfile, "mkstemp", read_only)
   model_dir = tmp_path / "run"
   model_dir.mkdir()
   result = run_cli(_train_args(str(model_dir)))
   assert result.returncode == 2
   assert f"MODEL_DIR {model_dir} is not writable (Read-only file system)" in _error_line(result)
+
+
+# ------------------------------------------------- up-front checks of eval and infer
+PROMPT_6 = os.path.join(OLD_RUN, "numpy_checkpoints", "checkpoint_6", "encoder.prompt.prompt.npy")
+
+
+@pytest.fixture
+def nothing_loaded(monkeypatch):
+  """Fails the test if eval or infer reads a base checkpoint, a prompt file or a task's
+  vocabulary before its settings were checked."""
+
+  def never(*args, **kwargs):
+    raise AssertionError("something was loaded before the settings were checked")
+
+  monkeypatch.setattr(run_eval.initialization, "initial_params", never)
+  monkeypatch.setattr(run_eval.initialization, "check_task_vocabularies", never)
+  monkeypatch.setattr(run_eval.multi_prompt, "load_prompt_files", never)
+
+
+def _job_args(job, run_file, tmp_path, **bindings):
+  """eval / infer of the fixture's step-6 prompt (the serving and ensemble files take
+  theirs from TASK_PROMPTS / PROMPT_FILES), writing under `tmp_path/out`."""
+  values = {"OUTPUT_DIR": repr(str(tmp_path / "out"))}
+  if run_file in ("prompt_eval.gin", "prompt_infer.gin"):
+    values["PROMPT_FILE"] = repr(PROMPT_6)
+  if run_file == "prompt_eval.gin":
+    del values["OUTPUT_DIR"]
+  if run_file == "prompt_ensemble_eval.gin":
+    values["PROMPT_FILES"] = repr([PROMPT_6, PROMPT_6])
+  if run_file == "prompt_serve.gin":
+    values["TASK_PROMPTS"] = repr({"demo_sentiment": PROMPT_6})
+  return tiny_job_args(job, run_file, **{**values, **bindings})
+
+
+@pytest.mark.parametrize(
+  "job, run_file, bindings, expected",
+  [
+    ("eval", "prompt_eval.gin", {"BATCH_SIZE": "0"}, "BATCH_SIZE must be an integer >= 1, got 0"),
+    (
+      "eval",
+      "prompt_eval.gin",
+      {"TASK_FEATURE_LENGTHS": "{'inputs': 0, 'targets': 4}"},
+      "TASK_FEATURE_LENGTHS['inputs'] must be an integer >= 1, got 0",
+    ),
+    (
+      "eval",
+      "prompt_eval.gin",
+      {"run_eval.evaluate.num_examples": "0"},
+      "run_eval.evaluate.num_examples must be None or an integer >= 1, got 0",
+    ),
+    (
+      "eval",
+      "prompt_ensemble_eval.gin",
+      {"BATCH_SIZE": "-2"},
+      "BATCH_SIZE must be an integer >= 1, got -2",
+    ),
+    ("infer", "prompt_infer.gin", {"BATCH_SIZE": "0"}, "BATCH_SIZE must be an integer >= 1, got 0"),
+    (
+      "infer",
+      "prompt_infer.gin",
+      {"TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 2.5}"},
+      "TASK_FEATURE_LENGTHS['targets'] must be an integer >= 1, got 2.5",
+    ),
+    (
+      "infer",
+      "prompt_infer.gin",
+      {"TASK_FEATURE_LENGTHS": "{}"},
+      "TASK_FEATURE_LENGTHS must be a dict of feature lengths, got {}",
+    ),
+    (
+      "infer",
+      "prompt_infer.gin",
+      {"run_eval.infer.num_examples": "-1"},
+      "run_eval.infer.num_examples must be None or an integer >= 1, got -1",
+    ),
+    (
+      "infer",
+      "prompt_serve.gin",
+      {"TASK_FEATURE_LENGTHS": "{'inputs': 24, 'targets': 0}"},
+      "TASK_FEATURE_LENGTHS['targets'] must be an integer >= 1, got 0",
+    ),
+  ],
+)
+def test_eval_and_infer_settings_that_cannot_work_are_refused_before_anything_loads(
+  tmp_path, nothing_loaded, job, run_file, bindings, expected
+):
+  result = run_cli(_job_args(job, run_file, tmp_path, **bindings))
+  assert result.returncode == 2, result.stderr[-3000:]
+  line = _error_line(result)
+  assert expected in line, line
+  setting = expected.split(" must be")[0].split("[")[0]
+  assert f"--gin.{setting}" in line or "every feature needs" in line, line
+  assert result.stdout == "" and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+  "job, run_file, macro",
+  [
+    ("eval", "prompt_eval.gin", "MODEL_DIR"),
+    ("eval", "prompt_ensemble_eval.gin", "OUTPUT_DIR"),
+    ("infer", "prompt_infer.gin", "OUTPUT_DIR"),
+  ],
+)
+def test_an_output_directory_that_is_a_file_is_refused_before_anything_loads(
+  tmp_path, nothing_loaded, job, run_file, macro
+):
+  path = tmp_path / "taken"
+  path.write_text("not a directory")
+  result = run_cli(_job_args(job, run_file, tmp_path, **{macro: repr(str(path))}))
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert f"{macro} {path} exists and is not a directory" in _error_line(result)
+  assert path.read_text() == "not a directory"
+  # Below a file it cannot be created either; nothing is made on the way.
+  below = path / "out"
+  result = run_cli(_job_args(job, run_file, tmp_path, **{macro: repr(str(below))}))
+  assert result.returncode == 2
+  assert f"{macro} {below} cannot be created: {path} is not a directory" in _error_line(result)
+  assert sorted(os.listdir(tmp_path)) == ["taken"]
 
 
 # ---------------------------------------------------------------- gin bindings

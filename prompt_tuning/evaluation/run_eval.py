@@ -41,6 +41,7 @@ from prompt_tuning.training import fingerprint
 from prompt_tuning.training import initialization
 from prompt_tuning.training import logging_utils
 from prompt_tuning.training import partitioning
+from prompt_tuning.training import settings
 from prompt_tuning.training import trainable as trainable_lib
 from prompt_tuning.training import trainer as trainer_lib
 
@@ -108,6 +109,29 @@ def _check_vocabularies(model: models.EncoderDecoderModel, mixture_or_task_name:
   initialization.check_task_vocabularies(mixture_or_task_name, model.module.config.vocab_size)
 
 
+def validate_settings(
+  job: str,
+  *,
+  task_feature_lengths: Any,
+  batch_size: Any,
+  num_examples: Any,
+  directories: Mapping[str, Any],
+  required: Sequence[str] = (),
+) -> None:
+  """Refuses settings that cannot evaluate or decode before anything is loaded or
+  compiled, as `train` does (`settings`, shared with trainer.validate_settings): a
+  batch of 0 rows, an input length of 0, a count of 0 examples (which seqio and the
+  decode loop would read as "all"), or an output directory ({macro: path}; None skips
+  one not in `required`) that is a file or cannot be written. Nothing is created: a job
+  that fails later leaves no empty directory."""
+  settings.positive("BATCH_SIZE", batch_size)
+  settings.feature_lengths(task_feature_lengths)
+  settings.positive(f"run_eval.{job}.num_examples", num_examples, optional=True)
+  for macro, path in directories.items():
+    if path is not None or macro in required:
+      settings.writable_directory(macro, path, create=False)
+
+
 def _file_list(value: Sequence[str] | str, macro: str) -> list[str]:
   if isinstance(value, str):
     raise ValueError(
@@ -139,6 +163,13 @@ def evaluate(
   prompt's metrics, their mean, the best and the majority vote, printed as a table and
   written to `output_dir/prompt_ensemble-{split}.json`.
   """
+  validate_settings(
+    "evaluate",
+    task_feature_lengths=task_feature_lengths,
+    batch_size=batch_size,
+    num_examples=num_examples,
+    directories={"MODEL_DIR": model_dir, "OUTPUT_DIR": output_dir},
+  )
   if prompt_files is not None:
     return _evaluate_prompt_ensemble(
       model,
@@ -280,6 +311,14 @@ def infer(
   tasks without a prompt are skipped with a warning. Without it, every row uses the
   model's configured prompt.
   """
+  validate_settings(
+    "infer",
+    task_feature_lengths=task_feature_lengths,
+    batch_size=batch_size,
+    num_examples=num_examples,
+    directories={"OUTPUT_DIR": output_dir},
+    required=("OUTPUT_DIR",),
+  )
   tasks = tasks_with_split(mixture_or_task_name, split)
   _check_vocabularies(model, mixture_or_task_name)
   serving = task_prompts is not None

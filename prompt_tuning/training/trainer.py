@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-import tempfile
 import sys
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
@@ -41,6 +39,7 @@ from prompt_tuning.training import initialization
 from prompt_tuning.training import logging_utils
 from prompt_tuning.training import optimizers
 from prompt_tuning.training import partitioning
+from prompt_tuning.training import settings
 from prompt_tuning.training import trainable as trainable_lib
 from prompt_tuning.training.train_step import TrainState, make_train_step
 
@@ -331,45 +330,6 @@ class _Loop:
       self.log.close()
 
 
-def _positive(name: str, value: Any, *, macro: str | None = None, optional: bool = False) -> None:
-  """`value` must be an int >= 1 (or None when `optional`); the error names the setting
-  by its gin macro, which is how users set it."""
-  if optional and value is None:
-    return
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    setting = macro or f"trainer.train.{name}"
-    allowed = "None or an integer >= 1" if optional else "an integer >= 1"
-    raise errors.ConfigurationError(
-      f"{setting} must be {allowed}, got {value!r}; set --gin.{setting}=N with N >= 1"
-    )
-
-
-def _check_model_dir(model_dir: str) -> None:
-  """MODEL_DIR must be a directory this process can write (created when missing): found
-  now rather than at the first checkpoint, after minutes of loading and compiling."""
-  if not isinstance(model_dir, str) or not model_dir:
-    raise errors.ConfigurationError(
-      f"MODEL_DIR must be a directory path, got {model_dir!r}; set --gin.MODEL_DIR=\"'/path'\""
-    )
-  if "://" in model_dir:
-    return  # A remote file system: its own client reports problems.
-  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-    raise errors.ConfigurationError(
-      f"MODEL_DIR {model_dir} exists and is not a directory; choose a directory path"
-    )
-  try:
-    os.makedirs(model_dir, exist_ok=True)
-    # A real write, not os.access: permission bits say nothing about a read-only mount.
-    probe, name = tempfile.mkstemp(prefix=".write-check-", dir=model_dir)
-    os.close(probe)
-    os.remove(name)
-  except OSError as error:
-    raise errors.ConfigurationError(
-      f"MODEL_DIR {model_dir} is not writable ({error.strerror or error}); choose a "
-      "directory you may write to"
-    ) from None
-
-
 def validate_settings(
   *,
   train_steps: Any,
@@ -382,30 +342,26 @@ def validate_settings(
   keep_checkpoints: Any,
   num_microbatches: Any,
   stop_after_steps: Any,
+  eval_batch_size: Any = None,
+  num_eval_examples: Any = None,
 ) -> None:
   """Refuses settings that cannot train before anything is loaded or compiled: a run of
   0 steps would exit 0 having trained nothing, a period of 0 divides by zero at step 1,
-  an input length of 0 trains on empty inputs."""
-  _positive("train_steps", train_steps, macro="TRAIN_STEPS")
-  _positive("batch_size", batch_size, macro="BATCH_SIZE")
-  _positive("checkpoint_period", checkpoint_period, macro="CHECKPOINT_PERIOD")
-  _positive("eval_period", eval_period, macro="EVAL_PERIOD", optional=True)
-  _positive("log_period", log_period)
-  _positive("keep_checkpoints", keep_checkpoints, optional=True)
-  _positive("num_microbatches", num_microbatches)
-  _positive("stop_after_steps", stop_after_steps, optional=True)
-  if not isinstance(task_feature_lengths, Mapping) or not task_feature_lengths:
-    raise errors.ConfigurationError(
-      f"TASK_FEATURE_LENGTHS must be a dict of feature lengths, got {task_feature_lengths!r}; "
-      "e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 8}\""
-    )
-  for feature, length in task_feature_lengths.items():
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-      raise errors.ConfigurationError(
-        f"TASK_FEATURE_LENGTHS[{feature!r}] must be an integer >= 1, got {length!r}; "
-        "every feature needs at least one token"
-      )
-  _check_model_dir(model_dir)
+  an input length of 0 trains on empty inputs. The checks are `settings`', which
+  `eval` and `infer` use too."""
+  settings.positive("TRAIN_STEPS", train_steps)
+  settings.positive("BATCH_SIZE", batch_size)
+  settings.positive("CHECKPOINT_PERIOD", checkpoint_period)
+  settings.positive("EVAL_PERIOD", eval_period, optional=True)
+  settings.positive("trainer.train.log_period", log_period)
+  settings.positive("trainer.train.keep_checkpoints", keep_checkpoints, optional=True)
+  settings.positive("trainer.train.num_microbatches", num_microbatches)
+  settings.positive("trainer.train.stop_after_steps", stop_after_steps, optional=True)
+  settings.positive("trainer.train.eval_batch_size", eval_batch_size, optional=True)
+  settings.positive("trainer.train.num_eval_examples", num_eval_examples, optional=True)
+  settings.feature_lengths(task_feature_lengths)
+  # Created now: the run fills it anyway, and a failed write probe is found at once.
+  settings.writable_directory("MODEL_DIR", model_dir, create=True)
 
 
 def _fresh_regex(trainable_regex: str, fresh_regex: str | None) -> str:
@@ -473,6 +429,8 @@ def train(
     keep_checkpoints=keep_checkpoints,
     num_microbatches=num_microbatches,
     stop_after_steps=stop_after_steps,
+    eval_batch_size=eval_batch_size,
+    num_eval_examples=num_eval_examples,
   )
   initialization.check_task_vocabularies(mixture_or_task_name, model.module.config.vocab_size)
   base = initial_checkpoint_path
