@@ -235,6 +235,88 @@ def test_ctrl_c_while_a_checkpoint_is_written_lets_it_finish(tmp_path, monkeypat
   np.testing.assert_array_equal(restored["encoder"]["prompt"]["prompt"], _prompt(model_dir, 2))
 
 
+def _checkpoints_read_back(model_dir):
+  """Every checkpoint_N is complete: no orbax temporary, and each reads back holding the
+  prompt of its numpy export."""
+  assert not [d for d in os.listdir(model_dir) if "tmp" in d], os.listdir(model_dir)
+  for step in _steps(model_dir):
+    restored = convert.load_params(os.path.join(model_dir, f"checkpoint_{step}"))
+    np.testing.assert_array_equal(restored["encoder"]["prompt"]["prompt"], _prompt(model_dir, step))
+
+
+def _interrupted_waits(monkeypatch):
+  """Makes every wait for a pending checkpoint write raise KeyboardInterrupt, as a Ctrl-C
+  during it would; returns the managers it stopped (their writes go on) and a snapshot of
+  the MODEL_DIR's finished checkpoints at that moment."""
+  stopped, finished = [], {}
+
+  def interrupted(self):
+    stopped.append(self)
+    for step in _steps(self.model_dir):
+      finished[step] = _snapshot(os.path.join(self.model_dir, f"checkpoint_{step}"))
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(checkpoints_lib.CheckpointManager, "wait", interrupted)
+  return stopped, finished
+
+
+def _finish_writes(stopped):
+  for manager in stopped:
+    manager.close()  # What the interrupted wait would have done: the write completes.
+
+
+def test_a_second_ctrl_c_during_the_pending_save_says_that_checkpoint_may_be_incomplete(
+  tmp_path, monkeypatch
+):
+  model_dir = str(tmp_path / "run")
+  _interrupt_at_batch(monkeypatch, 5)  # Steps 1-4 ran; checkpoint_4 is being written.
+  stopped, finished = _interrupted_waits(monkeypatch)
+  result = run_cli(_train_args(model_dir))
+  _finish_writes(stopped)
+  assert result.returncode == 130
+  line = _error_line(result)
+  assert "before training started" not in line and "nothing was saved" not in line, line
+  assert (
+    "interrupted again at step 4 while checkpoint_4 was being saved; checkpoint_4 may be "
+    "incomplete and is never taken as a complete checkpoint; rerun the same command to resume "
+    f"(it continues from the last complete checkpoint, checkpoint_2 in {model_dir} (or from "
+    "checkpoint_4 if its write had finished))"
+  ) in line, line
+  # The complete checkpoint is untouched, and the pending one was finished, not damaged.
+  assert 2 in finished
+  assert _snapshot(os.path.join(model_dir, "checkpoint_2")) == finished[2]
+  assert _steps(model_dir) == [2, 4]
+  _checkpoints_read_back(model_dir)
+
+  monkeypatch.undo()
+  resumed = run_cli(_train_args(model_dir))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "at step 4 (4 batches consumed)" in resumed.stderr
+  assert _steps(model_dir) == [2, 4, 6]
+  _checkpoints_read_back(model_dir)
+
+
+def test_a_ctrl_c_during_the_last_save_of_a_run_names_the_checkpoint_and_none_before_it(
+  tmp_path, monkeypatch
+):
+  model_dir = str(tmp_path / "run")
+  stopped, _ = _interrupted_waits(monkeypatch)
+  # Every step ran; the only checkpoint, step 2's, is still being written at the end.
+  result = run_cli(_train_args(model_dir, TRAIN_STEPS="2", CHECKPOINT_PERIOD="5"))
+  _finish_writes(stopped)
+  assert result.returncode == 130
+  line = _error_line(result)
+  assert (
+    "interrupted at step 2 while checkpoint_2 was being saved; checkpoint_2 may be incomplete"
+  ) in line, line
+  assert (
+    f"no checkpoint was complete before it in {model_dir}, so it starts from step 0 (or from "
+    "checkpoint_2 if its write had finished)"
+  ) in line
+  assert _steps(model_dir) == [2]
+  _checkpoints_read_back(model_dir)
+
+
 # ---------------------------------------------------------------- NaN guard
 # The infinite learning rate is meant: casting 1e39 to float32 overflows.
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")

@@ -31,6 +31,7 @@ import optax
 from absl import logging
 
 from prompt_tuning import errors, models, tree
+from prompt_tuning.convert import runs
 from prompt_tuning.t5 import network
 from prompt_tuning.training import checkpoints as checkpoints_lib
 from prompt_tuning.training import data as data_lib
@@ -242,8 +243,11 @@ class _Loop:
   log: logging_utils.MetricsLog
   last_eval: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
   losses: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+  saving: int | None = None  # The step of a checkpoint write not yet known to be done.
 
   def save(self) -> None:
+    # Orbax writes in the background; until a wait returns, this step may be incomplete.
+    self.saving = _host_int(self.run.state.step)
     self.manager.save(
       self.run.state,
       frozen=self.run.frozen if self.save_frozen else None,
@@ -306,6 +310,7 @@ class _Loop:
       enabled=logging_utils.is_leader(),
     )
     done = start_step
+    interrupted = False
     try:
       for step in range(start_step + 1, self.schedule.end_step + 1):
         batch = self.run.partitioner.shard_batch(next(batches))
@@ -320,14 +325,83 @@ class _Loop:
     except KeyboardInterrupt:
       # Ctrl-C: let a checkpoint being written finish (orbax renames a step only when it
       # is complete), then say where the run stopped and what a rerun resumes from.
-      self.manager.wait()
-      raise errors.TrainingInterrupted(
-        done, self.manager.latest_step(), self.manager.model_dir
-      ) from None
+      interrupted = True
+      self.finish_saving(done, again=True)
+      try:
+        latest = self.manager.latest_step()  # Reads the newest checkpoints back.
+      except KeyboardInterrupt:
+        raise self._interrupted_saving(done, again=True) from None
+      raise errors.TrainingInterrupted(done, latest, self.manager.model_dir) from None
     finally:
       progress.close()
-      self.manager.wait()
       self.log.close()
+      if not interrupted:  # Interrupted, the wait above happened (or was cut short).
+        self.finish_saving(done, again=False)
+
+  def finish_saving(self, step: int, *, again: bool) -> None:
+    """Waits for the pending checkpoint write. A Ctrl-C during the wait (`again`: the
+    second one, after the Ctrl-C that stopped the loop) raises SaveInterrupted, which says
+    what is true then, instead of the bare KeyboardInterrupt's "before training
+    started"."""
+    try:
+      self.manager.wait()
+    except KeyboardInterrupt:
+      raise self._interrupted_saving(step, again=again) from None
+    self.saving = None
+
+  def _interrupted_saving(self, step: int, *, again: bool) -> SaveInterrupted:
+    model_dir = self.manager.model_dir
+    finished = _finished_steps(model_dir, self.saving)
+    return SaveInterrupted(step, self.saving, finished, model_dir, again=again)
+
+
+def _finished_steps(model_dir: str, pending: int | None) -> list[int]:
+  """The steps whose checkpoint directory has its final name, other than `pending`: orbax
+  writes a step under a temporary name and renames it when complete. Listed without
+  waiting for or reading anything, since whoever asks has pressed Ctrl-C twice."""
+  try:
+    return [step for step in runs.steps(model_dir) if step != pending]
+  except OSError:
+    return []
+
+
+class SaveInterrupted(errors.TrainingInterrupted):
+  """Ctrl-C while a checkpoint write was being finished (a second one, after the Ctrl-C
+  that stopped the loop, or one during the run's last write): `saving` is the step being
+  written, which may be incomplete, `finished` the steps complete on disk before it.
+
+  A rerun never takes the incomplete step as complete: orbax renames a step directory
+  only once it is whole, removes its temporaries when the next run starts, and the
+  trainer resumes only from a checkpoint that reads back cleanly."""
+
+  def __init__(
+    self, step: int, saving: int | None, finished: list[int], model_dir: str, *, again: bool
+  ) -> None:
+    super().__init__(step, finished[-1] if finished else None, model_dir)
+    self.saving = saving
+    self.again = again
+
+  def __str__(self) -> str:
+    what = "interrupted again" if self.again else "interrupted"
+    if self.saving is None:
+      # The write had finished; the Ctrl-C came while the checkpoints were read back.
+      return super().__str__().replace("interrupted", what, 1)
+    pending = f"checkpoint_{self.saving}"
+    if self.checkpoint_step is None:
+      resume = (
+        f"no checkpoint was complete before it in {self.model_dir}, so it starts from "
+        f"step 0 (or from {pending} if its write had finished)"
+      )
+    else:
+      resume = (
+        f"it continues from the last complete checkpoint, checkpoint_{self.checkpoint_step} "
+        f"in {self.model_dir} (or from {pending} if its write had finished)"
+      )
+    return (
+      f"{what} at step {self.step} while {pending} was being saved; {pending} may be "
+      "incomplete and is never taken as a complete checkpoint; rerun the same command to "
+      f"resume ({resume})"
+    )
 
 
 def validate_settings(
