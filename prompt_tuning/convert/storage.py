@@ -7,10 +7,20 @@ code path exercised by local tests is the one that reads buckets.
 Every bucket operation waits at most `remote.timeout_seconds()` (tensorstore's GCS listing
 has no deadline of its own, so without network it would wait forever) and fails with one
 line that says what could not be reached and to pass a local copy instead.
+
+The reads after that first touch (the zarr arrays of a T5X checkpoint, opened by
+tensorstore from `kvstore_spec`) have no future to wait on with a deadline, and
+tensorstore's defaults retry a failed GCS request 32 times with delays up to 32 s, and
+put no time limit on a request that gets no answer (tried: still waiting after 15 s). So
+every GCS kvstore spec carries `gcs_request_retries` bounded by the deadline, and
+`bound_gcs_requests` sets tensorstore's curl timeouts (a connection not made, or a
+transfer stalled below 1 byte/s, for the deadline fails the request): a link that dies
+midway fails a read after about (GCS_MAX_RETRIES + 1) deadlines instead of hanging.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 import re
@@ -20,6 +30,16 @@ import tensorstore as ts
 from prompt_tuning.data import remote
 
 _GCS = re.compile(r"^gs://([^/]+)/?(.*)$", re.DOTALL)
+
+# Retries of one failed GCS request (tensorstore's default is 32, delays up to 32 s):
+# enough for a transient 429 / 503, few enough that a dead link fails within a few deadlines.
+GCS_MAX_RETRIES = 2
+# tensorstore's curl transport reads these when it makes its first HTTP request.
+_CURL_DEADLINES = (
+  "TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS",
+  "TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS",
+)
+_CURL_LOW_SPEED_LIMIT = "TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES"
 
 
 def is_gcs(path: str) -> bool:
@@ -46,12 +66,34 @@ def basename(path: str) -> str:
   )
 
 
+def bound_gcs_requests() -> dict:
+  """The tensorstore context of a GCS kvstore: retries bounded by the deadline. Also
+  sets tensorstore's curl timeouts to the deadline unless the environment sets them.
+
+  They are environment variables because tensorstore has no context option for them;
+  they are read once, at the process's first HTTP request, so the deadline in force
+  then is the one that holds. They apply only to tensorstore's own requests (orbax's
+  reads of gs:// included), where a stall of a whole deadline means a dead link."""
+  deadline = remote.timeout_seconds()
+  for name in _CURL_DEADLINES:
+    os.environ.setdefault(name, str(max(1, math.ceil(deadline))))
+  os.environ.setdefault(_CURL_LOW_SPEED_LIMIT, "1")
+  return {
+    "gcs_request_retries": {
+      "max_retries": GCS_MAX_RETRIES,
+      "initial_delay": f"{min(1.0, deadline):g}s",
+      "max_delay": f"{deadline:g}s",
+    }
+  }
+
+
 def kvstore_spec(path: str) -> dict:
-  """The tensorstore kvstore spec of a directory (trailing "/" included)."""
+  """The tensorstore kvstore spec of a directory (trailing "/" included); a `gs://` one
+  carries the bounded retries of `bound_gcs_requests`, for every read through it."""
   match = _GCS.match(path)
   if match:
     bucket, prefix = match.group(1), match.group(2).strip("/")
-    spec = {"driver": "gcs", "bucket": bucket}
+    spec = {"driver": "gcs", "bucket": bucket, "context": bound_gcs_requests()}
     if prefix:
       spec["path"] = prefix + "/"
     return spec

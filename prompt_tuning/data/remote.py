@@ -7,7 +7,9 @@ for many seconds before raising an error with a long traceback. Every first acce
 `data/vocab.py`) therefore runs under one deadline, `PROMPT_TUNING_GCS_TIMEOUT` seconds
 (default 20), and fails with one line saying what could not be reached and what to pass
 instead. The deadline is an environment variable so that tests (and slow links) can set it
-without a flag on every command.
+without a flag on every command. The reads after a first touch that tensorstore makes on
+its own (a checkpoint's array chunks) cannot run under this deadline; `convert/storage.py`
+bounds them by it through tensorstore's retry and curl settings.
 """
 
 from __future__ import annotations

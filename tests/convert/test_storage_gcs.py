@@ -14,6 +14,7 @@ import time
 
 import pytest
 import tensorflow as tf
+import tensorstore as ts
 
 from prompt_tuning.convert import storage
 from prompt_tuning.data import remote
@@ -146,3 +147,30 @@ def test_a_deadline_that_is_not_a_positive_number_is_one_line_naming_the_variabl
 def test_the_deadline_defaults_to_20_seconds(monkeypatch):
   monkeypatch.delenv(remote.TIMEOUT_ENV, raising=False)
   assert remote.timeout_seconds() == 20.0
+
+
+def test_a_chunk_read_after_the_first_touch_gives_up_within_a_few_deadlines(silent_gcs):
+  """The zarr arrays of a T5X checkpoint are opened by tensorstore itself, with no
+  deadline of ours around the call: the bounded retries and curl timeouts that every
+  gs:// kvstore spec carries make it fail instead of waiting on the silent endpoint."""
+  spec = {
+    "driver": "zarr",
+    "kvstore": storage.kvstore_spec(f"{CHECKPOINT}/target.encoder.layers_0.attention.key"),
+  }
+  start = time.monotonic()
+  with pytest.raises(ValueError, match="retry attempts failed"):
+    _within(30, lambda: ts.open(spec, open=True, read=True).result())
+  # (1 + GCS_MAX_RETRIES) stalled attempts of 1 s each, and the delays between them.
+  assert time.monotonic() - start < 10
+  assert silent_gcs, "the request must have gone to the silent local endpoint"
+
+
+def test_gcs_kvstore_specs_bound_tensorstores_retries_by_the_deadline(monkeypatch):
+  monkeypatch.setenv(remote.TIMEOUT_ENV, "5")
+  spec = storage.kvstore_spec("gs://test-bucket/models/checkpoint_1000")
+  assert spec["context"]["gcs_request_retries"] == {
+    "max_retries": storage.GCS_MAX_RETRIES,
+    "initial_delay": "1s",
+    "max_delay": "5s",
+  }
+  assert "context" not in storage.kvstore_spec("/local/checkpoint_1000")
