@@ -352,6 +352,14 @@ def no_loading(monkeypatch):
     ({"trainer.train.log_period": "0"}, "trainer.train.log_period must be an integer >= 1"),
     ({"BATCH_SIZE": "0"}, "BATCH_SIZE must be an integer >= 1, got 0"),
     (
+      {"trainer.train.eval_batch_size": "0"},
+      "trainer.train.eval_batch_size must be None or an integer >= 1, got 0",
+    ),
+    (
+      {"trainer.train.num_eval_examples": "0"},
+      "trainer.train.num_eval_examples must be None or an integer >= 1, got 0",
+    ),
+    (
       {"TASK_FEATURE_LENGTHS": "{'inputs': 0, 'targets': 4}"},
       "TASK_FEATURE_LENGTHS['inputs'] must be an integer >= 1, got 0",
     ),
