@@ -2,13 +2,25 @@
 
 Training data is `seqio.get_dataset` with a fixed seed, so the order of batches is a
 function of (task, lengths, seed) alone; resuming skips the batches already consumed.
-Each process reads its own shard (multi-host) and the trainer assembles global arrays.
+
+In a multi-process job each process keeps only the rows of each global batch that its own
+devices hold, and the partitioner assembles the global arrays from them. By default
+(`shard_by="batch"`) every process reads the same example stream and cuts its rows out of
+each global batch, so the batches, and the trained prompt, do not depend on how many
+processes a run has: a run on 2 hosts equals the same run on 1, and a run resumed on
+another number of hosts continues with the batches it would have seen. The price is that
+every process preprocesses every example, which is nothing for the paper's tasks (tens of
+thousands of short examples) and too much for a C4-sized corpus; there `shard_by="source"`
+lets seqio give each process its own part of the source (by files), so each preprocesses
+only its share, and the batches then depend on the process count (docs/scale.md,
+"Multi-process input").
 """
 
 from __future__ import annotations
 
 from typing import Iterator, Mapping
 
+import gin
 import jax
 import numpy as np
 import seqio
@@ -22,8 +34,11 @@ def feature_converter() -> seqio.FeatureConverter:
   return seqio.EncDecFeatureConverter(pack=False)
 
 
+SHARD_BY = ("batch", "source")
+
+
 def shard_info() -> seqio.ShardInfo | None:
-  """This process's share of the input in a multi-process job (None: read everything).
+  """This process's share of the source in a multi-process job (None: read everything).
 
   seqio shards a file-based source by files, so it needs at least as many files as
   processes; in-memory and function sources are split example by example.
@@ -33,6 +48,21 @@ def shard_info() -> seqio.ShardInfo | None:
   return partitioning.process_shard_info()
 
 
+def process_rows(batch_size: int) -> tuple[int, int]:
+  """The rows [start, stop) of each global batch this process feeds: a contiguous block in
+  process order, the layout `Partitioner.shard_batch` assembles (and checks)."""
+  count = jax.process_count()
+  if batch_size % count:
+    raise ValueError(
+      f"BATCH_SIZE {batch_size} is not divisible by the number of processes {count}; "
+      "use a multiple of it"
+    )
+  per_process = batch_size // count
+  start = jax.process_index() * per_process
+  return start, start + per_process
+
+
+@gin.configurable(denylist=["mixture_or_task_name", "task_feature_lengths", "batch_size", "seed"])
 def train_batches(
   mixture_or_task_name: str,
   task_feature_lengths: Mapping[str, int],
@@ -40,16 +70,23 @@ def train_batches(
   seed: int,
   start_position: int = 0,
   split: str = "train",
+  shard_by: str = "batch",
+  rows: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless per-process batches, starting after `start_position` batches.
 
-  `batch_size` is global: each process yields `batch_size / process_count` rows of its
-  own shard, which the partitioner assembles into one global batch.
+  `batch_size` is global; each process yields its `rows` of every global batch (default
+  `process_rows`: all of them in a one-process run). `shard_by` says where a
+  multi-process job splits the input (module docstring): "batch", the same batches
+  whatever the process count, or "source", each process reading its own part of the
+  source.
   """
-  if batch_size % jax.process_count():
-    raise ValueError(
-      f"BATCH_SIZE {batch_size} is not divisible by the number of processes {jax.process_count()}"
-    )
+  if shard_by not in SHARD_BY:
+    raise ValueError(f"train_batches.shard_by must be one of {SHARD_BY}, got {shard_by!r}")
+  start, stop = rows if rows is not None else process_rows(batch_size)
+  if not 0 <= start < stop <= batch_size:
+    raise ValueError(f"rows {start}:{stop} are not inside a batch of {batch_size}")
+  by_source = shard_by == "source" and jax.process_count() > 1
   dataset = seqio.get_dataset(
     mixture_or_task_name,
     task_feature_lengths=dict(task_feature_lengths),
@@ -58,10 +95,16 @@ def train_batches(
     num_epochs=None,
     seed=seed,
     feature_converter=feature_converter(),
-    shard_info=shard_info(),
+    shard_info=shard_info() if by_source else None,
     use_cached=False,
   )
-  dataset = dataset.batch(batch_size // jax.process_count(), drop_remainder=True)
+  if by_source:
+    # Each process's own part of the source, batched to its share of the global batch.
+    dataset = dataset.batch(stop - start, drop_remainder=True)
+  else:
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    if (start, stop) != (0, batch_size):
+      dataset = dataset.map(lambda batch: {k: v[start:stop] for k, v in batch.items()})
   if start_position:
     dataset = dataset.skip(start_position)
   dataset = dataset.prefetch(tf.data.AUTOTUNE)

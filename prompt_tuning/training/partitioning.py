@@ -327,11 +327,31 @@ class Partitioner:
     )
 
   # ------------------------------------------------------------------ data
+  def process_rows(self, batch_size: int) -> tuple[int, int]:
+    """The rows [start, stop) of a global batch of `batch_size` that this process's
+    devices hold: what it must feed `shard_batch`. One block, in process order, with a
+    device mesh laid out process by process (the default); a mesh that interleaves one
+    process's data shards with another's cannot be fed block-wise and is an error."""
+    held = sorted(
+      {
+        (index[0].start or 0, batch_size if index[0].stop is None else index[0].stop)
+        for index in self.batch_sharding.addressable_devices_indices_map((batch_size,)).values()
+      }
+    )
+    start, stop = held[0][0], held[-1][1]
+    covered = sum(b - a for a, b in held)
+    if covered != stop - start:
+      raise ValueError(
+        f"this process's devices hold rows {held} of the batch, not one block; order the "
+        "mesh's devices process by process (partitioning.Partitioner.devices)"
+      )
+    return start, stop
+
   def shard_batch(self, local_batch: Mapping[str, Any]) -> dict[str, jax.Array]:
     """Global arrays from this process's slice of the batch (numpy, leading batch axis).
 
-    Each process passes its own rows; the global batch is their concatenation in
-    process order, split over `data`.
+    Each process passes its own rows (`process_rows`); the global batch is their
+    concatenation in process order, split over `data`.
     """
     sharding = self.batch_sharding
     # Distinct row ranges among this process's devices (slices are unhashable here).
@@ -443,14 +463,17 @@ def initialize_distributed(
   num_processes: int | None = None,
   process_id: int | None = None,
   auto_detect: bool = False,
+  heartbeat_timeout_seconds: int | None = None,
 ) -> bool:
   """Joins a multi-process job; returns whether `jax.distributed.initialize` ran.
 
   Arguments fall back to the environment (`JAX_COORDINATOR_ADDRESS`,
   `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`). One process, or nothing configured, is a no-op
   so the same command runs on a laptop. `auto_detect=True` lets jax find the cluster
-  itself (Cloud TPU pods, SLURM) when nothing is given. Must run before any jax
-  computation.
+  itself (Cloud TPU pods, SLURM) when nothing is given. `heartbeat_timeout_seconds`
+  (jax's default: 100) bounds how long the others wait for a process that stopped
+  answering before jax ends them (a killed process's closed connections are noticed at
+  once). Must run before any jax computation.
   """
   env = os.environ
   if coordinator_address is None:
@@ -471,8 +494,16 @@ def initialize_distributed(
     )
   if process_id is not None and not 0 <= process_id < num_processes:
     raise ValueError(f"process_id {process_id} is outside [0, {num_processes})")
+  timeouts = {}
+  if heartbeat_timeout_seconds is not None:
+    if heartbeat_timeout_seconds < 1:
+      raise ValueError(f"heartbeat_timeout_seconds must be >= 1, got {heartbeat_timeout_seconds}")
+    timeouts["heartbeat_timeout_seconds"] = heartbeat_timeout_seconds
   jax.distributed.initialize(
-    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    **timeouts,
   )
   logging.info(
     "process %d of %d joined; %d local of %d devices",

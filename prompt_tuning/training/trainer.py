@@ -559,7 +559,12 @@ def train(
   train_step = make_train_step(model, optimizer, num_microbatches)
   step_fn = partitioner.partition_train_step(train_step, run.state_shardings, run.frozen_shardings)
   batches = data_lib.train_batches(
-    mixture_or_task_name, task_feature_lengths, batch_size, seed, start_position=run.data_position
+    mixture_or_task_name,
+    task_feature_lengths,
+    batch_size,
+    seed,
+    start_position=run.data_position,
+    rows=partitioner.process_rows(batch_size),
   )
   loop.run_steps(step_fn, batches, partitioner.place(dropout_rng, partitioner.replicated))
   manager.close()
