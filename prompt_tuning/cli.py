@@ -18,7 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # The gin half of the command line lives in launch.py (shared with the demo and the
 # scripts); its names are re-exported here, where scripts have always found them.
-from prompt_tuning.errors import EXIT_INTERRUPTED, describe
+from prompt_tuning import supervise
+from prompt_tuning.errors import EXIT_INTERRUPTED, EXIT_PEER_LOST, describe, in_multi_process_job
 from prompt_tuning.launch import (
   DISTRIBUTED_HELP,
   GIN_HELP,
@@ -259,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if command not in COMMANDS:
     print(f"prompt-tuning: error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2
+  if supervise.wanted(command, rest):
+    return supervise.run(command, rest)
   debug = "--debug" in rest
   verbose = "--verbose" in rest
   rest = [a for a in rest if a not in ("--debug", "--verbose")]
@@ -276,11 +279,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     message, code = describe(error)
     if code == EXIT_INTERRUPTED:
       print(f"prompt-tuning {command}: {message}", file=sys.stderr)
+    elif code == EXIT_PEER_LOST:  # Nothing went wrong here: no traceback to offer.
+      print(f"prompt-tuning {command}: error: {message}", file=sys.stderr)
     else:
       print(
         f"prompt-tuning {command}: error: {message} (rerun with --debug for the traceback)",
         file=sys.stderr,
       )
+    if in_multi_process_job():
+      # Leave now: jax's shutdown barrier at exit would wait for the processes that are
+      # gone (or failing too) until the heartbeat timeout, then abort with a C++ trace.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(code)
     return code
 
 

@@ -9,6 +9,7 @@ the command line prints that line unless `--debug` asks for the traceback.
 from __future__ import annotations
 
 import errno
+import re
 import sys
 
 MAX_LENGTH = 400
@@ -17,6 +18,24 @@ MAX_LENGTH = 400
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# Another process of a multi-process job was lost: nothing is wrong with this one, and
+# rerunning every process resumes (EX_TEMPFAIL, "try again", for restart scripts).
+EXIT_PEER_LOST = 75
+
+LOST_PEER_MARK = "another process of this multi-process job was lost"
+PEER_LOST_ADVICE = (
+  "restart every process with the same command; training resumes from the last complete checkpoint"
+)
+
+# gin appends this to the message of any error raised inside a configurable.
+_GIN_SUFFIX = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
+# What jax's collectives (Gloo on CPU, the coordination service everywhere) say when the
+# process at the other end is gone.
+_PEER_LOST = re.compile(
+  r"Gloo \w+ failed|Connection (reset|closed) by peer|heartbeat timeout|"
+  r"detected fatal errors|leader task was preempted|Socket closed|"
+  r"Barrier failed because: task is set to ERROR"
+)
 
 
 class ConfigurationError(ValueError):
@@ -46,10 +65,32 @@ def one_line(error: BaseException, *, with_type: bool = False) -> str:
   """The error's message with its whitespace folded, cut to MAX_LENGTH characters;
   `with_type` prefixes the exception's class (for errors from libraries, whose messages
   alone can be cryptic)."""
-  text = " ".join(str(error).split())
+  text = " ".join(_GIN_SUFFIX.sub("", str(error)).split())
   if len(text) > MAX_LENGTH:
     text = text[: MAX_LENGTH - 3] + "..."
   return f"{type(error).__name__}: {text}" if with_type else text
+
+
+def shorten(text: str, limit: int = 160) -> str:
+  text = " ".join(text.split())
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def lost_peer_reason(text: str) -> str | None:
+  """Why a message says another process of the job is gone (shortened), or None when it
+  says something else."""
+  text = _GIN_SUFFIX.sub("", text)
+  return shorten(text) if _PEER_LOST.search(text) else None
+
+
+def in_multi_process_job() -> bool:
+  """Whether this process joined a `jax.distributed` job (without importing jax)."""
+  jax = sys.modules.get("jax")
+  return jax is not None and jax.distributed.is_initialized()
+
+
+def lost_peer_message(reason: str) -> str:
+  return f"{LOST_PEER_MARK} ({reason}); {PEER_LOST_ADVICE}"
 
 
 def _is_instance(error: BaseException, module: str, name: str) -> bool:
@@ -91,9 +132,13 @@ def describe(error: BaseException) -> tuple[str, int]:
   if isinstance(error, TrainingInterrupted):
     return str(error), EXIT_INTERRUPTED
   if isinstance(error, KeyboardInterrupt):
-    return "interrupted before training started; nothing was saved", EXIT_INTERRUPTED
+    # Training's own Ctrl-C is a TrainingInterrupted; this one came before any step (or
+    # during eval / infer, which save nothing until they end).
+    return "interrupted before anything was saved", EXIT_INTERRUPTED
   if isinstance(error, ConfigurationError):
     return one_line(error), EXIT_USAGE
+  if in_multi_process_job() and (reason := lost_peer_reason(str(error))) is not None:
+    return lost_peer_message(reason), EXIT_PEER_LOST
   if _is_instance(error, "tensorflow.python.framework.errors_impl", "OpError"):
     name = type(error).__name__
     text = _tensorflow_message(error)

@@ -62,6 +62,9 @@ multi-process flags (one process per host; run the same command on every host):
   --process_id=I          this process, 0 .. N-1
   --distributed           let jax find the cluster itself (Cloud TPU pod slices, SLURM,
                           Open MPI); no other flag needed there
+  --heartbeat_timeout_seconds=S  how long a silent process counts as alive (jax's
+                          default 100); when one is lost the others stop with exit
+                          code 75: rerun every process with the same command to resume
   The environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
   JAX_PROCESS_ID stand in for the first three.
 """
@@ -114,6 +117,7 @@ def split_distributed_args(argv: Sequence[str]) -> tuple[dict[str, object], list
   parser.add_argument("--num_processes", type=_integer("--num_processes"))
   parser.add_argument("--process_id", type=_integer("--process_id"))
   parser.add_argument("--distributed", dest="auto_detect", action="store_true")
+  parser.add_argument("--heartbeat_timeout_seconds", type=_integer("--heartbeat_timeout_seconds"))
   parsed, rest = parser.parse_known_args(list(argv))
   kwargs = {
     name: value for name, value in vars(parsed).items() if value is not None and value is not False

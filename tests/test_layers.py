@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
   ("evaluation",),  # seqio.Evaluator, ensembling, inference
   # The tools: commands built on everything below, then the command line itself.
   ("export", "info", "plan", "neighbors", "launch"),
-  ("demo",),
+  ("demo", "supervise"),
   ("cli",),
   ("__main__",),
 ]
