@@ -87,6 +87,30 @@ def train_batches(
   if not 0 <= start < stop <= batch_size:
     raise ValueError(f"rows {start}:{stop} are not inside a batch of {batch_size}")
   by_source = shard_by == "source" and jax.process_count() > 1
+  # Checked above at the call, not at the first batch (after compiling the step).
+  return _numpy_batches(
+    mixture_or_task_name,
+    task_feature_lengths,
+    batch_size,
+    seed,
+    start_position,
+    split,
+    (start, stop),
+    by_source,
+  )
+
+
+def _numpy_batches(
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  batch_size: int,
+  seed: int,
+  start_position: int,
+  split: str,
+  rows: tuple[int, int],
+  by_source: bool,
+) -> Iterator[dict[str, np.ndarray]]:
+  start, stop = rows
   dataset = seqio.get_dataset(
     mixture_or_task_name,
     task_feature_lengths=dict(task_feature_lengths),
