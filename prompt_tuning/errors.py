@@ -30,9 +30,11 @@ PEER_LOST_ADVICE = (
 # gin appends this to the message of any error raised inside a configurable.
 _GIN_SUFFIX = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
 # What jax's collectives (Gloo on CPU, the coordination service everywhere) say when the
-# process at the other end is gone.
+# process at the other end is gone. Gloo's own exceptions (`gloo::EnforceNotMet`: a message
+# shorter than announced) come from a peer killed mid-send: every process runs the same
+# compiled collectives, so a real mismatch between them is not what they mean here.
 _PEER_LOST = re.compile(
-  r"Gloo \w+ failed|Connection (reset|closed) by peer|heartbeat timeout|"
+  r"Gloo \w+ failed|gloo::\w+|Connection (reset|closed) by peer|heartbeat timeout|"
   r"detected fatal errors|leader task was preempted|Socket closed|"
   r"Barrier failed because: task is set to ERROR"
 )

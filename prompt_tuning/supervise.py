@@ -43,6 +43,8 @@ GIN_JOBS = ("train", "eval", "infer")
 # absl's fatal log line (`F1204 21:37:53.455091 13452 client.h:80] ...`) and what follows.
 _FATAL = re.compile(r"^F\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]+\] (?P<message>.*)")
 _STATUS = re.compile(r"absl::Status: (?P<status>.*)")
+# std::terminate's line, e.g. when Gloo receives a message that a killed peer cut short.
+_TERMINATE = "terminate called after throwing an instance of"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -121,7 +123,14 @@ class StderrWatcher:
       status = _STATUS.search(self._fatal)
       self._status = status.group("status") if status else self._fatal
       return
+    if self._fatal is None and line.startswith(_TERMINATE):
+      # A C++ exception nobody caught; its message follows as `  what():  ...`.
+      self._fatal = self._status = line.strip()
+      return
     if self._fatal is not None:
+      if self._fatal.startswith(_TERMINATE) and line.strip().startswith("what():"):
+        self._status = line.strip()[len("what():") :].strip()
+        self._fatal = f"{self._fatal} {self._status}"
       return  # The dying process's stack trace and gRPC details.
     if errors.LOST_PEER_MARK in line:
       self._reported_lost_peer = True

@@ -108,3 +108,19 @@ def test_a_lost_peer_is_recognised_only_in_a_multi_process_job(monkeypatch):
 def test_gins_suffix_is_stripped_from_every_one_line_error():
   error = ValueError("bad value In call to configurable 'train' (<function train at 0x7f0>)")
   assert errors.one_line(error) == "bad value"
+
+
+def test_gloo_terminating_on_a_message_cut_short_is_a_lost_peer():
+  """A peer killed mid-send leaves Gloo a message shorter than announced; it throws, and
+  nobody catches it (std::terminate, SIGABRT)."""
+  lines = [
+    "terminate called after throwing an instance of 'gloo::EnforceNotMet'\n",
+    "  what():  [enforce fail at external/gloo/gloo/transport/tcp/pair.cc:459] "
+    "op.preamble.length <= op.nbytes. 24 vs 4. Received data size doesn't match expected size.\n",
+  ]
+  code, said = _watch(lines, -signal.SIGABRT)
+  assert code == errors.EXIT_PEER_LOST
+  assert len(said) == 1 and said[0].startswith(
+    f"prompt-tuning train: error: {errors.LOST_PEER_MARK}"
+  )
+  assert "Received data size" in said[0]
