@@ -36,7 +36,7 @@ _GIN_SUFFIX = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
 _PEER_LOST = re.compile(
   r"Gloo \w+ failed|gloo::\w+|Connection (reset|closed) by peer|heartbeat timeout|"
   r"detected fatal errors|leader task was preempted|Socket closed|"
-  r"Barrier failed because: task is set to ERROR"
+  r"Barrier failed because: task is set to ERROR|Timed out while waiting for \S+ barrier"
 )
 
 
