@@ -7,11 +7,13 @@ batches), so the tools work on checkpoints larger than host memory allows twice.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import functools
 import os
 import re
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -110,23 +112,114 @@ def inspect_checkpoint(path: str) -> int:
   return 0
 
 
-def _resolve_config(reader: CheckpointReader, size: str | None) -> T5Config:
+# T5 1.1's relative-attention settings; a T5X or orbax tree records the number of buckets
+# (the position table's width) but not the maximum distance.
+DEFAULT_MAX_DISTANCE = 128
+DEFAULT_NUM_BUCKETS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeFlags:
+  """convert's shape flags: None where the user passed none. They fill in what the arrays
+  do not record (the maximum distance) and are checked against what they do."""
+
+  num_heads: int | None = None
+  relative_attention_max_distance: int | None = None
+  relative_attention_num_buckets: int | None = None
+
+  def __post_init__(self) -> None:
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"--{field.name} must be an integer >= 1, got {value!r}")
+
+
+def _check_flag(flag: str, given: int | None, found: int, where: str) -> None:
+  if given is not None and given != found:
+    raise ValueError(
+      f"--{flag} {given} disagrees with the checkpoint, whose {where} says {found}; "
+      "drop the flag or check that this is the checkpoint you meant"
+    )
+
+
+def _resolve_config(
+  reader: CheckpointReader, size: str | None, flags: ShapeFlags
+) -> tuple[T5Config, str]:
+  """The model to convert and a line saying where its relative-attention settings came
+  from. Shapes come from --size, Hugging Face's config.json, or the arrays themselves
+  (layers counted from the names, heads and buckets from the position table)."""
+  shapes = {n: i.shape for n, i in reader.arrays().items()}
+  table = validation.position_table_shape(shapes)
+  recorded = getattr(reader, "config", None)  # Only config.json records the max distance.
   if size is not None:
-    return T5Config.from_size(size)
-  config = loading.checkpoint_config(reader)
-  if config is None:
-    raise ValueError(f"cannot infer the model size of {reader.path}; pass --size")
-  return config
+    config = T5Config.from_size(size)
+  else:
+    config = loading.checkpoint_config(reader)
+    if config is None:
+      what = "has no relative position table" if table is None else "is not a T5 1.1 tree"
+      raise ValueError(
+        f"cannot read the model shape of {reader.path}: it {what} "
+        "(encoder/relpos_bias/rel_embedding, token_embedder/embedding, layer 0's attention "
+        "and MLP); pass --size if it is a named size"
+      )
+  if table is not None:
+    _check_flag("num_heads", flags.num_heads, table[0], "relative position table's rows")
+    _check_flag(
+      "relative_attention_num_buckets",
+      flags.relative_attention_num_buckets,
+      table[1],
+      "relative position table's columns",
+    )
+  overrides = {
+    k: v
+    for k, v in (
+      ("num_heads", flags.num_heads),
+      ("relative_attention_num_buckets", flags.relative_attention_num_buckets),
+    )
+    if v is not None
+  }
+  if recorded is not None:
+    _check_flag(
+      "relative_attention_max_distance",
+      flags.relative_attention_max_distance,
+      recorded.relative_attention_max_distance,
+      "config.json",
+    )
+    distance = recorded.relative_attention_max_distance
+    how = "from the checkpoint's config.json"
+  elif flags.relative_attention_max_distance is not None:
+    distance = flags.relative_attention_max_distance
+    how = "from --relative_attention_max_distance"
+  else:
+    distance = DEFAULT_MAX_DISTANCE
+    how = (
+      "T5 1.1's default; this format does not record it, so pass "
+      "--relative_attention_max_distance if the checkpoint used another"
+    )
+  config = config.replace(relative_attention_max_distance=distance, **overrides)
+  buckets = config.relative_attention_num_buckets
+  origin = "read from the position table" if table is not None else "from the model size"
+  line = f"relative attention: {buckets} buckets ({origin}), max distance {distance} ({how})"
+  return config, line
 
 
 @_guard
 def convert(
-  src: str, src_format: str | None, dst: str, dst_format: str, size: str | None = None
+  src: str,
+  src_format: str | None,
+  dst: str,
+  dst_format: str,
+  size: str | None = None,
+  flags: ShapeFlags | None = None,
 ) -> int:
   """Converts a checkpoint (t5x, t5x_orbax, orbax, hf) to orbax or Hugging Face.
 
-  size: the named model size to check against; inferred from the checkpoint if None.
+  size: the named model size to check against; None reads the shape from the checkpoint
+    (any d_model, layers, heads, MLP width and vocabulary converts, not only named sizes).
+  flags: the relative-attention settings a T5X or orbax tree does not record, and
+    optional checks of heads / buckets (see `ShapeFlags`).
   """
+  flags = flags or ShapeFlags()
   if dst_format not in TARGET_FORMATS:
     raise ValueError(f"cannot write {dst_format!r}; choose one of {TARGET_FORMATS}")
   if src_format not in (None,) + SOURCE_FORMATS:
@@ -134,7 +227,7 @@ def convert(
   if os.path.isdir(dst) and os.listdir(dst):
     raise ValueError(f"{dst} exists and is not empty; choose a new directory")
   with loading.open_checkpoint(src, src_format) as reader:
-    config = _resolve_config(reader, size)
+    config, attention = _resolve_config(reader, size, flags)
     infos = reader.arrays()
     validation.check({n: i.shape for n, i in infos.items()}, config, source=src)
     flat: dict[str, np.ndarray] = {}
@@ -153,11 +246,78 @@ def convert(
     written = {n: a for n, a in flat.items() if n not in dropped}
   nbytes = sum(a.nbytes for a in written.values())
   print(
-    f"converted {len(written)} arrays ({_human(nbytes)}) of a "
-    f"{validation.describe_config(config)} model from {source_format} {src} "
-    f"to {dst_format} {dst}"
+    f"converted {len(written)} arrays ({_human(nbytes)}) of "
+    f"{validation.model_phrase(config)} from {source_format} {src} to {dst_format} {dst}"
   )
+  print(attention)
+  distance = config.relative_attention_max_distance
+  if dst_format == "orbax" and distance != DEFAULT_MAX_DISTANCE:
+    print(
+      "note: an orbax tree records no max distance; a model loading this one must set "
+      f"network.t5_config.relative_attention_max_distance = {distance}"
+    )
   return 0
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+  return value
+
+
+def convert_main(argv: Sequence[str]) -> int:
+  """`prompt-tuning convert ARGS`: parses the flags and runs `convert`."""
+  parser = argparse.ArgumentParser(
+    prog="prompt-tuning convert",
+    description="Convert a checkpoint: T5X (legacy or orbax), orbax or Hugging Face in; "
+    "orbax or Hugging Face out. Any shape converts: without --size the model's shape is "
+    "read from the arrays.",
+  )
+  parser.add_argument("src")
+  parser.add_argument("dst")
+  parser.add_argument(
+    "--from",
+    dest="src_format",
+    choices=["t5x", "hf", "orbax"],
+    default=None,
+    help="source format (detected when omitted)",
+  )
+  parser.add_argument("--to", dest="dst_format", choices=["orbax", "hf"], required=True)
+  parser.add_argument(
+    "--size",
+    default=None,
+    help="a named model size to check against (read from the arrays when omitted)",
+  )
+  parser.add_argument(
+    "--num_heads",
+    type=_positive_int,
+    default=None,
+    help="attention heads; read from the relative position table, so only a check",
+  )
+  parser.add_argument(
+    "--relative_attention_max_distance",
+    type=_positive_int,
+    default=None,
+    help=f"not recorded by T5X or orbax trees (default: T5 1.1's {DEFAULT_MAX_DISTANCE})",
+  )
+  parser.add_argument(
+    "--relative_attention_num_buckets",
+    type=_positive_int,
+    default=None,
+    help="read from the relative position table's width, so only a check "
+    f"(T5 1.1: {DEFAULT_NUM_BUCKETS})",
+  )
+  args = parser.parse_args(argv)
+  flags = ShapeFlags(
+    num_heads=args.num_heads,
+    relative_attention_max_distance=args.relative_attention_max_distance,
+    relative_attention_num_buckets=args.relative_attention_num_buckets,
+  )
+  return convert(args.src, args.src_format, args.dst, args.dst_format, args.size, flags)
 
 
 @_guard

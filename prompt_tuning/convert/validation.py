@@ -100,6 +100,23 @@ def describe_config(config: T5Config) -> str:
   )
 
 
+def model_phrase(config: T5Config) -> str:
+  """`describe_config` with its article, for sentences ("a 'tiny' model", "a model of
+  an unnamed size (...)")."""
+  name = size_name(config)
+  return f"a '{name}' model" if name else f"a model of {describe_config(config)}"
+
+
+def position_table_shape(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int] | None:
+  """(heads, buckets) of the encoder's relative position table: the one place a T5X
+  tree records the number of heads (its attention kernels are stored joined, [d_model,
+  heads * head_dim]) and the number of buckets. None when the table is absent."""
+  shape = shapes.get("encoder/relpos_bias/rel_embedding")
+  if shape is None or len(shape) != 2:
+    return None
+  return int(shape[0]), int(shape[1])
+
+
 def looks_like(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
   """A phrase naming what size these parameters are, for messages."""
   config = infer_config(shapes)
