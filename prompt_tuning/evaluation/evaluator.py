@@ -11,6 +11,7 @@ during training, `prompt-tuning eval` and the ensemble all go through `SeqioEval
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Iterator, Mapping
 
@@ -22,7 +23,7 @@ import tensorflow as tf
 
 from prompt_tuning import models
 from prompt_tuning.training import data as data_lib
-from prompt_tuning.training import partitioning
+from prompt_tuning.training import logging_utils, partitioning
 
 # What the model reads of a batch; `prompt_ids` only exists when a prompt table picks
 # each row's prompt (ensembles, serving).
@@ -33,6 +34,11 @@ MODEL_FEATURES = (
   "decoder_loss_weights",
   "prompt_ids",
 )
+
+# How many decoded examples of each task an evaluation shows in TensorBoard by default.
+SUMMARY_EXAMPLES = 3
+# Longer inputs are cut in the text summary (a TensorBoard text card is not a reader).
+_SUMMARY_INPUT_CHARS = 400
 
 # (example index, model output) per example: what seqio's model functions return.
 Outputs = list[tuple[int, Any]]
@@ -130,6 +136,90 @@ class _PredictionLog(seqio.Logger):
     self.predictions[task_name] = list((inferences or {}).get("prediction", []))
 
 
+def _text(value: Any) -> str:
+  return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _decoded(example: Mapping[str, Any], feature: str, vocabulary: Any) -> str | None:
+  """An example's feature as text: `FEATURE_pretokenized` where the task's preprocessors
+  keep it, else its tokens decoded; None if the example has neither."""
+  if f"{feature}_pretokenized" in example:
+    return _text(example[f"{feature}_pretokenized"])
+  if feature in example:
+    return vocabulary.decode([int(t) for t in np.asarray(example[feature]).tolist()])
+  return None
+
+
+def first_examples(
+  task_name: str, dataset: tf.data.Dataset, count: int
+) -> list[tuple[str, str | None]]:
+  """(input, target) text of the first `count` examples of a task's evaluation dataset,
+  the inputs cut to a few hundred characters."""
+  features = seqio.get_mixture_or_task(task_name).output_features
+  rows = []
+  for example in dataset.take(count).as_numpy_iterator():
+    text = _decoded(example, "inputs", features["inputs"].vocabulary) or ""
+    if len(text) > _SUMMARY_INPUT_CHARS:
+      text = text[:_SUMMARY_INPUT_CHARS] + " ..."
+    target_vocabulary = features["targets"].vocabulary if "targets" in features else None
+    rows.append((text, _decoded(example, "targets", target_vocabulary)))
+  return rows
+
+
+def example_lines(examples: list[tuple[str, str | None]], outputs: list[Any]) -> list[str]:
+  """ "input -> prediction (target)" per example (no parenthesis without a target): what
+  TensorBoard shows of an evaluation's decodes."""
+  lines = []
+  for (text, target), output in zip(examples, outputs):
+    lines.append(f"{text} -> {_text(output)}" + (f" ({target})" if target is not None else ""))
+  return lines
+
+
+class _ExampleSummaries(seqio.Logger):
+  """seqio's logger hook, writing each evaluation's first decoded examples of every task
+  (and any text metric a task computes) as TensorBoard text summaries with clu's writer,
+  into the directory of the training scalars, so TensorBoard shows them side by side.
+
+  Tags: `eval/TASK/examples` and `eval/TASK/METRIC`, the scalars' `eval/TASK/METRIC`
+  naming. Only process 0 is given one (see `SeqioEvaluation`)."""
+
+  def __init__(self, output_dir: str, max_examples: int = SUMMARY_EXAMPLES):
+    super().__init__(output_dir)
+    self.max_examples = max_examples
+    self._writer: Any = None
+
+  def __call__(
+    self,
+    task_name: str,
+    step: int | None,
+    metrics: Mapping[str, Any],
+    dataset: tf.data.Dataset | None,
+    inferences: Mapping[str, Any] | None,
+    targets: Any,
+  ) -> None:
+    texts = {
+      f"eval/{task_name}/{name}": value.textdata
+      for name, value in metrics.items()
+      if isinstance(value, seqio.metrics.Text)
+    }
+    del targets  # Postprocessed (a label's index); the dataset has the target's text.
+    inferences = inferences or {}
+    # The decoded text before the task's postprocessor where seqio keeps it; else the
+    # postprocessed prediction; rank-classification tasks have only scores.
+    outputs = inferences.get("output") or inferences.get("prediction") or inferences.get("score")
+    if self.max_examples and outputs and dataset is not None:
+      examples = first_examples(task_name, dataset, self.max_examples)
+      lines = example_lines(examples, list(outputs))
+      # Markdown: a blank line between examples keeps them on separate lines.
+      texts[f"eval/{task_name}/examples"] = "\n\n".join(lines)
+    if not texts:
+      return
+    if self._writer is None:
+      self._writer = logging_utils.summary_writer(self.output_dir)
+    self._writer.write_texts(0 if step is None else int(step), texts)
+    self._writer.flush()
+
+
 class SeqioEvaluation:
   """`seqio.Evaluator` over a task's or mixture's examples, read and converted once:
   each `run` takes model functions and returns {task: {metric: plain number}}."""
@@ -140,7 +230,18 @@ class SeqioEvaluation:
     task_feature_lengths: Mapping[str, int],
     split: str = "validation",
     num_examples: int | None = None,
+    *,
+    summary_dir: str | None = None,
+    summary_examples: int = SUMMARY_EXAMPLES,
   ):
+    if isinstance(summary_examples, bool) or not isinstance(summary_examples, int):
+      raise ValueError(f"summary_examples must be an integer >= 0, got {summary_examples!r}")
+    if summary_examples < 0:
+      raise ValueError(f"summary_examples must be an integer >= 0, got {summary_examples}")
+    loggers: tuple[Any, ...] = (_PredictionLog,)
+    # Process 0 alone writes TensorBoard files; every process evaluates the same way.
+    if summary_dir and logging_utils.is_leader():
+      loggers += (functools.partial(_ExampleSummaries, max_examples=summary_examples),)
     # seqio insists on a log directory for any logger; the prediction log writes nothing.
     self.evaluator = seqio.Evaluator(
       mixture_or_task_name,
@@ -150,8 +251,8 @@ class SeqioEvaluation:
       num_examples=num_examples,
       use_memory_cache=True,
       async_compute_metrics=False,
-      logger_cls=(_PredictionLog,),
-      log_dir=os.devnull,
+      logger_cls=loggers,
+      log_dir=summary_dir or os.devnull,
     )
     # Without any task to evaluate seqio stops before making its loggers.
     self._log = self.evaluator.loggers[0] if self.evaluator.eval_tasks else None
@@ -187,7 +288,9 @@ class Evaluation:
 
   `predict_fn(params, batch) -> tokens [batch, length]` and `score_fn(params, batch) ->
   [batch]` are the model's functions, jitted once here (on the partitioner's mesh when
-  one is given), so evaluating every `eval_period` steps compiles once.
+  one is given), so evaluating every `eval_period` steps compiles once. With a
+  `summary_dir`, process 0 writes each evaluation's first `summary_examples` decoded
+  examples of every task there as TensorBoard text.
   """
 
   def __init__(
@@ -201,9 +304,18 @@ class Evaluation:
     split: str = "validation",
     num_examples: int | None = None,
     partitioner: partitioning.Partitioner | None = None,
+    summary_dir: str | None = None,
+    summary_examples: int = SUMMARY_EXAMPLES,
   ):
     self.batch_size = batch_size
-    self.seqio = SeqioEvaluation(mixture_or_task_name, task_feature_lengths, split, num_examples)
+    self.seqio = SeqioEvaluation(
+      mixture_or_task_name,
+      task_feature_lengths,
+      split,
+      num_examples,
+      summary_dir=summary_dir,
+      summary_examples=summary_examples,
+    )
     self._predict = on_mesh(predict_fn, partitioner)
     self._score = on_mesh(score_fn, partitioner)
 
@@ -231,11 +343,18 @@ def build_evaluation(
   split: str = "validation",
   num_examples: int | None = None,
   partitioner: partitioning.Partitioner | None = None,
+  summary_dir: str | None = None,
+  summary_examples: int = SUMMARY_EXAMPLES,
 ) -> Evaluation:
   """The model's evaluation on a task or mixture: what `trainer.train` runs every
   `eval_period` steps (its `evaluation_factory`) and `prompt-tuning eval` runs once.
   With a partitioner the model functions run on its mesh; every process reads the same
-  examples and gets the same metrics."""
+  examples and gets the same metrics.
+
+  summary_dir: where process 0 writes the decoded examples as TensorBoard text, e.g.
+    `MODEL_DIR/train` beside the training and evaluation scalars (docs/training.md);
+    None writes none.
+  """
   return Evaluation(
     mixture_or_task_name,
     task_feature_lengths,
@@ -245,4 +364,6 @@ def build_evaluation(
     split=split,
     num_examples=num_examples,
     partitioner=partitioner,
+    summary_dir=summary_dir,
+    summary_examples=summary_examples,
   )

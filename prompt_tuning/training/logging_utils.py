@@ -1,5 +1,9 @@
 """Where training numbers go: TensorBoard (clu), `metrics.jsonl`, and the terminal.
 
+Everything TensorBoard shows of a run, training scalars, evaluation scalars and the
+evaluation's decoded examples (docs/training.md, "What a run writes"), is written through
+`summary_writer`, so it all lands in one directory in one format.
+
 On a terminal a tqdm bar shows steps/s, the ETA and the loss per target token;
 otherwise (a pod, a log file) plain lines are printed every `log_period` steps.
 """
@@ -26,6 +30,13 @@ def is_leader() -> bool:
   return jax.process_index() == 0
 
 
+def summary_writer(directory: str) -> metric_writers.MetricWriter:
+  """clu's TensorBoard writer for `directory` (with INFO log lines of what it writes,
+  shown under --verbose). Synchronous: no writer thread outlives a run that forgets to
+  close it; `flush()` puts what was written on disk."""
+  return metric_writers.create_default_writer(directory, just_logging=False, asynchronous=False)
+
+
 class MetricsLog:
   """Writes scalars to TensorBoard and appends one JSON object per event to a file."""
 
@@ -35,9 +46,7 @@ class MetricsLog:
     self.writer = None
     if enabled:
       os.makedirs(model_dir, exist_ok=True)
-      self.writer = metric_writers.create_default_writer(
-        os.path.join(model_dir, subdir), just_logging=False, asynchronous=False
-      )
+      self.writer = summary_writer(os.path.join(model_dir, subdir))
 
   def write(self, step: int, kind: str, values: Mapping[str, Any]) -> None:
     if not self.enabled:
