@@ -9,17 +9,24 @@ so `prompt_tuning/configs/...` works anywhere), `--gin.NAME=VALUE` overrides and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Callable, Sequence
 
-# Quiet TensorFlow's C++ banners before anything imports it.
+# TensorFlow's C++ logging once it is set up (its start-up lines come earlier: quiet.py).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # The gin half of the command line lives in launch.py (shared with the demo and the
 # scripts); its names are re-exported here, where scripts have always found them.
-from prompt_tuning import supervise
-from prompt_tuning.errors import EXIT_INTERRUPTED, EXIT_PEER_LOST, describe, in_multi_process_job
+from prompt_tuning import quiet, supervise
+from prompt_tuning.errors import (
+  EXIT_INTERRUPTED,
+  EXIT_PEER_LOST,
+  describe,
+  in_multi_process_job,
+  one_line,
+)
 from prompt_tuning.launch import (
   DISTRIBUTED_HELP,
   GIN_HELP,
@@ -258,7 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   command, rest = argv[0], argv[1:]
   if command not in COMMANDS:
-    print(f"prompt-tuning: error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    print(
+      f"prompt-tuning: error: unknown command {command!r}; run `prompt-tuning --help` for "
+      f"the list\n\n{_usage()}",
+      file=sys.stderr,
+    )
     return 2
   if supervise.wanted(command, rest):
     return supervise.run(command, rest)
@@ -266,11 +277,26 @@ def main(argv: Sequence[str] | None = None) -> int:
   verbose = "--verbose" in rest
   rest = [a for a in rest if a not in ("--debug", "--verbose")]
   _configure_logging(verbose)
+  # The worker of a multi-process job (supervise.py): Gloo's connection lines on stdout.
+  gloo_quiet = not verbose and bool(os.environ.get(supervise.WORKER_ENV))
+  with quiet.filtered(1, quiet.GLOO_CONNECTED) if gloo_quiet else contextlib.nullcontext():
+    code, leave_now = _run(command, rest, debug)
+  if leave_now:
+    # Leave now: jax's shutdown barrier at exit would wait for the processes that are
+    # gone (or failing too) until the heartbeat timeout, then abort with a C++ trace.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  return code
+
+
+def _run(command: str, rest: Sequence[str], debug: bool) -> tuple[int, bool]:
+  """Runs one command: (exit code, whether to leave at once, skipping jax's shutdown)."""
   try:
-    return COMMANDS[command][0](rest) or 0
+    return COMMANDS[command][0](rest) or 0, False
   except UsageError as error:
-    print(f"prompt-tuning {command}: error: {error}", file=sys.stderr)
-    return 2
+    print(f"prompt-tuning {command}: error: {one_line(error)}", file=sys.stderr)
+    return 2, False
   except (Exception, KeyboardInterrupt) as error:
     # Every other failure, a library's included, is one line naming the problem and the
     # fix (errors.describe); Ctrl-C says where training stopped and exits 130.
@@ -286,19 +312,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"prompt-tuning {command}: error: {message} (rerun with --debug for the traceback)",
         file=sys.stderr,
       )
-    if in_multi_process_job():
-      # Leave now: jax's shutdown barrier at exit would wait for the processes that are
-      # gone (or failing too) until the heartbeat timeout, then abort with a C++ trace.
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(code)
-    return code
+    return code, in_multi_process_job()
 
 
 def _configure_logging(verbose: bool) -> None:
-  """Warnings only by default (orbax and seqio are chatty); `--verbose` shows INFO."""
+  """Warnings only by default (orbax and seqio are chatty), without the libraries'
+  start-up lines (quiet.py); `--verbose` shows INFO and everything else as it comes."""
   from absl import logging
 
+  if verbose:
+    quiet.quiet_logging(False)
+  else:
+    quiet.enable()
   logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
   logging.use_absl_handler()
 

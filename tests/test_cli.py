@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+
 import gin
 import pytest
 
-from prompt_tuning import cli
+from prompt_tuning import cli, quiet
+from tests.cli_testing import tiny_job_args
 
 
 pytestmark = pytest.mark.usefixtures("clean_gin")
@@ -191,3 +197,153 @@ def test_lm_adaptation_then_sentinel_prompt_then_model_tuning_recipes(
   )
   tuned = tree.flatten(convert.load_params(f"{tuned_dir}/checkpoint_1"))
   assert not [n for n in tuned if np.array_equal(tuned[n], adapted[n])]
+
+
+# ---------------------------------------------------------------- quiet by default
+# What the libraries print on their own at start-up (TensorFlow's C++ logging before absl
+# is initialised; absl-py's notice; seqio's padding warning), spelled out here rather than
+# taken from quiet.BANNER, so that a pattern that stopped matching fails these tests.
+START_UP_LINES = (
+  "absl::InitializeLog",
+  "port.cc:",
+  "oneDNN custom operations",
+  "cudart_stub.cc:",
+  "Could not find cuda drivers",
+  "cpu_feature_guard.cc:",
+  "Logging before flag parsing",
+  "Given sequence lengths are longer than necessary",
+)
+
+
+def _python_m(*args: str) -> subprocess.CompletedProcess:
+  """`python -m prompt_tuning ARGS` in a fresh interpreter, from the repository's root."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": root}
+  return subprocess.run(
+    [sys.executable, "-m", "prompt_tuning", *args],
+    cwd=root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+
+
+def _start_up_lines(text: str) -> list[str]:
+  return [line for line in text.splitlines() if any(mark in line for mark in START_UP_LINES)]
+
+
+def test_a_tiny_train_and_eval_print_only_our_lines(tmp_path):
+  model_dir = tmp_path / "run"
+  train = _python_m(
+    *tiny_job_args(
+      "train",
+      "prompt_finetune.gin",
+      MODEL_DIR=repr(str(model_dir)),
+      TRAIN_STEPS="2",
+      CHECKPOINT_PERIOD="2",
+      EVAL_PERIOD="2",
+      **{"trainer.train.num_eval_examples": "4"},
+    )
+  )
+  assert train.returncode == 0, train.stderr
+  assert _start_up_lines(train.stderr + train.stdout) == []
+  assert "step 2/2" in train.stderr and "eval at step 2" in train.stderr
+  assert f"trained to step 2; outputs in {model_dir}" in train.stdout
+
+  prompt = model_dir / "numpy_checkpoints" / "checkpoint_2" / "encoder.prompt.prompt.npy"
+  evaluate = _python_m(
+    *tiny_job_args(
+      "eval",
+      "prompt_eval.gin",
+      PROMPT_FILE=repr(str(prompt)),
+      **{"run_eval.evaluate.num_examples": "4"},
+    )
+  )
+  assert evaluate.returncode == 0, evaluate.stderr
+  assert _start_up_lines(evaluate.stderr + evaluate.stdout) == []
+  assert "accuracy" in evaluate.stdout + evaluate.stderr
+
+
+def test_verbose_shows_the_start_up_lines_as_before():
+  """The filter is what hides them: with --verbose, TensorFlow's import prints its
+  pre-initialisation notice again (`info` imports TensorFlow through the package)."""
+  result = _python_m("info", "--size", "small", "--verbose")
+  assert result.returncode == 0, result.stderr
+  assert "absl::InitializeLog" in result.stderr
+
+
+def test_the_stderr_filter_drops_the_banner_lines_only_and_restores_fd_2(capfd):
+  banner = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1796420108.754328    9630 port.cc:153] oneDNN custom operations are on. "
+    "You may see slightly different numerical results.\n"
+    "I0000 00:00:1796420108.755303    9630 cudart_stub.cc:31] Could not find cuda drivers on "
+    "your machine, GPU will not be used.\n"
+  )
+  real = (
+    "E0000 00:00:1796420108.755303    9630 cudart_stub.cc:31] Could not find cuda drivers "
+    "on your machine, GPU will not be used.\n"  # An error of the same file: not a banner.
+    "Traceback (most recent call last): a real error\n"
+  )
+  with pytest.raises(RuntimeError, match="raised inside"):
+    with quiet.filtered():
+      os.write(2, banner.encode())
+      os.write(2, real.encode())
+      os.write(2, b"no newline at the end")
+      raise RuntimeError("raised inside")
+  os.write(2, b"\nafter the block\n")
+  err = capfd.readouterr().err
+  assert err == real + "no newline at the end\nafter the block\n"
+
+
+def test_a_noisy_package_import_is_filtered_and_keeps_its_own_loader(tmp_path, capfd, monkeypatch):
+  package = tmp_path / "noisy_package_for_test"
+  package.mkdir()
+  (package / "__init__.py").write_text(
+    "import os\n"
+    "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are "
+    "written to STDERR\\n')\n"
+    "os.write(2, b'a line of the package itself\\n')\n"
+  )
+  monkeypatch.syspath_prepend(str(tmp_path))
+  before = list(sys.meta_path)
+  try:
+    quiet.quiet_imports(["noisy_package_for_test"])
+    import noisy_package_for_test
+  finally:
+    sys.meta_path[:] = before
+    sys.modules.pop("noisy_package_for_test", None)
+  assert capfd.readouterr().err == "a line of the package itself\n"
+  assert type(noisy_package_for_test.__loader__).__name__ == "SourceFileLoader"
+  assert noisy_package_for_test.__spec__.loader is noisy_package_for_test.__loader__
+
+
+def test_gloo_connection_lines_are_dropped_from_stdout_and_the_rest_kept(capfd):
+  with quiet.filtered(1, quiet.GLOO_CONNECTED):
+    os.write(1, b"[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected ")
+    os.write(1, b"peer ranks is : 1\n")
+    print("trained to step 2; outputs in /tmp/run", flush=True)
+    os.write(1, b"[Gloo] Rank 3 is connected to 7 peer ranks. Expected number of connected peer ")
+    os.write(1, b"ranks is : 7\n")
+  assert capfd.readouterr().out == "trained to step 2; outputs in /tmp/run\n"
+
+
+def test_seqio_padding_warning_is_hidden_unless_verbose(caplog):
+  from absl import logging as absl_logging
+
+  long_lengths = "Given sequence lengths are longer than necessary for some inputs"
+  may_truncate = "Given sequence lengths *may be* insufficient for some inputs"
+  try:
+    quiet.quiet_logging()
+    with caplog.at_level(logging.WARNING):
+      absl_logging.warning(long_lengths)
+      absl_logging.warning(may_truncate)
+    assert may_truncate in caplog.text and long_lengths not in caplog.text
+    caplog.clear()
+    quiet.quiet_logging(False)
+    with caplog.at_level(logging.WARNING):
+      absl_logging.warning(long_lengths)
+    assert long_lengths in caplog.text
+  finally:
+    quiet.quiet_logging(False)

@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "prompt_tuning"
 # Bottom to top. A top-level module or subpackage of `prompt_tuning` belongs to the layer
 # that names it; imports inside one of them are free, imports across them must go down.
 LAYERS: list[tuple[str, ...]] = [
-  ("tree", "tables", "errors", "configs"),  # names, tables, one-line errors; gin
+  ("tree", "tables", "errors", "quiet", "configs"),  # names, tables, errors, quiet; gin
   ("t5", "data"),  # the backbone; SeqIO tasks and metrics
   ("convert",),  # the checkpoint registry
   ("prompts",),  # what trains
