@@ -134,10 +134,11 @@ class ShapeFlags:
         raise ValueError(f"--{field.name} must be an integer >= 1, got {value!r}")
 
 
-def _check_flag(flag: str, given: int | None, found: int, where: str) -> None:
+def _check_flag(flag: str, given: int | None, found: int, record: str) -> None:
+  """record: where the checkpoint keeps the value, a phrase with `{}` for it."""
   if given is not None and given != found:
     raise ValueError(
-      f"--{flag} {given} disagrees with the checkpoint, whose {where} says {found}; "
+      f"--{flag} {given} disagrees with the checkpoint: {record.format(found)}; "
       "drop the flag or check that this is the checkpoint you meant"
     )
 
@@ -163,12 +164,14 @@ def _resolve_config(
         "and MLP); pass --size if it is a named size"
       )
   if table is not None:
-    _check_flag("num_heads", flags.num_heads, table[0], "relative position table's rows")
+    _check_flag(
+      "num_heads", flags.num_heads, table[0], "its relative position table has {} heads (rows)"
+    )
     _check_flag(
       "relative_attention_num_buckets",
       flags.relative_attention_num_buckets,
       table[1],
-      "relative position table's columns",
+      "its relative position table has {} buckets (columns)",
     )
   overrides = {
     k: v
@@ -183,7 +186,7 @@ def _resolve_config(
       "relative_attention_max_distance",
       flags.relative_attention_max_distance,
       recorded.relative_attention_max_distance,
-      "config.json",
+      "its config.json records {}",
     )
     distance = recorded.relative_attention_max_distance
     how = "from the checkpoint's config.json"
