@@ -6,7 +6,9 @@ import json
 import os
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
 from prompt_tuning import tree
 from prompt_tuning.convert import commands, load_params, save_params_orbax, write_t5x_checkpoint
@@ -234,3 +236,22 @@ def test_convert_main_rejects_a_non_positive_flag_and_keeps_the_old_flags(tmp_pa
 def test_shape_flags_refuse_values_below_one():
   with pytest.raises(ValueError, match="--num_heads must be an integer >= 1, got 0"):
     commands.ShapeFlags(num_heads=0)
+
+
+def test_a_t5x_orbax_train_state_of_no_named_size_converts(tmp_path, custom_t5x, capsys):
+  _, params = custom_t5x
+  manager = ocp.CheckpointManager(
+    epath.Path(tmp_path / "model"),
+    item_names=("state",),
+    options=ocp.CheckpointManagerOptions(step_prefix="checkpoint"),
+  )
+  state = {"target": params, "state": {"step": np.asarray(7, np.int32)}}
+  manager.save(7, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)))
+  manager.wait_until_finished()
+  manager.close()
+  dst = str(tmp_path / "hf")
+  assert commands.convert_main([str(tmp_path / "model" / "checkpoint_7"), dst, "--to", "hf"]) == 0
+  out = capsys.readouterr().out
+  assert "from t5x_orbax" in out and "unnamed size (d_model=24, heads=3x5" in out
+  assert "16 buckets (read from the position table), max distance 128" in out
+  assert_trees_equal(params, load_params(dst))
