@@ -20,7 +20,6 @@ import time
 from typing import Any, Sequence
 
 import gin
-from absl import logging
 
 from prompt_tuning import launch
 from prompt_tuning.data import demo as demo_data
@@ -252,7 +251,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--batch-size", type=int, default=32)
   args = parser.parse_args(argv)
   out_dir = args.out or tempfile.mkdtemp(prefix="prompt_tuning_demo_")
-  logging.set_verbosity(logging.WARNING)
   run_demo(
     os.path.abspath(out_dir), args.lm_steps, args.prompt_steps, args.prompt_length, args.batch_size
   )
