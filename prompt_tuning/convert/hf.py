@@ -10,9 +10,14 @@ it needs no config: layer counts come from the names themselves.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
 import os
 import re
+import tempfile
+import warnings
 from typing import Any, Iterable, Mapping
 
 import ml_dtypes
@@ -512,3 +517,182 @@ def write_hf_checkpoint(
   with open(os.path.join(directory, CONFIG_FILE), "w") as f:
     json.dump(hf_config_dict(config), f, indent=2)
   return files
+
+
+# --- loading on the PyTorch side ---------------------------------------------------------
+
+LM_HEAD_KEY = "lm_head.weight"
+
+
+@dataclasses.dataclass(frozen=True)
+class LmHeadCheck:
+  """How the installed transformers treats T5 1.1's own output matrix (docs/interop.md).
+
+  T5 1.1 / lm-adapt models have an `lm_head` separate from the input embedding and do not
+  scale the decoder output; transformers 5 declares T5's lm_head tied to `shared`
+  whatever config.json says, so what a load returns depends on the version.
+  """
+
+  transformers_version: str
+  # `from_pretrained` of a directory holding distinct lm_head / shared weights keeps both
+  # and computes lm_head(decoder output) unscaled: the T5 1.1 logits.
+  from_pretrained_untied: bool
+  # The model built from a config (as `T5ForConditionalGeneration(config)` before
+  # `load_state_dict`) shares one tensor between lm_head and shared.
+  constructor_ties: bool
+  # `model.tie_weights()` (also run by `resize_token_embeddings`) on a correctly loaded
+  # model makes lm_head the input embedding again.
+  tie_weights_reties: bool
+  # `from_pretrained(..., tie_word_embeddings=False)`, the obvious fix, leaves
+  # `encoder/decoder.embed_tokens` newly initialised instead of the stored embedding.
+  untie_flag_breaks_embeddings: bool
+
+
+def _quiet_transformers() -> contextlib.AbstractContextManager:
+  """Silences transformers' load reports and progress bars for the tiny check."""
+  from transformers.utils import logging as hf_logging
+
+  @contextlib.contextmanager
+  def quiet():
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+    finally:
+      hf_logging.set_verbosity(level)
+      if bars:
+        hf_logging.enable_progress_bar()
+
+  return quiet()
+
+
+@functools.lru_cache(maxsize=1)
+def check_lm_head_loading() -> LmHeadCheck | None:
+  """Loads a tiny untied T5 1.1 written by `write_hf_checkpoint` with the installed
+  transformers and reports what it did (cached: the answer is the version's). None when
+  torch or transformers is not installed."""
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    return None
+  config = T5Config(
+    vocab_size=16,
+    emb_dim=8,
+    num_heads=2,
+    head_dim=4,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    mlp_dim=16,
+  )
+  rng = np.random.default_rng(0)
+  params = tree.unflatten(
+    {
+      name: (0.5 * rng.standard_normal(shape)).astype(np.float32)
+      for name, shape in validation.expected_shapes(config).items()
+    }
+  )
+  flat = tree.flatten(params)
+  lm_head = flat["decoder/logits_dense/kernel"].T
+  with tempfile.TemporaryDirectory() as directory, _quiet_transformers(), torch.no_grad():
+    write_hf_checkpoint(params, config, directory)
+    model = transformers.T5ForConditionalGeneration.from_pretrained(directory).eval()
+    out = model(
+      input_ids=torch.tensor([[3, 5, 1]]),
+      decoder_input_ids=torch.tensor([[0, 7]]),
+      output_hidden_states=True,
+    )
+    hidden = out.decoder_hidden_states[-1].numpy()
+    untied = (
+      model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+      and np.array_equal(model.lm_head.weight.numpy(), lm_head)
+      and np.array_equal(model.shared.weight.numpy(), flat["token_embedder/embedding"])
+      and np.allclose(out.logits.numpy(), hidden @ lm_head.T, atol=1e-5)
+    )
+    model.tie_weights()
+    reties = model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr()
+    built = transformers.T5ForConditionalGeneration(model.config)
+    constructor_ties = built.lm_head.weight.data_ptr() == built.shared.weight.data_ptr()
+    flagged = transformers.T5ForConditionalGeneration.from_pretrained(
+      directory, tie_word_embeddings=False
+    )
+    embedding = flat["token_embedder/embedding"]
+    breaks = not all(
+      np.array_equal(stack.embed_tokens.weight.numpy(), embedding)
+      for stack in (flagged.encoder, flagged.decoder)
+    )
+  return LmHeadCheck(transformers.__version__, bool(untied), constructor_ties, reties, breaks)
+
+
+def restore_lm_head(model: Any, directory: str) -> Any:
+  """Gives a loaded HF T5 its own `lm_head` again, read from `directory`'s weights, and
+  turns off the tied-model output scaling: the remedy where `from_pretrained` ties
+  (docs/interop.md). `directory` may also be a Hub name, read through the Hugging Face
+  cache that `from_pretrained` filled. Returns `model`, changed in place."""
+  import torch
+
+  if not os.path.exists(directory):
+    from huggingface_hub import snapshot_download
+
+    directory = snapshot_download(directory, allow_patterns=["*.json", "*.safetensors", "*.bin"])
+  weight = np.asarray(_read_hf_tensor(directory, LM_HEAD_KEY), np.float32)
+  head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+  head.weight = torch.nn.Parameter(
+    torch.from_numpy(weight).to(model.shared.weight.dtype),
+    requires_grad=model.shared.weight.requires_grad,
+  )
+  model.lm_head = head.to(model.shared.weight.device)
+  model.config.tie_word_embeddings = False
+  if hasattr(model.config, "scale_decoder_outputs"):
+    model.config.scale_decoder_outputs = False
+  return model
+
+
+def _read_hf_tensor(directory: str, key: str) -> np.ndarray:
+  """One tensor of an HF checkpoint (directory, file or index) under its HF name."""
+  reader = HFReader(directory)
+  try:
+    if key not in reader._tensors:
+      raise CheckpointReadError(f"{directory} has no {key}; pass a T5 1.1 checkpoint directory")
+    return np.asarray(reader._tensors[key].read(None))
+  finally:
+    reader.close()
+
+
+def loading_advice(directory: str) -> str:
+  """What to tell a user about loading `directory` (T5 1.1 weights) in transformers,
+  from what the installed version was seen to do (`check_lm_head_loading`)."""
+  check = check_lm_head_loading()
+  if check is None:
+    return (
+      f"note: load {directory} in transformers and check model.lm_head.weight is not "
+      "model.shared.weight: transformers 5 may tie T5's lm_head to the input embedding, "
+      "which gives T5 1.1 wrong logits (docs/interop.md)"
+    )
+  version = check.transformers_version
+  if check.from_pretrained_untied:
+    advice = (
+      f"note: transformers {version} loads {directory} correctly with "
+      f"T5ForConditionalGeneration.from_pretrained({directory!r}) (its own lm_head is kept: "
+      "checked here on a tiny T5 1.1)"
+    )
+    traps = []
+    if check.untie_flag_breaks_embeddings:
+      traps.append("pass tie_word_embeddings=False (it leaves embed_tokens random)")
+    if check.constructor_ties:
+      traps.append("build the model from its config and load_state_dict (lm_head is shared)")
+    if check.tie_weights_reties:
+      traps.append("call tie_weights() or resize_token_embeddings() (they re-tie lm_head)")
+    if traps:
+      advice += "; do not " + ", nor ".join(traps)
+    return advice + " (docs/interop.md)"
+  return (
+    f"warning: transformers {version} ties T5's lm_head to the input embedding when "
+    f"loading {directory}, which gives T5 1.1 wrong logits; load it with "
+    f"model = T5ForConditionalGeneration.from_pretrained({directory!r}), then "
+    f"prompt_tuning.convert.hf.restore_lm_head(model, {directory!r}) (docs/interop.md)"
+  )

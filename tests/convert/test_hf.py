@@ -170,3 +170,34 @@ def test_config_json_round_trip():
   for size in ("tiny", "small", "mt5_xl"):
     config = T5Config.from_size(size)
     assert config_from_hf_dict(hf_config_dict(config)) == config
+
+
+def test_the_lm_head_check_reports_what_from_pretrained_does_here(
+  tmp_path, tiny_params, tiny_config
+):
+  """`check_lm_head_loading` answers for the installed transformers: a tied load would
+  give T5 1.1 the input embedding as its output matrix (docs/interop.md)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from prompt_tuning.convert.hf import check_lm_head_loading, loading_advice, restore_lm_head
+
+  directory = str(tmp_path / "hf")
+  write_hf_checkpoint(tiny_params, tiny_config, directory)
+  model = transformers.T5ForConditionalGeneration.from_pretrained(directory)
+  own_head = np.array_equal(
+    model.lm_head.weight.detach().numpy(),
+    tree.flatten(tiny_params)["decoder/logits_dense/kernel"].T,
+  )
+  check = check_lm_head_loading()
+  assert check.from_pretrained_untied == own_head
+  assert check.transformers_version == transformers.__version__
+  assert ("restore_lm_head" in loading_advice(directory)) == (not own_head)
+  # The remedy works whatever the load did: lm_head is the stored one, apart from shared.
+  model.tie_weights()
+  restore_lm_head(model, directory)
+  assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+  np.testing.assert_array_equal(
+    model.lm_head.weight.detach().numpy(),
+    tree.flatten(tiny_params)["decoder/logits_dense/kernel"].T,
+  )
+  assert not torch.equal(model.lm_head.weight, model.shared.weight)
