@@ -346,10 +346,10 @@ def import_main(argv: Sequence[str]) -> int:
     base_model = json.load(f).get("base_model_name_or_path")
   print(out)
   print(
-    f"a [{prompt.shape[0]}, {prompt.shape[1]}] prompt; evaluate it with "
-    f"--gin_file=prompt_tuning/configs/prompts/from_file.gin --gin.PROMPT_FILE=\"'{out}'\" "
-    f"--gin.PROMPT_LENGTH={prompt.shape[0]} "
-    f"on the model the adapter was trained for ({base_model or 'not recorded'}; "
-    "`prompt-tuning convert DIR OUT --from hf --to orbax` brings a Hugging Face one here)"
+    f"a [{prompt.shape[0]}, {prompt.shape[1]}] prompt; evaluate it with prompt-tuning eval, "
+    "the model file, --gin_file=prompt_tuning/configs/runs/prompt_eval.gin, "
+    f"--gin.PROMPT_FILE=\"'{out}'\" --gin.PROMPT_LENGTH={prompt.shape[0]} and "
+    "INITIAL_CHECKPOINT_PATH the adapter's base model "
+    f"({base_model or 'not recorded'}: a Hugging Face directory loads as it is)"
   )
   return 0
