@@ -68,11 +68,16 @@ BANNER = re.compile(
 SEQIO_LONG_LENGTHS = "Given sequence lengths are longer than necessary"
 
 # What Gloo (jax's CPU collectives) prints on stdout each time a collective group forms
-# in a multi-process job: a dozen lines at start-up, none of them ours.
-GLOO_CONNECTED = re.compile(
-  r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. Expected number of connected peer "
-  r"ranks is : \d+"
+# in a multi-process job: a dozen lines at start-up, none of them ours. Its threads write
+# the sentence piece by piece (`std::cout << "[Gloo] Rank " << rank << ...`), so the
+# pieces of two sentences interleave ("[Gloo] Rank [Gloo] Rank 0 is connected ...", then
+# "0 is connected ..."): a line made of nothing but those pieces, one of them words, is
+# Gloo's.
+_GLOO_WORDS = (
+  r"\[Gloo\] Rank | is connected to | peer ranks\. ?|Expected number of connected peer "
+  r"ranks is : "
 )
+GLOO_CONNECTED = re.compile(rf"(?:{_GLOO_WORDS}|\d+)*(?:{_GLOO_WORDS})(?:{_GLOO_WORDS}|\d+)*")
 
 # How long the end of a filtered block waits for the filter to forward what is left.
 _DRAIN_SECONDS = 5.0

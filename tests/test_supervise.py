@@ -56,7 +56,10 @@ def test_another_fatal_error_is_one_line_with_its_status():
   fatal = "F1204 21:37:53.455091   13452 foo.cc:12] Check failed: x absl::Status: INTERNAL: boom\n"
   code, lines = _watch([fatal, *STACK], -signal.SIGABRT)
   assert code == errors.EXIT_ERROR
-  assert lines == ["prompt-tuning train: error: jax ended the process: INTERNAL: boom"]
+  assert lines == [
+    "prompt-tuning train: error: jax ended the process: INTERNAL: boom; rerun with --debug "
+    "for jax's own output"
+  ]
 
 
 def test_a_worker_killed_by_a_signal_says_which_and_exits_128_plus_it():
@@ -124,3 +127,50 @@ def test_gloo_terminating_on_a_message_cut_short_is_a_lost_peer():
     f"prompt-tuning train: error: {errors.LOST_PEER_MARK}"
   )
   assert "Received data size" in said[0]
+
+
+def test_a_two_process_job_prints_neither_gloo_nor_tensorflow_start_up_lines(tmp_path):
+  """Both processes of a real `python -m prompt_tuning train` job on CPU (Gloo's
+  collectives): each is a watched worker that quiets itself, as one process would."""
+  import os
+  import socket
+  import subprocess
+  import sys
+
+  from tests.cli_testing import tiny_job_args
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env.update(
+    JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=root
+  )
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  args = tiny_job_args(
+    "train",
+    "prompt_finetune.gin",
+    MODEL_DIR=repr(str(tmp_path / "run")),
+    TRAIN_STEPS="1",
+    CHECKPOINT_PERIOD="1",
+    EVAL_PERIOD="None",
+  )
+  processes = [
+    subprocess.Popen(
+      [sys.executable, "-m", "prompt_tuning", *args, f"--coordinator_address=localhost:{port}"]
+      + ["--num_processes=2", f"--process_id={index}", "--heartbeat_timeout_seconds=20"],
+      cwd=root,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for index in range(2)
+  ]
+  outputs = [process.communicate(timeout=300) for process in processes]
+  for process, (out, err) in zip(processes, outputs):
+    assert process.returncode == 0, err
+    printed = out + err
+    for mark in ("[Gloo]", "peer ranks", "absl::InitializeLog", "port.cc:", "cudart_stub.cc:"):
+      assert mark not in printed, printed
+  assert "trained to step 1" in outputs[0][0]
