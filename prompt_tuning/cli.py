@@ -53,7 +53,10 @@ def run_gin_job(command: str, argv: Sequence[str]) -> int:
     print(f"required macros for {command}: {', '.join(REQUIRED_MACROS[command])}")
     return 0
   if rest:
-    raise UsageError(f"unknown argument(s) for {command}: {' '.join(rest)}")
+    raise UsageError(
+      f"unknown argument(s) for {command}: {' '.join(rest)}; see `prompt-tuning {command} "
+      "--help` for the flags it takes"
+    )
   if not files:
     raise UsageError(f"{command} needs at least one --gin_file (see --help)")
   initialize_distributed(distributed)

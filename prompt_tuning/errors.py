@@ -105,7 +105,7 @@ def _is_instance(error: BaseException, module: str, name: str) -> bool:
 
 def _tensorflow_message(error: BaseException) -> str:
   # tf.errors.OpError carries the message without TensorFlow's context lines.
-  return " ".join(str(getattr(error, "message", None) or error).split())
+  return shorten(_GIN_SUFFIX.sub("", str(getattr(error, "message", None) or error)), MAX_LENGTH)
 
 
 def _os_error(error: OSError) -> str:
@@ -125,7 +125,7 @@ def _os_error(error: OSError) -> str:
   if isinstance(error, (IsADirectoryError, NotADirectoryError)):
     return f"{one_line(error)}; check that the path names what the option expects"
   if isinstance(error, FileNotFoundError):
-    return one_line(error)
+    return f"{one_line(error)}; check the path (relative paths start from the current directory)"
   return f"{one_line(error, with_type=True)} (while accessing {where}); check the path and the disk"
 
 

@@ -70,6 +70,20 @@ multi-process flags (one process per host; run the same command on every host):
 """
 
 
+# What to do about a gin configuration that does not parse or does not resolve.
+SYNTAX_ADVICE = (
+  "write VALUE in gin syntax (strings quoted, lists in [...], references as @name() or %MACRO)"
+)
+UNKNOWN_NAME_ADVICE = (
+  "check the name's spelling and that the files are in order (model file first); "
+  "`prompt-tuning COMMAND --help` lists the flags, docs/training.md the macros"
+)
+CONFIG_ADVICE = (
+  "check the gin files (model file first, then prompt and run files) and the --gin. "
+  "flags; docs/training.md lists the macros"
+)
+
+
 class UsageError(Exception):
   """A configuration or command-line mistake: reported in one line, exit code 2."""
 
@@ -82,7 +96,7 @@ class _FlagParser(argparse.ArgumentParser):
     super().__init__(add_help=False, allow_abbrev=False)
 
   def error(self, message: str) -> NoReturn:
-    raise UsageError(message)
+    raise UsageError(f"{message}; see the command's --help for its flags")
 
 
 def _gin_flag_parser() -> _FlagParser:
@@ -143,9 +157,9 @@ def initialize_distributed(kwargs: dict[str, Any]) -> None:
     partitioning.initialize_distributed(**kwargs)
   except ValueError as error:
     raise UsageError(
-      f"{errors.one_line(error)} (flags --coordinator_address, "
-      "--num_processes, --process_id or the JAX_* environment "
-      "variables)"
+      f"{errors.one_line(error)}; check the flags --coordinator_address, --num_processes "
+      "and --process_id (or the JAX_* environment variables), the same on every process "
+      "but --process_id"
     ) from error
 
 
@@ -189,7 +203,8 @@ def parse_gin(
   for binding in bindings:
     problem = _syntax_problem(binding)
     if problem is not None:
-      raise UsageError(f"bad gin binding {_as_flag(binding)}: {problem}{_quote_hint(binding)}")
+      hint = _quote_hint(binding) or f"; {SYNTAX_ADVICE}"
+      raise UsageError(f"bad gin binding {_as_flag(binding)}: {problem}{hint}")
   try:
     gin.parse_config_files_and_bindings(
       resolved, list(bindings), finalize_config=False, skip_unknown=False
@@ -199,9 +214,18 @@ def parse_gin(
     if culprit is not None:
       message = str(error).split("In bindings string line", 1)[0]
       raise UsageError(
-        f"bad gin binding {_as_flag(culprit)}: {errors.one_line(message)}"
+        f"bad gin binding {_as_flag(culprit)}: {errors.one_line(message)}; {_advice(message)}"
       ) from error
-    raise UsageError(f"bad gin configuration: {errors.one_line(error)}") from error
+    raise UsageError(
+      f"bad gin configuration: {errors.one_line(error)}; {_advice(str(error))}"
+    ) from error
+
+
+def _advice(message: str) -> str:
+  """What to do about one of gin's complaints."""
+  if "No configurable matching" in message:
+    return UNKNOWN_NAME_ADVICE
+  return CONFIG_ADVICE
 
 
 def _as_flag(binding: str) -> str:
@@ -286,7 +310,9 @@ def finalize_gin() -> None:
     # Gin's check of macros a run file declares `%gin.REQUIRED` (PROMPT_FILE, ...).
     name = str(error).split("/macro.value", 1)[0].strip().strip("'`")
     if "/macro.value" not in str(error) or not name.isidentifier():
-      raise UsageError(f"bad gin configuration: {errors.one_line(error)}") from error
+      raise UsageError(
+        f"bad gin configuration: {errors.one_line(error)}; {CONFIG_ADVICE}"
+      ) from error
     raise UsageError(
       f"required gin macro(s) not set: {name}; bind them with --gin.NAME=VALUE or in a gin file"
     ) from error
@@ -299,5 +325,7 @@ def call_configured(fn: Callable[..., Any], **kwargs: Any) -> Any:
   except (TypeError, ValueError) as error:
     message = str(error)
     if "Required bindings" in message or "gin.REQUIRED" in message or "No values" in message:
-      raise UsageError(errors.one_line(error)) from error
+      raise UsageError(
+        f"{errors.one_line(error)}; bind them with --gin.NAME=VALUE or in a gin file"
+      ) from error
     raise

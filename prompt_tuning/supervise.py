@@ -7,7 +7,8 @@ survivor: SIGABRT, exit 134, a fatal log line and a C++ stack trace. Python cann
 that. So `train`, `eval` and `infer` in a multi-process job run their work in a child
 process of the same command, and this parent:
 
-- passes the child's stdout through untouched and its stderr line by line;
+- passes the child's stdout through untouched (the child itself leaves out Gloo's
+  connection lines unless `--verbose`: quiet.py) and its stderr line by line;
 - holds back the fatal line and everything after it (the stack trace, gRPC's details);
 - ends with one line, "another process of this multi-process job was lost (...);
   restart every process with the same command ...", and exit code 75
@@ -146,7 +147,11 @@ class StderrWatcher:
       if errors.lost_peer_reason(self._fatal) is not None:
         self._say(command, errors.lost_peer_message(errors.shorten(self._status)))
         return errors.EXIT_PEER_LOST
-      self._say(command, f"jax ended the process: {errors.shorten(self._status)}")
+      self._say(
+        command,
+        f"jax ended the process: {errors.shorten(self._status)}; rerun with --debug for "
+        "jax's own output",
+      )
       return errors.EXIT_ERROR
     if returncode < 0:
       name = signal.Signals(-returncode).name

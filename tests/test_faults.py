@@ -107,10 +107,14 @@ def _library_errors():
       "/out/prompt.npy already exists; remove it or choose another path",
     ),
     (LookupError("no such thing"), "LookupError: no such thing"),
+    (
+      FileNotFoundError(errno.ENOENT, "No such file or directory", "/runs/x/base"),
+      "No such file or directory: '/runs/x/base'; check the path",
+    ),
   ]
 
 
-@pytest.mark.parametrize("index", range(9))
+@pytest.mark.parametrize("index", range(10))
 def test_a_library_error_is_one_line_naming_the_problem_and_the_fix(monkeypatch, index):
   error, expected = _library_errors()[index]
 
@@ -141,7 +145,53 @@ def test_ctrl_c_outside_training_exits_130_in_one_line(monkeypatch):
   monkeypatch.setattr(commands, "inspect_checkpoint", interrupt)
   result = run_cli(["inspect-checkpoint", "/some/checkpoint"])
   assert result.returncode == 130
-  assert "interrupted" in _error_line(result)
+  assert _error_line(result) == (
+    "prompt-tuning inspect-checkpoint: interrupted before anything was saved"
+  )
+
+
+def test_a_usage_error_is_printed_through_one_line_without_gin_internals(monkeypatch):
+  def fail(path):
+    raise cli.UsageError(
+      "TRAIN_STEPS must be set;\n bind it with --gin.TRAIN_STEPS=N\n"
+      "  In call to configurable 'train' (<function train at 0x7f3b2c1d0e50>)"
+    )
+
+  monkeypatch.setattr(commands, "inspect_checkpoint", fail)
+  result = run_cli(["inspect-checkpoint", "/some/checkpoint"])
+  assert result.returncode == 2
+  assert _error_line(result) == (
+    "prompt-tuning inspect-checkpoint: error: TRAIN_STEPS must be set; bind it with "
+    "--gin.TRAIN_STEPS=N"
+  )
+
+
+def test_an_unknown_argument_of_a_gin_job_points_at_its_help():
+  result = run_cli(["eval", "--gin_file=x.gin", "--no-such-flag"])
+  assert result.returncode == 2
+  assert _error_line(result) == (
+    "prompt-tuning eval: error: unknown argument(s) for eval: --no-such-flag; see "
+    "`prompt-tuning eval --help` for the flags it takes"
+  )
+
+
+def test_a_bad_multi_process_flag_says_what_to_pass():
+  result = run_cli(["train", "--gin_file=x.gin", "--num_processes=two"])
+  assert result.returncode == 2
+  assert "--num_processes must be an integer, got 'two'" in _error_line(result)
+  result = run_cli(["train", "--gin_file=x.gin", "--num_processes"])
+  assert result.returncode == 2
+  assert _error_line(result) == (
+    "prompt-tuning train: error: argument --num_processes: expected one argument; see the "
+    "command's --help for its flags"
+  )
+
+
+def test_an_unknown_configurable_says_what_to_check():
+  result = run_cli(_train_args("/tmp/unused") + ["--gin.no_such_function.value=1"])
+  assert result.returncode == 2
+  line = _error_line(result)
+  assert "no_such_function" in line and "check the name's spelling" in line, line
 
 
 # ---------------------------------------------------------------- Ctrl-C in training
@@ -568,6 +618,9 @@ def test_a_bare_word_gets_the_quotes_and_a_broken_list_does_not():
   )
   line = _error_line(result)
   assert "bad gin binding --gin.TRAIN_STEPS=[unclosed" in line and "did you mean" not in line
+  assert line.endswith(
+    "write VALUE in gin syntax (strings quoted, lists in [...], references as @name() or %MACRO)"
+  )
 
 
 def test_a_binding_to_an_unknown_parameter_is_named():
