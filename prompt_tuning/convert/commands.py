@@ -253,6 +253,8 @@ def convert(
     f"{validation.model_phrase(config)} from {source_format} {src} to {dst_format} {dst}"
   )
   print(attention)
+  if dst_format == "hf":  # transformers 5 may tie T5 1.1's lm_head on some load paths.
+    print(hf.loading_advice(dst))
   distance = config.relative_attention_max_distance
   if dst_format == "orbax" and distance != DEFAULT_MAX_DISTANCE:
     print(

@@ -196,6 +196,9 @@ def evaluate(
     split=split,
     num_examples=num_examples,
     partitioner=partitioner,
+    # Examples as TensorBoard text beside the eval scalars; without a MODEL_DIR only a
+    # gin binding of build_evaluation.summary_dir asks for them.
+    **({"summary_dir": os.path.join(model_dir, "eval_only")} if model_dir else {}),
   )
   metrics = evaluation.evaluate(params)
   if not logging_utils.is_leader():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import sys
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
@@ -488,7 +489,7 @@ def train(
   device splits the batch; see `partitioning.Partitioner.for_batch`); `batch_size` is
   global, each of the job's processes reads `batch_size / process_count` rows.
   `evaluation_factory(model, mixture_or_task_name, task_feature_lengths, batch_size, *,
-  split, num_examples, partitioner)` builds an object whose `evaluate(params, step)`
+  split, num_examples, partitioner, summary_dir)` builds an object whose `evaluate(params, step)`
   returns {task: {metric: value}}; every `eval_period` steps it runs. Without a factory
   (None) no evaluation runs, whatever `eval_period` says.
   """
@@ -536,6 +537,7 @@ def train(
       split=eval_split,
       num_examples=num_eval_examples,
       partitioner=partitioner,
+      summary_dir=os.path.join(model_dir, "train"),
     )
   loop = _Loop(
     run,

@@ -86,7 +86,8 @@ def test_evaluation_is_built_by_the_factory_and_runs_every_eval_period(
   )
   args, kwargs = evaluation.built_with
   assert args == (model, "demo_sentiment", FEATURES, 2)
-  assert kwargs.keys() == {"split", "num_examples", "partitioner"}
+  assert kwargs.keys() == {"split", "num_examples", "partitioner", "summary_dir"}
+  assert kwargs["summary_dir"] == os.path.join(str(tmp_path), "train")
   assert kwargs["split"] == "test" and kwargs["num_examples"] == 5
   assert isinstance(kwargs["partitioner"], partitioning.Partitioner)
   assert evaluation.steps == [0, 2, 4]
