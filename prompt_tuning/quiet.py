@@ -4,8 +4,8 @@ outputs are), not the start-up lines of the libraries underneath.
 Importing TensorFlow (which seqio and TFDS do) writes C++ log lines to stderr before
 absl's logging is initialised, so no setting reaches them: `TF_CPP_MIN_LOG_LEVEL` only
 applies once TensorFlow's logging is set up, and absl's C++ log level has no environment
-variable. Measured with TensorFlow 2.21, `import tensorflow` prints, twice (one set per
-shared library that loads):
+variable. Measured with TensorFlow 2.21 on a CPU machine, `import tensorflow` prints
+this set twice:
 
     WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
     I0000 00:00:... port.cc:153] oneDNN custom operations are on. ...
@@ -13,9 +13,9 @@ shared library that loads):
 
 `TF_ENABLE_ONEDNN_OPTS=0` would stop the oneDNN line only, by changing which kernels the
 input pipeline runs; the other two have no switch. So the import of TensorFlow runs with
-file descriptor 2 passed through a filter that drops exactly these
-lines (`BANNER`) and forwards every other byte as it arrives, then puts fd 2 back
-(`filtered`, installed as an import hook by `quiet_imports`).
+file descriptor 2 passed through a filter that drops exactly these lines (`BANNER`) and
+forwards every other byte as it arrives, then puts fd 2 back (`filtered`, installed as
+an import hook by `quiet_imports`).
 
 On the Python side, absl prints "WARNING: Logging before flag parsing goes to stderr."
 before the first record of a program that never parses absl flags, and seqio warns
@@ -152,8 +152,8 @@ def filtered(fd: int = 2, pattern: re.Pattern[str] = BANNER) -> Iterator[None]:
 
 
 class _FilteredLoader(importlib.abc.Loader):
-  """Runs another loader's `exec_module` inside `filtered` (stderr, `BANNER`); the module keeps the
-  real loader as its `__loader__`."""
+  """Runs another loader's `exec_module` inside `filtered` (stderr, `BANNER`); the module
+  keeps the real loader as its `__loader__`."""
 
   def __init__(self, loader: importlib.abc.Loader) -> None:
     self.loader = loader
