@@ -10,6 +10,10 @@ state and batch are exact (the same shards as on an accelerator). Activations an
 temporaries depend on the backend: XLA:CPU computes many bfloat16 operations in float32
 and keeps some of those float32 intermediates, and its fusion differs, so the figure is
 usually on the high side of what a TPU or GPU needs. Leave a margin either way.
+
+When the setting does not fit, `main` searches the memory levers cheapest first
+(`lever_steps`, `search_levers`) with this same estimator and prints the cheapest
+setting that fits with its `plan` command and `train` gin bindings (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import argparse
 import dataclasses
 import math
 import re
+import shlex
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning import models, tree
+from prompt_tuning import errors, models, tree
 from prompt_tuning.prompts import family
 from prompt_tuning.t5 import T5Config, Transformer, abstract_params, logical_axes
 from prompt_tuning.training import optimizers
@@ -70,7 +75,9 @@ def parse_bytes(text: str) -> int:
   """`16GiB`, `80G` (binary), `16GB` (decimal), `512MiB` or a plain byte count."""
   match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
   if not match or match.group(2).lower() not in _UNITS:
-    raise ValueError(f"cannot read memory size {text!r}; write e.g. 16GiB, 80G or 512MiB")
+    raise errors.ConfigurationError(
+      f"cannot read memory size {text!r}; write e.g. 16GiB, 80G or 512MiB"
+    )
   return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
@@ -78,7 +85,7 @@ def parse_mesh(text: str) -> tuple[int, int]:
   """`4x8` -> (data=4, model=8)."""
   match = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", text)
   if not match or min(int(match.group(1)), int(match.group(2))) < 1:
-    raise ValueError(f"cannot read mesh {text!r}; write DATAxMODEL, e.g. 4x8")
+    raise errors.ConfigurationError(f"cannot read mesh {text!r}; write DATAxMODEL, e.g. 4x8")
   return int(match.group(1)), int(match.group(2))
 
 
@@ -120,14 +127,17 @@ def check_batch(mesh_shape: tuple[int, int], batch_size: int, num_microbatches: 
   """Every microbatch must split evenly over the data shards."""
   data = mesh_shape[0]
   if batch_size < 1 or batch_size % data:
-    raise ValueError(
+    raise errors.ConfigurationError(
       f"batch {batch_size} does not split over {data} data shards; use a "
       "batch divisible by the mesh's data size"
     )
   if num_microbatches < 1 or batch_size % num_microbatches:
-    raise ValueError(f"batch {batch_size} does not split into {num_microbatches} microbatches")
+    raise errors.ConfigurationError(
+      f"batch {batch_size} does not split into {num_microbatches} microbatches; use a number of "
+      "microbatches that divides the batch"
+    )
   if (batch_size // num_microbatches) % data:
-    raise ValueError(
+    raise errors.ConfigurationError(
       f"microbatches of {batch_size // num_microbatches} examples do not "
       f"split over {data} data shards; use fewer microbatches"
     )
@@ -184,7 +194,9 @@ def _hooks(method: str, prompt_length: int) -> tuple[Any, Any]:
     return family.hooks(method, prompt_length)
   if method == "prompt":
     return None, None
-  raise ValueError(f"method {method!r} needs a prompt length above 0")
+  raise errors.ConfigurationError(
+    f"method {method!r} needs a prompt length above 0; set --prompt to 1 or more"
+  )
 
 
 def _abstract_batch(
@@ -306,13 +318,195 @@ def format_plan(plan: Plan, device_memory: int) -> list[str]:
   return lines
 
 
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """The memory levers of one planned train step: what the search changes."""
+
+  frozen_dtype: str
+  remat: str
+  microbatches: int
+  mesh: tuple[int, int]
+
+
+class Step(NamedTuple):
+  """One lever of the search: the setting with it `alone`, and `cumulative`, with every
+  cheaper lever before it too."""
+
+  lever: str
+  alone: Setting
+  cumulative: Setting
+
+
+@dataclasses.dataclass
+class Search:
+  """What the search compiled, in order, and the cheapest setting that fits (None when
+  nothing does; `closest` is then the smallest of `tried`)."""
+
+  tried: list[tuple[Setting, Plan]]
+  proposal: Setting | None
+
+  @property
+  def closest(self) -> tuple[Setting, Plan]:
+    return min(self.tried, key=lambda item: item[1].total)
+
+
+def describe_setting(setting: Setting, base: Setting) -> str:
+  """The levers `setting` pulls beyond `base`, cheapest first, e.g. 'bfloat16 frozen
+  weights + remat full'."""
+  parts = []
+  if setting.frozen_dtype != base.frozen_dtype:
+    parts.append(f"{setting.frozen_dtype} frozen weights")
+  if setting.remat != base.remat:
+    parts.append(f"remat {setting.remat}")
+  if setting.microbatches != base.microbatches:
+    parts.append(f"{setting.microbatches} microbatches")
+  if setting.mesh != base.mesh:
+    parts.append(f"mesh {setting.mesh[0]}x{setting.mesh[1]}")
+  return " + ".join(parts) or "as given"
+
+
+def lever_steps(base: Setting, batch_size: int) -> list[Step]:
+  """The levers `base` does not use yet, in order of what they cost at run time.
+
+  bfloat16 frozen weights cost almost nothing (the prompt and its gradients stay
+  float32); remat `dots` recomputes attention and the element-wise work of each layer
+  in the backward pass (it keeps the projections' outputs), `full` its whole forward
+  pass; microbatches run smaller matmuls one after another; a wider model axis adds
+  communication to every layer. Microbatches
+  double while each one still splits over the data axis; the model axis widens by every
+  factor k of the data axis (data/k x model*k, the same devices), which keeps the
+  microbatches of the cumulative setting dividing.
+  """
+  steps = []
+  cumulative = base
+  if base.frozen_dtype != "bfloat16":
+    cumulative = dataclasses.replace(cumulative, frozen_dtype="bfloat16")
+    steps.append(Step("bfloat16 frozen weights", cumulative, cumulative))
+  if base.remat == "none":
+    alone = dataclasses.replace(base, remat="dots")
+    steps.append(Step("remat dots", alone, dataclasses.replace(cumulative, remat="dots")))
+  if base.remat != "full":
+    cumulative = dataclasses.replace(cumulative, remat="full")
+    steps.append(Step("remat full", dataclasses.replace(base, remat="full"), cumulative))
+  data, model = base.mesh
+  count = base.microbatches * 2
+  while batch_size % count == 0 and (batch_size // count) % data == 0:
+    cumulative = dataclasses.replace(cumulative, microbatches=count)
+    alone = dataclasses.replace(base, microbatches=count)
+    steps.append(Step(f"{count} microbatches", alone, cumulative))
+    count *= 2
+  for k in range(2, data + 1):
+    if data % k == 0:
+      mesh = (data // k, model * k)
+      alone = dataclasses.replace(base, mesh=mesh)
+      steps.append(
+        Step(f"mesh {mesh[0]}x{mesh[1]}", alone, dataclasses.replace(cumulative, mesh=mesh))
+      )
+  return steps
+
+
+def search_levers(
+  base: Setting, batch_size: int, device_memory: int, estimate: Callable[[Setting], Plan]
+) -> Search:
+  """The cheapest setting that fits in `device_memory`, trying `lever_steps` in order.
+
+  Candidates in order of cost are each lever alone, then with the cheaper ones
+  (cumulative). The search compiles the cumulative setting first: it needs the least
+  memory of the two, so when it does not fit, the lever alone cannot either and is not
+  compiled (this assumes that adding cheaper levers to a lever never raises its memory;
+  more microbatches can, on a tiny model, so each count is compiled in turn). When it
+  fits, the lever alone is compiled, and is the proposal if it fits too. `estimate` is
+  the one estimator (`plan_train_step`) for a setting; each setting is compiled once.
+  """
+  plans: dict[Setting, Plan] = {}
+  tried: list[tuple[Setting, Plan]] = []
+
+  def total(setting: Setting) -> int:
+    if setting not in plans:
+      plans[setting] = estimate(setting)
+      tried.append((setting, plans[setting]))
+    return plans[setting].total
+
+  for step in lever_steps(base, batch_size):
+    if total(step.cumulative) > device_memory:
+      continue
+    if step.alone != step.cumulative and total(step.alone) <= device_memory:
+      return Search(tried, step.alone)
+    return Search(tried, step.cumulative)
+  return Search(tried, None)
+
+
+def _shell_word(text: str) -> str:
+  """`text` as one shell word; a `--gin.NAME=VALUE` flag in the docs' spelling, with
+  double quotes around a value that holds quotes, spaces or brackets, e.g.
+  --gin.MESH_SHAPE="(4, 8)"."""
+  if re.fullmatch(r"[\w./=:,+-]+", text):
+    return text
+  name, eq, value = text.partition("=")
+  if eq and name.startswith("--gin.") and not re.search(r'["$`\\!]', value):
+    return f'{name}="{value}"'
+  return shlex.quote(text)
+
+
+def plan_command(args: argparse.Namespace, setting: Setting) -> str:
+  """The `prompt-tuning plan` command line of `args` with `setting`'s levers."""
+  words = [
+    "prompt-tuning plan",
+    f"--size {args.size}",
+    f"--mesh {setting.mesh[0]}x{setting.mesh[1]}",
+    f"--batch {args.batch}",
+    f"--inputs {args.inputs}",
+    f"--targets {args.targets}",
+    f"--prompt {args.prompt}",
+    f"--device-memory {_shell_word(args.device_memory)}",
+  ]
+  defaults = _parser().parse_args([])
+  for name in ("method", "activation_dtype", "dropout", "trainable"):
+    if getattr(args, name) != getattr(defaults, name):
+      words.append(f"--{name.replace('_', '-')} {_shell_word(str(getattr(args, name)))}")
+  if setting.frozen_dtype != "float32":
+    words.append(f"--frozen-dtype {setting.frozen_dtype}")
+  if setting.remat != "none":
+    words.append(f"--remat {setting.remat}")
+  if setting.microbatches != 1:
+    words.append(f"--microbatches {setting.microbatches}")
+  return " ".join(words)
+
+
+def train_bindings(args: argparse.Namespace, setting: Setting) -> list[str]:
+  """The `prompt-tuning train` gin flags that run what was planned: the shapes of the
+  plan and the levers of `setting`, with the gin names of the project's model and run
+  files (docs/scale.md, "Memory levers")."""
+  lengths = {"inputs": args.inputs, "targets": args.targets}
+  bindings = {
+    "MESH_SHAPE": repr(setting.mesh),
+    "BATCH_SIZE": str(args.batch),
+    "TASK_FEATURE_LENGTHS": repr(lengths),
+    "ACTIVATION_DTYPE": repr(args.activation_dtype),
+    "DROPOUT_RATE": repr(args.dropout),
+  }
+  if args.prompt:
+    bindings["PROMPT_LENGTH"] = str(args.prompt)
+  if args.trainable != trainable_lib.DEFAULT_TRAINABLE:
+    bindings["trainer.train.trainable_regex"] = repr(args.trainable)
+  if setting.frozen_dtype != "float32":
+    bindings["trainer.train.frozen_dtype"] = repr(setting.frozen_dtype)
+  if setting.remat != "none":
+    bindings["network.t5_config.remat_policy"] = repr(setting.remat)
+  if setting.microbatches != 1:
+    bindings["trainer.train.num_microbatches"] = str(setting.microbatches)
+  return [_shell_word(f"--gin.{name}={value}") for name, value in bindings.items()]
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="prompt-tuning plan",
     description="Per-device memory of the sharded prompt-tuning train step, compiled "
-    "for shapes only on fake CPU devices. Exit 0 if it fits, 1 if not. "
+    "for shapes only on fake CPU devices. When it does not fit, the memory levers are "
+    "tried cheapest first and the cheapest setting that fits is printed with its "
+    "commands. Exit 0 if the setting as given fits, 1 if not, 2 for bad options. "
     "Defaults are the paper's XXL run on a TPU v3-32; compiling XXL "
-    "takes minutes of one CPU core.",
+    "takes about a minute of one CPU core per setting.",
   )
   parser.add_argument(
     "--size", default="xxl", help="tiny, small, base, large, xl, xxl, mt5_small ... mt5_xxl"
@@ -363,22 +557,32 @@ def _parser() -> argparse.ArgumentParser:
     default=trainable_lib.DEFAULT_TRAINABLE,
     help="regex of trained parameters ('.*' plans full model tuning)",
   )
+  parser.add_argument(
+    "--no-propose",
+    action="store_true",
+    help="when it does not fit, do not search the memory levers (one compile only)",
+  )
   return parser
+
+
+def _check_args(args: argparse.Namespace, mesh: tuple[int, int]) -> None:
+  for name in ("batch", "inputs", "targets"):
+    if getattr(args, name) < 1:
+      raise errors.ConfigurationError(f"--{name} must be positive, got {getattr(args, name)}")
+  if args.prompt < 0:
+    raise errors.ConfigurationError(f"--prompt must be zero or positive, got {args.prompt}")
+  if not 0 <= args.dropout < 1:
+    raise errors.ConfigurationError(f"--dropout must be in [0, 1), got {args.dropout}")
+  check_batch(mesh, args.batch, args.microbatches)
 
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   mesh = parse_mesh(args.mesh)
   device_memory = parse_bytes(args.device_memory)
-  for name in ("batch", "inputs", "targets"):
-    if getattr(args, name) < 1:
-      raise ValueError(f"--{name} must be positive")
-  if args.prompt < 0:
-    raise ValueError("--prompt must be zero or positive")
-  check_batch(mesh, args.batch, args.microbatches)
-  config = T5Config.from_size(
-    args.size, dtype=args.activation_dtype, remat_policy=args.remat, dropout_rate=args.dropout
-  )
+  _check_args(args, mesh)
+  base = Setting(args.frozen_dtype, args.remat, args.microbatches, mesh)
+  config = _config(args, base)
   print(
     f"plan: T5 1.1 {args.size} (d_model {config.emb_dim}, "
     f"{config.num_encoder_layers}+{config.num_decoder_layers} layers), mesh "
@@ -390,37 +594,67 @@ def main(argv: list[str] | None = None) -> int:
     f"{args.targets}; activations {args.activation_dtype}, frozen {args.frozen_dtype}, "
     f"remat {args.remat}, microbatches {args.microbatches}, dropout {args.dropout}"
   )
-  plan = plan_train_step(
-    config,
-    mesh,
+  plan = _estimate(args, base)
+  print(f"  trainable {args.trainable!r}: {plan.trainable_count:,} values")
+  for line in format_plan(plan, device_memory):
+    print(line)
+  if plan.total <= device_memory:
+    return 0
+  if args.no_propose:
+    return 1
+  _propose(args, base, device_memory, plan)
+  return 1
+
+
+def _config(args: argparse.Namespace, setting: Setting) -> T5Config:
+  return T5Config.from_size(
+    args.size, dtype=args.activation_dtype, remat_policy=setting.remat, dropout_rate=args.dropout
+  )
+
+
+def _estimate(args: argparse.Namespace, setting: Setting) -> Plan:
+  """`plan_train_step` for `args` with `setting`'s levers: the one estimator of every
+  figure plan prints, the search's included."""
+  return plan_train_step(
+    _config(args, setting),
+    setting.mesh,
     args.batch,
     args.inputs,
     args.targets,
     args.prompt,
-    frozen_dtype=args.frozen_dtype,
-    num_microbatches=args.microbatches,
+    frozen_dtype=setting.frozen_dtype,
+    num_microbatches=setting.microbatches,
     trainable_regex=args.trainable,
     method=args.method,
   )
-  print(f"  trainable {args.trainable!r}: {plan.trainable_count:,} values")
-  lines = format_plan(plan, device_memory)
-  fits = plan.total <= device_memory
-  if not fits:
-    lines[-1:-1] = [f"  to save memory try: {', '.join(_levers(args, mesh))}"]
-  for line in lines:
-    print(line)
-  return 0 if fits else 1
 
 
-def _levers(args: argparse.Namespace, mesh: tuple[int, int]) -> list[str]:
-  """The memory options this run does not use yet, most effective first."""
-  levers = []
-  if args.remat == "none":
-    levers.append("--remat full")
-  if args.frozen_dtype == "float32":
-    levers.append("--frozen-dtype bfloat16")
-  # Doubling the microbatches must leave each one divisible over the data shards.
-  if (args.batch // mesh[0] // args.microbatches) % 2 == 0:
-    levers.append(f"--microbatches {args.microbatches * 2}")
-  levers.append("more model parallelism (a larger second --mesh number)")
-  return levers
+def _propose(args: argparse.Namespace, base: Setting, device_memory: int, plan: Plan) -> None:
+  """Searches the levers, printing each compiled setting, then the proposal and its
+  commands, or the closest setting and by how much it is over."""
+  print("searching the memory levers, cheapest first (one compile each):")
+
+  def estimate(setting: Setting) -> Plan:
+    result = plan if setting == base else _estimate(args, setting)
+    verdict = "fits" if result.total <= device_memory else "does not fit"
+    print(f"  {describe_setting(setting, base)}: {human_bytes(result.total)}, {verdict}")
+    return result
+
+  search = search_levers(base, args.batch, device_memory, estimate)
+  if search.proposal is None:
+    closest, closest_plan = search.closest if search.tried else (base, plan)
+    over = closest_plan.total - device_memory
+    print(
+      f"nothing fits: the closest is {describe_setting(closest, base)} at "
+      f"{human_bytes(closest_plan.total)}, {human_bytes(over)} ({over / device_memory:.0%}) "
+      f"over the {human_bytes(device_memory)} per device; use more devices or devices with "
+      "more memory"
+    )
+    return
+  proposed = dict(search.tried)[search.proposal]
+  print(
+    f"proposal: {describe_setting(search.proposal, base)} fits "
+    f"({human_bytes(proposed.total)} of {human_bytes(device_memory)} per device)"
+  )
+  print(f"  plan it:  {plan_command(args, search.proposal)}")
+  print(f"  train with these gin bindings: {' '.join(train_bindings(args, search.proposal))}")
