@@ -124,29 +124,6 @@ def _inspect_checkpoint(argv: Sequence[str]) -> int:
   return commands.inspect_checkpoint(args.path)
 
 
-def _convert(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(
-    prog="prompt-tuning convert",
-    description="Convert a checkpoint: T5X (legacy or orbax), orbax or Hugging Face in; "
-    "orbax or Hugging Face out.",
-  )
-  parser.add_argument("src")
-  parser.add_argument("dst")
-  parser.add_argument(
-    "--from",
-    dest="src_format",
-    choices=["t5x", "hf", "orbax"],
-    default=None,
-    help="source format (detected when omitted)",
-  )
-  parser.add_argument("--to", dest="dst_format", choices=["orbax", "hf"], required=True)
-  parser.add_argument("--size", default=None, help="model size, when it cannot be inferred")
-  args = parser.parse_args(argv)
-  from prompt_tuning.convert import commands
-
-  return commands.convert(args.src, args.src_format, args.dst, args.dst_format, args.size)
-
-
 def _extract_variable(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
     prog="prompt-tuning extract-variable",
@@ -239,12 +216,23 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     _inspect_checkpoint,
     "list a checkpoint's parameters and the size it matches",
   ),
-  "convert": (_convert, "convert checkpoints between T5X, orbax and Hugging Face"),
+  "convert": (
+    _lazy("prompt_tuning.convert.commands", "convert_main"),
+    "convert checkpoints between T5X, orbax and Hugging Face",
+  ),
   "extract-variable": (_extract_variable, "save one checkpoint variable as .npy"),
   "diff-checkpoints": (_diff_checkpoints, "which parameters differ between two checkpoints"),
   "export-prompt": (
     _export_prompt,
     "fold a reparameterised prompt (prefix, P-Tuning) and save it as .npy",
+  ),
+  "export-peft": (
+    _lazy("prompt_tuning.peft_interop", "export_main"),
+    "write a prompt as a Hugging Face PEFT adapter",
+  ),
+  "import-peft": (
+    _lazy("prompt_tuning.peft_interop", "import_main"),
+    "a PEFT prompt-tuning adapter to a PROMPT_FILE .npy",
   ),
 }
 
