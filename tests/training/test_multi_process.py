@@ -154,6 +154,12 @@ def test_a_two_process_run_writes_one_set_of_checkpoints_and_logs(uninterrupted)
   assert len(steps) == len(set(steps))  # process 1 logs nothing
   assert "trained to step 60" in (logs / "stdout_0.txt").read_text()
   assert "trained to step" not in (logs / "stdout_1.txt").read_text()
+  # Each process is a watched worker that quiets itself (prompt_tuning/quiet.py) as one
+  # process would: none of Gloo's or TensorFlow's start-up lines.
+  for index in range(2):
+    printed = (logs / f"stdout_{index}.txt").read_text() + "\n".join(_stderr_lines(logs, index))
+    for mark in ("[Gloo]", "peer ranks", "absl::InitializeLog", "port.cc:", "cudart_stub.cc:"):
+      assert mark not in printed, printed[-2000:]
 
 
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker_lost", "coordinator_lost"])
