@@ -505,12 +505,16 @@ class CheckpointManager:
       raise ValueError("save_full=True needs the frozen parameters: pass save(..., frozen=)")
     self._manager.wait_until_finished()
     self._manager.reload()  # Orbax deletes only the steps it knows of.
-    for other in [s for s in self.all_steps() if s >= step]:
-      problem = self._problem(other)
+    problems = {other: self._problem(other) for other in self.all_steps() if other >= step}
+    if problems.get(step, "absent") is None:
+      logging.info("checkpoint %s already exists; not saved again", self.step_dir(step))
+      return
+    if jax.process_count() > 1:
+      # Every process has finished reading them before process 0 deletes any (a process
+      # still reading one that vanished fails with FileNotFoundError).
+      multihost_utils.sync_global_devices(f"checkpoint-{step}-inspected")
+    for other, problem in problems.items():
       if problem is None:
-        if other == step:
-          logging.info("checkpoint %s already exists; not saved again", self.step_dir(step))
-          return
         continue
       # A damaged checkpoint at or after this step would shadow the new one.
       logging.warning(
