@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from prompt_tuning import convert, tree
-from prompt_tuning.convert import hf, runs
+from prompt_tuning.convert import hf, runs, validation
 from prompt_tuning.prompts import initializers, p_tuning
 from prompt_tuning.t5.config import SIZES, T5Config
 from prompt_tuning.training import checkpoints
@@ -37,15 +37,6 @@ PROMPT_PARAM = "encoder/prompt/prompt"
 PROMPT_FILE = "encoder.prompt.prompt.npy"
 # The public LM-adapted T5 1.1 checkpoints, by size: the default base of an adapter.
 LM_ADAPT_SIZES = ("small", "base", "large", "xl", "xxl")
-_SHAPE_FIELDS = (
-  "vocab_size",
-  "emb_dim",
-  "num_heads",
-  "head_dim",
-  "num_encoder_layers",
-  "num_decoder_layers",
-  "mlp_dim",
-)
 LAYER_METHODS_REFUSED = (
   "Prefix-Tuning and P-Tuning v2 do not export to PEFT: for T5, PEFT's prefix reaches only "
   "the decoder's self-attention and gives prefix positions a relative position bias, where "
@@ -163,17 +154,15 @@ def read_source(src: str, step: int | None = None) -> Source:
 # --- the adapter -----------------------------------------------------------------------
 
 
-def _same_shape(a: T5Config, b: T5Config) -> bool:
-  return all(getattr(a, f) == getattr(b, f) for f in _SHAPE_FIELDS)
-
-
 def default_base_model(width: int, base: T5Config | None) -> str:
   """`google/t5-{size}-lm-adapt` for the size the run's frozen model has (by its config
   when known, else by the prompt width d); an error naming --base-model otherwise."""
-  for size in LM_ADAPT_SIZES:
-    named = SIZES[size]
-    if (base is None and named.emb_dim == width) or (base is not None and _same_shape(base, named)):
-      return f"google/t5-{size}-lm-adapt"
+  if base is not None:
+    size = validation.size_name(base)  # the named size with the same parameter shapes
+  else:
+    size = next((size for size in LM_ADAPT_SIZES if SIZES[size].emb_dim == width), None)
+  if size in LM_ADAPT_SIZES:
+    return f"google/t5-{size}-lm-adapt"
   what = f"d_model {width}" if base is None else f"a {base.emb_dim}-wide custom-shaped model"
   raise ValueError(
     f"the prompt was trained on {what}, not a public T5 1.1 LM-adapted size; pass "
