@@ -51,3 +51,18 @@ def tiny_job_args(job: str, run_file: str, *gin_files: str, **bindings: str) -> 
   return (
     [job] + [f"--gin_file={f}" for f in files] + [f"--gin.{k}={v}" for k, v in bindings.items()]
   )
+
+
+# What the libraries print on their own at start-up (TensorFlow's C++ logging before absl
+# is initialised; absl-py's notice; seqio's padding warning), spelled out here rather than
+# taken from quiet.BANNER, so that a pattern that stopped matching fails these tests.
+START_UP_LINES = (
+  "absl::InitializeLog",
+  "port.cc:",
+  "oneDNN custom operations",
+  "cudart_stub.cc:",
+  "Could not find cuda drivers",
+  "cpu_feature_guard.cc:",
+  "Logging before flag parsing",
+  "Given sequence lengths are longer than necessary",
+)

@@ -11,7 +11,7 @@ import gin
 import pytest
 
 from prompt_tuning import cli, quiet
-from tests.cli_testing import tiny_job_args
+from tests.cli_testing import START_UP_LINES, tiny_job_args
 
 
 pytestmark = pytest.mark.usefixtures("clean_gin")
@@ -200,19 +200,6 @@ def test_lm_adaptation_then_sentinel_prompt_then_model_tuning_recipes(
 
 
 # ---------------------------------------------------------------- quiet by default
-# What the libraries print on their own at start-up (TensorFlow's C++ logging before absl
-# is initialised; absl-py's notice; seqio's padding warning), spelled out here rather than
-# taken from quiet.BANNER, so that a pattern that stopped matching fails these tests.
-START_UP_LINES = (
-  "absl::InitializeLog",
-  "port.cc:",
-  "oneDNN custom operations",
-  "cudart_stub.cc:",
-  "Could not find cuda drivers",
-  "cpu_feature_guard.cc:",
-  "Logging before flag parsing",
-  "Given sequence lengths are longer than necessary",
-)
 
 
 def _python_m(*args: str) -> subprocess.CompletedProcess:

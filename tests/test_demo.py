@@ -10,19 +10,9 @@ import subprocess
 import sys
 
 from prompt_tuning import demo
+from tests.cli_testing import START_UP_LINES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# As tests/test_cli.py: spelled out, not taken from prompt_tuning/quiet.py.
-START_UP_LINES = (
-  "absl::InitializeLog",
-  "port.cc:",
-  "oneDNN custom operations",
-  "cudart_stub.cc:",
-  "Could not find cuda drivers",
-  "cpu_feature_guard.cc:",
-  "Logging before flag parsing",
-  "Given sequence lengths are longer than necessary",
-)
 
 
 def _entry_point() -> list[str]:
