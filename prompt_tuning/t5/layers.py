@@ -173,9 +173,10 @@ class RelativePositionBias(nn.Module):
   param_dtype: DType = jnp.float32
 
   @nn.compact
-  def __call__(self, query_length: int, key_length: int) -> Array:
-    """Bias of shape [1, heads, query_length, key_length]."""
-    context = np.arange(query_length, dtype=np.int32)[:, None]
+  def __call__(self, query_length: int, key_length: int, query_offset: int = 0) -> Array:
+    """Bias of shape [1, heads, query_length, key_length]; query i sits at position
+    `query_offset + i`, key j at position j."""
+    context = query_offset + np.arange(query_length, dtype=np.int32)[:, None]
     memory = np.arange(key_length, dtype=np.int32)[None, :]
     buckets = relative_position_bucket(
       memory - context, self.bidirectional, self.num_buckets, self.max_distance
@@ -220,6 +221,11 @@ class LayerPrefix:
   Prefix positions are always visible (the causal and padding masks do not apply) and
   get no relative position bias (zero bias columns): they are memory slots, not places
   in the text, so a prefix works the same at every position and in cached decoding.
+
+  `positioned=True` is PEFT's T5 layout instead (docs/interop.md): the self-attention
+  prefix keys sit at the P positions before the text, so query i sees prefix key j at
+  relative position j - P - i. The stack computes those bias columns (`key_bias`
+  [1, heads, q, P]) and the attention adds them in place of zeros.
   """
 
   key: Array | None = None
@@ -227,6 +233,8 @@ class LayerPrefix:
   hidden: Array | None = None
   cross_key: Array | None = None
   cross_value: Array | None = None
+  key_bias: Array | None = None
+  positioned: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 def _pair(key: Array | None, value: Array | None, what: str) -> tuple[Array, Array] | None:
@@ -295,12 +303,15 @@ class MultiHeadAttention(nn.Module):
     deterministic: bool = True,
     prefix_key_value: tuple[Array, Array] | None = None,
     prefix_inputs: Array | None = None,
+    prefix_bias: Array | None = None,
   ) -> Array:
     """Attends `inputs_q` to `inputs_kv`; `bias` is added to the logits (mask + position).
 
     Shapes: inputs [batch, length, embed]; bias broadcastable to [batch, heads, q, k].
     `prefix_key_value` ([P, heads * head_dim] each) and `prefix_inputs` ([P', embed],
-    projected by this layer's key/value kernels) add always-visible key positions.
+    projected by this layer's key/value kernels) add always-visible key positions, with
+    zero bias unless `prefix_bias` ([1, heads, q, P], for `prefix_key_value` alone) gives
+    their position bias (`LayerPrefix.positioned`).
     """
     query = self._split_heads(self._dense("query")(inputs_q))
     key_dense, value_dense = self._dense("key"), self._dense("value")
@@ -311,6 +322,12 @@ class MultiHeadAttention(nn.Module):
       value = self._split_heads(value_dense(inputs_kv))
       if decode:
         key, value, bias = self._update_self_cache(key, value, bias)
+        if prefix_bias is not None and bias is not None and bias.shape[-2] == 1:
+          # A cached step: its row of the prefix bias, as `_update_self_cache` took its own.
+          index = self.get_variable("cache", "cache_index") - 1
+          prefix_bias = lax.dynamic_slice_in_dim(prefix_bias, index, 1, axis=2)
+    if prefix_bias is not None and (prefix_inputs is not None or prefix_key_value is None):
+      raise ValueError("a prefix position bias needs prefix keys and values and no deep prompt")
     prefix_keys, prefix_values = [], []
     if prefix_inputs is not None:
       prefix_keys.append(key_dense(prefix_inputs))
@@ -319,7 +336,9 @@ class MultiHeadAttention(nn.Module):
       prefix_keys.append(prefix_key_value[0])
       prefix_values.append(prefix_key_value[1])
     if prefix_keys:
-      key, value, bias = self._prepend_prefix(key, value, bias, prefix_keys, prefix_values)
+      key, value, bias = self._prepend_prefix(
+        key, value, bias, prefix_keys, prefix_values, prefix_bias
+      )
 
     keep = None  # Scaled dropout mask [batch, heads, 1, keys], shared by all queries.
     if not deterministic and self.dropout_rate > 0.0:
@@ -379,9 +398,10 @@ class MultiHeadAttention(nn.Module):
     bias: Array | None,
     prefix_keys: Sequence[Array],
     prefix_values: Sequence[Array],
+    prefix_bias: Array | None = None,
   ) -> tuple[Array, Array, Array | None]:
     """Puts prefix positions (shared by every row) in front of the keys and values, with
-    zero bias columns: always visible, no relative position."""
+    zero bias columns (always visible, no relative position) or `prefix_bias`."""
 
     def rows(parts: Sequence[Array]) -> Array:
       joined = jnp.concatenate([jnp.asarray(p, self.dtype) for p in parts], axis=0)
@@ -392,7 +412,18 @@ class MultiHeadAttention(nn.Module):
     prefix_key, prefix_value = rows(prefix_keys), rows(prefix_values)
     key = constrain(jnp.concatenate([prefix_key, key], axis=2), HEAD_MAJOR_AXES)
     value = constrain(jnp.concatenate([prefix_value, value], axis=2), HEAD_MAJOR_AXES)
-    if bias is not None:
+    if prefix_bias is not None:
+      if bias is None:
+        bias = jnp.zeros(prefix_bias.shape[:-1] + (key.shape[2] - prefix_key.shape[2],))
+      rows = jnp.broadcast_shapes(bias.shape[:-1], prefix_bias.shape[:-1])
+      bias = jnp.concatenate(
+        [
+          jnp.broadcast_to(prefix_bias.astype(bias.dtype), rows + prefix_bias.shape[-1:]),
+          jnp.broadcast_to(bias, rows + bias.shape[-1:]),
+        ],
+        axis=-1,
+      )
+    elif bias is not None:
       zeros = jnp.zeros(bias.shape[:-1] + (prefix_key.shape[2],), bias.dtype)
       bias = jnp.concatenate([zeros, bias], axis=-1)
     return key, value, bias

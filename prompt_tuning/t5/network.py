@@ -110,7 +110,21 @@ def _self_prefix_kwargs(prefix: Optional[layers.LayerPrefix], norm: nn.Module) -
   return {
     "prefix_key_value": layers.self_attention_prefix(prefix),
     "prefix_inputs": None if prefix.hidden is None else norm(prefix.hidden),
+    "prefix_bias": prefix.key_bias,
   }
+
+
+def _with_position_bias(
+  prefix: Optional[layers.LayerPrefix], relpos: nn.Module, length: int
+) -> Optional[layers.LayerPrefix]:
+  """A positioned prefix (PEFT's T5 layout, `LayerPrefix.positioned`) with its bias
+  columns: the prefix keys are the P positions before the `length` text positions."""
+  if prefix is None or not prefix.positioned:
+    return prefix
+  if prefix.key is None or prefix.hidden is not None or prefix.cross_key is not None:
+    raise ValueError("a positioned layer prefix has self-attention keys and values only")
+  size = prefix.key.shape[0]
+  return prefix.replace(key_bias=relpos(length, size, query_offset=size))
 
 
 def _norm(cfg: T5Config, name: str) -> layers.RMSNorm:
@@ -250,6 +264,8 @@ class Encoder(nn.Module):
       layers.attention_mask(mask, mask), cfg.activation_dtype
     )
     prefixes = layer_prefixes(self.layer_prefix, cfg, "encoder", cfg.num_encoder_layers)
+    if any(prefix is not None and prefix.positioned for prefix in prefixes):
+      raise ValueError("positioned layer prefixes (PEFT's T5 layout) prefix the decoder only")
     layer_class = _remat(EncoderLayer, cfg.remat_policy, static_argnums=(3,))
     for i in range(cfg.num_encoder_layers):
       x = layer_class(cfg, relpos, name=f"layers_{i}")(x, bias, deterministic, prefixes[i])
@@ -311,6 +327,7 @@ class Decoder(nn.Module):
       cross_bias = layers.mask_to_bias(layers.attention_mask(query_valid, encoder_mask), dtype)
 
     prefixes = layer_prefixes(self.layer_prefix, cfg, "decoder", cfg.num_decoder_layers)
+    prefixes = [_with_position_bias(prefix, relpos, length) for prefix in prefixes]
     layer_class = _remat(DecoderLayer, cfg.remat_policy, static_argnums=(4, 5))
     for i in range(cfg.num_decoder_layers):
       x = layer_class(cfg, name=f"layers_{i}")(
