@@ -7,10 +7,14 @@ our input prompt does (docs/design.md, "The prompt contract"), so a prompt moves
 two unchanged. P-Tuning's prompt encoder is folded first and its output rows travel as a
 prompt-tuning adapter (PEFT's P_TUNING re-runs a prompt encoder of its own design).
 
-Layer methods do not travel: for T5, PEFT's prefix reaches only the decoder's
-self-attention and gives prefix positions a relative position bias, where ours prefix the
-encoder too and the prefix positions carry none, so an exported prefix would compute
-something else. Both commands refuse them in one line (docs/interop.md).
+PEFT's Prefix-Tuning on T5 computes something narrower than Li & Liang's design: a prefix
+for the decoder's self-attention only, at the positions before the text (with their
+relative position bias), read from its one tensor in a layout of its own. The
+`prefix_peft` method (prompts/peft_prefix.py) is exactly that, and its prefix travels both
+ways as PEFT's `prompt_embeddings` [P, num_layers * 2 * heads * head_dim], unchanged. Our
+Prefix-Tuning (encoder and decoder, no position bias) and P-Tuning v2 (deep prompts through
+the frozen key/value kernels) have no PEFT equivalent: both commands refuse them in one
+line (docs/interop.md).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 
 from prompt_tuning import convert, tree
 from prompt_tuning.convert import hf, runs, validation
-from prompt_tuning.prompts import initializers, p_tuning
+from prompt_tuning.prompts import initializers, p_tuning, peft_prefix, prefix_tuning
 from prompt_tuning.t5.config import SIZES, T5Config
 from prompt_tuning.training import checkpoints
 
@@ -37,11 +41,16 @@ PROMPT_PARAM = "encoder/prompt/prompt"
 PROMPT_FILE = "encoder.prompt.prompt.npy"
 # The public LM-adapted T5 1.1 checkpoints, by size: the default base of an adapter.
 LM_ADAPT_SIZES = ("small", "base", "large", "xl", "xxl")
+# PEFT's prefix tensor, as the `prefix_peft` method keeps it (prompts/peft_prefix.py).
+PEFT_PREFIX_PARAM = "decoder/layer_prompt/" + peft_prefix.PARAM
+PEFT_PREFIX_FILE = PEFT_PREFIX_PARAM.replace("/", ".") + ".npy"
+PEFT_PREFIX_METHOD = "prefix_peft"
 LAYER_METHODS_REFUSED = (
   "Prefix-Tuning and P-Tuning v2 do not export to PEFT: for T5, PEFT's prefix reaches only "
   "the decoder's self-attention and gives prefix positions a relative position bias, where "
   "ours also prefix the encoder and carry no bias, so the adapter would compute differently "
-  "(docs/interop.md); serve it here with LAYER_PROMPT_DIR"
+  "(docs/interop.md); serve it here with LAYER_PROMPT_DIR, or train with "
+  "prompts/prefix_tuning_peft.gin (PEFT's layout), which exports"
 )
 
 
@@ -49,8 +58,8 @@ LAYER_METHODS_REFUSED = (
 class Source:
   """The prompt to export and what is known about the model it was trained on."""
 
-  prompt: np.ndarray  # [P, d], float32
-  method: str  # "prompt tuning" or "P-Tuning"
+  prompt: np.ndarray  # [P, d], or PEFT's prefix tensor [P, layers * 2 * width]; float32
+  method: str  # "prompt tuning", "P-Tuning" or PEFT_PREFIX_METHOD
   base: T5Config | None  # the frozen model, when its checkpoint could be read
 
 
@@ -92,10 +101,36 @@ def _fold_p_tuning(prompt_params: Mapping[str, Any]) -> np.ndarray:
   return np.asarray(fold(dict(prompt_params))["prompt"], np.float32)
 
 
+def _peft_prefix(flat: Mapping[str, Any], where: str) -> np.ndarray | None:
+  """The `prefix_peft` method's tensor (folding its projection MLP), or None when the
+  run trained another method."""
+  layer_params = {n: a for n, a in flat.items() if "/layer_prompt/" in n}
+  if PEFT_PREFIX_PARAM in layer_params and len(layer_params) == 1:
+    return np.asarray(layer_params[PEFT_PREFIX_PARAM], np.float32)
+  mlp = "decoder/layer_prompt/mlp/"
+  if not layer_params or not all(n.startswith(mlp) for n in layer_params):
+    return None
+  mlp_params = tree.unflatten({n[len(mlp) :]: a for n, a in layer_params.items()})
+  if set(mlp_params) != {"embedding", "hidden", "out"}:
+    return None
+  length, embedding_dim = np.shape(mlp_params["embedding"])
+  hidden_dim, features = np.shape(mlp_params["out"]["kernel"])
+  module = prefix_tuning.MlpReparameterization(length, features, embedding_dim, hidden_dim)
+  return np.asarray(jax.jit(module.apply)({"params": mlp_params}), np.float32)
+
+
 def prompt_from_params(params: Mapping[str, Any], where: str) -> tuple[np.ndarray, str]:
   flat = tree.flatten(params)
   if any("/layer_prompt/" in name for name in flat):
-    raise ValueError(f"{where}: {LAYER_METHODS_REFUSED}")
+    prefix = _peft_prefix(flat, where)
+    if prefix is None:
+      raise ValueError(f"{where}: {LAYER_METHODS_REFUSED}")
+    if params.get("encoder", {}).get("prompt"):
+      raise ValueError(
+        f"{where} holds an input prompt and a PEFT-layout prefix; a PEFT adapter holds one "
+        "of them: train them as separate runs"
+      )
+    return prefix, PEFT_PREFIX_METHOD
   prompt = params.get("encoder", {}).get("prompt")
   if not prompt:
     raise ValueError(
@@ -134,6 +169,9 @@ def read_source(src: str, step: int | None = None) -> Source:
   if not os.path.isdir(src):
     raise ValueError(f"{src} does not exist; pass a MODEL_DIR, a checkpoint or a prompt .npy")
   names = os.listdir(src)
+  if PEFT_PREFIX_FILE in names and step is None:
+    path = os.path.join(src, PEFT_PREFIX_FILE)
+    return Source(np.load(path).astype(np.float32), PEFT_PREFIX_METHOD, None)
   if any(".layer_prompt." in name for name in names):
     raise ValueError(f"{src}: {LAYER_METHODS_REFUSED}")
   if PROMPT_FILE in names and step is None:
@@ -170,6 +208,38 @@ def default_base_model(width: int, base: T5Config | None) -> str:
   )
 
 
+def prefix_adapter_config(prefix: np.ndarray, base_model: str, model: T5Config) -> dict[str, Any]:
+  """adapter_config.json of a PEFT PrefixTuningConfig for T5 (as PEFT 0.21.2 writes it),
+  holding the `prefix_peft` method's tensor as it is."""
+  length, features = prefix.shape
+  width = model.num_heads * model.head_dim
+  expected = model.num_encoder_layers * 2 * width
+  if features != expected:
+    raise ValueError(
+      f"the prefix is {prefix.shape} but the base model needs [P, {expected}] (layers "
+      f"{model.num_encoder_layers} x 2 x {width}); pass the --base-model it was trained on"
+    )
+  return {
+    "peft_type": "PREFIX_TUNING",
+    "task_type": "SEQ_2_SEQ_LM",
+    "base_model_name_or_path": base_model,
+    "num_virtual_tokens": int(length),
+    # heads * head_dim, which PEFT splits into heads; T5 1.1 small's d_model (512) is not
+    # 6 x 64, so d_model here would break PEFT's reshape.
+    "token_dim": int(width),
+    "num_transformer_submodules": 2,
+    "num_attention_heads": model.num_heads,
+    "num_layers": model.num_encoder_layers,
+    "encoder_hidden_size": int(width),
+    "prefix_projection": False,  # The tensor is the projection's output, already folded.
+    "inference_mode": True,
+    "init_weights": None,
+    "revision": None,
+    "auto_mapping": None,
+    "modules_to_save": None,
+  }
+
+
 def adapter_config(prompt: np.ndarray, base_model: str, model: T5Config | None) -> dict[str, Any]:
   """adapter_config.json of a PEFT PromptTuningConfig with an encoder-only prompt."""
   length, width = prompt.shape
@@ -197,9 +267,14 @@ def adapter_config(prompt: np.ndarray, base_model: str, model: T5Config | None) 
 
 
 def write_adapter(
-  prompt: np.ndarray, out_dir: str, base_model: str, model: T5Config | None = None
+  prompt: np.ndarray,
+  out_dir: str,
+  base_model: str,
+  model: T5Config | None = None,
+  method: str = "prompt tuning",
 ) -> list[str]:
-  """Writes the PEFT adapter directory; returns its two files."""
+  """Writes the PEFT adapter directory; returns its two files. `prompt` is PEFT's tensor
+  of the adapter `method` makes: [P, d], or the PEFT-layout prefix (which needs `model`)."""
   from safetensors.numpy import save_file
 
   if os.path.isfile(out_dir):
@@ -207,8 +282,17 @@ def write_adapter(
   os.makedirs(out_dir, exist_ok=True)
   config_path = os.path.join(out_dir, ADAPTER_CONFIG)
   weights_path = os.path.join(out_dir, ADAPTER_WEIGHTS)
+  if method == PEFT_PREFIX_METHOD:
+    if model is None:
+      raise ValueError(
+        "the prefix's layer count and heads are unknown: pass --base-model "
+        "google/t5-SIZE-lm-adapt, or export from the MODEL_DIR whose base checkpoint reads"
+      )
+    config = prefix_adapter_config(prompt, base_model, model)
+  else:
+    config = adapter_config(prompt, base_model, model)
   with open(config_path, "w") as f:
-    json.dump(adapter_config(prompt, base_model, model), f, indent=2)
+    json.dump(config, f, indent=2)
   save_file(
     {PEFT_PROMPT_KEY: np.ascontiguousarray(prompt, np.float32)},
     weights_path,
@@ -217,32 +301,38 @@ def write_adapter(
   return [config_path, weights_path]
 
 
-def read_adapter(adapter_dir: str) -> np.ndarray:
-  """The encoder prompt [P, d] of a PEFT prompt-tuning adapter; one line for anything
-  this project cannot evaluate as PEFT would."""
+def read_adapter_config(adapter_dir: str) -> dict[str, Any]:
+  """adapter_config.json of a PEFT adapter for T5 that this project can evaluate as PEFT
+  does: PROMPT_TUNING with an encoder-only prompt, or PREFIX_TUNING in PEFT's own layout."""
   config_path = os.path.join(adapter_dir, ADAPTER_CONFIG)
   if not os.path.isfile(config_path):
     raise ValueError(f"{adapter_dir} has no {ADAPTER_CONFIG}; pass a PEFT adapter directory")
   with open(config_path) as f:
     config = json.load(f)
   kind, task = config.get("peft_type"), config.get("task_type")
-  if kind == "PREFIX_TUNING":
+  if kind not in ("PROMPT_TUNING", "PREFIX_TUNING") or task != "SEQ_2_SEQ_LM":
     raise ValueError(
-      f"{adapter_dir} is a PEFT prefix adapter, which for T5 prefixes the decoder's "
-      "self-attention with relative position bias: no method here computes that "
-      "(docs/interop.md); only PROMPT_TUNING adapters import"
-    )
-  if kind != "PROMPT_TUNING" or task != "SEQ_2_SEQ_LM":
-    raise ValueError(
-      f"{adapter_dir} is a {kind} adapter for {task}; only PEFT PROMPT_TUNING adapters for "
-      "SEQ_2_SEQ_LM (T5) import"
+      f"{adapter_dir} is a {kind} adapter for {task}; only PEFT PROMPT_TUNING and "
+      "PREFIX_TUNING adapters for SEQ_2_SEQ_LM (T5) import"
     )
   submodules = config.get("num_transformer_submodules") or 2
-  if submodules != 1:
+  if kind == "PROMPT_TUNING" and submodules != 1:
     raise ValueError(
       f"{adapter_dir} also prompts the decoder input (num_transformer_submodules="
       f"{submodules}), which no method here does; train it with num_transformer_submodules=1"
     )
+  if kind == "PREFIX_TUNING" and submodules != 2:
+    raise ValueError(
+      f"{adapter_dir} is a prefix adapter with num_transformer_submodules={submodules}; "
+      "only PEFT's T5 default (2) is reproduced here (docs/interop.md)"
+    )
+  return config
+
+
+def read_adapter(adapter_dir: str) -> np.ndarray:
+  """PEFT's tensor of an adapter `read_adapter_config` accepts: the encoder prompt
+  [P, d], or the prefix [P, num_layers * 2 * token_dim]; one line for anything else."""
+  config = read_adapter_config(adapter_dir)
   weights_path = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
   if not os.path.isfile(weights_path):
     raise ValueError(
@@ -253,13 +343,17 @@ def read_adapter(adapter_dir: str) -> np.ndarray:
 
   weights = load_file(weights_path)
   if PEFT_PROMPT_KEY not in weights:
-    raise ValueError(f"{weights_path} has no {PEFT_PROMPT_KEY}; is it a prompt-tuning adapter?")
+    raise ValueError(f"{weights_path} has no {PEFT_PROMPT_KEY}; is it a prompt-learning adapter?")
   prompt = np.asarray(weights[PEFT_PROMPT_KEY], np.float32)
-  expected = (config.get("num_virtual_tokens"), config.get("token_dim"))
+  length, width = config.get("num_virtual_tokens"), config.get("token_dim")
+  expected, fields = (length, width), "num_virtual_tokens, token_dim"
+  if config["peft_type"] == "PREFIX_TUNING":
+    expected = (length, (config.get("num_layers") or 0) * 2 * (width or 0))
+    fields = "num_virtual_tokens, num_layers x 2 x token_dim"
   if prompt.shape != expected:
     raise ValueError(
-      f"{weights_path} holds a {prompt.shape} prompt but its config says {expected} "
-      "(num_virtual_tokens, token_dim); the adapter directory is inconsistent"
+      f"{weights_path} holds a {prompt.shape} tensor but its config says {expected} "
+      f"({fields}); the adapter directory is inconsistent"
     )
   if not np.all(np.isfinite(prompt)):
     raise ValueError(f"{weights_path} holds NaN or inf; the adapter's training diverged")
@@ -273,10 +367,12 @@ def export_main(argv: Sequence[str]) -> int:
   """`prompt-tuning export-peft SRC OUT_DIR [--step N] [--base-model NAME]`."""
   parser = argparse.ArgumentParser(
     prog="prompt-tuning export-peft",
-    description="Write a trained prompt as a Hugging Face PEFT prompt-tuning adapter "
+    description="Write a trained prompt as a Hugging Face PEFT adapter "
     "(adapter_config.json + adapter_model.safetensors) that "
     "peft.PeftModel.from_pretrained(t5, OUT_DIR) loads. P-Tuning is folded to its prompt "
-    "rows; Prefix-Tuning and P-Tuning v2 are refused (docs/interop.md).",
+    "rows; the prefix_peft method (prompts/prefix_tuning_peft.gin) becomes a "
+    "PrefixTuningConfig adapter; Prefix-Tuning and P-Tuning v2 are refused "
+    "(docs/interop.md).",
   )
   parser.add_argument(
     "src",
@@ -294,18 +390,32 @@ def export_main(argv: Sequence[str]) -> int:
   args = parser.parse_args(list(argv))
   source = read_source(args.src, args.step)
   length, width = source.prompt.shape
-  base_model = args.base_model or default_base_model(width, source.base)
+  prefix = source.method == PEFT_PREFIX_METHOD
+  if args.base_model:
+    base_model = args.base_model
+  elif prefix and source.base is None:
+    raise ValueError(
+      f"{args.src} does not say which model the prefix was trained on; pass --base-model "
+      "(google/t5-SIZE-lm-adapt or the Hugging Face directory of its model)"
+    )
+  else:
+    base_model = default_base_model(width, source.base)
   model = source.base
   if model is None and base_model.startswith("google/t5-") and base_model.endswith("-lm-adapt"):
     model = SIZES.get(base_model[len("google/t5-") : -len("-lm-adapt")])
-  for path in write_adapter(source.prompt, args.out_dir, base_model, model):
+  if model is None and prefix and os.path.isdir(base_model):
+    model = hf.read_hf_config(base_model)
+  for path in write_adapter(source.prompt, args.out_dir, base_model, model, source.method):
     print(path)
   if source.method == "P-Tuning":
     print(
       "note: P-Tuning's prompt encoder was folded: its output rows are exported as a PEFT "
       "prompt-tuning adapter (PEFT's P_TUNING runs a different encoder network)"
     )
-  print(f"a PEFT prompt-tuning adapter (P={length}, d={width}) for {base_model}")
+  if prefix:
+    print(f"a PEFT prefix-tuning adapter (P={length}, PEFT's T5 layout) for {base_model}")
+  else:
+    print(f"a PEFT prompt-tuning adapter (P={length}, d={width}) for {base_model}")
   print(hf.loading_advice(base_model))
   print(
     "load it with: peft.PeftModel.from_pretrained("
@@ -315,17 +425,26 @@ def export_main(argv: Sequence[str]) -> int:
 
 
 def import_main(argv: Sequence[str]) -> int:
-  """`prompt-tuning import-peft ADAPTER_DIR OUT`: a PEFT prompt to a PROMPT_FILE `.npy`."""
+  """`prompt-tuning import-peft ADAPTER_DIR OUT`: a PEFT prompt to a PROMPT_FILE `.npy`,
+  a PEFT prefix to a LAYER_PROMPT_DIR."""
   parser = argparse.ArgumentParser(
     prog="prompt-tuning import-peft",
-    description="Turn a Hugging Face PEFT prompt-tuning adapter for T5 into a prompt .npy "
-    "[P, d] that PROMPT_FILE (prompts/from_file.gin) loads. Prefix and other adapters "
-    "are refused (docs/interop.md).",
+    description="Turn a Hugging Face PEFT adapter for T5 into what this project loads: a "
+    "prompt-tuning adapter into a prompt .npy [P, d] for PROMPT_FILE "
+    "(prompts/from_file.gin), a prefix-tuning adapter into a LAYER_PROMPT_DIR for "
+    "prompts/prefix_tuning_peft.gin. Other adapters are refused (docs/interop.md).",
   )
   parser.add_argument("adapter_dir", help="the PEFT adapter directory")
-  parser.add_argument("out", help=f"the .npy to write (a directory gets {PROMPT_FILE} inside it)")
+  parser.add_argument(
+    "out",
+    help=f"prompt adapters: the .npy to write (a directory gets {PROMPT_FILE} inside it); "
+    f"prefix adapters: the directory to write {PEFT_PREFIX_FILE} in",
+  )
   args = parser.parse_args(list(argv))
+  config = read_adapter_config(args.adapter_dir)
   prompt = read_adapter(args.adapter_dir)
+  if config["peft_type"] == "PREFIX_TUNING":
+    return _import_prefix(prompt, config, args.out)
   out = os.path.join(args.out, PROMPT_FILE) if os.path.isdir(args.out) else args.out
   if not out.endswith(".npy"):
     raise ValueError(f"{out} does not end in .npy; pass the prompt file to write")
@@ -340,5 +459,26 @@ def import_main(argv: Sequence[str]) -> int:
     f"--gin.PROMPT_FILE=\"'{out}'\" --gin.PROMPT_LENGTH={prompt.shape[0]} and "
     "INITIAL_CHECKPOINT_PATH the adapter's base model "
     f"({base_model or 'not recorded'}: a Hugging Face directory loads as it is)"
+  )
+  return 0
+
+
+def _import_prefix(prefix: np.ndarray, config: Mapping[str, Any], out_dir: str) -> int:
+  if os.path.isfile(out_dir) or out_dir.endswith(".npy"):
+    raise ValueError(
+      f"{out_dir}: a prefix adapter imports to a directory (LAYER_PROMPT_DIR); pass one"
+    )
+  os.makedirs(out_dir, exist_ok=True)
+  out = os.path.join(out_dir, PEFT_PREFIX_FILE)
+  np.save(out, prefix)
+  print(out)
+  print(
+    f"a PEFT-layout prefix (P={prefix.shape[0]}, {config.get('num_layers')} layers); "
+    "evaluate it with prompt-tuning eval, the model file, "
+    "--gin_file=prompt_tuning/configs/prompts/prefix_tuning_peft.gin, "
+    "--gin_file=prompt_tuning/configs/runs/layer_prompt_eval.gin, "
+    f"--gin.LAYER_PROMPT_DIR=\"'{out_dir}'\" --gin.PROMPT_LENGTH={prefix.shape[0]} and "
+    "INITIAL_CHECKPOINT_PATH the adapter's base model "
+    f"({config.get('base_model_name_or_path') or 'not recorded'})"
   )
   return 0

@@ -58,6 +58,7 @@ DEFAULT_LEARNING_RATES = {
   "p_tuning_mlp": 0.03,
   "p_tuning_v2": 0.03,
   "p_tuning_v2_mlp": 3e-4,
+  "prefix_peft": 0.3,  # Plain prefix parameters; the prompt rate, not swept.
 }
 CSV_FIELDS = (
   "method",

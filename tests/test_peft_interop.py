@@ -17,7 +17,7 @@ import pytest
 
 from prompt_tuning import convert, peft_interop, tree
 from prompt_tuning.convert import hf
-from prompt_tuning.prompts import Prompt, initializers, p_tuning
+from prompt_tuning.prompts import Prompt, initializers, p_tuning, peft_prefix
 from prompt_tuning.t5 import T5Config, Transformer
 from tests.cli_testing import LEGACY_BASE, run_cli, tiny_job_args
 
@@ -181,14 +181,20 @@ def test_a_peft_trained_prompt_imports_and_evaluates_here_to_peft_logits(base, h
   np.testing.assert_allclose(ours[REAL], theirs[REAL], atol=1e-4, rtol=0)
 
 
-def test_import_refuses_prefix_adapters_and_decoder_prompts(base, hf_dir, tmp_path):
+def test_import_refuses_what_it_cannot_compute_as_peft_does(base, hf_dir, tmp_path):
   config, _ = base
   prefix = peft.get_peft_model(
     _load_hf(hf_dir), peft.PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2)
   )
   prefix.save_pretrained(str(tmp_path / "prefix"))
-  with pytest.raises(ValueError, match="prefix adapter.*only PROMPT_TUNING"):
+  with pytest.raises(ValueError, match="prefix adapter imports to a directory"):
     peft_interop.import_main([str(tmp_path / "prefix"), str(tmp_path / "p.npy")])
+  with open(tmp_path / "prefix" / peft_interop.ADAPTER_CONFIG) as f:
+    prefix_config = json.load(f)
+  with open(tmp_path / "prefix" / peft_interop.ADAPTER_CONFIG, "w") as f:
+    json.dump({**prefix_config, "num_transformer_submodules": 1}, f)
+  with pytest.raises(ValueError, match="only PEFT's T5 default"):
+    peft_interop.import_main([str(tmp_path / "prefix"), str(tmp_path / "prefix_out")])
   both = peft.get_peft_model(
     _load_hf(hf_dir), peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2)
   )
@@ -244,3 +250,103 @@ def test_the_default_base_model_is_the_lm_adapted_t5_of_the_run_size(tmp_path):
   assert written["base_model_name_or_path"] == "google/t5-base-lm-adapt"
   shape = (written["num_virtual_tokens"], written["token_dim"], written["num_layers"])
   assert shape == (2, 768, 12)
+
+
+# --- Prefix-Tuning in PEFT's T5 layout ------------------------------------------------
+
+# Odd depth (layers l and l + N/2 do not pair up) and heads x head_dim != d_model.
+ODD = T5Config(
+  vocab_size=256,
+  emb_dim=24,
+  num_heads=2,
+  head_dim=8,
+  num_encoder_layers=3,
+  num_decoder_layers=3,
+  mlp_dim=32,
+)
+
+
+@pytest.fixture(scope="module")
+def odd_model(tmp_path_factory):
+  """(params, HF directory) of a random model of the ODD shape."""
+  tokens = jnp.ones((1, 1), jnp.int32)
+  variables = Transformer(ODD).init(jax.random.PRNGKey(3), tokens, tokens, tokens)
+  params = nn.unbox(variables)["params"]
+  directory = str(tmp_path_factory.mktemp("odd") / "hf")
+  hf.write_hf_checkpoint(params, ODD, directory)
+  return params, directory
+
+
+def _prefix_logits(params, prefix_dir: str, length: int) -> np.ndarray:
+  factory = functools.partial(peft_prefix.PeftPrefixTuning, length=length, init_dir=prefix_dir)
+  module = Transformer(ODD, layer_prefix=factory)
+  tokens = jnp.ones((1, 1), jnp.int32)
+  prefix = nn.unbox(module.init(jax.random.PRNGKey(0), tokens, tokens, tokens))["params"]
+  full = {
+    **params,
+    "decoder": {**params["decoder"], "layer_prompt": prefix["decoder"]["layer_prompt"]},
+  }
+  forward = jax.jit(lambda p, x, y, z: module.apply({"params": p}, x, y, z))
+  return np.asarray(
+    forward(full, jnp.asarray(INPUTS), jnp.asarray(DECODER_INPUTS), jnp.asarray(TARGETS))
+  )
+
+
+def test_a_peft_prefix_adapter_imports_and_evaluates_here_to_peft_logits(odd_model, tmp_path):
+  params, directory = odd_model
+  torch.manual_seed(0)
+  peft_config = peft.PrefixTuningConfig(
+    task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, token_dim=16, num_attention_heads=2
+  )
+  model = peft.get_peft_model(_load_hf(directory), peft_config).eval()
+  theirs = _hf_logits(model)
+  plain = _hf_logits(_load_hf(directory))
+  assert np.abs(theirs[REAL] - plain[REAL]).max() > 1e-2  # The prefix matters.
+  adapter = str(tmp_path / "peft_prefix")
+  model.save_pretrained(adapter)
+  out = str(tmp_path / "layer_prompts")
+  assert peft_interop.import_main([adapter, out]) == 0
+  assert os.listdir(out) == [peft_interop.PEFT_PREFIX_FILE]
+  ours = _prefix_logits(params, out, length=3)
+  np.testing.assert_allclose(ours[REAL], theirs[REAL], atol=1e-4, rtol=0)
+
+
+def test_a_peft_layout_prefix_trained_here_exports_and_computes_our_logits_in_peft(
+  odd_model, tmp_path
+):
+  params, directory = odd_model
+  exported = tmp_path / "export"
+  exported.mkdir()
+  prefix = np.random.RandomState(0).normal(size=(4, 3 * 2 * 16)).astype(np.float32)
+  np.save(exported / peft_interop.PEFT_PREFIX_FILE, prefix)
+  ours = _prefix_logits(params, str(exported), length=4)
+  out = str(tmp_path / "adapter")
+  # The directory alone does not say the model's depth and heads: --base-model does.
+  with pytest.raises(ValueError, match="pass --base-model"):
+    peft_interop.export_main([str(exported), out])
+  assert peft_interop.export_main([str(exported), out, "--base-model", directory]) == 0
+  with open(os.path.join(out, peft_interop.ADAPTER_CONFIG)) as f:
+    config = json.load(f)
+  assert (config["peft_type"], config["num_layers"], config["token_dim"]) == (
+    "PREFIX_TUNING",
+    3,
+    16,
+  )
+  model = peft.PeftModel.from_pretrained(_load_hf(directory), out).eval()
+  np.testing.assert_allclose(_hf_logits(model)[REAL], ours[REAL], atol=1e-4, rtol=0)
+
+
+def test_a_reparameterised_peft_layout_run_is_folded_for_export(tmp_path):
+  factory = functools.partial(
+    peft_prefix.PeftPrefixTuning, length=2, reparameterize=True, hidden_dim=5
+  )
+  module = Transformer(ODD, layer_prefix=factory)
+  tokens = jnp.ones((1, 1), jnp.int32)
+  params = nn.unbox(module.init(jax.random.PRNGKey(1), tokens, tokens, tokens))["params"]
+  prompt_params = {"decoder": {"layer_prompt": params["decoder"]["layer_prompt"]}}
+  prefix, method = peft_interop.prompt_from_params(prompt_params, "run")
+  assert method == peft_interop.PEFT_PREFIX_METHOD
+  folded = jax.jit(
+    lambda p: factory(config=ODD, stack="decoder").apply({"params": p}, method="folded_params")
+  )(params["decoder"]["layer_prompt"])
+  np.testing.assert_allclose(prefix, folded[peft_prefix.PARAM], rtol=0, atol=1e-6)

@@ -10,6 +10,7 @@ Methods (P = prompt length):
   p_tuning_mlp     P-Tuning with the MLP-only prompt encoder
   p_tuning_v2      P-Tuning v2: a deep prompt at every layer of both stacks
   p_tuning_v2_mlp  P-Tuning v2 with the MLP reparameterisation
+  prefix_peft      Prefix-Tuning in Hugging Face PEFT's T5 layout (decoder only, positioned)
 
 Every file of `prompt_tuning/configs/prompts/` belongs to exactly one method: the
 initialiser files to "prompt", each method file to its method; a variant is its base
@@ -34,7 +35,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 
 from prompt_tuning import tree
-from prompt_tuning.prompts import deep_prompt, p_tuning, prefix_tuning
+from prompt_tuning.prompts import deep_prompt, p_tuning, peft_prefix, prefix_tuning
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import network
 
@@ -145,6 +146,14 @@ METHODS: dict[str, Method] = {
       "p_tuning_v2",
       variant_of="p_tuning_v2",
       bindings={"REPARAMETERIZE": "True"},
+    ),
+    Method(
+      "prefix_peft",
+      "Prefix-Tuning in PEFT's T5 layout (decoder self-attention, positioned)",
+      _none,
+      lambda p: functools.partial(peft_prefix.PeftPrefixTuning, length=p),
+      "prefix_peft",
+      gin_files=("prefix_tuning_peft.gin",),
     ),
   )
 }
