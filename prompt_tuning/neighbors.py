@@ -98,10 +98,16 @@ def read_embedding(checkpoint: str) -> np.ndarray:
   a `.npy` written by `prompt-tuning extract-variable`."""
   if checkpoint.endswith(".npy"):
     if not os.path.isfile(checkpoint):
-      raise ValueError(f"embedding file {checkpoint} does not exist")
+      raise ValueError(
+        f"embedding file {checkpoint} does not exist; pass the .npy that "
+        "`prompt-tuning extract-variable` wrote, or the frozen model's checkpoint"
+      )
     return np.load(checkpoint)
   if not os.path.exists(checkpoint) and "://" not in checkpoint:
-    raise ValueError(f"checkpoint {checkpoint} does not exist")
+    raise ValueError(
+      f"checkpoint {checkpoint} does not exist; pass the frozen model's checkpoint "
+      "(its token embedding is read from it)"
+    )
   with convert.open_checkpoint(checkpoint) as reader:
     # A trainer checkpoint usually holds only the prompt.
     if EMBEDDING_NAME not in reader.arrays():

@@ -340,7 +340,7 @@ def extract_variable(ckpt: str, regex: str, out_npy: str) -> int:
       what = "matches" if names else "no match; some names"
       raise ValueError(
         f"{regex!r} must match exactly one parameter of {ckpt}, found "
-        f"{len(names)} ({what}: {listed})"
+        f"{len(names)} ({what}: {listed}); narrow or correct the pattern"
       )
     array = reader.read(names[0])
   directory = os.path.dirname(os.path.abspath(out_npy))

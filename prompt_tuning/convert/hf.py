@@ -236,7 +236,10 @@ def params_to_hf(
   for name, value in flat.items():
     found = param_name_to_hf(name)
     if found is None:
-      raise ValueError(f"parameter {name!r} has no Hugging Face T5 counterpart")
+      raise ValueError(
+        f"parameter {name!r} has no Hugging Face T5 counterpart; convert the T5 backbone "
+        "only, and export prompts with export-peft"
+      )
     array = np.asarray(value)
     out[found[0]] = np.ascontiguousarray(array.T) if found[1] else array
   return out

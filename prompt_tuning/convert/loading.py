@@ -67,7 +67,10 @@ def open_checkpoint(path: str, format: str | None = None) -> CheckpointReader:
   ):
     if format not in FORMATS:
       raise ValueError(f"unknown checkpoint format {format!r}; choose one of {FORMATS}")
-    raise ValueError(f"{path} is a {detected!r} checkpoint, not {format!r}")
+    raise ValueError(
+      f"{path} is a {detected!r} checkpoint, not {format!r}; name its format as {detected!r} "
+      "or leave the format out to have it detected"
+    )
   if detected == "hf":
     return hf.HFReader(path)
   if detected == "t5x":
@@ -80,7 +83,10 @@ def read_variable(path: str, name: str) -> np.ndarray:
   without the others where the format allows it."""
   with open_checkpoint(path) as reader:
     if name not in reader.arrays():
-      raise ValueError(f"{path} has no parameter {name!r}")
+      raise ValueError(
+        f"{path} has no parameter {name!r}; list its parameters with "
+        f"`prompt-tuning inspect-checkpoint {path}`"
+      )
     return np.asarray(reader.read(name))
 
 

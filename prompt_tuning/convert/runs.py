@@ -66,7 +66,9 @@ def newest_run_checkpoint(path: str) -> str:
   if is_run_checkpoint(path):
     return path
   if not storage.Directory(path).exists():
-    raise ValueError(f"{path} is not a training checkpoint or a MODEL_DIR")
+    raise ValueError(
+      f"{path} does not exist; pass a training run's MODEL_DIR or one of its checkpoint_N"
+    )
   found = [step for step in steps(path) if is_run_checkpoint(storage.join(path, step_name(step)))]
   if not found:
     raise ValueError(

@@ -173,7 +173,10 @@ def span_corruption_lengths(
     return (tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1)
 
   if inputs_length < 3:
-    raise ValueError(f"Span corruption needs an inputs length of at least 3, got {inputs_length}.")
+    raise ValueError(
+      f"Span corruption needs an inputs length of at least 3, got {inputs_length}; raise "
+      "TASK_FEATURE_LENGTHS['inputs']."
+    )
   tokens_length = inputs_length - 1
   while corrupted_lengths(tokens_length + 1)[0] <= inputs_length:
     tokens_length += 1

@@ -29,7 +29,10 @@ def _matcher(pattern: str):
     try:
       compiled = re.compile(expression)
     except re.error as e:
-      raise ValueError(f"'{expression}' is not a valid regular expression ({e}).") from None
+      raise ValueError(
+        f"'{expression}' is not a valid regular expression ({e}); escape its special "
+        "characters, or drop the regex prefix to match a glob pattern."
+      ) from None
     return lambda name: compiled.search(name) is not None
   return lambda name: fnmatch.fnmatchcase(name, pattern)
 

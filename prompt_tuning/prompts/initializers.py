@@ -117,7 +117,10 @@ def load_embedding(embedding: Any) -> np.ndarray:
   else:
     table = np.asarray(embedding)
   if table.ndim != 2:
-    raise ValueError(f"embedding table must be 2-D [vocab, d_model], got shape {table.shape}")
+    raise ValueError(
+      f"embedding table must be 2-D [vocab, d_model], got shape {table.shape}; pass the "
+      "token embedding (token_embedder/embedding of the frozen checkpoint)"
+    )
   return table
 
 
@@ -125,7 +128,8 @@ def _check_width(table: np.ndarray, shape: Sequence[int]) -> None:
   if len(shape) != 2 or table.shape[1] != shape[1]:
     raise ValueError(
       f"prompt shape {tuple(shape)} does not match the embedding width "
-      f"{table.shape[1]} (embedding shape {table.shape})"
+      f"{table.shape[1]} (embedding shape {table.shape}); use the embedding of the model "
+      "being prompted"
     )
 
 
@@ -148,7 +152,8 @@ def sampled_vocab(
     if population.size == 0:
       raise ValueError(
         f"no ids to sample from: population [{population_start}, "
-        f"{stop}) of a {table.shape[0]}-row embedding"
+        f"{stop}) of a {table.shape[0]}-row embedding; lower population_start or raise "
+        "population_size"
       )
     replace = shape[0] > population.size
     ids = jax.random.choice(rng, jnp.asarray(population), (shape[0],), replace=replace)
@@ -228,7 +233,10 @@ def class_labels(
     for label in labels:
       ids = list(pieces.encode(label))
       if not ids:
-        raise ValueError(f"class label {label!r} tokenises to nothing")
+        raise ValueError(
+          f"class label {label!r} tokenises to nothing; give labels of at least one "
+          "character the vocabulary knows"
+        )
       rows.append(table[ids].mean(axis=0))
     filler = fallback or sampled_vocab(embedding=table)
     return _fill_rows(np.stack(rows), rng, shape, dtype, filler, "class-label list")
@@ -267,7 +275,8 @@ def from_file(path: str = gin.REQUIRED) -> Initializer:
     if tuple(value.shape) != tuple(shape):
       raise ValueError(
         f"prompt file {path} has shape {tuple(value.shape)} but the model "
-        f"expects {tuple(shape)} (prompt length x d_model)"
+        f"expects {tuple(shape)} (prompt length x d_model); set PROMPT_LENGTH to the "
+        "file's length, or pass a prompt trained on this model size"
       )
     return jnp.asarray(value, dtype)
 

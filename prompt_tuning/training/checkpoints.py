@@ -580,7 +580,10 @@ class CheckpointManager:
     self._manager.reload()
     steps = self.all_steps()
     if not steps:
-      raise FileNotFoundError(f"no checkpoint in {self.model_dir} to restore")
+      raise FileNotFoundError(
+        f"no checkpoint in {self.model_dir} to restore; point MODEL_DIR at a run that "
+        "saved one (checkpoint_N), or train first"
+      )
     for candidate in reversed(steps):
       problem = self._problem(candidate)
       if problem is None:

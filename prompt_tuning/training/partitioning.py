@@ -102,7 +102,8 @@ class Partitioner:
       num_partitions = 1 if num_partitions is None else int(num_partitions)
       if num_partitions < 1 or count % num_partitions:
         raise ValueError(
-          f"num_partitions={num_partitions} must be a positive divisor of the device count {count}"
+          f"num_partitions={num_partitions} must be a positive divisor of the device count "
+          f"{count}; choose one of {[d for d in range(1, count + 1) if count % d == 0]}"
         )
       mesh_shape = (count // num_partitions, num_partitions)
     mesh_shape = tuple(int(n) for n in mesh_shape)
@@ -493,7 +494,10 @@ def initialize_distributed(
       "process_id together (or none of them, with auto_detect)"
     )
   if process_id is not None and not 0 <= process_id < num_processes:
-    raise ValueError(f"process_id {process_id} is outside [0, {num_processes})")
+    raise ValueError(
+      f"process_id {process_id} is outside [0, {num_processes}); give each process a "
+      "distinct id from 0 to num_processes - 1"
+    )
   timeouts = {}
   if heartbeat_timeout_seconds is not None:
     if heartbeat_timeout_seconds < 1:

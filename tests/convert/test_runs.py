@@ -68,7 +68,7 @@ def test_steps_are_listed_in_numeric_order_without_temporary_directories(tmp_pat
 def test_a_directory_without_run_checkpoints_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="holds no training checkpoint"):
     convert.newest_run_checkpoint(str(tmp_path))
-  with pytest.raises(ValueError, match="not a training checkpoint or a MODEL_DIR"):
+  with pytest.raises(ValueError, match="missing does not exist; pass a training run"):
     convert.newest_run_checkpoint(str(tmp_path / "missing"))
 
 
