@@ -249,7 +249,8 @@ def test_a_real_sigint_to_a_training_process_exits_130_with_the_step(tmp_path):
     if os.path.isdir(os.path.join(model_dir, "numpy_checkpoints", "checkpoint_2")):
       break
     time.sleep(0.05)
-  assert process.poll() is None, "training ended before it could be interrupted"
+  if process.poll() is not None:
+    pytest.fail(f"training ended before it could be interrupted: {process.stderr.read()[-3000:]}")
   process.send_signal(signal.SIGINT)
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 130, stderr[-3000:]
