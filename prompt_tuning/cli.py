@@ -232,7 +232,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
   ),
   "import-peft": (
     _lazy("prompt_tuning.peft_interop", "import_main"),
-    "a PEFT prompt-tuning adapter to a PROMPT_FILE .npy",
+    "a PEFT adapter to a PROMPT_FILE .npy or a LAYER_PROMPT_DIR",
   ),
 }
 
