@@ -210,6 +210,10 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     _lazy("prompt_tuning.neighbors"),
     "nearest vocabulary tokens of each prompt position",
   ),
+  "similarity": (
+    _lazy("prompt_tuning.similarity"),
+    "rank source prompts by similarity to a target prompt (SPoT)",
+  ),
   "show-task": (_show_task, "print preprocessed examples of a task"),
   "plan": (_lazy("prompt_tuning.plan"), "memory plan of a sharded train step"),
   "inspect-checkpoint": (
