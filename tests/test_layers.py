@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
   ("training",),  # state, step, loop, checkpoints, mesh
   ("evaluation",),  # seqio.Evaluator, ensembling, inference
   # The tools: commands built on everything below, then the command line itself.
-  ("export", "peft_interop", "info", "plan", "neighbors", "launch"),
+  ("export", "peft_interop", "info", "plan", "neighbors", "similarity", "recycle", "launch"),
   ("demo", "supervise"),
   ("cli",),
   ("__main__",),
