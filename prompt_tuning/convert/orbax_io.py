@@ -42,8 +42,8 @@ RESTORE_GROUP_BYTES = 512 * 1024**2
 
 def item_directory(path: str) -> str | None:
   """The directory orbax's PyTree handler reads: `path` itself, or its `state/` item
-  (T5X's layout). None if neither looks like an orbax checkpoint."""
-  path = path.rstrip("/")
+  (T5X's layout), as an absolute path. None if neither looks like an orbax checkpoint."""
+  path = storage.absolute(path.rstrip("/"))
   for candidate in (path, storage.join(path, T5X_STATE_ITEM)):
     directory = storage.Directory(candidate)
     if directory.read(METADATA_FILE) is not None or directory.has("manifest.ocdbt"):
@@ -84,6 +84,7 @@ class _Item:
 def _items(path: str) -> tuple[str, list[tuple[_Item, Mapping[str, Any]]]]:
   """The format of `path` and each item holding its parameters, with that item's
   parameter metadata (the tree below the prefix)."""
+  path = storage.absolute(path)
   if runs.is_run_checkpoint(path):
     items = [_Item(storage.join(path, runs.STATE_ITEM), (runs.TRAINABLE_KEY,))]
     if storage.Directory(path).has(runs.FROZEN_ITEM):
@@ -272,5 +273,5 @@ def save_params_orbax(params: Mapping[str, Any], path: str) -> str:
   if storage.Directory(path).exists() and storage.Directory(path).keys():
     raise ValueError(f"{path} already exists and is not empty; choose a new directory")
   checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
-  checkpointer.save(epath.Path(path), args=ocp.args.PyTreeSave(dict(params)))
+  checkpointer.save(epath.Path(storage.absolute(path)), args=ocp.args.PyTreeSave(dict(params)))
   return path

@@ -42,6 +42,12 @@ _CURL_DEADLINES = (
 _CURL_LOW_SPEED_LIMIT = "TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES"
 
 
+def absolute(path: str) -> str:
+  """`path` as orbax takes it: orbax refuses relative local paths ("Checkpoint path
+  should be absolute"), which users pass all the time; gs:// paths are left as they are."""
+  return path if is_gcs(path) else os.path.abspath(path)
+
+
 def is_gcs(path: str) -> bool:
   return path.startswith("gs://")
 

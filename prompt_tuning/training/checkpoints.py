@@ -366,7 +366,7 @@ class CheckpointManager:
   ):
     if keep is not None and keep < 1:
       raise ValueError(f"keep must be at least 1 (or None to keep every checkpoint), got {keep}")
-    self.model_dir = str(model_dir)
+    self.model_dir = storage.absolute(str(model_dir))
     self._keep = keep
     self._save_full = save_full
     self._export_numpy = export_numpy

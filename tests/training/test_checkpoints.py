@@ -118,6 +118,20 @@ def test_round_trip_state_data_position_and_metadata(tmp_path):
   manager.close()
 
 
+def test_a_relative_model_dir_saves_restores_and_reads_through_the_registry(tmp_path, monkeypatch):
+  """orbax refuses relative paths ("Checkpoint path should be absolute"); users pass them."""
+  monkeypatch.chdir(tmp_path)
+  state = _state(3)
+  with checkpoints.CheckpointManager("runs/relative") as manager:
+    manager.save(state, data_position=np.int64(1), metadata={})
+  restored = checkpoints.CheckpointManager("runs/relative").restore(_state(0, seed=5))
+  _assert_trees_equal(restored.state, state)
+  params = convert.load_params("runs/relative/checkpoint_3")
+  np.testing.assert_array_equal(
+    params["encoder"]["prompt"]["prompt"], state.trainable["encoder"]["prompt"]["prompt"]
+  )
+
+
 def test_save_survives_donated_source_arrays(tmp_path):
   # The trainer donates the state to the next step while orbax may still be writing.
   state = _state(3)
