@@ -214,6 +214,10 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     _lazy("prompt_tuning.similarity"),
     "rank source prompts by similarity to a target prompt (SPoT)",
   ),
+  "recycle": (
+    _lazy("prompt_tuning.recycle"),
+    "move a prompt to another frozen model through their word embeddings",
+  ),
   "show-task": (_show_task, "print preprocessed examples of a task"),
   "plan": (_lazy("prompt_tuning.plan"), "memory plan of a sharded train step"),
   "inspect-checkpoint": (
