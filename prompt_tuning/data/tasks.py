@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import seqio
 
-from prompt_tuning.data import c4, demo, glue, mrqa, super_glue  # noqa: F401 (registers)
+from prompt_tuning.data import c4, demo, glue, mrqa, spot, super_glue  # noqa: F401 (registers)
 from prompt_tuning.data import vocab as vocab_lib
 
 # The demo tasks keep their own bundled vocabulary.
-_MODULES_WITH_TASK_VOCABULARY = (super_glue, glue, mrqa, c4)
+_MODULES_WITH_TASK_VOCABULARY = (super_glue, glue, mrqa, spot, c4)
 
 
 def register_all(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
