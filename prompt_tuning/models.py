@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import gin
 import jax
@@ -32,6 +32,14 @@ AVERAGE_PER_SEQUENCE = "AVERAGE_PER_SEQUENCE"
 # Batch features that are per-example inputs of the input prompt, not of the network:
 # `prompt_ids` [batch] picks each row's prompt of a table (prompts.MultiPrompt).
 PROMPT_FEATURES = ("prompt_ids",)
+
+
+class Penalty(Protocol):
+  """A loss term on the parameters alone, logged under its `name`."""
+
+  name: str
+
+  def __call__(self, params: Params) -> Array: ...
 
 
 def cross_entropy_with_z_loss(
@@ -71,8 +79,10 @@ class EncoderDecoderModel:
     decode_fn: Callable[..., tuple[Array, Array]] = decoding.temperature_sample,
     decode_kwargs: Mapping[str, Any] | None = None,
     eos_id: int = 1,
+    penalties: Sequence[Penalty] = (),
   ):
     self.module = module
+    self.penalties = tuple(penalties)
     self.z_loss = z_loss
     self.label_smoothing = label_smoothing
     self.loss_normalizing_factor = loss_normalizing_factor
@@ -159,6 +169,16 @@ class EncoderDecoderModel:
       "num_tokens": num_tokens,
     }
     return loss, metrics
+
+  def penalty_fn(self, params: Params) -> tuple[Array, dict[str, Array]]:
+    """The sum of the penalties on the parameters themselves (e.g. wayward prompts'
+    distance to a discrete prompt) and each by its name.
+
+    They depend on no batch, so the train step adds them once per step, outside the
+    microbatch loop (training/train_step.py); `loss_fn` is the data term alone.
+    """
+    terms = {penalty.name: penalty(params) for penalty in self.penalties}
+    return sum(terms.values(), jnp.zeros((), jnp.float32)), terms
 
   # ---------------------------------------------------------------- scoring
   def score_batch(self, params: Params, batch: Batch) -> Array:

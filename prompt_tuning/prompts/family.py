@@ -11,6 +11,7 @@ Methods (P = prompt length):
   p_tuning_v2      P-Tuning v2: a deep prompt at every layer of both stacks
   p_tuning_v2_mlp  P-Tuning v2 with the MLP reparameterisation
   prefix_peft      Prefix-Tuning in Hugging Face PEFT's T5 layout (decoder only, positioned)
+  wayward          prompt tuning with a penalty towards a discrete prompt (prompts/wayward.py)
 
 Every file of `prompt_tuning/configs/prompts/` belongs to exactly one method: the
 initialiser files to "prompt", each method file to its method; a variant is its base
@@ -146,6 +147,14 @@ METHODS: dict[str, Method] = {
       "p_tuning_v2",
       variant_of="p_tuning_v2",
       bindings={"REPARAMETERIZE": "True"},
+    ),
+    Method(
+      "wayward",
+      "wayward prompts: prompt tuning pulled towards a discrete prompt's embedding",
+      lambda p: functools.partial(Prompt, length=p),
+      _none,
+      "prompt",
+      gin_files=("wayward.gin",),
     ),
     Method(
       "prefix_peft",

@@ -116,6 +116,14 @@ def make_train_step(
   ) -> tuple[TrainState, Metrics]:
     dropout_rng = jax.random.fold_in(rng, state.step)
     (loss, metrics), grads = accumulate(state.trainable, frozen, batch, dropout_rng)
+    if getattr(model, "penalties", ()):
+      # Penalties on the parameters count once per step, however many microbatches.
+      (penalty, terms), penalty_grads = jax.value_and_grad(
+        lambda t: model.penalty_fn(trainable_lib.merge(t, frozen)), has_aux=True
+      )(state.trainable)
+      grads = jax.tree.map(jnp.add, grads, penalty_grads)
+      loss = loss + penalty
+      metrics = dict(metrics, **terms)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
     new_trainable = optax.apply_updates(state.trainable, updates)
     # One flag for the NaN guard: the loss and every updated parameter are finite (RMS
