@@ -59,7 +59,14 @@ DEFAULT_LEARNING_RATES = {
   "p_tuning_v2": 0.03,
   "p_tuning_v2_mlp": 3e-4,
   "prefix_peft": 0.3,  # Plain prefix parameters; the prompt rate, not swept.
+  "wayward": 0.3,  # Prompt tuning plus a penalty: the prompt rate, not swept.
 }
+# Wayward prompts stay near a discrete prompt (PROMPT_TEXT); on the demo task, its
+# first PROMPT_LENGTH pieces of this description.
+WAYWARD_DESCRIPTION = (
+  "Decide whether the review of the movie is positive or negative and answer with the "
+  "sentiment of the review as one word, positive or negative, nothing else at all."
+)
 CSV_FIELDS = (
   "method",
   "trainable_params",
@@ -78,7 +85,24 @@ CSV_FIELDS = (
 
 def model_bindings() -> dict[str, str]:
   overrides = {**demo.TINY_DEMO_MODEL, "vocab_size": demo_data.demo_vocab_size()}
-  return {f"network.t5_config.{k}": repr(v) for k, v in overrides.items()}
+  bindings = {f"network.t5_config.{k}": repr(v) for k, v in overrides.items()}
+  # The demo task's vocabulary also splits what a prompt initialiser embeds.
+  bindings["prompt_tuning.data.vocab.get_vocabulary.spm_path"] = repr(demo_data.DEMO_SPM_PATH)
+  return bindings
+
+
+def discrete_prompt(length: int) -> str:
+  """The wayward method's PROMPT_TEXT: the demo description cut to `length` pieces of
+  the demo vocabulary (the penalty needs exactly PROMPT_LENGTH pieces)."""
+  vocabulary = demo_data.get_demo_vocabulary()
+  ids = vocabulary.encode(WAYWARD_DESCRIPTION)
+  text = vocabulary.decode(ids[:length])
+  if length > len(ids) or len(vocabulary.encode(text)) != length:
+    raise ValueError(
+      f"cannot make a {length}-piece discrete prompt for the wayward method from the "
+      f"demo description ({len(ids)} pieces); use a shorter --prompt-length"
+    )
+  return text
 
 
 def frozen_base(out_dir: str, lm_steps: int, batch_size: int = 32) -> str:
@@ -138,6 +162,8 @@ def train_method(
   }
   if eval_examples:
     bindings["trainer.train.num_eval_examples"] = str(eval_examples)
+  if method == "wayward":
+    bindings["PROMPT_TEXT"] = repr(discrete_prompt(prompt_length))
   gin.clear_config()
   started = time.time()
   try:

@@ -234,3 +234,13 @@ def test_info_counts_every_method_from_shapes(capsys):
   assert "prefix_folded" in printed and f"{folded_prefix:,}" in printed
   assert info.main(["--size", "tiny", "--prompt-length", "100", "--method", "p_tuning_v2"]) == 0
   assert "p_tuning_v2, P=100: 12,800 trainable parameters" in capsys.readouterr().out
+
+
+def test_the_wayward_run_gets_a_discrete_prompt_of_exactly_prompt_length_pieces():
+  from prompt_tuning.data import demo as demo_data
+
+  vocabulary = demo_data.get_demo_vocabulary()
+  for length in (2, 20):
+    assert len(vocabulary.encode(compare.discrete_prompt(length))) == length
+  with pytest.raises(ValueError, match="shorter --prompt-length"):
+    compare.discrete_prompt(10_000)
