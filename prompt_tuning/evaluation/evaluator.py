@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import gin
 import jax
+from absl import logging
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from prompt_tuning import models
 from prompt_tuning.training import data as data_lib
+from prompt_tuning.training import buckets as buckets_lib
 from prompt_tuning.training import logging_utils, partitioning
 
 # What the model reads of a batch; `prompt_ids` only exists when a prompt table picks
@@ -54,12 +56,35 @@ def model_batch(features: Mapping[str, Any], batch_size: int) -> tuple[dict[str,
 
 
 def batches(
-  dataset: tf.data.Dataset, batch_size: int
+  dataset: tf.data.Dataset,
+  batch_size: int,
+  encoder_buckets: Sequence[int] | None = None,
+  decoder_buckets: Sequence[int] | None = None,
 ) -> Iterator[tuple[list[int], dict[str, np.ndarray], int]]:
-  """(example indices, padded batch, real rows) over one of seqio's enumerated datasets."""
-  for indices, features in dataset.batch(batch_size).as_numpy_iterator():
-    batch, rows = model_batch(features, batch_size)
-    yield np.asarray(indices)[:rows].tolist(), batch, rows
+  """(example indices, padded batch, real rows) over one of seqio's enumerated datasets.
+
+  With `encoder_buckets` the examples are grouped by the bucket of their input length
+  (in order within a bucket, buckets shortest first) and each batch is cut to its bucket
+  (training/buckets.py); `decoder_buckets` cuts the decoder features the same way, for
+  scoring (decoding keeps the target length: it is the decode budget). The indices say
+  which example each output belongs to, which is all seqio needs to restore its order.
+  """
+  if encoder_buckets is None:
+    for indices, features in dataset.batch(batch_size).as_numpy_iterator():
+      batch, rows = model_batch(features, batch_size)
+      yield np.asarray(indices)[:rows].tolist(), batch, rows
+    return
+  examples = list(dataset.as_numpy_iterator())
+  if not examples:
+    return
+  lengths = [buckets_lib.real_lengths(f["encoder_input_tokens"][None])[0] for _, f in examples]
+  for members in buckets_lib.group(lengths, encoder_buckets).values():
+    for start in range(0, len(members), batch_size):
+      chunk = [examples[i] for i in members[start : start + batch_size]]
+      features = {k: np.stack([f[k] for _, f in chunk]) for k in chunk[0][1]}
+      batch, rows = model_batch(features, batch_size)
+      batch = buckets_lib.trim(batch, encoder_buckets, decoder_buckets)
+      yield [int(index) for index, _ in chunk], batch, rows
 
 
 def on_mesh(fn: Callable[..., Any], partitioner: partitioning.Partitioner | None = None) -> ModelFn:
@@ -82,13 +107,20 @@ def on_mesh(fn: Callable[..., Any], partitioner: partitioning.Partitioner | None
   return run
 
 
-def seqio_model_fn(run: ModelFn, params: Any, batch_size: int) -> Callable[..., Outputs]:
-  """A seqio predict_fn / score_fn: `run` over the dataset in batches of `batch_size`."""
+def seqio_model_fn(
+  run: ModelFn,
+  params: Any,
+  batch_size: int,
+  encoder_buckets: Sequence[int] | None = None,
+  decoder_buckets: Sequence[int] | None = None,
+) -> Callable[..., Outputs]:
+  """A seqio predict_fn / score_fn: `run` over the dataset in batches of `batch_size`,
+  cut to length buckets when given (see `batches`)."""
 
   def model_fn(dataset: tf.data.Dataset, model_feature_shapes: Any = None) -> Outputs:
     del model_feature_shapes
     outputs: Outputs = []
-    for indices, batch, rows in batches(dataset, batch_size):
+    for indices, batch, rows in batches(dataset, batch_size, encoder_buckets, decoder_buckets):
       outputs.extend(zip(indices, run(params, batch)[:rows].tolist()))
     return outputs
 
@@ -288,7 +320,8 @@ class Evaluation:
 
   `predict_fn(params, batch) -> tokens [batch, length]` and `score_fn(params, batch) ->
   [batch]` are the model's functions, jitted once here (on the partitioner's mesh when
-  one is given), so evaluating every `eval_period` steps compiles once. With a
+  one is given), so evaluating every `eval_period` steps compiles once per length bucket
+  (`length_buckets`, see `build_evaluation`), at most len(buckets) shapes. With a
   `summary_dir`, process 0 writes each evaluation's first `summary_examples` decoded
   examples of every task there as TensorBoard text.
   """
@@ -306,8 +339,11 @@ class Evaluation:
     partitioner: partitioning.Partitioner | None = None,
     summary_dir: str | None = None,
     summary_examples: int = SUMMARY_EXAMPLES,
+    length_buckets: str | Sequence[int] | None = buckets_lib.AUTO,
   ):
     self.batch_size = batch_size
+    self.encoder_buckets = buckets_lib.resolve(length_buckets, task_feature_lengths["inputs"])
+    self.decoder_buckets = buckets_lib.resolve(length_buckets, task_feature_lengths["targets"])
     self.seqio = SeqioEvaluation(
       mixture_or_task_name,
       task_feature_lengths,
@@ -316,8 +352,25 @@ class Evaluation:
       summary_dir=summary_dir,
       summary_examples=summary_examples,
     )
-    self._predict = on_mesh(predict_fn, partitioner)
-    self._score = on_mesh(score_fn, partitioner)
+    self._predict = self._counting("predict", on_mesh(predict_fn, partitioner))
+    self._score = self._counting("score", on_mesh(score_fn, partitioner))
+    # (function, encoder length, decoder length) of every batch shape run so far: each is
+    # one compilation, bounded by the buckets.
+    self.shapes: set[tuple[str, int, int]] = set()
+
+  def _counting(self, name: str, run: ModelFn) -> ModelFn:
+    def counted(params: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+      shape = (
+        name,
+        batch["encoder_input_tokens"].shape[1],
+        batch["decoder_target_tokens"].shape[1],
+      )
+      if shape not in self.shapes:
+        self.shapes.add(shape)
+        logging.info("evaluation: compiling %s for inputs %d, targets %d", *shape)
+      return run(params, batch)
+
+    return counted
 
   @property
   def predictions(self) -> dict[str, list[Any]]:
@@ -326,11 +379,12 @@ class Evaluation:
 
   def evaluate(self, params: Any, step: int | None = None) -> dict[str, dict[str, Any]]:
     """{task: {metric: value}} for every task with metrics and the split."""
-    return self.seqio.run(
-      predict_fn=seqio_model_fn(self._predict, params, self.batch_size),
-      score_fn=seqio_model_fn(self._score, params, self.batch_size),
-      step=step,
+    # Decoding keeps the target length (the decode budget); scoring cuts both sides.
+    predict = seqio_model_fn(self._predict, params, self.batch_size, self.encoder_buckets)
+    score = seqio_model_fn(
+      self._score, params, self.batch_size, self.encoder_buckets, self.decoder_buckets
     )
+    return self.seqio.run(predict_fn=predict, score_fn=score, step=step)
 
 
 @gin.configurable(denylist=["model", "partitioner"])
@@ -345,6 +399,7 @@ def build_evaluation(
   partitioner: partitioning.Partitioner | None = None,
   summary_dir: str | None = None,
   summary_examples: int = SUMMARY_EXAMPLES,
+  length_buckets: str | Sequence[int] | None = buckets_lib.AUTO,
 ) -> Evaluation:
   """The model's evaluation on a task or mixture: what `trainer.train` runs every
   `eval_period` steps (its `evaluation_factory`) and `prompt-tuning eval` runs once.
@@ -354,6 +409,9 @@ def build_evaluation(
   summary_dir: where process 0 writes the decoded examples as TensorBoard text, e.g.
     `MODEL_DIR/train` beside the training and evaluation scalars (docs/training.md);
     None writes none.
+  length_buckets: "auto" (default: powers of two from 64 up to each feature length), a
+    list of lengths, or None for every batch at the full feature lengths
+    (training/buckets.py); the metrics are the same either way.
   """
   return Evaluation(
     mixture_or_task_name,
@@ -366,4 +424,5 @@ def build_evaluation(
     partitioner=partitioner,
     summary_dir=summary_dir,
     summary_examples=summary_examples,
+    length_buckets=length_buckets,
   )

@@ -35,6 +35,7 @@ from prompt_tuning import models
 from prompt_tuning.evaluation import ensemble
 from prompt_tuning.evaluation import evaluator as evaluator_lib
 from prompt_tuning.prompts import multi_prompt
+from prompt_tuning.training import buckets as buckets_lib
 from prompt_tuning.training import checkpoints as checkpoints_lib
 from prompt_tuning.training import data as data_lib
 from prompt_tuning.training import fingerprint
@@ -305,8 +306,13 @@ def infer(
   num_examples: int | None = None,
   seed: int = 0,
   task_prompts: Mapping[str, str] | None = None,
+  length_buckets: str | Sequence[int] | None = buckets_lib.AUTO,
 ) -> list[str]:
   """Decodes every example of each task and writes `{task}-{split}.jsonl` files.
+
+  Each batch's inputs are cut to the smallest length bucket that holds its longest row
+  (`length_buckets`, as `evaluator.build_evaluation`'s; None: the full input length). The
+  rows keep their order, so the files are the same either way.
 
   The tasks of a mixture are interleaved row by row into the batches. With
   `task_prompts` ({task name: prompt .npy}, runs/prompt_serve.gin) the named tasks of the
@@ -337,6 +343,7 @@ def infer(
   partitioner = partitioning.Partitioner()  # gin: partitioning.Partitioner.*
   params = trainer_lib.place_params(partitioner, model.module, params)
   predict = evaluator_lib.on_mesh(model.predict_batch, partitioner)
+  encoder_buckets = buckets_lib.resolve(length_buckets, task_feature_lengths["inputs"])
   # Every process reads every task's whole split and decodes the same batches; the
   # leader writes all the rows, the others only take part in the decode.
   streams = [_examples(task, task_feature_lengths, split, num_examples) for task in tasks]
@@ -348,7 +355,7 @@ def infer(
       if serving:  # Task i's rows use row i of the prompt table.
         features["prompt_ids"] = np.array([index for index, _, _ in chunk], np.int32)
       batch, rows = evaluator_lib.model_batch(features, batch_size)
-      tokens = predict(params, batch)[:rows]
+      tokens = predict(params, buckets_lib.trim(batch, encoder_buckets))[:rows]
       if outputs is not None:
         _write_predictions(outputs, tasks, chunk, tokens)
   if leader:
