@@ -226,6 +226,15 @@ class LayerPrefix:
   prefix keys sit at the P positions before the text, so query i sees prefix key j at
   relative position j - P - i. The stack computes those bias columns (`key_bias`
   [1, heads, q, P]) and the attention adds them in place of zeros.
+
+  Besides memory, a layer hook may rescale or rewrite what the frozen layer computes:
+
+  `key_scale`/`value_scale` [heads, head_dim] multiply the keys and values the layer's
+  own self-attention kernels project (IA3); `cross_key_scale`/`cross_value_scale` those
+  of a decoder layer's cross-attention; `mlp_scale` [mlp_dim] the MLP's gated hidden
+  state before its output kernel. `layer_input` [P, d_model] rewrites the first P
+  positions of the layer's input (the input prompt's positions) before the layer, by
+  `combine` "replace" or "add" (per-layer prompts).
   """
 
   key: Array | None = None
@@ -235,6 +244,13 @@ class LayerPrefix:
   cross_value: Array | None = None
   key_bias: Array | None = None
   positioned: bool = flax.struct.field(pytree_node=False, default=False)
+  key_scale: Array | None = None
+  value_scale: Array | None = None
+  cross_key_scale: Array | None = None
+  cross_value_scale: Array | None = None
+  mlp_scale: Array | None = None
+  layer_input: Array | None = None
+  combine: str = flax.struct.field(pytree_node=False, default="replace")
 
 
 def _pair(key: Array | None, value: Array | None, what: str) -> tuple[Array, Array] | None:
@@ -304,6 +320,8 @@ class MultiHeadAttention(nn.Module):
     prefix_key_value: tuple[Array, Array] | None = None,
     prefix_inputs: Array | None = None,
     prefix_bias: Array | None = None,
+    key_scale: Array | None = None,
+    value_scale: Array | None = None,
   ) -> Array:
     """Attends `inputs_q` to `inputs_kv`; `bias` is added to the logits (mask + position).
 
@@ -311,10 +329,12 @@ class MultiHeadAttention(nn.Module):
     `prefix_key_value` ([P, heads * head_dim] each) and `prefix_inputs` ([P', embed],
     projected by this layer's key/value kernels) add always-visible key positions, with
     zero bias unless `prefix_bias` ([1, heads, q, P], for `prefix_key_value` alone) gives
-    their position bias (`LayerPrefix.positioned`).
+    their position bias (`LayerPrefix.positioned`). `key_scale`/`value_scale` [heads,
+    head_dim] multiply what this layer's key/value kernels project (IA3), before caching.
     """
     query = self._split_heads(self._dense("query")(inputs_q))
-    key_dense, value_dense = self._dense("key"), self._dense("value")
+    key_dense = _scaled(self._dense("key"), key_scale)
+    value_dense = _scaled(self._dense("value"), value_scale)
     if decode and cross_attention:
       key, value, bias = self._cached_cross_key_value(key_dense, value_dense, inputs_kv, bias)
     else:
@@ -458,7 +478,11 @@ class MultiHeadAttention(nn.Module):
     return cached_key.value, cached_value.value, step_bias
 
   def _cached_cross_key_value(
-    self, key_dense: Dense, value_dense: Dense, encoded: Array | None, bias: Array | None
+    self,
+    key_dense: Callable[[Array], Array],
+    value_dense: Callable[[Array], Array],
+    encoded: Array | None,
+    bias: Array | None,
   ) -> tuple[Array, Array, Array | None]:
     """Keys, values and the encoder-mask bias, computed once and kept in the cache.
 
@@ -487,6 +511,18 @@ class MultiHeadAttention(nn.Module):
     )
 
 
+def _scaled(project: Callable[[Array], Array], scale: Array | None) -> Callable[[Array], Array]:
+  """`project` followed by a per-feature scale [heads, head_dim] (None: unchanged)."""
+  if scale is None:
+    return project
+
+  def scaled(x: Array) -> Array:
+    out = project(x)
+    return out * jnp.reshape(scale, (-1,)).astype(out.dtype)
+
+  return scaled
+
+
 class GatedMlp(nn.Module):
   """T5 1.1 feed-forward: `wo(act_0(x wi_0) * act_1(x wi_1))`, gated GELU by default."""
 
@@ -497,7 +533,10 @@ class GatedMlp(nn.Module):
   param_dtype: DType = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+  def __call__(
+    self, x: Array, deterministic: bool = True, hidden_scale: Array | None = None
+  ) -> Array:
+    """`hidden_scale` [mlp_dim] multiplies the gated hidden state (IA3)."""
     hidden = None
     for i, name in enumerate(self.activations):
       branch_name = "wi" if len(self.activations) == 1 else f"wi_{i}"
@@ -510,6 +549,8 @@ class GatedMlp(nn.Module):
       )(x)
       h = _activation(name)(h)
       hidden = h if hidden is None else hidden * h
+    if hidden_scale is not None:
+      hidden = hidden * jnp.asarray(hidden_scale, hidden.dtype)
     hidden = constrain(hidden, ("batch", "length", "mlp"))
     hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
       hidden, deterministic=deterministic

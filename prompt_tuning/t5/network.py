@@ -15,7 +15,9 @@ trainable additions and nothing else about them (docs/design.md, "The prompt con
    `layer_prefix(config=..., stack="encoder"|"decoder", name="layer_prompt")`; its
    module takes no arguments and returns one `layers.LayerPrefix` (or None) per layer:
    extra keys/values for the layer's attention (Prefix-Tuning) or extra hidden positions
-   (P-Tuning v2 deep prompts). Its parameters live under `{stack}/layer_prompt/...`.
+   (P-Tuning v2 deep prompts), scalings of the layer's keys, values and MLP state (IA3),
+   or a rewrite of the input prompt's positions before the layer (per-layer prompts).
+   Its parameters live under `{stack}/layer_prompt/...`.
 """
 
 from __future__ import annotations
@@ -87,6 +89,51 @@ def prepend_prompt(prompt: Array | None, embedded: Array, tokens: Array) -> tupl
   return jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1), mask
 
 
+# Which attention between the input prompt and the input tokens the encoder allows
+# (the upstream's `extended/masks.py` names). Inputs always see inputs and the prompt;
+# without "prompt->prompt" (or its causal form) a prompt position sees only itself.
+INPUT_INPUT, INPUT_PROMPT = "input->input", "input->prompt"
+PROMPT_INPUT, PROMPT_PROMPT, PROMPT_PROMPT_CAUSAL = (
+  "prompt->input",
+  "prompt->prompt",
+  "prompt->prompt;causal",
+)
+VISIBILITIES = (INPUT_INPUT, INPUT_PROMPT, PROMPT_INPUT, PROMPT_PROMPT, PROMPT_PROMPT_CAUSAL)
+# The encoder-decoder default: everything sees everything real.
+ALL_VISIBLE = (INPUT_INPUT, INPUT_PROMPT, PROMPT_INPUT, PROMPT_PROMPT)
+
+
+def check_visibility(visibility: tuple[str, ...]) -> frozenset[str]:
+  """The visibility set, with the always-on pairs added and the causal form winning
+  over plain prompt->prompt (as the upstream does)."""
+  unknown = [v for v in visibility if v not in VISIBILITIES]
+  if unknown:
+    raise ValueError(f"unknown prompt visibility {unknown}; choose from {', '.join(VISIBILITIES)}")
+  chosen = set(visibility) | {INPUT_INPUT, INPUT_PROMPT}
+  if PROMPT_PROMPT_CAUSAL in chosen:
+    chosen.discard(PROMPT_PROMPT)
+  return frozenset(chosen)
+
+
+def prompt_attention_mask(mask: Array, prompt_length: int, visibility: frozenset[str]) -> Array:
+  """[batch, 1, P + L, P + L] encoder self-attention mask with the prompt's visibility;
+  `mask` [batch, P + L] says which positions are real (`prepend_prompt`)."""
+  full = layers.attention_mask(mask, mask)
+  if visibility >= set(ALL_VISIBLE) or prompt_length == 0:
+    return full
+  length = mask.shape[1]
+  query_is_prompt = (jnp.arange(length) < prompt_length)[:, None]
+  key_is_prompt = (jnp.arange(length) < prompt_length)[None, :]
+  if PROMPT_PROMPT in visibility:
+    prompt_sees_prompt = key_is_prompt
+  elif PROMPT_PROMPT_CAUSAL in visibility:
+    prompt_sees_prompt = key_is_prompt & jnp.tril(jnp.ones((length, length), bool))
+  else:
+    prompt_sees_prompt = key_is_prompt & jnp.eye(length, dtype=bool)
+  prompt_sees = prompt_sees_prompt | (~key_is_prompt & (PROMPT_INPUT in visibility))
+  return full & jnp.where(query_is_prompt, prompt_sees, True)[None, None]
+
+
 def layer_prefixes(
   factory: Optional[PromptFactory], config: T5Config, stack: str, num_layers: int
 ) -> list[Optional[layers.LayerPrefix]]:
@@ -111,7 +158,36 @@ def _self_prefix_kwargs(prefix: Optional[layers.LayerPrefix], norm: nn.Module) -
     "prefix_key_value": layers.self_attention_prefix(prefix),
     "prefix_inputs": None if prefix.hidden is None else norm(prefix.hidden),
     "prefix_bias": prefix.key_bias,
+    "key_scale": prefix.key_scale,
+    "value_scale": prefix.value_scale,
   }
+
+
+def _cross_prefix_kwargs(prefix: Optional[layers.LayerPrefix]) -> dict[str, Any]:
+  """Attention keyword arguments of a decoder layer's cross-attention prefix."""
+  if prefix is None:
+    return {}
+  return {
+    "prefix_key_value": layers.cross_attention_prefix(prefix),
+    "key_scale": prefix.cross_key_scale,
+    "value_scale": prefix.cross_value_scale,
+  }
+
+
+def rewrite_prompt_positions(x: Array, prefix: Optional[layers.LayerPrefix]) -> Array:
+  """A layer's input with its first P positions replaced by (or added to) the per-layer
+  prompt `prefix.layer_input` [P, d]; unchanged without one."""
+  if prefix is None or prefix.layer_input is None:
+    return x
+  prompt = jnp.broadcast_to(
+    prefix.layer_input.astype(x.dtype)[None], (x.shape[0],) + prefix.layer_input.shape
+  )
+  length = prompt.shape[1]
+  if prefix.combine == "add":
+    prompt = prompt + x[:, :length]
+  elif prefix.combine != "replace":
+    raise ValueError(f"unknown per-layer prompt combine {prefix.combine!r}; use 'replace' or 'add'")
+  return jnp.concatenate([prompt, x[:, length:]], axis=1)
 
 
 def _with_position_bias(
@@ -151,7 +227,9 @@ def _residual(cfg: T5Config, x: Array, h: Array, deterministic: bool) -> Array:
   return layers.constrain(x, ("batch", "length", "embed"))
 
 
-def _mlp_block(cfg: T5Config, x: Array, deterministic: bool) -> Array:
+def _mlp_block(
+  cfg: T5Config, x: Array, deterministic: bool, prefix: Optional[layers.LayerPrefix] = None
+) -> Array:
   """The gated-GELU MLP sublayer that closes every encoder and decoder layer."""
   h = _norm(cfg, "pre_mlp_layer_norm")(x)
   h = layers.GatedMlp(
@@ -161,7 +239,7 @@ def _mlp_block(cfg: T5Config, x: Array, deterministic: bool) -> Array:
     cfg.activation_dtype,
     cfg.parameter_dtype,
     name="mlp",
-  )(h, deterministic)
+  )(h, deterministic, hidden_scale=None if prefix is None else prefix.mlp_scale)
   return _residual(cfg, x, h, deterministic)
 
 
@@ -174,13 +252,14 @@ class EncoderLayer(nn.Module):
     self, x: Array, bias: Array, deterministic: bool, prefix: Optional[layers.LayerPrefix] = None
   ) -> Array:
     cfg = self.config
+    x = rewrite_prompt_positions(x, prefix)
     norm = _norm(cfg, "pre_attention_layer_norm")
     h = norm(x)
     h = _attention(cfg, "attention")(
       h, h, bias, deterministic=deterministic, **_self_prefix_kwargs(prefix, norm)
     )
     x = _residual(cfg, x, h, deterministic)
-    return _mlp_block(cfg, x, deterministic)
+    return _mlp_block(cfg, x, deterministic, prefix)
 
 
 class DecoderLayer(nn.Module):
@@ -217,10 +296,10 @@ class DecoderLayer(nn.Module):
       cross_attention=True,
       decode=decode,
       deterministic=deterministic,
-      prefix_key_value=layers.cross_attention_prefix(prefix),
+      **_cross_prefix_kwargs(prefix),
     )
     x = _residual(cfg, x, h, deterministic)
-    return _mlp_block(cfg, x, deterministic)
+    return _mlp_block(cfg, x, deterministic, prefix)
 
 
 class Encoder(nn.Module):
@@ -228,6 +307,7 @@ class Encoder(nn.Module):
   shared_embedding: nn.Module
   input_prompt: Optional[PromptFactory] = None
   layer_prefix: Optional[PromptFactory] = None
+  prompt_visibility: tuple[str, ...] = ALL_VISIBLE
 
   @nn.compact
   def __call__(
@@ -260,12 +340,20 @@ class Encoder(nn.Module):
       param_dtype=cfg.parameter_dtype,
       name="relpos_bias",
     )
-    bias = relpos(length, length) + layers.mask_to_bias(
-      layers.attention_mask(mask, mask), cfg.activation_dtype
-    )
+    prompt_length = 0 if prompt is None else prompt.shape[-2]
+    visible = prompt_attention_mask(mask, prompt_length, check_visibility(self.prompt_visibility))
+    bias = relpos(length, length) + layers.mask_to_bias(visible, cfg.activation_dtype)
     prefixes = layer_prefixes(self.layer_prefix, cfg, "encoder", cfg.num_encoder_layers)
     if any(prefix is not None and prefix.positioned for prefix in prefixes):
       raise ValueError("positioned layer prefixes (PEFT's T5 layout) prefix the decoder only")
+    for prefix in prefixes:
+      if prefix is not None and prefix.layer_input is not None:
+        if prefix.layer_input.shape[0] != prompt_length:
+          raise ValueError(
+            f"per-layer prompts of length {prefix.layer_input.shape[0]} rewrite the input "
+            f"prompt's positions, but the input prompt has {prompt_length}; set the input "
+            "prompt's length (PROMPT_LENGTH) to the per-layer prompts' length"
+          )
     layer_class = _remat(EncoderLayer, cfg.remat_policy, static_argnums=(3,))
     for i in range(cfg.num_encoder_layers):
       x = layer_class(cfg, relpos, name=f"layers_{i}")(x, bias, deterministic, prefixes[i])
@@ -327,6 +415,8 @@ class Decoder(nn.Module):
       cross_bias = layers.mask_to_bias(layers.attention_mask(query_valid, encoder_mask), dtype)
 
     prefixes = layer_prefixes(self.layer_prefix, cfg, "decoder", cfg.num_decoder_layers)
+    if any(prefix is not None and prefix.layer_input is not None for prefix in prefixes):
+      raise ValueError("per-layer prompts rewrite encoder positions; the decoder has none")
     prefixes = [_with_position_bias(prefix, relpos, length) for prefix in prefixes]
     layer_class = _remat(DecoderLayer, cfg.remat_policy, static_argnums=(4, 5))
     for i in range(cfg.num_decoder_layers):
@@ -356,12 +446,15 @@ class Transformer(nn.Module):
   for the plain backbone; module docstring, point 1). It is called with `name="prompt"`
   inside the encoder, so its parameters live under `encoder/prompt/...`. `layer_prefix`
   is the per-layer hook (module docstring, point 2); its parameters live under
-  `{encoder,decoder}/layer_prompt/`.
+  `{encoder,decoder}/layer_prompt/`. `prompt_visibility` says which attention between
+  the input prompt and the input tokens the encoder allows (`VISIBILITIES`; default all,
+  the encoder-decoder setting); the decoder's cross-attention always sees the prompt.
   """
 
   config: T5Config
   input_prompt: Optional[PromptFactory] = None
   layer_prefix: Optional[PromptFactory] = None
+  prompt_visibility: tuple[str, ...] = ALL_VISIBLE
 
   def setup(self) -> None:
     cfg = self.config
@@ -369,7 +462,11 @@ class Transformer(nn.Module):
       cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype, cfg.parameter_dtype
     )
     self.encoder = Encoder(
-      cfg, self.token_embedder, self.input_prompt, layer_prefix=self.layer_prefix
+      cfg,
+      self.token_embedder,
+      self.input_prompt,
+      layer_prefix=self.layer_prefix,
+      prompt_visibility=tuple(self.prompt_visibility),
     )
     self.decoder = Decoder(cfg, self.token_embedder, layer_prefix=self.layer_prefix)
 
@@ -503,7 +600,15 @@ def transformer(
   config: T5Config = gin.REQUIRED,
   input_prompt: Optional[PromptFactory] = None,
   layer_prefix: Optional[PromptFactory] = None,
+  prompt_visibility: tuple[str, ...] = ALL_VISIBLE,
 ) -> Transformer:
   """Gin entry point for the backbone; `input_prompt` and `layer_prefix` are module
-  factories or None (prompts/prefix_tuning.gin and p_tuning_v2.gin bind the second)."""
-  return Transformer(config, input_prompt=input_prompt, layer_prefix=layer_prefix)
+  factories or None (prompts/prefix_tuning.gin and p_tuning_v2.gin bind the second);
+  `prompt_visibility` the prompt's encoder attention (configs/prompts/visibility/)."""
+  check_visibility(tuple(prompt_visibility))
+  return Transformer(
+    config,
+    input_prompt=input_prompt,
+    layer_prefix=layer_prefix,
+    prompt_visibility=tuple(prompt_visibility),
+  )

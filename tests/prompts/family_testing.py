@@ -94,3 +94,18 @@ def train_hook(module: Transformer, params: dict, learning_rate: float, steps: i
   moved = jax.tree.map(lambda a, b: not np.allclose(a, b), state.trainable, train)
   assert all(jax.tree.leaves(moved)), "some trainable parameters did not move"
   return losses, train, state
+
+
+def assert_mesh_scores_equal_one_device(module: Transformer, params: dict) -> None:
+  """The model's per-example scores on the toy batch on a 2x4 mesh (parameters placed by
+  their logical axes, the new ones included) equal those on one device."""
+  from prompt_tuning.evaluation import evaluator
+  from prompt_tuning.training import partitioning, trainer
+
+  model = models.EncoderDecoderModel(module)
+  batch = {**toy_batch(), "decoder_loss_weights": np.ones((8, 2), np.float32)}
+  alone = evaluator.on_mesh(model.score_batch)(params, batch)
+  partitioner = partitioning.Partitioner(mesh_shape=(2, 4))
+  placed = trainer.place_params(partitioner, module, params)
+  on_mesh = evaluator.on_mesh(model.score_batch, partitioner)(placed, batch)
+  np.testing.assert_allclose(on_mesh, alone, rtol=1e-5, atol=1e-5)
