@@ -7,6 +7,16 @@ pre-attention norm and key/value kernels, so they act exactly like positions pre
 to that layer's input whose outputs are dropped (a new prompt replaces them at the next
 layer). Prompt positions are always visible and carry no relative position bias.
 
+With `combine="replace"` or `"add"` the same parameters are the upstream's per-layer
+prompts instead (`configs/prompts/per_layer.gin`): before each chosen encoder layer the
+first P positions of its input, the input prompt's, are replaced by (or added to) the
+layer's prompt, which then goes through the layer's frozen Q/K/V and MLP like any
+position (unlike Prefix-Tuning's direct keys and values) and keeps its relative
+positions. This needs an input prompt of the same length P. By default "replace" starts
+at layer 1 and "add" at layer 0: the upstream also replaces before layer 0, which leaves
+its input prompt without any effect (a dead parameter); here the input prompt is layer
+0's prompt, the same functions with P x d_model fewer parameters.
+
 `layer_range` picks the layers ([start, stop) in each stack, all by default) and
 `stacks` the stacks. With `reparameterize=True` the prompts come from the same MLP as
 Prefix-Tuning's (embedding [P, h] -> tanh MLP -> [layers, P, d_model]); `folded_params`
@@ -34,6 +44,9 @@ from prompt_tuning.t5.layers import LayerPrefix, boxed
 
 Array = jax.Array
 Initializer = Callable[..., Array]
+# How a layer's prompt meets the layer: None, P-Tuning v2's extra attended positions;
+# "replace" / "add", the upstream's per-layer prompts on the input prompt's positions.
+COMBINES = (None, "replace", "add")
 
 
 @gin.configurable(module="prompts")
@@ -57,6 +70,7 @@ class DeepPrompt(nn.Module):
   prompt_init: Initializer = initializers.uniform()
   init_dir: str | None = None
   param_dtype: Any = jnp.float32
+  combine: str | None = None
 
   def layer_indices(self) -> range:
     """The layers of this stack that get a prompt."""
@@ -67,7 +81,8 @@ class DeepPrompt(nn.Module):
     if self.stack not in self.stacks:
       return range(0)
     if self.layer_range is None:
-      return range(num_layers)
+      # Replacing before layer 0 would discard the input prompt: it is layer 0's prompt.
+      return range(1 if self.combine == "replace" else 0, num_layers)
     start, stop = self.layer_range
     if not 0 <= start < stop <= num_layers:
       raise ValueError(
@@ -106,9 +121,17 @@ class DeepPrompt(nn.Module):
     indices = self.layer_indices()
     if not indices:
       return prefixes
+    if self.combine not in COMBINES:
+      raise ValueError(
+        f"unknown deep prompt combine {self.combine!r}; use None (P-Tuning v2's attended "
+        "positions), 'replace' or 'add' (per-layer prompts)"
+      )
     prompts = self.prompts()
     for row, layer in enumerate(indices):
-      prefixes[layer] = LayerPrefix(hidden=prompts[row])
+      if self.combine is None:
+        prefixes[layer] = LayerPrefix(hidden=prompts[row])
+      else:
+        prefixes[layer] = LayerPrefix(layer_input=prompts[row], combine=self.combine)
     return prefixes
 
   def folded_params(self) -> dict[str, Array]:
