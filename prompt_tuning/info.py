@@ -59,6 +59,10 @@ def _human(n: float) -> str:
   return str(int(n))
 
 
+# The paper's prompt length: what --method alone and --compare-methods count at.
+DEFAULT_PROMPT_LENGTH = 100
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="prompt-tuning info",
@@ -75,9 +79,10 @@ def _parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--method",
-    default="prompt",
+    default=None,
     choices=tuple(family.METHODS),
-    help="which prompt method --prompt-length counts (see --compare-methods)",
+    help="which prompt method --prompt-length counts (default prompt; given alone, "
+    f"counted at P={DEFAULT_PROMPT_LENGTH}; see --compare-methods)",
   )
   parser.add_argument(
     "--compare-methods",
@@ -92,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   config = T5Config.from_size(args.size)
   if args.compare_methods:
-    return _print_method_table(config, args.size, args.prompt_length or 100)
-  groups = parameter_groups(config, args.prompt_length, args.method)
+    return _print_method_table(config, args.size, args.prompt_length or DEFAULT_PROMPT_LENGTH)
+  method = args.method or "prompt"
+  prompt_length = args.prompt_length or (DEFAULT_PROMPT_LENGTH if args.method else 0)
+  groups = parameter_groups(config, prompt_length, method)
   frozen = sum(v for k, v in groups.items() if not k.startswith("prompt"))
   print(
     f"T5 1.1 {args.size}: d_model={config.emb_dim} heads={config.num_heads} "
@@ -104,11 +111,14 @@ def main(argv: list[str] | None = None) -> int:
   for name, count in groups.items():
     print(f"  {name:<{width}}{count:>16,}  {_human(count):>8}")
   print(f"  {'total (frozen backbone)':<{width}}{frozen:>16,}  {_human(frozen):>8}")
-  if args.prompt_length:
+  if prompt_length:
     trainable = groups["prompt (trainable)"]
-    label = "prompt tuning" if args.method == "prompt" else args.method
+    label = "prompt tuning" if method == "prompt" else method
+    # A method whose size does not depend on the prompt length (IA3) names no P.
+    if family.trainable_count(config, method, 1) != family.trainable_count(config, method, 2):
+      label = f"{label}, P={prompt_length}"
     print(
-      f"{label}, P={args.prompt_length}: {trainable:,} trainable parameters "
+      f"{label}: {trainable:,} trainable parameters "
       f"= {100.0 * trainable / frozen:.4f}% of the model"
     )
   return 0

@@ -60,6 +60,9 @@ DEFAULT_LEARNING_RATES = {
   "p_tuning_v2_mlp": 3e-4,
   "prefix_peft": 0.3,  # Plain prefix parameters; the prompt rate, not swept.
   "wayward": 0.3,  # Prompt tuning plus a penalty: the prompt rate, not swept.
+  "per_layer": 0.3,  # Plain prompts at every encoder layer: the prompt rate, not swept.
+  "per_layer_add": 0.3,
+  "ia3": 3e-3,  # IA3's own rate (Liu et al. 2022), not swept.
 }
 # Wayward prompts stay near a discrete prompt (PROMPT_TEXT); on the demo task, its
 # first PROMPT_LENGTH pieces of this description.

@@ -107,6 +107,14 @@ def test_info_small_matches_table_4(capsys):
   assert code == 0 and "51,200 trainable parameters" in out
 
 
+def test_info_with_a_method_alone_counts_it_at_the_papers_length(capsys):
+  code, out, _ = _run(capsys, "info", "--size", "base", "--method", "ia3")
+  # IA3: 12 encoder layers x (2 x 768 + 2048) + 12 decoder layers x (4 x 768 + 2048).
+  assert code == 0 and "ia3: 104,448 trainable parameters" in out
+  code, out, _ = _run(capsys, "info", "--size", "base", "--method", "per_layer")
+  assert code == 0 and "per_layer, P=100: 921,600 trainable parameters" in out
+
+
 # ---------------------------------------------------------------- the paper's recipes
 _TINY_DEMO = {
   "network.t5_config.size": "'tiny'",

@@ -12,6 +12,10 @@ Methods (P = prompt length):
   p_tuning_v2_mlp  P-Tuning v2 with the MLP reparameterisation
   prefix_peft      Prefix-Tuning in Hugging Face PEFT's T5 layout (decoder only, positioned)
   wayward          prompt tuning with a penalty towards a discrete prompt (prompts/wayward.py)
+  per_layer        the input prompt rewritten before each encoder layer by that layer's
+                   prompt (the upstream's per-layer prompts, `replace`)
+  per_layer_add    the same, each layer's prompt added to the prompt positions
+  ia3              IA3: learned scalings of keys, values and MLP hidden states (prompts/ia3.py)
 
 Every file of `prompt_tuning/configs/prompts/` belongs to exactly one method: the
 initialiser files to "prompt", each method file to its method; a variant is its base
@@ -36,7 +40,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 
 from prompt_tuning import tree
-from prompt_tuning.prompts import deep_prompt, p_tuning, peft_prefix, prefix_tuning
+from prompt_tuning.prompts import deep_prompt, ia3, p_tuning, peft_prefix, prefix_tuning
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import network
 
@@ -155,6 +159,35 @@ METHODS: dict[str, Method] = {
       _none,
       "prompt",
       gin_files=("wayward.gin",),
+    ),
+    Method(
+      "per_layer",
+      "per-layer prompts: each encoder layer's prompt replaces the prompt positions",
+      lambda p: functools.partial(Prompt, length=p),
+      lambda p: functools.partial(
+        deep_prompt.DeepPrompt, length=p, stacks=("encoder",), combine="replace"
+      ),
+      "per_layer",
+      gin_files=("per_layer.gin",),
+    ),
+    Method(
+      "per_layer_add",
+      "per-layer prompts added to the prompt positions",
+      lambda p: functools.partial(Prompt, length=p),
+      lambda p: functools.partial(
+        deep_prompt.DeepPrompt, length=p, stacks=("encoder",), combine="add"
+      ),
+      "per_layer_add",
+      variant_of="per_layer",
+      bindings={"PER_LAYER_COMBINE": "'add'"},
+    ),
+    Method(
+      "ia3",
+      "IA3: learned scalings of attention keys/values and MLP hidden states",
+      _none,
+      lambda p: ia3.IA3,
+      "ia3",
+      gin_files=("ia3.gin",),
     ),
     Method(
       "prefix_peft",
