@@ -80,6 +80,18 @@ def _none(length: int) -> Factory:
   return None
 
 
+def _input_prompt(length: int) -> Factory:
+  return functools.partial(Prompt, length=length)
+
+
+def _per_layer_prompts(combine: str) -> Callable[[int], Factory]:
+  """The upstream's per-layer prompts: encoder deep prompts that rewrite the input
+  prompt's positions (`deep_prompt.DeepPrompt.combine`)."""
+  return lambda length: functools.partial(
+    deep_prompt.DeepPrompt, length=length, stacks=("encoder",), combine=combine
+  )
+
+
 PROMPT_INITIALIZER_FILES = (
   "uniform.gin",
   "uniform_positive.gin",
@@ -163,20 +175,16 @@ METHODS: dict[str, Method] = {
     Method(
       "per_layer",
       "per-layer prompts: each encoder layer's prompt replaces the prompt positions",
-      lambda p: functools.partial(Prompt, length=p),
-      lambda p: functools.partial(
-        deep_prompt.DeepPrompt, length=p, stacks=("encoder",), combine="replace"
-      ),
+      _input_prompt,
+      _per_layer_prompts("replace"),
       "per_layer",
       gin_files=("per_layer.gin",),
     ),
     Method(
       "per_layer_add",
       "per-layer prompts added to the prompt positions",
-      lambda p: functools.partial(Prompt, length=p),
-      lambda p: functools.partial(
-        deep_prompt.DeepPrompt, length=p, stacks=("encoder",), combine="add"
-      ),
+      _input_prompt,
+      _per_layer_prompts("add"),
       "per_layer_add",
       variant_of="per_layer",
       bindings={"PER_LAYER_COMBINE": "'add'"},
