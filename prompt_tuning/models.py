@@ -80,8 +80,10 @@ class EncoderDecoderModel:
     decode_kwargs: Mapping[str, Any] | None = None,
     eos_id: int = 1,
     penalties: Sequence[Penalty] = (),
+    task_index_sentinel: int | None = None,
   ):
     self.module = module
+    self.task_index_sentinel = task_index_sentinel
     self.penalties = tuple(penalties)
     self.z_loss = z_loss
     self.label_smoothing = label_smoothing
@@ -110,17 +112,38 @@ class EncoderDecoderModel:
     found = {name: batch[name] for name in PROMPT_FEATURES if name in batch}
     return found or None
 
+  def encoder_inputs(self, batch: Batch) -> tuple[Array, dict[str, Array] | None]:
+    """(encoder tokens, prompt inputs) of a batch.
+
+    With `task_index_sentinel` (the upstream's task-index format, 32099 for T5's
+    vocabulary: the first input token is `<extra_id_k>` = sentinel - k for task k) the
+    first token is removed and becomes each row's `prompt_ids`; an all-padding row
+    (a padded batch's filler) gets task 0.
+    """
+    tokens, prompt_inputs = batch["encoder_input_tokens"], self.prompt_inputs(batch)
+    if self.task_index_sentinel is None:
+      return tokens, prompt_inputs
+    if prompt_inputs and "prompt_ids" in prompt_inputs:
+      raise ValueError(
+        "the batch has prompt_ids and the model reads task indices from the first input "
+        "token (task_index_sentinel); use one of the two"
+      )
+    first = tokens[:, 0]
+    task_ids = jnp.where(first > 0, self.task_index_sentinel - first, 0).astype(jnp.int32)
+    return tokens[:, 1:], {**(prompt_inputs or {}), "prompt_ids": task_ids}
+
   # ---------------------------------------------------------------- forward and loss
   def compute_logits(self, params: Params, batch: Batch, dropout_rng: Array | None = None) -> Array:
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    tokens, prompt_inputs = self.encoder_inputs(batch)
     return self.module.apply(
       {"params": params},
-      batch["encoder_input_tokens"],
+      tokens,
       batch["decoder_input_tokens"],
       batch["decoder_target_tokens"],
       enable_dropout=dropout_rng is not None,
       rngs=rngs,
-      prompt_inputs=self.prompt_inputs(batch),
+      prompt_inputs=prompt_inputs,
     )
 
   def _loss_weights(self, batch: Batch) -> Array:
@@ -221,13 +244,10 @@ class EncoderDecoderModel:
     encoder sees the prompt inputs: each row's decoder attends to that row's own
     encoding, so the cached steps need no prompt.
     """
-    encoder_tokens = batch["encoder_input_tokens"]
+    encoder_tokens, prompt_inputs = self.encoder_inputs(batch)
     length = batch["decoder_target_tokens"].shape[1]
     encoded = self.module.apply(
-      {"params": params},
-      encoder_tokens,
-      method=self.module.encode,
-      prompt_inputs=self.prompt_inputs(batch),
+      {"params": params}, encoder_tokens, method=self.module.encode, prompt_inputs=prompt_inputs
     )
     cache = self.init_cache(params, encoded, length)
 

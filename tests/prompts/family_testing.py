@@ -3,6 +3,8 @@ init, jitted logits and the cached-against-uncached greedy decoding check."""
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -45,21 +47,24 @@ def logits(module: Transformer, params: dict, size: int = 8) -> np.ndarray:
 
 
 def assert_cached_greedy_equals_uncached(
-  module: Transformer, params: dict, length: int = 4
+  module: Transformer, params: dict, length: int = 4, prompt_ids: np.ndarray | None = None
 ) -> None:
   """Greedy cached decoding through the model layer equals step-by-step argmax over
-  uncached full forwards, up to and including the first EOS (the decoder pads after)."""
+  uncached full forwards, up to and including the first EOS (the decoder pads after).
+  `prompt_ids` [2]: each row's prompt or task, for modules that read them."""
   b = toy_batch(size=2)
+  extra = {} if prompt_ids is None else {"prompt_ids": np.asarray(prompt_ids, np.int32)}
   decoded = np.asarray(
     jax.jit(models.EncoderDecoderModel(module).predict_batch)(
       params,
       {
         "encoder_input_tokens": b["encoder_input_tokens"],
         "decoder_target_tokens": np.ones((2, length), np.int32),
+        **extra,
       },
     )
   )
-  forward = jax.jit(module.apply)
+  forward = jax.jit(functools.partial(module.apply, prompt_inputs=extra or None))
   tokens = np.zeros((2, length), np.int32)
   for t in range(length):
     inputs = np.concatenate([np.zeros((2, 1), np.int32), tokens[:, :-1]], axis=1)
@@ -72,7 +77,13 @@ def assert_cached_greedy_equals_uncached(
     np.testing.assert_array_equal(decoded[row, :end], tokens[row, :end])
 
 
-def train_hook(module: Transformer, params: dict, learning_rate: float, steps: int):
+def train_hook(
+  module: Transformer,
+  params: dict,
+  learning_rate: float,
+  steps: int,
+  prompt_ids: np.ndarray | None = None,
+):
   """Trains the default-trainable part of `params` on the toy batch with Adafactor and
   checks that the frozen backbone stayed bit-identical and every trainable array moved.
   Returns (losses, initial trainable
@@ -86,6 +97,8 @@ def train_hook(module: Transformer, params: dict, learning_rate: float, steps: i
   state = TrainState.create(train, optimizer)
   step = jax.jit(make_train_step(models.EncoderDecoderModel(module), optimizer))
   batch = toy_batch()
+  if prompt_ids is not None:
+    batch["prompt_ids"] = np.asarray(prompt_ids, np.int32)
   losses = []
   for _ in range(steps):
     state, metrics = step(state, frozen, batch, jax.random.PRNGKey(0))
@@ -96,7 +109,9 @@ def train_hook(module: Transformer, params: dict, learning_rate: float, steps: i
   return losses, train, state
 
 
-def assert_mesh_scores_equal_one_device(module: Transformer, params: dict) -> None:
+def assert_mesh_scores_equal_one_device(
+  module: Transformer, params: dict, prompt_ids: np.ndarray | None = None
+) -> None:
   """The model's per-example scores on the toy batch on a 2x4 mesh (parameters placed by
   their logical axes, the new ones included) equal those on one device."""
   from prompt_tuning.evaluation import evaluator
@@ -104,6 +119,8 @@ def assert_mesh_scores_equal_one_device(module: Transformer, params: dict) -> No
 
   model = models.EncoderDecoderModel(module)
   batch = {**toy_batch(), "decoder_loss_weights": np.ones((8, 2), np.float32)}
+  if prompt_ids is not None:
+    batch["prompt_ids"] = np.asarray(prompt_ids, np.int32)
   alone = evaluator.on_mesh(model.score_batch)(params, batch)
   partitioner = partitioning.Partitioner(mesh_shape=(2, 4))
   placed = trainer.place_params(partitioner, module, params)
