@@ -16,6 +16,7 @@ import pytest
 import seqio
 
 from prompt_tuning import cli
+from prompt_tuning.data import task_mixtures
 from prompt_tuning.data import tasks  # noqa: F401 (registers the tasks)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -115,6 +116,8 @@ def _check_gin_job(argv: list[str], line: str, snippets: str) -> None:
   assert files and not rest, line
   cli.parse_gin(files, bindings, [*paths, snippets])
   cli.require_macros(argv[1])
+  # As the CLI's `tasks.register_all()` does last: the gin-configured multi-task mixtures.
+  task_mixtures.register_configured()
   gin.finalize()  # Raises for a `%gin.REQUIRED` macro left unset.
   assert _task_name() in _registered(), line
 

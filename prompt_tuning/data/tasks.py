@@ -10,6 +10,7 @@ from __future__ import annotations
 import seqio
 
 from prompt_tuning.data import c4, demo, glue, mrqa, spot, super_glue  # noqa: F401 (registers)
+from prompt_tuning.data import task_mixtures
 from prompt_tuning.data import vocab as vocab_lib
 
 # The demo tasks keep their own bundled vocabulary.
@@ -22,4 +23,6 @@ def register_all(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
   names: list[str] = []
   for module in _MODULES_WITH_TASK_VOCABULARY:
     names.extend(module.register(vocabulary))
+  # Last: the multi-task mixtures are made of the tasks registered above.
+  names.extend(task_mixtures.register_configured())
   return names

@@ -29,9 +29,26 @@ import tensorflow as tf
 from prompt_tuning.training import partitioning
 
 
+class EncDecWithPromptIds(seqio.EncDecFeatureConverter):
+  """seqio's encoder-decoder features plus, where the examples carry it, `prompt_ids`
+  (which prompt or task each row uses; data/task_mixtures.py), unchanged. Unpacked only:
+  conversion is then one example in, one out, so the ids stay with their rows."""
+
+  def __call__(
+    self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+  ) -> tf.data.Dataset:
+    # seqio's evaluator measures every output feature, prompt_ids included.
+    lengths = {k: v for k, v in task_feature_lengths.items() if k in self.TASK_FEATURES}
+    converted = super().__call__(ds, lengths)
+    if "prompt_ids" not in ds.element_spec:
+      return converted
+    ids = ds.map(lambda ex: tf.reshape(tf.cast(ex["prompt_ids"], tf.int32), []))
+    return tf.data.Dataset.zip((converted, ids)).map(lambda f, i: {**f, "prompt_ids": i})
+
+
 def feature_converter() -> seqio.FeatureConverter:
-  """Encoder-decoder features, unpacked (the paper's setting)."""
-  return seqio.EncDecFeatureConverter(pack=False)
+  """Encoder-decoder features, unpacked (the paper's setting), with `prompt_ids` kept."""
+  return EncDecWithPromptIds(pack=False)
 
 
 SHARD_BY = ("batch", "source")
