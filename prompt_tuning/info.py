@@ -155,10 +155,11 @@ def _print_method_table(config: T5Config, size: str, prompt_length: int) -> int:
     f"T5 1.1 {size}, P={prompt_length}: trainable parameters per method "
     f"(frozen backbone {rows[0]['frozen']:,})"
   )
-  print(f"  {'method':<17}{'trainable':>14}{'% of model':>12}{'served':>14}  description")
+  width = max(len(str(row["method"])) for row in rows) + 2
+  print(f"  {'method':<{width}}{'trainable':>14}{'% of model':>12}{'served':>14}  description")
   for row in rows:
     print(
-      f"  {row['method']:<17}{row['trainable']:>14,}{row['percent']:>11.4f}%"
+      f"  {row['method']:<{width}}{row['trainable']:>14,}{row['percent']:>11.4f}%"
       f"{row['served']:>14,}  {row['description']}"
     )
   print(

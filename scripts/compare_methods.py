@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 from prompt_tuning import convert, demo, export, launch, tables, tree  # noqa: E402
 from prompt_tuning.data import demo as demo_data  # noqa: E402
+from prompt_tuning.data import task_mixtures  # noqa: E402
 from prompt_tuning.evaluation import evaluator  # noqa: E402
 from prompt_tuning.prompts import family  # noqa: E402
 from prompt_tuning.t5 import T5Config, init_params, network  # noqa: E402
@@ -63,6 +64,11 @@ DEFAULT_LEARNING_RATES = {
   "per_layer": 0.3,  # Plain prompts at every encoder layer: the prompt rate, not swept.
   "per_layer_add": 0.3,
   "ia3": 3e-3,  # IA3's own rate (Liu et al. 2022), not swept.
+  # Multi-task prompts: the upstream's 0.3; on the one demo task every row is task 0.
+  "multi_task_add": 0.3,
+  "multi_task_concat": 0.3,
+  "multi_task_concat_features": 0.3,
+  "multi_task_project": 0.3,
 }
 # Wayward prompts stay near a discrete prompt (PROMPT_TEXT); on the demo task, its
 # first PROMPT_LENGTH pieces of this description.
@@ -167,10 +173,14 @@ def train_method(
     bindings["trainer.train.num_eval_examples"] = str(eval_examples)
   if method == "wayward":
     bindings["PROMPT_TEXT"] = repr(discrete_prompt(prompt_length))
+  if method.startswith("multi_task_"):  # The demo task as task 0 of a one-task mixture.
+    bindings["MULTI_TASK_MIXTURES"] = repr({f"multi_task_{TASK}": [TASK]})
+    bindings["MIXTURE_OR_TASK_NAME"] = repr(f"multi_task_{TASK}")
   gin.clear_config()
   started = time.time()
   try:
     launch.parse_gin(files, [f"{k} = {v}" for k, v in bindings.items()], [])
+    task_mixtures.register_configured()
     gin.finalize()
     result = trainer.train(evaluation_factory=evaluator.build_evaluation)
     module = network.transformer()
@@ -182,7 +192,9 @@ def train_method(
   frozen = tree.count(result.params) - trainable
   losses = [loss for _, loss in result.losses]
   tail = losses[-max(1, len(losses) // 10) :]
-  key = f"{TASK}/{METRIC}"
+  # A multi-task mixture evaluates its tasks under their variants' names.
+  task = f"{TASK}_prompt_id_0" if method.startswith("multi_task_") else TASK
+  key = f"{task}/{METRIC}"
   scores = [
     (r[key], r["step"])
     for r in logging_utils.read_metrics(model_dir)
@@ -196,7 +208,7 @@ def train_method(
     "percent_of_model": 100.0 * trainable / frozen,
     "best_accuracy": float(best),
     "best_step": best_step,
-    "final_accuracy": float(result.last_eval.get(TASK, {}).get(METRIC, math.nan)),
+    "final_accuracy": float(result.last_eval.get(task, {}).get(METRIC, math.nan)),
     "final_loss": float(np.mean(tail)) if tail else float("nan"),
     "learning_rate": learning_rate,
     "steps": steps,

@@ -16,6 +16,8 @@ Methods (P = prompt length):
                    prompt (the upstream's per-layer prompts, `replace`)
   per_layer_add    the same, each layer's prompt added to the prompt positions
   ia3              IA3: learned scalings of keys, values and MLP hidden states (prompts/ia3.py)
+  multi_task_*     a shared prompt and per-task parts, combined by add, concat,
+                   concat_features or project (prompts/multi_task.py; counted at 8 tasks)
 
 Every file of `prompt_tuning/configs/prompts/` belongs to exactly one method: the
 initialiser files to "prompt", each method file to its method; a variant is its base
@@ -40,7 +42,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 
 from prompt_tuning import tree
-from prompt_tuning.prompts import deep_prompt, ia3, p_tuning, peft_prefix, prefix_tuning
+from prompt_tuning.prompts import deep_prompt, ia3, multi_task, p_tuning, peft_prefix, prefix_tuning
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import network
 
@@ -60,7 +62,8 @@ class Method:
     initialiser (the model's `*_prompt.gin` already configures prompt tuning); for the
     others the one file is what selects the method.
   variant_of / bindings: a variant owns no file; it is `variant_of`'s file plus these
-    gin macro bindings.
+    gin macro bindings. A method with its own file may bind macros that file requires
+    (the values the registry's hooks are counted at, e.g. NUM_TASKS).
   trains: False for a form that only serves (the folded prefixes).
   """
 
@@ -89,6 +92,16 @@ def _per_layer_prompts(combine: str) -> Callable[[int], Factory]:
   prompt's positions (`deep_prompt.DeepPrompt.combine`)."""
   return lambda length: functools.partial(
     deep_prompt.DeepPrompt, length=length, stacks=("encoder",), combine=combine
+  )
+
+
+# The upstream's multi-task setting, what the registry counts multi-task prompts at.
+MULTI_TASK_COUNT = 8
+
+
+def _multi_task_prompt(combine: str) -> Callable[[int], Factory]:
+  return lambda length: functools.partial(
+    multi_task.MultiTaskPrompt, num_tasks=MULTI_TASK_COUNT, length=length, combine=combine
   )
 
 
@@ -196,6 +209,18 @@ METHODS: dict[str, Method] = {
       lambda p: ia3.IA3,
       "ia3",
       gin_files=("ia3.gin",),
+    ),
+    *(
+      Method(
+        f"multi_task_{combine}",
+        f"multi-task prompts: shared and per-task prompts combined by {combine}",
+        _multi_task_prompt(combine),
+        _none,
+        f"multi_task_{combine}",
+        gin_files=(f"multi_task_{combine}.gin",),
+        bindings={"NUM_TASKS": str(MULTI_TASK_COUNT)},
+      )
+      for combine in multi_task.COMBINES
     ),
     Method(
       "prefix_peft",

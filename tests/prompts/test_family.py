@@ -40,7 +40,11 @@ def test_a_variant_owns_no_file_and_names_a_method_that_does():
   for name, method in family.METHODS.items():
     if method.variant_of is None:
       assert method.gin_files, f"{name} owns no gin file and is no variant"
-      assert not method.bindings
+      # A method's own bindings are the values of macros its file requires.
+      for macro in method.bindings:
+        (file,) = method.gin_files
+        text = open(os.path.join(REPO, family.GIN_DIR, file)).read()
+        assert f"{macro} = %gin.REQUIRED" in text, (name, macro)
     else:
       assert not method.gin_files and method.bindings, name
       assert family.METHODS[method.variant_of].gin_files, name
