@@ -17,7 +17,8 @@ commands carry over:
                              preprocessing); the out-of-domain six stay held out, as upstream.
 
 Mixtures added here (not the upstream's; it trains on one task at a time or leaves the
-mixing to the user): `spot_glue_v200`, `spot_nli_v100`, `spot_mrqa_v100`, each its family's
+mixing to the user): `spot_glue_v200`, `spot_nli_v100`, `spot_mrqa_v100` (and the
+summarisation mixture below), each its family's
 training tasks at equal rates (seqio's uniform sampling over members), the "GLUE", "NLI"
 and "MRQA" sources of the SPoT paper's Table 1. A mixture with other rates is one
 `seqio.MixtureRegistry.add` away.
@@ -26,8 +27,17 @@ As upstream, an NLI example without a gold label (SNLI's label -1) keeps its tex
 the target `<unk>`, and the NLI tasks have no postprocessor: accuracy compares label
 strings, so a prediction outside the label names is simply wrong.
 
-The summarisation sources (AESLC, BillSum, Gigaword, CNN/DM, Multi-News, SAMSum, Newsroom)
-are registered by `spot_summarization`'s `register` when ROUGE is available.
+  spot_{aeslc_v100,billsum_v300,gigaword_v120,cnn_dailymail_v340,multi_news_v210,
+        samsum_v100,newsroom_v100}
+                             the summarisation sources: `{dataset} summarize: {text}` ->
+                             the summary, scored by ROUGE-1/2/Lsum as the T5 library
+                             does (metrics.rouge). The upstream's cnn_dailymail_v320 and
+                             multi_news_v100 read TFDS versions that TFDS 4.9 no longer
+                             builds, so these two read (and are named after) 3.4.0 and
+                             2.1.0. SAMSum and Newsroom need TFDS's manual download.
+
+The summarisation mixture `spot_summarization_v100` (ours, equal rates) is the SPoT
+paper's "SUMM" source.
 """
 
 from __future__ import annotations
@@ -207,11 +217,72 @@ def _register_mrqa(features: Mapping[str, seqio.Feature]) -> list[str]:
   return names + [MRQA_MIXTURE]
 
 
+@dataclasses.dataclass(frozen=True)
+class SummarizationSet:
+  """One summarisation source: its TFDS name, splits and text fields."""
+
+  name: str
+  tfds_name: str
+  source_key: str
+  target_key: str
+  splits: tuple[str, ...] = ("train", "validation", "test")
+
+  @property
+  def task_name(self) -> str:
+    return f"spot_{self.name}_{version_suffix(self.tfds_name)}"
+
+
+SUMMARIZATION_SETS: tuple[SummarizationSet, ...] = (
+  SummarizationSet("aeslc", "aeslc:1.0.0", "email_body", "subject_line"),
+  SummarizationSet("billsum", "billsum:3.0.0", "text", "summary", ("train", "test", "ca_test")),
+  SummarizationSet("gigaword", "gigaword:1.2.0", "document", "summary"),
+  # The upstream reads cnn_dailymail 3.2.0 and multi_news 1.0.0, which TFDS 4.9 no longer
+  # builds; the names follow the versions read here.
+  SummarizationSet("cnn_dailymail", "cnn_dailymail:3.4.0", "article", "highlights"),
+  SummarizationSet("multi_news", "multi_news:2.1.0", "document", "summary"),
+  SummarizationSet("samsum", "samsum:1.0.0", "dialogue", "summary"),
+  SummarizationSet("newsroom", "newsroom:1.0.0", "text", "summary"),
+)
+SUMMARIZATION_MIXTURE = "spot_summarization_v100"
+
+
+def summarization_text(dataset: tf.data.Dataset, summary: SummarizationSet) -> tf.data.Dataset:
+  """`{name} summarize: {text}` -> the summary (joined with single spaces, the text as
+  it is: the upstream's `preprocess_text_generation`)."""
+
+  def convert(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    inputs = tf.strings.join([summary.name, "summarize:", x[summary.source_key]], separator=" ")
+    return {"inputs": inputs, "targets": x[summary.target_key]}
+
+  return dataset.map(_plain_tf(convert), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _register_summarization(features: Mapping[str, seqio.Feature]) -> list[str]:
+  names = []
+  for summary in SUMMARIZATION_SETS:
+    _add_task(
+      summary.task_name,
+      sources.TfdsSource(summary.tfds_name, splits=summary.splits),
+      [functools.partial(summarization_text, summary=summary)],
+      features,
+      None,
+      [metrics.rouge],
+    )
+    names.append(summary.task_name)
+  _add_mixture(SUMMARIZATION_MIXTURE, [(s.task_name, 1.0) for s in SUMMARIZATION_SETS])
+  return names + [SUMMARIZATION_MIXTURE]
+
+
 def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
   """(Re)registers SPoT's source tasks and mixtures with `vocabulary`."""
   vocabulary = vocabulary if vocabulary is not None else vocab_lib.get_vocabulary()
   features = glue.output_features(vocabulary)
-  return _register_glue(features) + _register_nli(features) + _register_mrqa(features)
+  return (
+    _register_glue(features)
+    + _register_nli(features)
+    + _register_mrqa(features)
+    + _register_summarization(features)
+  )
 
 
 register()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 
 from prompt_tuning.data import metrics
@@ -202,3 +204,25 @@ def test_metric_with_examples_and_text_examples():
   assert "input: boolq passage: p question: q" in summary
   assert "prediction: True" in summary
   assert "maybe" not in summary  # only the first example was asked for
+
+
+def test_rouge_is_t5s_bootstrap_mid_reproducible_and_leaves_numpys_state_alone():
+  from rouge_score import rouge_scorer
+
+  targets = ["the cat sat on the mat . it purred", "a dog ran", "birds sing at dawn"]
+  predictions = ["the cat sat . it slept", "a dog ran fast", "dawn"]
+  state = np.random.get_state()[1].copy()
+  first = metrics.rouge(targets, predictions)
+  assert first == metrics.rouge(targets, predictions)
+  np.testing.assert_array_equal(np.random.get_state()[1], state)
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeLsum"])
+  per_example = [
+    scorer.score(t.replace(" . ", " .\n"), p.replace(" . ", " .\n"))
+    for t, p in zip(targets, predictions)
+  ]
+  for key in ("rouge1", "rouge2", "rougeLsum"):
+    mean = 100 * np.mean([s[key].fmeasure for s in per_example])
+    assert abs(first[key] - mean) < 6  # The bootstrap's median sits near the mean.
+  # rougeLsum splits sentences at " . ": one summary-level LCS per sentence.
+  assert metrics.rouge(["a b . c d"], ["c d . a b"])["rougeLsum"] == pytest.approx(100.0)
+  assert metrics.rouge(["a b . c d"], ["c d . a b"])["rouge2"] < 100.0

@@ -34,6 +34,8 @@ def _fake_as_dataset(self, split, decoders=None, read_config=None, shuffle_files
     for key in ("hypothesis", "premise", "context", "sentence", "sentence1", "sentence2")
   }
   features.update({key: texts(key) for key in ("question", "question1", "question2")})
+  summary_keys = ("email_body", "subject_line", "text", "summary", "document", "article")
+  features.update({key: texts(key) for key in (*summary_keys, "highlights", "dialogue")})
   labels = [0, 1, -1] if self.name == "snli" else [0, 1, 1]
   dtype = tf.float32 if config == "stsb" else tf.int64
   features["label"] = tf.constant(labels, dtype)
@@ -156,3 +158,25 @@ def test_the_source_mixtures_cover_each_family_and_train_only_on_train_splits():
   mrqa_mix = seqio.MixtureRegistry.get(spot.MRQA_MIXTURE)
   assert len(mrqa_mix.tasks) == len(mrqa.IN_DOMAIN) == 6
   assert not any("textbook_qa" in t.name for t in mrqa_mix.tasks)  # held out, as upstream
+
+
+def test_summarisation_sources_read_name_summarize_then_the_text(mock_tfds, test_vocabulary):
+  names = set(spot.register(test_vocabulary))
+  assert {s.task_name for s in spot.SUMMARIZATION_SETS} | {spot.SUMMARIZATION_MIXTURE} <= names
+  assert "spot_cnn_dailymail_v340" in names and "spot_billsum_v300" in names
+  aeslc = _examples("spot_aeslc_v100", "validation")
+  assert _text(aeslc[1], "inputs") == "aeslc summarize: the email_body 1 (aeslc validation)"
+  assert _text(aeslc[1], "targets") == "the subject_line 1 (aeslc validation)"
+  cnn = _examples("spot_cnn_dailymail_v340", "train")
+  assert _text(cnn[0], "inputs").startswith("cnn_dailymail summarize: the article 0 (cnn_dailymail")
+  assert _text(cnn[0], "targets").startswith("the highlights 0 ")
+  assert len(_examples("spot_billsum_v300", "ca_test")) == 3
+
+
+def test_summaries_are_scored_by_t5s_rouge():
+  task = seqio.TaskRegistry.get("spot_samsum_v100")
+  assert task.postprocessor is None
+  (metric,) = task.metric_fns
+  result = metric(["the cat sat on the mat"], ["the cat sat"])
+  # One example: rouge1 P 3/3, R 3/6 -> F 2/3; rouge2 P 2/2, R 2/5 -> F 4/7.
+  assert result == pytest.approx({"rouge1": 200 / 3, "rouge2": 400 / 7, "rougeLsum": 200 / 3})
