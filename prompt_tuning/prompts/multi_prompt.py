@@ -115,22 +115,35 @@ class MultiPrompt(nn.Module):
       (self.num_prompts, self.length, width),
       self.param_dtype,
     )
-    prompt_inputs = dict(prompt_inputs or {})
-    prompt_ids = prompt_inputs.pop("prompt_ids", None)
-    if prompt_inputs:
-      raise ValueError(
-        f"MultiPrompt takes only the prompt input `prompt_ids`, got also {sorted(prompt_inputs)}"
-      )
-    if prompt_ids is None:
-      if not self.is_initializing():
-        raise ValueError(
-          "MultiPrompt needs prompt_ids [batch] (which prompt each row "
-          "uses); add the batch feature `prompt_ids`"
-        )
-      prompt_ids = jnp.zeros((batch,), jnp.int32)
-    prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
-    if prompt_ids.shape != (batch,):
-      raise ValueError(
-        f"prompt_ids has shape {prompt_ids.shape}; expected ({batch},), one prompt index per row"
-      )
+    prompt_ids = read_prompt_ids(
+      prompt_inputs,
+      batch,
+      self.is_initializing(),
+      "MultiPrompt",
+      "MultiPrompt needs prompt_ids [batch] (which prompt each row uses); add the batch "
+      "feature `prompt_ids`",
+    )
     return jnp.take(table, prompt_ids, axis=0)
+
+
+def read_prompt_ids(
+  prompt_inputs: Mapping[str, Array] | None,
+  batch: int,
+  initializing: bool,
+  owner: str,
+  missing: str,
+) -> Array:
+  """The `prompt_ids` [batch] of a module that reads only them: zeros while initialising
+  without them, else the one-line error `missing`."""
+  inputs = dict(prompt_inputs or {})
+  ids = inputs.pop("prompt_ids", None)
+  if inputs:
+    raise ValueError(f"{owner} takes only the prompt input `prompt_ids`, got also {sorted(inputs)}")
+  if ids is None:
+    if not initializing:
+      raise ValueError(missing)
+    ids = jnp.zeros((batch,), jnp.int32)
+  ids = jnp.asarray(ids, jnp.int32)
+  if ids.shape != (batch,):
+    raise ValueError(f"prompt_ids has shape {ids.shape}; expected ({batch},), one id per row")
+  return ids

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.multi_prompt import read_prompt_ids
 from prompt_tuning.prompts.prefix_tuning import exported_or
 from prompt_tuning.t5.layers import boxed
 
@@ -112,28 +113,15 @@ class MultiTaskPrompt(nn.Module):
       param_dtype=self.param_dtype,
       name="task_prompts",
     ).embedding
-    task_ids = _task_ids(prompt_inputs, batch, self.is_initializing())
+    task_ids = read_prompt_ids(
+      prompt_inputs,
+      batch,
+      self.is_initializing(),
+      "MultiTaskPrompt",
+      "MultiTaskPrompt needs each row's task in the batch feature prompt_ids [batch]; "
+      "train on a mixture of data.task_mixtures (MULTI_TASK_MIXTURES), or set "
+      "models.EncoderDecoderModel.task_index_sentinel for task_index_ tasks",
+    )
     # A task id outside the table gives NaN rows (loud in the loss), not another task's.
     tasks = jnp.take(jnp.asarray(table), task_ids, axis=0, mode="fill", fill_value=jnp.nan)
     return combine_prompts(self.combine, jnp.asarray(shared), tasks, width)
-
-
-def _task_ids(prompt_inputs: Mapping[str, Array] | None, batch: int, initializing: bool) -> Array:
-  inputs = dict(prompt_inputs or {})
-  ids = inputs.pop("prompt_ids", None)
-  if inputs:
-    raise ValueError(
-      f"MultiTaskPrompt takes only the prompt input `prompt_ids`, got also {sorted(inputs)}"
-    )
-  if ids is None:
-    if not initializing:
-      raise ValueError(
-        "MultiTaskPrompt needs each row's task in the batch feature prompt_ids [batch]; "
-        "train on a mixture of data.task_mixtures (MULTI_TASK_MIXTURES), or set "
-        "models.EncoderDecoderModel.task_index_sentinel for task_index_ tasks"
-      )
-    ids = jnp.zeros((batch,), jnp.int32)
-  ids = jnp.asarray(ids, jnp.int32)
-  if ids.shape != (batch,):
-    raise ValueError(f"prompt_ids has shape {ids.shape}; expected ({batch},), one task per row")
-  return ids

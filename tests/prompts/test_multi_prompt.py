@@ -116,7 +116,7 @@ def test_missing_or_misshaped_prompt_ids_are_errors(setup):
   # Shape evaluation traces the model (and so raises) without running it.
   with pytest.raises(ValueError, match="needs prompt_ids"):
     jax.eval_shape(lambda p: module.apply({"params": p}, *args), params)
-  with pytest.raises(ValueError, match="one prompt index per row"):
+  with pytest.raises(ValueError, match="one id per row"):
     jax.eval_shape(
       lambda p: module.apply(
         {"params": p}, *args, prompt_inputs={"prompt_ids": np.zeros((2,), np.int32)}
