@@ -31,19 +31,25 @@ from prompt_tuning.training import partitioning
 
 class EncDecWithPromptIds(seqio.EncDecFeatureConverter):
   """seqio's encoder-decoder features plus, where the examples carry it, `prompt_ids`
-  (which prompt or task each row uses; data/task_mixtures.py), unchanged. Unpacked only:
-  conversion is then one example in, one out, so the ids stay with their rows."""
+  (which prompt or task each row uses; data/task_mixtures.py) as one int32 per row.
+
+  The ids go through seqio's own pass-through features (the examples' [1] vector, length
+  1), in the same single pass over the source as the other features."""
 
   def __call__(
     self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
   ) -> tf.data.Dataset:
     # seqio's evaluator measures every output feature, prompt_ids included.
     lengths = {k: v for k, v in task_feature_lengths.items() if k in self.TASK_FEATURES}
-    converted = super().__call__(ds, lengths)
     if "prompt_ids" not in ds.element_spec:
-      return converted
-    ids = ds.map(lambda ex: tf.reshape(tf.cast(ex["prompt_ids"], tf.int32), []))
-    return tf.data.Dataset.zip((converted, ids)).map(lambda f, i: {**f, "prompt_ids": i})
+      return super().__call__(ds, lengths)
+    with_ids = seqio.EncDecFeatureConverter(
+      pack=self.pack,
+      bos_id=self.bos_id,
+      passthrough_features={"prompt_ids": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)},
+    )
+    converted = with_ids(ds, {**lengths, "prompt_ids": 1})
+    return converted.map(lambda f: {**f, "prompt_ids": tf.reshape(f["prompt_ids"], [])})
 
 
 def feature_converter() -> seqio.FeatureConverter:
