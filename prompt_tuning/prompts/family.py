@@ -120,7 +120,7 @@ METHODS: dict[str, Method] = {
     Method(
       "prompt",
       "prompt tuning (input prompt)",
-      lambda p: functools.partial(Prompt, length=p),
+      _input_prompt,
       _none,
       "prompt",
       gin_files=PROMPT_INITIALIZER_FILES,
@@ -180,7 +180,7 @@ METHODS: dict[str, Method] = {
     Method(
       "wayward",
       "wayward prompts: prompt tuning pulled towards a discrete prompt's embedding",
-      lambda p: functools.partial(Prompt, length=p),
+      _input_prompt,
       _none,
       "prompt",
       gin_files=("wayward.gin",),
