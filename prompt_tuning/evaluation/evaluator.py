@@ -77,7 +77,7 @@ def batches(
   examples = list(dataset.as_numpy_iterator())
   if not examples:
     return
-  lengths = [buckets_lib.real_lengths(f["encoder_input_tokens"][None])[0] for _, f in examples]
+  lengths = buckets_lib.real_lengths(np.stack([f["encoder_input_tokens"] for _, f in examples]))
   for members in buckets_lib.group(lengths, encoder_buckets).values():
     for start in range(0, len(members), batch_size):
       chunk = [examples[i] for i in members[start : start + batch_size]]
