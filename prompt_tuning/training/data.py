@@ -95,6 +95,8 @@ def train_batches(
   split: str = "train",
   shard_by: str = "batch",
   rows: tuple[int, int] | None = None,
+  train_examples: int | None = None,
+  train_examples_seed: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless per-process batches, starting after `start_position` batches.
 
@@ -103,9 +105,22 @@ def train_batches(
   multi-process job splits the input (module docstring): "batch", the same batches
   whatever the process count, or "source", each process reading its own part of the
   source.
+
+  `train_examples` (gin macro TRAIN_EXAMPLES) trains on that many examples of the split
+  only, the low-data runs of Prefix-Tuning's paper (50 / 100 / 200 / 500): see
+  `subsample`. `train_examples_seed` (TRAIN_EXAMPLES_SEED) picks which; the batch order
+  over them still follows `seed`.
   """
   if shard_by not in SHARD_BY:
     raise ValueError(f"train_batches.shard_by must be one of {SHARD_BY}, got {shard_by!r}")
+  if train_examples is not None:
+    if train_examples < 1:
+      raise ValueError(f"TRAIN_EXAMPLES must be a positive number of examples, got {train_examples}")
+    if shard_by == "source" and jax.process_count() > 1:
+      raise ValueError(
+        "TRAIN_EXAMPLES subsamples the whole split, which needs every process to read all of "
+        "it; use train_batches.shard_by = 'batch' (the default)"
+      )
   start, stop = rows if rows is not None else process_rows(batch_size)
   if not 0 <= start < stop <= batch_size:
     raise ValueError(f"rows {start}:{stop} are not inside a batch of {batch_size}")
@@ -120,7 +135,32 @@ def train_batches(
     split,
     (start, stop),
     by_source,
+    None if train_examples is None else (train_examples, train_examples_seed),
   )
+
+
+def subsample(
+  dataset: tf.data.Dataset, num_examples: int, seed: int, what: str = "the training split"
+) -> tf.data.Dataset:
+  """`num_examples` examples of a finite `dataset`, chosen uniformly without replacement
+  by `seed` alone and kept in their original order.
+
+  The choice depends on (dataset, num_examples, seed) only, so two runs with the same
+  TRAIN_EXAMPLES and TRAIN_EXAMPLES_SEED train on the same examples, whatever their batch
+  seed or resumption point. It costs one pass over the split to count it; the chosen
+  examples are then held in memory (low-data runs are small)."""
+  total = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+  if num_examples > total:
+    raise ValueError(
+      f"TRAIN_EXAMPLES = {num_examples} but {what} has only {total} examples; ask for at "
+      f"most {total} (or unset TRAIN_EXAMPLES to train on all of them)"
+    )
+  chosen = np.random.default_rng(seed).choice(total, num_examples, replace=False)
+  mask = np.zeros(total, bool)
+  mask[chosen] = True
+  keep = tf.constant(mask)
+  picked = dataset.enumerate().filter(lambda index, _: keep[index]).map(lambda _, x: x)
+  return picked.cache()
 
 
 def _numpy_batches(
@@ -132,19 +172,35 @@ def _numpy_batches(
   split: str,
   rows: tuple[int, int],
   by_source: bool,
+  examples: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   start, stop = rows
-  dataset = seqio.get_dataset(
-    mixture_or_task_name,
-    task_feature_lengths=dict(task_feature_lengths),
-    dataset_split=split,
-    shuffle=True,
-    num_epochs=None,
-    seed=seed,
-    feature_converter=feature_converter(),
-    shard_info=shard_info() if by_source else None,
-    use_cached=False,
-  )
+  if examples is None:
+    dataset = seqio.get_dataset(
+      mixture_or_task_name,
+      task_feature_lengths=dict(task_feature_lengths),
+      dataset_split=split,
+      shuffle=True,
+      num_epochs=None,
+      seed=seed,
+      feature_converter=feature_converter(),
+      shard_info=shard_info() if by_source else None,
+      use_cached=False,
+    )
+  else:
+    # One ordered pass to pick the examples, then epochs over them in `seed`'s order.
+    num_examples, examples_seed = examples
+    every = seqio.get_dataset(
+      mixture_or_task_name,
+      task_feature_lengths=dict(task_feature_lengths),
+      dataset_split=split,
+      shuffle=False,
+      num_epochs=1,
+      feature_converter=feature_converter(),
+      use_cached=False,
+    )
+    picked = subsample(every, num_examples, examples_seed, f"{mixture_or_task_name}'s {split}")
+    dataset = picked.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True).repeat()
   if by_source:
     # Each process's own part of the source, batched to its share of the global batch.
     dataset = dataset.batch(stop - start, drop_remainder=True)

@@ -50,3 +50,30 @@ def test_one_process_feeds_every_row():
 def test_bad_input_sharding_settings_are_refused(kwargs, message):
   with pytest.raises(ValueError, match=message):
     _batches(1, **kwargs)
+
+
+def _rows(batches: list[dict[str, np.ndarray]]) -> list[bytes]:
+  return [row.tobytes() for batch in batches for row in batch["encoder_input_tokens"]]
+
+
+def test_train_examples_trains_on_that_many_examples_chosen_by_their_own_seed():
+  """TRAIN_EXAMPLES: 12 examples, the same 12 for any batch seed, other ones for another
+  examples seed; every epoch goes over all of them once."""
+  picked = _rows(_batches(3, train_examples=12, train_examples_seed=0))  # 24 rows: 2 epochs
+  assert len(set(picked)) == 12
+  assert sorted(picked[:12]) == sorted(picked[12:])  # Each epoch is the 12, reshuffled.
+  stream = data.train_batches("demo_sentiment", LENGTHS, 8, seed=7, train_examples=12)
+  assert set(_rows(list(itertools.islice(stream, 3)))) == set(picked)
+  other = _rows(_batches(3, train_examples=12, train_examples_seed=1))
+  assert set(other) != set(picked)
+  # Deterministic, and resumable by position like the full split.
+  assert _rows(_batches(3, train_examples=12)) == picked
+  resumed = _batches(1, train_examples=12, start_position=2)
+  assert _rows(resumed) == picked[16:]
+
+
+def test_train_examples_larger_than_the_split_is_refused():
+  with pytest.raises(ValueError, match="has only 2000 examples"):
+    _batches(1, train_examples=5000)
+  with pytest.raises(ValueError, match="positive number"):
+    _batches(1, train_examples=0)
