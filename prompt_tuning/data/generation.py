@@ -68,7 +68,9 @@ def linearize_triples(table: Mapping[str, tf.Tensor]) -> tf.Tensor:
   need not start at 0 or be contiguous."""
   _, row = tf.unique(tf.cast(table["row_number"], tf.int32))
   rows = tf.RaggedTensor.from_value_rowids(table["content"], tf.cast(row, tf.int64))
-  return tf.strings.reduce_join(tf.strings.reduce_join(rows, axis=1, separator=" : "), separator=" | ")
+  return tf.strings.reduce_join(
+    tf.strings.reduce_join(rows, axis=1, separator=" : "), separator=" | "
+  )
 
 
 def table_text(dataset: tf.data.Dataset, linearize: Any, with_category: bool) -> tf.data.Dataset:
@@ -122,7 +124,9 @@ DART_METRIC = gm.multi_reference(gm.bleu, gm.chrf, gm.ter)
 XSUM_METRIC = gm.single_reference(gm.rouge_stemmed)
 
 
-def _add_task(name: str, source: seqio.DataSource, text_step: Any, features, postprocess_fn, metric):
+def _add_task(
+  name: str, source: seqio.DataSource, text_step: Any, features, postprocess_fn, metric
+):
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
     name,

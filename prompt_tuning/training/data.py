@@ -115,7 +115,9 @@ def train_batches(
     raise ValueError(f"train_batches.shard_by must be one of {SHARD_BY}, got {shard_by!r}")
   if train_examples is not None:
     if train_examples < 1:
-      raise ValueError(f"TRAIN_EXAMPLES must be a positive number of examples, got {train_examples}")
+      raise ValueError(
+        f"TRAIN_EXAMPLES must be a positive number of examples, got {train_examples}"
+      )
     if shard_by == "source" and jax.process_count() > 1:
       raise ValueError(
         "TRAIN_EXAMPLES subsamples the whole split, which needs every process to read all of "

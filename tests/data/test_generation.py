@@ -24,11 +24,7 @@ LENGTHS = {"inputs": 64, "targets": 24}
 
 def _table(headers, contents, rows=None):
   rows = list(range(len(headers))) if rows is None else rows
-  return {
-    "column_header": headers,
-    "row_number": np.asarray(rows, np.int16),
-    "content": contents,
-  }
+  return {"column_header": headers, "row_number": np.asarray(rows, np.int16), "content": contents}
 
 
 def _triples(triples, first_row=0, gap=1):
@@ -52,19 +48,30 @@ RAW = {
     {
       "input_text": {
         # WebNLG skips empty triples, so row numbers can have gaps.
-        "table": _triples([("Aarhus_Airport", "cityServed", "Aarhus"), ("Aarhus", "country", "Denmark")], gap=2),
+        "table": _triples(
+          [("Aarhus_Airport", "cityServed", "Aarhus"), ("Aarhus", "country", "Denmark")], gap=2
+        ),
         "context": "Airport",
       },
       "target_text": "Aarhus Airport serves Aarhus in Denmark.",
     },
     {
-      "input_text": {"table": _triples([("John_Doe", "occupation", "Painter")]), "context": "Artist"},
+      "input_text": {
+        "table": _triples([("John_Doe", "occupation", "Painter")]),
+        "context": "Artist",
+      },
       "target_text": "John Doe is a painter.",
     },
   ],
   "dart": [
-    {"input_text": {"table": _triples([("Mars", "orbits", "Sun")], first_row=0)}, "target_text": "Mars orbits the Sun."},
-    {"input_text": {"table": _triples([("Mars", "orbits", "Sun")], first_row=0)}, "target_text": "The Sun is orbited by Mars."},
+    {
+      "input_text": {"table": _triples([("Mars", "orbits", "Sun")], first_row=0)},
+      "target_text": "Mars orbits the Sun.",
+    },
+    {
+      "input_text": {"table": _triples([("Mars", "orbits", "Sun")], first_row=0)},
+      "target_text": "The Sun is orbited by Mars.",
+    },
   ],
   "xsum": [
     {"document": "A long article about the weather.", "summary": "It rained."},
@@ -129,7 +136,10 @@ def test_triples_are_linearised_per_row_even_with_gaps_in_row_numbers(mock_tfds)
 
 
 def test_xsum_asks_to_summarize_the_document(mock_tfds):
-  assert _texts(_examples("xsum")[0]) == ("summarize: A long article about the weather.", "It rained.")
+  assert _texts(_examples("xsum")[0]) == (
+    "summarize: A long article about the weather.",
+    "It rained.",
+  )
 
 
 def _postprocessed(name: str, predictions: list[str]) -> tuple[list, list]:
@@ -138,7 +148,9 @@ def _postprocessed(name: str, predictions: list[str]) -> tuple[list, list]:
   targets = [
     task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True) for ex in examples
   ]
-  outputs = [task.postprocess_fn(p, example=ex, is_target=False) for p, ex in zip(predictions, examples)]
+  outputs = [
+    task.postprocess_fn(p, example=ex, is_target=False) for p, ex in zip(predictions, examples)
+  ]
   return targets, outputs
 
 

@@ -16,7 +16,9 @@ def test_bleu_matches_the_hand_computed_geometric_mean_of_precisions():
 
 def test_bleu_uses_every_reference_and_allows_their_number_to_vary():
   references = [["the cat sat on a mat", "the cat sat on the mat"], ["a dog barked"]]
-  assert gm.bleu(references, ["the cat sat on the mat", "a dog barked"])["bleu"] == pytest.approx(100)
+  assert gm.bleu(references, ["the cat sat on the mat", "a dog barked"])["bleu"] == pytest.approx(
+    100
+  )
   assert gm.reference_streams(references) == [
     ["the cat sat on a mat", "a dog barked"],
     ["the cat sat on the mat", None],
