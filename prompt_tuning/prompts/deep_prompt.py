@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts import real_words as real_words_lib
 from prompt_tuning.prompts.prefix_tuning import (
   STACKS,
   MlpReparameterization,
@@ -54,7 +55,8 @@ class DeepPrompt(nn.Module):
   """The deep prompts of one stack; `config` and `stack` are given by the backbone.
 
   Parameters: `prompt` [layers in range, P, d_model] (initialised by `prompt_init`, per
-  layer, or read from `init_dir`), or with `reparameterize=True` the MLP's
+  layer, from the frozen model's layer inputs on a string with `real_words`, or read from
+  `init_dir`), or with `reparameterize=True` the MLP's
   (`mlp/embedding`, `mlp/hidden`, `mlp/out`). A stack not in `stacks` gets no prompts
   and no parameters.
   """
@@ -71,6 +73,7 @@ class DeepPrompt(nn.Module):
   init_dir: str | None = None
   param_dtype: Any = jnp.float32
   combine: str | None = None
+  real_words: Any = None
 
   def layer_indices(self) -> range:
     """The layers of this stack that get a prompt."""
@@ -99,6 +102,8 @@ class DeepPrompt(nn.Module):
       raise ValueError(f"deep prompt length must be >= 0, got {self.length}")
     count, width = len(self.layer_indices()), self.config.emb_dim
     if self.reparameterize:
+      if self.real_words is not None:
+        real_words_lib.refuse_reparameterized("P-Tuning v2")
       flat = MlpReparameterization(
         self.length,
         count * width,
@@ -108,7 +113,15 @@ class DeepPrompt(nn.Module):
         name="mlp",
       )()
       return jnp.transpose(flat.reshape(self.length, count, width), (1, 0, 2))
-    init = exported_or(_per_layer(self.prompt_init), self.init_dir, self.scope.path, "prompt")
+    init = _per_layer(self.prompt_init)
+    if self.real_words is not None:
+      if self.combine is not None:
+        raise ValueError(
+          "real-word initialisation gives P-Tuning v2's deep prompts (combine None) the "
+          f"string's layer inputs; per-layer prompts (combine {self.combine!r}) are not supported"
+        )
+      init = self.real_words.initializer(self.config, self.stack, "hidden", self.layer_indices())
+    init = exported_or(init, self.init_dir, self.scope.path, "prompt")
     return self.param(
       "prompt",
       boxed(init, "layers", "prompt", "embed"),

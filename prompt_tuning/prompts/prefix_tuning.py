@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts import real_words as real_words_lib
 from prompt_tuning.t5.config import T5Config
 from prompt_tuning.t5.layers import LayerPrefix, axis_dense, boxed
 
@@ -83,7 +84,8 @@ class PrefixTuning(nn.Module):
   = `embedding_dim`, d_model by default; `mlp/hidden` with `hidden_dim` units, 512 as in
   the paper's code; `mlp/out`); with False they are the prefixes themselves: `key`, `value`
   (and `cross_key`, `cross_value` in the decoder with cross-attention), each
-  [layers, P, heads * head_dim], initialised by `prefix_init` or read from `init_dir`.
+  [layers, P, heads * head_dim], initialised by `prefix_init`, from the frozen model's
+  activations on a string (`real_words`, a `prompts.RealWords`) or read from `init_dir`.
   """
 
   config: T5Config
@@ -96,6 +98,7 @@ class PrefixTuning(nn.Module):
   prefix_init: Initializer = nn.initializers.normal(1.0)
   init_dir: str | None = None
   param_dtype: Any = jnp.float32
+  real_words: Any = None
 
   def kinds(self) -> tuple[str, ...]:
     """Which prefixes this stack has, in the order of the MLP's output."""
@@ -112,6 +115,8 @@ class PrefixTuning(nn.Module):
     width = self.config.num_heads * self.config.head_dim
     kinds = self.kinds()
     if self.reparameterize:
+      if self.real_words is not None:
+        real_words_lib.refuse_reparameterized("Prefix-Tuning")
       flat = MlpReparameterization(
         self.length,
         num_layers * len(kinds) * width,
@@ -126,7 +131,10 @@ class PrefixTuning(nn.Module):
       return {kind: grouped[i] for i, kind in enumerate(kinds)}
     prefixes = {}
     for kind in kinds:
-      init = exported_or(self.prefix_init, self.init_dir, self.scope.path, kind)
+      init = self.prefix_init
+      if self.real_words is not None:
+        init = self.real_words.initializer(self.config, self.stack, kind, range(num_layers))
+      init = exported_or(init, self.init_dir, self.scope.path, kind)
       prefixes[kind] = self.param(
         kind,
         boxed(init, "layers", "prompt", "prompt_embed"),
