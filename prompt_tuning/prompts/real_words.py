@@ -100,6 +100,7 @@ def _checkpoint_activations(path: str, config: T5Config, token_ids: tuple[int, .
   """Cached per string and length: gin builds a fresh `RealWords` for every module that
   asks, and the model's initialisation is traced more than once. The frozen weights are
   dropped once the (small) activations are computed."""
+
   def load_and_run() -> Activations:
     params = convert.load_params(path, config, allow_unexpected=r".*prompt.*")
     return _activations(config, params, token_ids)
