@@ -57,3 +57,27 @@ def test_demo_writes_everything_under_out_and_prints_only_its_own_lines(tmp_path
   )
   assert prompt_file.is_file()
   assert (out / "prompt_tuning" / "metrics.jsonl").is_file()
+
+
+def test_table_to_text_demo_reports_bleu_and_rouge_before_and_after_with_samples(tmp_path):
+  out = tmp_path / "table_demo"
+  budget = ["--lm-steps", "4", "--prompt-steps", "3", "--prompt-length", "2", "--batch-size", "4"]
+  result = subprocess.run(
+    [*_entry_point(), "demo", "--task", "table_to_text", "--out", str(out), *budget],
+    cwd=tmp_path,
+    env={**os.environ, "PYTHONPATH": REPO},
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert result.returncode == 0, result.stderr
+  assert "[3/3] Results" in result.stdout and "BLEU" in result.stdout
+  assert "Sample generations:" in result.stdout and "name : " in result.stdout
+  with open(out / "results.json") as f:
+    table = json.load(f)
+  for key in ("bleu_before", "bleu_after", "rouge_l_before", "rouge_l_after"):
+    assert 0.0 <= table[key] <= 100.0, key
+  assert len(table["samples"]) == 4 and all(s["table"] for s in table["samples"])
+  assert table["trainable_parameters"] > 0
+  assert os.path.getsize(out / "loss_curves.png") > 1000
+  assert (out / "prefix_tuning" / "checkpoint_3").is_dir()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import seqio
 
-from prompt_tuning.data import c4, demo, generation, glue, mrqa, spot, super_glue  # noqa: F401
+from prompt_tuning.data import c4, demo, demo_table, generation, glue, mrqa, spot, super_glue  # noqa: F401
 from prompt_tuning.data import task_mixtures
 from prompt_tuning.data import vocab as vocab_lib
 

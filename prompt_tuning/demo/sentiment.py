@@ -1,4 +1,5 @@
-"""`prompt-tuning demo`: the paper's pipeline in miniature, offline, on 2 CPU cores.
+"""`prompt-tuning demo` (the default `--task sentiment`): the paper's pipeline in
+miniature, offline, on 2 CPU cores.
 
 1. Build a tiny T5 1.1 from scratch and LM-adapt it (prefix-LM, every parameter trains)
    on the bundled corpus: this stands in for the released "lm100k" checkpoint.
@@ -12,12 +13,10 @@ with the bindings printed so a user can rerun any stage from the command line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import tempfile
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gin
 
@@ -47,13 +46,17 @@ def _model_bindings(vocab_size: int) -> dict[str, Any]:
   return {f"network.t5_config.{k}": repr(v) for k, v in overrides.items()}
 
 
-def _train(gin_files: Sequence[str], bindings: dict[str, Any]) -> Any:
+def _train(
+  gin_files: Sequence[str],
+  bindings: dict[str, Any],
+  evaluation_factory: Callable[..., Any] = evaluator.build_evaluation,
+) -> Any:
   """One gin-configured training run, exactly as the CLI would do it."""
   gin.clear_config()
   launch.parse_gin(gin_files, _bindings(bindings), [])
   gin.finalize()
   try:
-    return trainer.train(evaluation_factory=evaluator.build_evaluation)
+    return trainer.train(evaluation_factory=evaluation_factory)
   finally:
     gin.clear_config()
 
@@ -85,7 +88,9 @@ def _plot(out_dir: str, runs: dict[str, str], path: str) -> None:
   plt.close(fig)
 
 
-def lm_adapt(model_dir: str, steps: int, batch_size: int) -> Any:
+def lm_adapt(
+  model_dir: str, steps: int, batch_size: int, mixture: str = demo_data.LM_ADAPTATION_MIXTURE
+) -> Any:
   """Stage 1: a tiny T5 1.1 from scratch, every parameter trained on the prefix-LM task
   (the bundled corpus's reviews end in a verdict such as "Sentiment: positive.", which is
   where the frozen model's knowledge of the task comes from)."""
@@ -93,7 +98,7 @@ def lm_adapt(model_dir: str, steps: int, batch_size: int) -> Any:
     ["prompt_tuning/configs/models/t5_1_1_small.gin", "prompt_tuning/configs/runs/lm_adapt.gin"],
     {
       **_model_bindings(demo_data.demo_vocab_size()),
-      "MIXTURE_OR_TASK_NAME": "'demo_lm_adaptation'",
+      "MIXTURE_OR_TASK_NAME": repr(mixture),
       "TASK_FEATURE_LENGTHS": "{'inputs': 48, 'targets': 24}",
       "MODEL_DIR": repr(model_dir),
       "INITIAL_CHECKPOINT_PATH": "None",
@@ -234,24 +239,3 @@ def _print_table(
   print(f"  orbax checkpoints  {prompt_dir}/checkpoint_*")
   print(f"  metrics            {prompt_dir}/metrics.jsonl (TensorBoard: {prompt_dir}/train)")
   print(f"  table              {out_dir}/results.json")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-    prog="prompt-tuning demo",
-    description="Offline end-to-end demo: LM-adapt a tiny T5 1.1 on bundled text, then "
-    "prompt-tune it on a bundled sentiment task; prints a before/after table.",
-  )
-  parser.add_argument(
-    "--out", default=None, help="output directory (default: a new directory under /tmp)"
-  )
-  parser.add_argument("--lm-steps", type=int, default=400)
-  parser.add_argument("--prompt-steps", type=int, default=200)
-  parser.add_argument("--prompt-length", type=int, default=20)
-  parser.add_argument("--batch-size", type=int, default=32)
-  args = parser.parse_args(argv)
-  out_dir = args.out or tempfile.mkdtemp(prefix="prompt_tuning_demo_")
-  run_demo(
-    os.path.abspath(out_dir), args.lm_steps, args.prompt_steps, args.prompt_length, args.batch_size
-  )
-  return 0
