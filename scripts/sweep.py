@@ -58,6 +58,8 @@ from prompt_tuning import cli  # noqa: E402
 SIZE_KEY = "SIZE"
 GIN_FILE_KEY = "gin_file"
 SIZE_BINDING = "network.t5_config.size"
+# The plot's x axes that are not grid keys, and the CSV column each reads.
+X_FIELDS = {"trainable": "trainable_params", "model": "model_params"}
 CSV_FIELDS = (
   "run",
   "status",
@@ -449,20 +451,23 @@ def plot(
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  x_field = "trainable_params" if x_axis == "trainable" else "model_params"
+  x_field = X_FIELDS.get(x_axis, x_axis)
   lines: dict[str, list[tuple[float, float]]] = {}
   for row in rows:
     score = row["best_score"]
-    if row["status"] != "ok" or not math.isfinite(score) or row[x_field] <= 0:
+    x = float(row[x_field])
+    if row["status"] != "ok" or not math.isfinite(score) or x <= 0:
       continue
     label = ", ".join("=".join(_short(k, row[k])) for k in series_keys) or "runs"
-    lines.setdefault(label, []).append((row[x_field], score))
+    lines.setdefault(label, []).append((x, score))
   fig, axis = plt.subplots(figsize=(6, 4))
   for label, points in lines.items():
     xs, ys = zip(*sorted(points))
     axis.plot(xs, ys, marker="o", label=label)
   axis.set_xscale("log")
-  axis.set_xlabel("trainable parameters" if x_axis == "trainable" else "model parameters")
+  axis.set_xlabel(
+    {"trainable": "trainable parameters", "model": "model parameters"}.get(x_axis, x_axis)
+  )
   axis.set_ylabel(f"best {metric}")
   axis.grid(alpha=0.3, which="both")
   if lines:
@@ -472,9 +477,17 @@ def plot(
   plt.close(fig)
 
 
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
+
+
 def default_series(grid_keys: Sequence[str], x_axis: str) -> list[str]:
   """Lines are labelled by every grid key that does not move the point along x."""
-  on_x = {"PROMPT_LENGTH"} if x_axis == "trainable" else {SIZE_KEY, SIZE_BINDING}
+  on_x = {"trainable": {"PROMPT_LENGTH"}, "model": {SIZE_KEY, SIZE_BINDING}}.get(x_axis, {x_axis})
   return [k for k in grid_keys if k not in on_x]
 
 
@@ -579,7 +592,8 @@ def run_sweep(
       }
     )
     write_csv(os.path.join(out_dir, "results.csv"), rows, grid_keys)  # After each point.
-  plot_path = os.path.join(out_dir, f"scores_vs_{x_axis}_params.png")
+  plot_name = f"scores_vs_{x_axis}_params" if x_axis in X_FIELDS else f"scores_vs_{x_axis}"
+  plot_path = os.path.join(out_dir, f"{plot_name}.png")
   plot(rows, x_axis, series, metric, plot_path)
   print(f"results: {os.path.join(out_dir, 'results.csv')}\nplot: {plot_path}")
   return rows
@@ -613,10 +627,9 @@ def _parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--x",
-    choices=["trainable", "model"],
     default=None,
-    help="x axis of the plot: trainable (prompt) or model parameters "
-    "(default: the grid file's, else trainable)",
+    help="x axis of the plot: trainable (prompt) or model parameters, or a numeric grid "
+    "key such as TRAIN_EXAMPLES (default: the grid file's, else trainable)",
   )
   parser.add_argument(
     "--series",
@@ -681,8 +694,14 @@ def sweep_options(args: argparse.Namespace) -> SweepOptions:
     return values[-1] if values else None
 
   x_axis = args.x or from_files("x") or "trainable"
-  if x_axis not in ("trainable", "model"):
-    raise ValueError(f"grid file x = {x_axis!r}: use 'trainable' or 'model'")
+  if x_axis not in X_FIELDS and x_axis not in [key for key, _ in grid]:
+    raise ValueError(
+      f"x = {x_axis!r}: use 'trainable', 'model' or a numeric grid key "
+      f"(grid keys: {', '.join(key for key, _ in grid) or 'none'})"
+    )
+  for key, values in grid:
+    if key == x_axis and not all(_is_number(v) for v in values):
+      raise ValueError(f"x = {x_axis!r} needs numeric values, got {', '.join(values)}")
   series = from_files("series") if args.series is None else [s for s in args.series.split(",") if s]
   return SweepOptions(grid, checkpoints, args.metric or from_files("metric"), x_axis, series)
 

@@ -13,8 +13,9 @@ biases depend on distances only, and the decoder is causal, so target positions 
 last real one never reach an earlier one. Outputs equal the fixed-shape ones up to float
 rounding (docs/training.md, "Length buckets").
 
-Buckets apply to evaluation and inference (on by default); training batches keep the
-fixed shapes.
+Buckets apply to evaluation and inference (on by default) and, with
+TRAIN_LENGTH_BUCKETS, to training (off by default): training batches keep their examples
+and order and lose only trailing padding (training/data.py).
 """
 
 from __future__ import annotations

@@ -18,14 +18,16 @@ only its share, and the batches then depend on the process count (docs/scale.md,
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import gin
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+from absl import logging
 
+from prompt_tuning.training import buckets as buckets_lib
 from prompt_tuning.training import partitioning
 
 
@@ -97,6 +99,7 @@ def train_batches(
   rows: tuple[int, int] | None = None,
   train_examples: int | None = None,
   train_examples_seed: int = 0,
+  length_buckets: str | Sequence[int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless per-process batches, starting after `start_position` batches.
 
@@ -110,9 +113,25 @@ def train_batches(
   only, the low-data runs of Prefix-Tuning's paper (50 / 100 / 200 / 500): see
   `subsample`. `train_examples_seed` (TRAIN_EXAMPLES_SEED) picks which; the batch order
   over them still follows `seed`.
+
+  `length_buckets` (gin macro TRAIN_LENGTH_BUCKETS): None (default) pads every batch to
+  the feature lengths, as the original does; "auto" or a list of lengths cuts each batch
+  to the smallest bucket that holds its longest input (and target), as
+  `training/buckets.py` does for evaluation. The batches hold the same examples in the
+  same order either way, only their trailing padding differs, so training follows the
+  fixed-shape run up to float rounding, resumes as it does, and compiles once per bucket
+  pair used (docs/training.md, "Length buckets").
   """
   if shard_by not in SHARD_BY:
     raise ValueError(f"train_batches.shard_by must be one of {SHARD_BY}, got {shard_by!r}")
+  encoder_buckets = buckets_lib.resolve(length_buckets, int(task_feature_lengths["inputs"]))
+  decoder_buckets = buckets_lib.resolve(length_buckets, int(task_feature_lengths["targets"]))
+  if encoder_buckets is not None and shard_by == "source" and jax.process_count() > 1:
+    raise ValueError(
+      "TRAIN_LENGTH_BUCKETS cuts each global batch to its longest row, which processes that "
+      "read their own part of the source cannot agree on; use train_batches.shard_by = "
+      "'batch' (the default) or TRAIN_LENGTH_BUCKETS = None"
+    )
   if train_examples is not None:
     if train_examples < 1:
       raise ValueError(
@@ -138,6 +157,7 @@ def train_batches(
     (start, stop),
     by_source,
     None if train_examples is None else (train_examples, train_examples_seed),
+    None if encoder_buckets is None else (encoder_buckets, decoder_buckets),
   )
 
 
@@ -175,6 +195,7 @@ def _numpy_batches(
   rows: tuple[int, int],
   by_source: bool,
   examples: tuple[int, int] | None = None,
+  buckets: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   start, stop = rows
   if examples is None:
@@ -208,13 +229,28 @@ def _numpy_batches(
     dataset = dataset.batch(stop - start, drop_remainder=True)
   else:
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    if (start, stop) != (0, batch_size):
+    if (start, stop) != (0, batch_size) and buckets is None:
       dataset = dataset.map(lambda batch: {k: v[start:stop] for k, v in batch.items()})
   if start_position:
     dataset = dataset.skip(start_position)
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
+  shapes: set[tuple[int, int]] = set()
   for batch in dataset.as_numpy_iterator():
-    yield {k: np.asarray(v) for k, v in batch.items()}
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    if buckets is not None:
+      # Cut the whole global batch, then this process's rows: every process agrees.
+      batch = buckets_lib.trim(batch, *buckets)
+      shape = (batch["encoder_input_tokens"].shape[1], batch["decoder_target_tokens"].shape[1])
+      if shape not in shapes:
+        shapes.add(shape)
+        logging.info(
+          "training batch shape %d: inputs %d, targets %d (at most %d)",
+          len(shapes),
+          *shape,
+          len(buckets[0]) * len(buckets[1]),
+        )
+      batch = {k: v[start:stop] for k, v in batch.items()}
+    yield batch
 
 
 def pad_batch(

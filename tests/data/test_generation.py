@@ -200,24 +200,34 @@ def test_xsum_scores_stemmed_rouge_against_its_one_summary(mock_tfds):
   assert set(scores) == {"rouge1", "rouge2", "rougeL"}
 
 
-def test_a_tiny_model_decodes_a_table_task_through_the_evaluator(mock_tfds, test_vocabulary):
+EXPECTED_KEYS = {
+  "e2e_nlg": {"bleu", "nist", "rouge_l", "cider"},
+  "web_nlg_en": {"bleu", "chrf", "ter", "bleu_seen", "bleu_unseen"},
+  "dart": {"bleu", "chrf", "ter"},
+  "xsum": {"rouge1", "rouge2", "rougeL"},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(test_vocabulary):
   config = T5Config.from_size("tiny", vocab_size=test_vocabulary.vocab_size)
   model = models.EncoderDecoderModel(
     Transformer(config, input_prompt=functools.partial(Prompt, length=2))
   )
-  params = jax.tree.map(
-    np.asarray,
-    model.module.init(
-      jax.random.PRNGKey(0),
-      np.ones((1, 8), np.int32),
-      np.ones((1, 4), np.int32),
-      np.ones((1, 4), np.int32),
-    )["params"],
-  )
-  evaluation = evaluator.Evaluation(
-    "e2e_nlg", LENGTHS, 2, model.predict_batch, model.score_batch, num_examples=None
-  )
-  results = evaluation.evaluate(params)["e2e_nlg"]
-  assert {"bleu", "nist", "rouge_l", "cider"} <= set(results)
-  assert all(np.isfinite(results[k]) for k in ("bleu", "nist", "rouge_l", "cider"))
-  assert len(evaluation.predictions["e2e_nlg"]) == 3
+  tokens = np.ones((1, 4), np.int32)
+  params = model.module.init(jax.random.PRNGKey(0), tokens, tokens, tokens)["params"]
+  return model, jax.tree.map(np.asarray, params)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_KEYS))
+def test_a_tiny_model_decodes_every_task_through_the_evaluator(mock_tfds, tiny_model, name):
+  """preprocess -> features -> decode -> postprocess -> (multi-reference) metric."""
+  model, params = tiny_model
+  evaluation = evaluator.Evaluation(name, LENGTHS, 2, model.predict_batch, model.score_batch)
+  results = evaluation.evaluate(params)[name]
+  assert EXPECTED_KEYS[name] <= set(results)
+  assert all(np.isfinite(results[k]) for k in EXPECTED_KEYS[name])
+  assert len(evaluation.predictions[name]) == len(RAW[_TFDS_NAMES[name]])
+
+
+_TFDS_NAMES = {"e2e_nlg": "e2e_cleaned", "web_nlg_en": "web_nlg", "dart": "dart", "xsum": "xsum"}

@@ -186,6 +186,31 @@ def test_plot_against_model_size_draws_one_line_per_prompt_length(tmp_path):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_low_data_runs_plot_against_the_number_of_training_examples(tmp_path, capsys):
+  rows = [
+    {"status": "ok", "TRAIN_EXAMPLES": n, "TRAIN_EXAMPLES_SEED": seed, "best_score": score}
+    for n, score in (("50", 20.0), ("500", 40.0))
+    for seed in ("0", "1")
+  ]
+  grid_keys = ["TRAIN_EXAMPLES", "TRAIN_EXAMPLES_SEED"]
+  series = sweep.default_series(grid_keys, "TRAIN_EXAMPLES")
+  assert series == ["TRAIN_EXAMPLES_SEED"]
+  path = str(tmp_path / "low_data.png")
+  sweep.plot(rows, "TRAIN_EXAMPLES", series, "e2e_nlg/bleu", path)
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  base = ["--tiny-demo", "--out", str(tmp_path / "sweep"), "--dry-run"]
+  grid = ["--grid", "TRAIN_EXAMPLES=50,100", "--grid", "TRAIN_EXAMPLES_SEED=0,1"]
+  assert sweep.main([*base, *grid, "--x", "TRAIN_EXAMPLES"]) == 0
+  printed = capsys.readouterr().out.splitlines()
+  commands = [line for line in printed if line.startswith("prompt-tuning")]
+  assert len(commands) == 4 and "--gin.TRAIN_EXAMPLES=100" in commands[-1]
+  assert sweep.main([*base, "--grid", "TRAIN_EXAMPLES=50,None", "--x", "TRAIN_EXAMPLES"]) == 2
+  assert "needs numeric values" in capsys.readouterr().err
+  assert sweep.main([*base, *grid, "--x", "STEPS"]) == 2
+  assert "numeric grid key" in capsys.readouterr().err
+
+
 def test_dry_run_checks_every_point_and_trains_nothing(tmp_path, capsys):
   out = tmp_path / "never_created"
   base = [

@@ -77,3 +77,38 @@ def test_train_examples_larger_than_the_split_is_refused():
     _batches(1, train_examples=5000)
   with pytest.raises(ValueError, match="positive number"):
     _batches(1, train_examples=0)
+
+
+WIDE = {"inputs": 40, "targets": 4}
+BUCKETS = [16, 24, 32]
+
+
+def _wide(count: int, **kwargs) -> list[dict[str, np.ndarray]]:
+  stream = data.train_batches("demo_sentiment", WIDE, 8, seed=3, **kwargs)
+  return list(itertools.islice(stream, count))
+
+
+def test_length_buckets_cut_the_same_batches_to_their_longest_row():
+  """TRAIN_LENGTH_BUCKETS: the fixed-shape run's batches, rows and order unchanged, each
+  cut to the smallest bucket holding its longest input; every process cuts alike."""
+  fixed = _wide(6)
+  cut = _wide(6, length_buckets=BUCKETS)
+  shapes = set()
+  for whole, trimmed in zip(fixed, cut):
+    width = trimmed["encoder_input_tokens"].shape[1]
+    shapes.add(width)
+    longest = int((whole["encoder_input_tokens"] != 0).sum(axis=1).max())
+    assert width == min(b for b in (*BUCKETS, 40) if b >= longest)
+    for name, value in trimmed.items():
+      np.testing.assert_array_equal(value, whole[name][:, : value.shape[1]])
+      assert not whole[name][:, value.shape[1] :].any()  # Only padding was cut.
+  assert len(shapes) > 1, shapes
+  first = _wide(6, length_buckets=BUCKETS, rows=(0, 4))
+  second = _wide(6, length_buckets=BUCKETS, rows=(4, 8))
+  for a, b, whole in zip(first, second, cut):
+    np.testing.assert_array_equal(
+      np.concatenate([a["encoder_input_tokens"], b["encoder_input_tokens"]]),
+      whole["encoder_input_tokens"],
+    )
+  resumed = _wide(1, length_buckets=BUCKETS, start_position=4)[0]
+  np.testing.assert_array_equal(resumed["encoder_input_tokens"], cut[4]["encoder_input_tokens"])

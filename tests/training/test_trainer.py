@@ -225,3 +225,23 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   assert "Traceback" not in result.stderr
   assert _checkpoints(model_dir) == ["checkpoint_3"]
   np.testing.assert_array_equal(_prompt(model_dir, 3), saved)
+
+
+def test_length_bucketed_training_resumes_bit_identical_and_follows_the_fixed_run(
+  tmp_path, base_checkpoint, trained_run
+):
+  """TRAIN_LENGTH_BUCKETS: a run stopped at step 6 and restarted ends bit-identical to
+  one that never stopped, and both stay within float rounding of the fixed-shape run
+  (the batches hold the same examples; only padding is cut)."""
+  buckets = {"TRAIN_LENGTH_BUCKETS": "[8, 16]", "EVAL_PERIOD": "None"}
+  straight = str(tmp_path / "straight")
+  assert run_cli(_train_args(straight, base_checkpoint, **buckets)).returncode == 0
+  stopped = str(tmp_path / "stopped")
+  first = run_cli(_train_args(stopped, base_checkpoint, **buckets, TRAIN_STEPS="6"))
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = run_cli(_train_args(stopped, base_checkpoint, **buckets))
+  assert second.returncode == 0 and "resumed from" in second.stderr
+  np.testing.assert_array_equal(_prompt(straight, STEPS), _prompt(stopped, STEPS))
+  np.testing.assert_allclose(
+    _prompt(straight, STEPS), _prompt(trained_run[0], STEPS), rtol=1e-4, atol=1e-5
+  )
