@@ -45,6 +45,7 @@ format: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/load_checkpoint.py
 	$(PY) benchmarks/peft_compare.py $(BENCH_ARGS)
+	$(PY) benchmarks/real_lengths.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,7 +6,8 @@ label} (Figure 3b), LM-adaptation steps (Figure 3d). This script expands such a 
 trains every point in its own `--out/<point>` model directory (sequentially, so one
 accelerator is enough), takes each run's best dev score (early stopping: the maximum over
 its eval rows of `--metric`) and writes `results.csv` plus a PNG of score against
-trainable or model parameters (log x), one line per value of the other grid keys.
+trainable or model parameters (log x), or against a numeric grid key (`--x
+TRAIN_EXAMPLES` for low-data runs), one line per value of the other grid keys.
 
   python scripts/sweep.py --out /runs/fig3a \\
     --gin_file=prompt_tuning/configs/models/t5_1_1_small_prompt.gin \\

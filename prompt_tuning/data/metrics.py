@@ -161,6 +161,112 @@ def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[
   return {"em": 100.0 * em_total / n, "f1": 100.0 * f1_total / n}
 
 
+def squad_v2(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
+  """SQuAD 2.0's official exact match and F1, overall and split into questions with an
+  answer (`HasAns_*`) and without (`NoAns_*`, where only an empty prediction is right).
+
+  As the official script: answers that normalise to nothing are dropped, a question left
+  without answers has the one answer "", and each score is the max over the answers.
+  Without no-answer probabilities the script's threshold changes nothing, so there is
+  none here. Scores x 100; `*_total` are counts, present only for a non-empty split."""
+  _check_lengths(targets, predictions)
+  exact: dict[str, list[float]] = {"HasAns": [], "NoAns": []}
+  f1: dict[str, list[float]] = {"HasAns": [], "NoAns": []}
+  for i, (answers, prediction) in enumerate(zip(targets, predictions)):
+    if isinstance(answers, (str, bytes)):
+      raise ValueError(
+        f"squad_v2 targets must be lists of answers (empty: no answer); example {i} is a "
+        "single string. Wrap it in a list."
+      )
+    gold = [normalize_answer(_as_text(a)) for a in answers]
+    gold = [a for a in gold if a] or [""]
+    split = "HasAns" if gold != [""] else "NoAns"
+    pred = normalize_answer(_as_text(prediction))
+    exact[split].append(max(float(pred == a) for a in gold))
+    f1[split].append(max(_token_f1(pred, a) for a in gold))
+  every_exact = exact["HasAns"] + exact["NoAns"]
+  every_f1 = f1["HasAns"] + f1["NoAns"]
+  result = {
+    "exact": 100.0 * sum(every_exact) / len(every_exact),
+    "f1": 100.0 * sum(every_f1) / len(every_f1),
+    "total": float(len(every_exact)),
+  }
+  for split in ("HasAns", "NoAns"):
+    if exact[split]:
+      result[f"{split}_exact"] = 100.0 * sum(exact[split]) / len(exact[split])
+      result[f"{split}_f1"] = 100.0 * sum(f1[split]) / len(f1[split])
+      result[f"{split}_total"] = float(len(exact[split]))
+  return result
+
+
+# ---------------------------------------------------------------------------------------
+# Entity-level F1 of tag sequences (NER), as seqeval's default (conlleval) mode.
+
+
+def _tag_parts(tag: str) -> tuple[str, str]:
+  """`B-PER` -> ("B", "PER"); `O` -> ("O", "_"), seqeval's split of a prefix-style tag."""
+  return tag[:1], tag[1:].split("-", maxsplit=1)[-1] or "_"
+
+
+def _chunk_ends(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+  if prev_tag in ("E", "S"):
+    return True
+  if prev_tag == "B" and tag in ("B", "S", "O"):
+    return True
+  if prev_tag == "I" and tag in ("B", "S", "O"):
+    return True
+  return prev_tag not in ("O", ".") and prev_type != type_
+
+
+def _chunk_starts(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+  if tag in ("B", "S"):
+    return True
+  if tag in ("E", "I") and prev_tag in ("E", "S", "O"):
+    return True
+  return tag not in ("O", ".") and prev_type != type_
+
+
+def entities(sequences: Sequence[Sequence[str]]) -> set[tuple[str, int, int]]:
+  """(type, first, last) of every chunk, positions in the sentences joined by an "O":
+  conlleval's chunking, which seqeval's default mode reproduces. An I- after O or after
+  another type starts a chunk; the type must stay the same for a chunk to continue."""
+  tags = [str(tag) for sequence in sequences for tag in [*sequence, "O"]]
+  found = set()
+  prev_tag, prev_type, begin = "O", "", 0
+  for i, chunk in enumerate([*tags, "O"]):
+    tag, type_ = _tag_parts(chunk)
+    if _chunk_ends(prev_tag, tag, prev_type, type_):
+      found.add((prev_type, begin, i - 1))
+    if _chunk_starts(prev_tag, tag, prev_type, type_):
+      begin = i
+    prev_tag, prev_type = tag, type_
+  return found
+
+
+def entity_f1(
+  targets: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]
+) -> dict[str, float]:
+  """Micro-averaged entity precision, recall and F1 x 100 over lists of tag sequences,
+  with seqeval's default (conlleval) definition of an entity (`entities`): a predicted
+  entity counts when its type and both boundaries equal a gold one. No predicted (or
+  gold) entities gives 0 rather than a division by zero, as seqeval does."""
+  _check_lengths(targets, predictions)
+  for i, (target, prediction) in enumerate(zip(targets, predictions)):
+    if isinstance(target, str) or isinstance(prediction, str):
+      raise ValueError(f"example {i}: entity_f1 takes sequences of tags, not strings")
+    if len(target) != len(prediction):
+      raise ValueError(
+        f"example {i} has {len(target)} gold tags but {len(prediction)} predicted; tag "
+        "every word once (the first sub-token's label)"
+      )
+  gold, predicted = entities(targets), entities(predictions)
+  correct = len(gold & predicted)
+  precision = correct / len(predicted) if predicted else 0.0
+  recall = correct / len(gold) if gold else 0.0
+  f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+  return {"precision": 100.0 * precision, "recall": 100.0 * recall, "f1": 100.0 * f1}
+
+
 def _as_text(value: str | bytes) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else value
 

@@ -226,3 +226,55 @@ def test_rouge_is_t5s_bootstrap_mid_reproducible_and_leaves_numpys_state_alone()
   # rougeLsum splits sentences at " . ": one summary-level LCS per sentence.
   assert metrics.rouge(["a b . c d"], ["c d . a b"])["rougeLsum"] == pytest.approx(100.0)
   assert metrics.rouge(["a b . c d"], ["c d . a b"])["rouge2"] < 100.0
+
+
+# ---------------------------------------------------------------------------------------
+# Entity F1 (seqeval's default, conlleval chunking) and SQuAD 2.0.
+
+
+def test_entity_f1_needs_type_and_both_boundaries():
+  gold = [["B-PER", "I-PER", "O", "B-LOC"]]
+  predicted = [["B-PER", "I-PER", "O", "B-ORG"]]
+  assert metrics.entity_f1(gold, predicted) == pytest.approx(
+    {"precision": 50.0, "recall": 50.0, "f1": 50.0}
+  )
+  # A boundary off by one is a miss.
+  shorter = metrics.entity_f1(gold, [["B-PER", "O", "O", "B-LOC"]])
+  assert shorter == pytest.approx({"precision": 50.0, "recall": 50.0, "f1": 50.0})
+
+
+def test_entity_chunks_follow_conlleval():
+  # An I- after O starts a chunk; one after another type starts a new one.
+  assert metrics.entities([["O", "I-PER", "I-PER"]]) == {("PER", 1, 2)}
+  assert metrics.entities([["B-PER", "I-LOC", "I-LOC"]]) == {("PER", 0, 0), ("LOC", 1, 2)}
+  # B- always starts a chunk; sentences never run into each other.
+  assert metrics.entities([["B-PER", "B-PER"]]) == {("PER", 0, 0), ("PER", 1, 1)}
+  assert metrics.entities([["B-PER"], ["I-PER"]]) == {("PER", 0, 0), ("PER", 2, 2)}
+  # IOBES is read too, as seqeval's default mode does.
+  assert metrics.entities([["S-LOC", "B-ORG", "E-ORG"]]) == {("LOC", 0, 0), ("ORG", 1, 2)}
+
+
+def test_entity_f1_without_entities_is_zero_and_bad_input_is_refused():
+  assert metrics.entity_f1([["O", "O"]], [["O", "O"]]) == {
+    "precision": 0.0,
+    "recall": 0.0,
+    "f1": 0.0,
+  }
+  assert metrics.entity_f1([["B-PER"]], [["O"]])["recall"] == 0.0
+  with pytest.raises(ValueError, match="tag every word once"):
+    metrics.entity_f1([["B-PER", "O"]], [["B-PER"]])
+  with pytest.raises(ValueError, match="not strings"):
+    metrics.entity_f1(["B-PER"], ["B-PER"])
+
+
+def test_squad_v2_scores_answers_and_no_answers_apart():
+  targets = [["Paris", "paris, France"], [], ["the cat"], ["", "  "]]
+  predictions = ["Paris", "", "a dog", "something"]
+  scores = metrics.squad_v2(targets, predictions)
+  assert scores["HasAns_exact"] == pytest.approx(50.0) and scores["HasAns_total"] == 2
+  assert scores["NoAns_exact"] == pytest.approx(50.0) and scores["NoAns_total"] == 2
+  assert scores["exact"] == pytest.approx(50.0) and scores["total"] == 4
+  # F1 is partial credit on answers only: "paris" against "paris france" is 2/3.
+  assert metrics.squad_v2([["paris, France"]], ["Paris"])["f1"] == pytest.approx(200 / 3)
+  only_answers = metrics.squad_v2([["x"]], ["x"])
+  assert "NoAns_exact" not in only_answers

@@ -1,0 +1,56 @@
+"""benchmarks/real_lengths.py: the length mix, a user's length file, the padding each side
+applies, and a quick run of both our sides end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.benchmarks.scripts import REPO, load_script, script_path
+
+SCRIPT = script_path("real_lengths.py")
+rl = load_script("real_lengths.py")
+
+
+def test_the_synthetic_mix_is_seeded_clipped_and_mostly_short():
+  lengths = rl.synthetic_lengths(2000, 512, seed=0)
+  assert lengths == rl.synthetic_lengths(2000, 512, seed=0)
+  assert min(lengths) >= rl.MIN_LENGTH and max(lengths) <= 512
+  # SuperGLUE-shaped: the median far below the paper's 512.
+  assert 50 < np.median(lengths) < 150
+
+
+def test_a_length_file_is_read_and_clipped(tmp_path):
+  path = tmp_path / "lengths.txt"
+  path.write_text("12\n\n700\n30\n")
+  assert rl.read_lengths(str(path), 512) == [12, 512, 30]
+  path.write_text("12\nlong\n")
+  with pytest.raises(ValueError, match="must be an integer"):
+    rl.read_lengths(str(path), 512)
+
+
+def test_each_side_pads_a_batch_as_documented():
+  examples = rl.make_examples([20, 70, 33], vocab_size=100, seed=0)
+  args = type("Args", (), {"inputs": 512})()
+  assert rl.batch_lengths(examples, "fixed", args) == (512, 8)
+  assert rl.batch_lengths(examples, "buckets", args) == (128, 8)
+  longest_target = max(len(y) for _, y in examples)
+  assert rl.batch_lengths(examples, "peft", args) == (70, longest_target)
+  assert all(x[-1] == 1 and y[-1] == 1 for x, y in examples)  # EOS last
+
+
+def test_a_quick_run_of_our_two_sides_prints_the_ratio_line():
+  result = subprocess.run(
+    [sys.executable, SCRIPT, "--quick", "--sides", "fixed,buckets", "--examples", "8"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "ours, length buckets" in result.stdout
+  assert "real-length throughput: bucketed/fixed" in result.stdout
+  assert "bucketed/peft n/a" in result.stdout
