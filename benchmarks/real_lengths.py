@@ -29,6 +29,7 @@ tasks mixed by share, clipped to [8, --inputs]:
 
   python benchmarks/real_lengths.py                    # small, 128 examples, CPU
   python benchmarks/real_lengths.py --quick            # tiny model, a smoke run
+  python benchmarks/real_lengths.py --task rte          # one task's lengths
   python benchmarks/real_lengths.py --lengths my_task_lengths.txt
   python benchmarks/real_lengths.py --device gpu --size base --examples 1024
 """
@@ -72,10 +73,14 @@ MIN_LENGTH = 8
 TARGET_LENGTHS = (2, 8)  # Inclusive range of target tokens (EOS included).
 
 
-def synthetic_lengths(count: int, max_length: int, seed: int) -> list[int]:
-  """`count` input lengths from TASK_MIX, clipped to [MIN_LENGTH, max_length]."""
+def synthetic_lengths(count: int, max_length: int, seed: int, task: str = "mix") -> list[int]:
+  """`count` input lengths from TASK_MIX (or from one of its tasks: a prompt-tuning run
+  trains one task), clipped to [MIN_LENGTH, max_length]."""
   rng = np.random.default_rng(seed)
-  shares = np.array([share for *_, share in TASK_MIX])
+  names = [name for name, *_ in TASK_MIX]
+  if task != "mix" and task not in names:
+    raise ValueError(f"--task {task!r}: use 'mix' or one of {', '.join(names)}")
+  shares = np.array([share if task in ("mix", name) else 0.0 for name, *_, share in TASK_MIX])
   tasks = rng.choice(len(TASK_MIX), size=count, p=shares / shares.sum())
   lengths = []
   for task in tasks:
@@ -184,9 +189,7 @@ def _ours(args: Any, examples: list, batches: list[list[int]]) -> dict[str, Any]
 
 
 def _peft(args: Any, examples: list, batches: list[list[int]]) -> dict[str, Any]:
-  import peft
   import torch
-  from transformers.optimization import Adafactor
 
   setting = pc.Setting(size=args.size, device=args.device, dtype=args.dtype, threads=args.threads)
   device = pc._use_torch_device(
@@ -198,26 +201,8 @@ def _peft(args: Any, examples: list, batches: list[list[int]]) -> dict[str, Any]
   base = pc._hf_model(setting, pc.model_shapes(args.size), 0.1).to(
     device=device, dtype=getattr(torch, args.dtype)
   )
-  model = peft.get_peft_model(
-    base,
-    peft.PromptTuningConfig(
-      task_type=peft.TaskType.SEQ_2_SEQ_LM,
-      num_virtual_tokens=args.prompt,
-      num_transformer_submodules=1,
-      prompt_tuning_init=peft.PromptTuningInit.RANDOM,
-    ),
-  )
-  trained = [p for p in model.parameters() if p.requires_grad]
-  optimizer = Adafactor(
-    trained,
-    lr=0.3,
-    relative_step=False,
-    scale_parameter=False,
-    warmup_init=False,
-    decay_rate=-0.8,
-    clip_threshold=1.0,
-    weight_decay=1e-5,
-  )
+  model = pc.peft_prompt_model(base, args.prompt)
+  optimizer = pc.paper_adafactor([p for p in model.parameters() if p.requires_grad])
   model.train()
   shapes = set()
 
@@ -316,6 +301,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--device", choices=pc.DEVICES, default="cpu")
   parser.add_argument("--dtype", choices=pc.DTYPES, default="float32")
   parser.add_argument("--lengths", default=None, help="a file of input lengths, one per line")
+  parser.add_argument(
+    "--task",
+    default="mix",
+    help="the synthetic lengths of one task of the mix (wic, copa, wsc, rte, cb, boolq, "
+    "multirc, record), or 'mix' (default)",
+  )
   parser.add_argument("--sides", default=",".join(SIDES), help=f"subset of {','.join(SIDES)}")
   parser.add_argument("--quick", action="store_true", help="tiny model, 32 examples, inputs 128")
   parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -346,8 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     lengths = read_lengths(args.lengths, args.inputs)[: args.examples]
     source = f"{args.lengths} ({len(lengths)} examples)"
   else:
-    lengths = synthetic_lengths(args.examples, args.inputs, args.seed)
-    source = "the synthetic SuperGLUE-shaped mix (see the file's docstring)"
+    lengths = synthetic_lengths(args.examples, args.inputs, args.seed, args.task)
+    source = (
+      "the synthetic SuperGLUE-shaped mix (see the file's docstring)"
+      if args.task == "mix"
+      else f"the synthetic {args.task} lengths (see the file's docstring)"
+    )
   del args._child
   print(
     f"T5 1.1 {args.size}, {args.dtype} on {args.device}, prompt {args.prompt}, batch "

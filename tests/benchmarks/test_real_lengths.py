@@ -54,3 +54,10 @@ def test_a_quick_run_of_our_two_sides_prints_the_ratio_line():
   assert "ours, length buckets" in result.stdout
   assert "real-length throughput: bucketed/fixed" in result.stdout
   assert "bucketed/peft n/a" in result.stdout
+
+
+def test_one_tasks_lengths_stay_near_its_typical_length():
+  wic = rl.synthetic_lengths(500, 512, seed=0, task="wic")
+  assert 25 < np.median(wic) < 45 and max(wic) < 128
+  with pytest.raises(ValueError, match="use 'mix' or one of"):
+    rl.synthetic_lengths(10, 512, seed=0, task="squad")
