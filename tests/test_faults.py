@@ -197,7 +197,8 @@ def test_an_unknown_configurable_says_what_to_check():
 # ---------------------------------------------------------------- Ctrl-C in training
 def _interrupt_at_batch(monkeypatch, number):
   """Ctrl-C while the loop waits for batch `number` (1-based) of this run."""
-  original = trainer.data_lib.train_batches
+  # The generator behind `train_batches`, which stays the gin-configured function.
+  original = trainer.data_lib._numpy_batches
 
   def batches(*args, **kwargs):
     for index, batch in enumerate(original(*args, **kwargs), start=1):
@@ -205,7 +206,7 @@ def _interrupt_at_batch(monkeypatch, number):
         raise KeyboardInterrupt
       yield batch
 
-  monkeypatch.setattr(trainer.data_lib, "train_batches", batches)
+  monkeypatch.setattr(trainer.data_lib, "_numpy_batches", batches)
 
 
 def test_ctrl_c_during_training_names_the_step_and_a_rerun_resumes(tmp_path, monkeypatch):
