@@ -32,22 +32,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from prompt_tuning.data import metrics
+from prompt_tuning.data.postprocessors import as_text
+
 References = Sequence[Sequence[str]]
 Scorer = Callable[[References, Sequence[str]], dict[str, float]]
 
 
-def _as_text(value: str | bytes) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def _check(references: References, predictions: Sequence[str]) -> None:
-  if len(references) != len(predictions):
-    raise ValueError(
-      f"Got {len(references)} reference lists but {len(predictions)} predictions; pass one "
-      "prediction per example."
-    )
-  if not predictions:
-    raise ValueError("Got no examples; a metric over zero examples is undefined.")
+  metrics._check_lengths(references, predictions)
   empty = [i for i, refs in enumerate(references) if not refs]
   if empty:
     raise ValueError(f"examples {empty[:5]} have no reference; every example needs one")
@@ -58,7 +51,7 @@ def reference_streams(references: References) -> list[list[str | None]]:
   example has fewer (sacrebleu skips those)."""
   depth = max(len(refs) for refs in references)
   return [
-    [_as_text(refs[k]) if k < len(refs) else None for refs in references] for k in range(depth)
+    [as_text(refs[k]) if k < len(refs) else None for refs in references] for k in range(depth)
   ]
 
 
@@ -67,7 +60,7 @@ def bleu(references: References, predictions: Sequence[str]) -> dict[str, float]
   import sacrebleu
 
   _check(references, predictions)
-  hypotheses = [_as_text(p) for p in predictions]
+  hypotheses = [as_text(p) for p in predictions]
   return {"bleu": float(sacrebleu.corpus_bleu(hypotheses, reference_streams(references)).score)}
 
 
@@ -76,7 +69,7 @@ def chrf(references: References, predictions: Sequence[str]) -> dict[str, float]
   import sacrebleu
 
   _check(references, predictions)
-  hypotheses = [_as_text(p) for p in predictions]
+  hypotheses = [as_text(p) for p in predictions]
   return {"chrf": float(sacrebleu.corpus_chrf(hypotheses, reference_streams(references)).score)}
 
 
@@ -85,7 +78,7 @@ def ter(references: References, predictions: Sequence[str]) -> dict[str, float]:
   import sacrebleu
 
   _check(references, predictions)
-  hypotheses = [_as_text(p) for p in predictions]
+  hypotheses = [as_text(p) for p in predictions]
   return {"ter": float(sacrebleu.corpus_ter(hypotheses, reference_streams(references)).score)}
 
 
@@ -93,7 +86,7 @@ def tokens(text: str | bytes) -> list[str]:
   """Lowercased 13a tokens: what NIST, CIDEr and COCO's ROUGE-L count."""
   from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
-  return Tokenizer13a()(_as_text(text).lower()).split()
+  return Tokenizer13a()(as_text(text).lower()).split()
 
 
 def nist(references: References, predictions: Sequence[str], n: int = 5) -> dict[str, float]:
@@ -156,7 +149,7 @@ def rouge_stemmed(references: References, predictions: Sequence[str]) -> dict[st
   scorer = rouge_scorer.RougeScorer(list(ROUGE_STEMMED_KEYS), use_stemmer=True)
   totals = collections.defaultdict(float)
   for refs, prediction in zip(references, predictions):
-    scores = scorer.score_multi([_as_text(r) for r in refs], _as_text(prediction))
+    scores = scorer.score_multi([as_text(r) for r in refs], as_text(prediction))
     for key in ROUGE_STEMMED_KEYS:
       totals[key] += scores[key].fmeasure
   return {key: 100.0 * totals[key] / len(predictions) for key in ROUGE_STEMMED_KEYS}
@@ -166,8 +159,8 @@ def single_reference(*scorers: Scorer) -> Callable[[Sequence[Any], Sequence[Any]
   """A seqio metric `fn(targets, predictions)` over one reference string per example."""
 
   def metric(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
-    references = [[_as_text(t)] for t in targets]
-    return _run(scorers, references, [_as_text(p) for p in predictions])
+    references = [[as_text(t)] for t in targets]
+    return _run(scorers, references, [as_text(p) for p in predictions])
 
   metric.__name__ = "+".join(s.__name__ for s in scorers)
   return metric
@@ -198,10 +191,10 @@ def group_references(
         "multi-reference metrics need dict targets {'group', 'value'}; use the task's own "
         f"postprocessor (got {type(target).__name__})"
       )
-    key = _as_text(target["group"])
+    key = as_text(target["group"])
     if key not in groups:
-      groups[key] = (_as_text(target.get("category", "")), [], _as_text(prediction))
-    groups[key][1].append(_as_text(target["value"]))
+      groups[key] = (as_text(target.get("category", "")), [], as_text(prediction))
+    groups[key][1].append(as_text(target["value"]))
   return list(groups.values())
 
 
