@@ -65,6 +65,70 @@ def cross_entropy_with_z_loss(
   return loss + z_term, z_term
 
 
+def prompt_inputs_of(batch: Batch) -> dict[str, Array] | None:
+  """The batch's per-example prompt inputs (features in `PROMPT_FEATURES`), or None.
+
+  They go to the input prompt alone, as one mapping; a batch without them works with
+  any input prompt, and one batch can mix rows of several tasks or ensemble members
+  (prompts.MultiPrompt).
+  """
+  found = {name: batch[name] for name in PROMPT_FEATURES if name in batch}
+  return found or None
+
+
+def encoder_inputs(
+  batch: Batch, task_index_sentinel: int | None = None
+) -> tuple[Array, dict[str, Array] | None]:
+  """(encoder tokens, prompt inputs) of a batch.
+
+  With `task_index_sentinel` (the upstream's task-index format, 32099 for T5's
+  vocabulary: the first input token is `<extra_id_k>` = sentinel - k for task k) the
+  first token is removed and becomes each row's `prompt_ids`; an all-padding row
+  (a padded batch's filler) gets task 0.
+  """
+  tokens, prompt_inputs = batch["encoder_input_tokens"], prompt_inputs_of(batch)
+  if task_index_sentinel is None:
+    return tokens, prompt_inputs
+  if prompt_inputs and "prompt_ids" in prompt_inputs:
+    raise ValueError(
+      "the batch has prompt_ids and the model reads task indices from the first input "
+      "token (task_index_sentinel); use one of the two"
+    )
+  first = tokens[:, 0]
+  task_ids = jnp.where(first > 0, task_index_sentinel - first, 0).astype(jnp.int32)
+  return tokens[:, 1:], {**(prompt_inputs or {}), "prompt_ids": task_ids}
+
+
+def normalise(total: Array, weights: Array, factor: float | str | None) -> Array:
+  """A summed loss divided as `factor` (T5X's loss_normalizing_factor) says."""
+  if factor is None:
+    return total
+  if factor == NUM_REAL_TARGET_TOKENS:
+    return total / jnp.maximum(jnp.sum(weights), 1.0)
+  if factor == NUM_TOTAL_TARGET_TOKENS:
+    return total / weights.size
+  if factor == AVERAGE_PER_SEQUENCE:
+    return total / weights.shape[0]
+  if isinstance(factor, (int, float)):
+    return total / factor
+  raise ValueError(
+    f"unknown loss_normalizing_factor {factor!r}; use None, a number, "
+    f"{NUM_REAL_TARGET_TOKENS}, {NUM_TOTAL_TARGET_TOKENS} or "
+    f"{AVERAGE_PER_SEQUENCE}"
+  )
+
+
+def penalty_terms(penalties: Sequence[Penalty], params: Params) -> tuple[Array, dict[str, Array]]:
+  """The sum of the penalties on the parameters themselves (e.g. wayward prompts'
+  distance to a discrete prompt) and each by its name.
+
+  They depend on no batch, so the train step adds them once per step, outside the
+  microbatch loop (training/train_step.py); a model's `loss_fn` is the data term alone.
+  """
+  terms = {penalty.name: penalty(params) for penalty in penalties}
+  return sum(terms.values(), jnp.zeros((), jnp.float32)), terms
+
+
 @gin.configurable(module="models")
 class EncoderDecoderModel:
   """Loss / score / predict for a T5 encoder-decoder (with or without a prompt)."""
@@ -103,34 +167,11 @@ class EncoderDecoderModel:
 
   @staticmethod
   def prompt_inputs(batch: Batch) -> dict[str, Array] | None:
-    """The batch's per-example prompt inputs (features in `PROMPT_FEATURES`), or None.
-
-    They go to the input prompt alone, as one mapping; a batch without them works with
-    any input prompt, and one batch can mix rows of several tasks or ensemble members
-    (prompts.MultiPrompt).
-    """
-    found = {name: batch[name] for name in PROMPT_FEATURES if name in batch}
-    return found or None
+    return prompt_inputs_of(batch)
 
   def encoder_inputs(self, batch: Batch) -> tuple[Array, dict[str, Array] | None]:
-    """(encoder tokens, prompt inputs) of a batch.
-
-    With `task_index_sentinel` (the upstream's task-index format, 32099 for T5's
-    vocabulary: the first input token is `<extra_id_k>` = sentinel - k for task k) the
-    first token is removed and becomes each row's `prompt_ids`; an all-padding row
-    (a padded batch's filler) gets task 0.
-    """
-    tokens, prompt_inputs = batch["encoder_input_tokens"], self.prompt_inputs(batch)
-    if self.task_index_sentinel is None:
-      return tokens, prompt_inputs
-    if prompt_inputs and "prompt_ids" in prompt_inputs:
-      raise ValueError(
-        "the batch has prompt_ids and the model reads task indices from the first input "
-        "token (task_index_sentinel); use one of the two"
-      )
-    first = tokens[:, 0]
-    task_ids = jnp.where(first > 0, self.task_index_sentinel - first, 0).astype(jnp.int32)
-    return tokens[:, 1:], {**(prompt_inputs or {}), "prompt_ids": task_ids}
+    """(encoder tokens, prompt inputs) of a batch (`encoder_inputs`)."""
+    return encoder_inputs(batch, self.task_index_sentinel)
 
   # ---------------------------------------------------------------- forward and loss
   def compute_logits(self, params: Params, batch: Batch, dropout_rng: Array | None = None) -> Array:
@@ -153,22 +194,7 @@ class EncoderDecoderModel:
     return jnp.asarray(weights, jnp.float32)
 
   def _normalise(self, total: Array, weights: Array) -> Array:
-    factor = self.loss_normalizing_factor
-    if factor is None:
-      return total
-    if factor == NUM_REAL_TARGET_TOKENS:
-      return total / jnp.maximum(jnp.sum(weights), 1.0)
-    if factor == NUM_TOTAL_TARGET_TOKENS:
-      return total / weights.size
-    if factor == AVERAGE_PER_SEQUENCE:
-      return total / weights.shape[0]
-    if isinstance(factor, (int, float)):
-      return total / factor
-    raise ValueError(
-      f"unknown loss_normalizing_factor {factor!r}; use None, a number, "
-      f"{NUM_REAL_TARGET_TOKENS}, {NUM_TOTAL_TARGET_TOKENS} or "
-      f"{AVERAGE_PER_SEQUENCE}"
-    )
+    return normalise(total, weights, self.loss_normalizing_factor)
 
   def loss_fn(
     self, params: Params, batch: Batch, dropout_rng: Array | None = None
@@ -194,14 +220,8 @@ class EncoderDecoderModel:
     return loss, metrics
 
   def penalty_fn(self, params: Params) -> tuple[Array, dict[str, Array]]:
-    """The sum of the penalties on the parameters themselves (e.g. wayward prompts'
-    distance to a discrete prompt) and each by its name.
-
-    They depend on no batch, so the train step adds them once per step, outside the
-    microbatch loop (training/train_step.py); `loss_fn` is the data term alone.
-    """
-    terms = {penalty.name: penalty(params) for penalty in self.penalties}
-    return sum(terms.values(), jnp.zeros((), jnp.float32)), terms
+    """The sum of the penalties on the parameters (`penalty_terms`) and each by name."""
+    return penalty_terms(self.penalties, params)
 
   # ---------------------------------------------------------------- scoring
   def score_batch(self, params: Params, batch: Batch) -> Array:

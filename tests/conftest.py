@@ -51,7 +51,7 @@ def test_vocabulary(spm_path):
   return seqio.SentencePieceVocabulary(spm_path, extra_ids=100)
 
 
-def _draw_params(config, input_prompt=None, layer_prefix=None, seed: int = 0) -> dict:
+def _draw_params(config, input_prompt=None, layer_prefix=None, seed: int = 0, head=None) -> dict:
   """Random weights of sensible scale for `config` (and optional prompt modules), drawn
   in numpy: jitting the model's `init` compiles its whole forward pass, seconds per
   configuration on 2 CPU cores."""
@@ -71,12 +71,13 @@ def _draw_params(config, input_prompt=None, layer_prefix=None, seed: int = 0) ->
     std = 1.0 if name == "embedding" else 1.0 / np.sqrt(leaf.shape[0])
     return (rng.normal(size=leaf.shape) * std).astype(np.float32)
 
-  return jax.tree_util.tree_map_with_path(draw, abstract_params(config, input_prompt, layer_prefix))
+  abstract = abstract_params(config, input_prompt, layer_prefix, head)
+  return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 @pytest.fixture(scope="session")
 def random_params():
-  """`random_params(config, input_prompt=None, layer_prefix=None, seed=0)`: a nested dict
+  """`random_params(config, input_prompt=None, layer_prefix=None, seed=0, head=None)`: a nested dict
   of numpy parameters with the model's names and shapes."""
   return _draw_params
 

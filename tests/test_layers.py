@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
   ("convert",),  # the checkpoint registry
   ("prompts",),  # what trains
   ("decoding",),
-  ("models",),  # loss / score / predict
+  ("models", "head_models"),  # loss / score / predict (text; linear heads)
   ("training",),  # state, step, loop, checkpoints, mesh
   ("evaluation",),  # seqio.Evaluator, ensembling, inference
   # The tools: commands built on everything below, then the command line itself.

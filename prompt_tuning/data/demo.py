@@ -92,7 +92,7 @@ def _count_lines(path: str) -> int:
     return sum(1 for _ in f)
 
 
-def _sentiment_source() -> seqio.DataSource:
+def sentiment_source() -> seqio.DataSource:
   paths = {split: demo_data_path(name) for split, name in SENTIMENT_FILES.items()}
   return seqio.TextLineDataSource(
     split_to_filepattern=paths,
@@ -271,7 +271,7 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
 
   seqio.TaskRegistry.add(
     SENTIMENT_TASK,
-    source=_sentiment_source(),
+    source=sentiment_source(),
     preprocessors=[parse_sentiment_line, *_TOKENIZE],
     postprocess_fn=sentiment_label,
     metric_fns=[metrics.accuracy],
@@ -279,7 +279,7 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
   )
   seqio.TaskRegistry.add(
     SENTIMENT_RANK_TASK,
-    source=_sentiment_source(),
+    source=sentiment_source(),
     preprocessors=[parse_sentiment_line, expand_label_candidates, *_TOKENIZE],
     postprocess_fn=rank_candidate,
     metric_fns=[rank_classification_accuracy],

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import seqio
 
-from prompt_tuning.data import c4, demo, demo_table, generation, glue, mrqa, spot, super_glue  # noqa: F401
+from prompt_tuning.data import c4, demo, demo_heads, demo_table, generation, glue, mrqa  # noqa: F401
+from prompt_tuning.data import classification, spans, spot, super_glue, tagging
 from prompt_tuning.data import task_mixtures
 from prompt_tuning.data import vocab as vocab_lib
 
 # The demo tasks keep their own bundled vocabulary.
-_MODULES_WITH_TASK_VOCABULARY = (super_glue, glue, mrqa, spot, generation, c4)
+_MODULES_WITH_TASK_VOCABULARY = (
+  super_glue,
+  glue,
+  mrqa,
+  spot,
+  generation,
+  c4,
+  classification,
+  tagging,
+  spans,
+)
 
 
 def register_all(vocabulary: seqio.Vocabulary | None = None) -> list[str]:

@@ -5,16 +5,20 @@ and a tiny T5 1.1 LM-adapted from scratch, within a few minutes on 2 CPU cores.
                         pipeline in miniature (demo/sentiment.py).
   --task table_to_text  Prefix-Tuning on a generated table-to-text set, BLEU and ROUGE-L
                         before and after (demo/table_to_text.py).
+  --head sequence|token|span
+                        P-Tuning v2 with a linear head instead of the decoder: sentiment
+                        classes, generated NER, generated extractive QA (demo/heads.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 from typing import Sequence
 
-from prompt_tuning.demo import sentiment, table_to_text
+from prompt_tuning.demo import heads, sentiment, table_to_text
 from prompt_tuning.demo.sentiment import TINY_DEMO_MODEL, lm_adapt, prompt_tune, run_demo
 
 __all__ = ["TINY_DEMO_MODEL", "lm_adapt", "main", "prompt_tune", "run_demo"]
@@ -28,6 +32,9 @@ TASKS = {
     dict(lm_steps=400, prompt_steps=300, prompt_length=table_to_text.PREFIX_LENGTH),
   ),
 }
+HEAD_DEFAULTS = dict(
+  lm_steps=400, prompt_steps=heads.PROMPT_STEPS, prompt_length=heads.PROMPT_LENGTH
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,6 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   parser.add_argument("--task", choices=sorted(TASKS), default="sentiment")
   parser.add_argument(
+    "--head",
+    choices=sorted(heads.HEADS),
+    default=None,
+    help="train P-Tuning v2 with a linear head on its demo task instead (no --task)",
+  )
+  parser.add_argument(
     "--out", default=None, help="output directory (default: a new directory under /tmp)"
   )
   parser.add_argument("--lm-steps", type=int, default=None, help="default: per task")
@@ -48,10 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   parser.add_argument("--batch-size", type=int, default=32)
   args = parser.parse_args(argv)
+  if args.head is not None and args.task != "sentiment":
+    parser.error("--head picks its own task; leave out --task")
   run, defaults = TASKS[args.task]
+  if args.head is not None:
+    run = functools.partial(heads.run_demo, head=args.head)
+    defaults = HEAD_DEFAULTS
   settings = {key: getattr(args, key) for key in defaults}
   settings = {key: defaults[key] if value is None else value for key, value in settings.items()}
-  out_dir = args.out or tempfile.mkdtemp(prefix=f"prompt_tuning_demo_{args.task}_")
+  name = f"{args.head}_head" if args.head else args.task
+  out_dir = args.out or tempfile.mkdtemp(prefix=f"prompt_tuning_demo_{name}_")
   run(
     os.path.abspath(out_dir),
     settings["lm_steps"],

@@ -34,6 +34,7 @@ MODEL_FEATURES = (
   "decoder_input_tokens",
   "decoder_target_tokens",
   "decoder_loss_weights",
+  "label_ids",
   "prompt_ids",
 )
 
@@ -277,7 +278,7 @@ class SeqioEvaluation:
     # seqio insists on a log directory for any logger; the prediction log writes nothing.
     self.evaluator = seqio.Evaluator(
       mixture_or_task_name,
-      data_lib.feature_converter(),
+      data_lib.feature_converter(mixture_or_task_name),
       eval_split=split,
       sequence_length=dict(task_feature_lengths),
       num_examples=num_examples,
@@ -360,11 +361,9 @@ class Evaluation:
 
   def _counting(self, name: str, run: ModelFn) -> ModelFn:
     def counted(params: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-      shape = (
-        name,
-        batch["encoder_input_tokens"].shape[1],
-        batch["decoder_target_tokens"].shape[1],
-      )
+      # A head task's batch has labels instead of decoder targets.
+      targets = batch.get("decoder_target_tokens", batch.get("label_ids"))
+      shape = (name, batch["encoder_input_tokens"].shape[1], targets.shape[1])
       if shape not in self.shapes:
         self.shapes.add(shape)
         logging.info("evaluation: compiling %s for inputs %d, targets %d", *shape)

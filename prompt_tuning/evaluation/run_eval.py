@@ -52,7 +52,10 @@ def _params(
 ) -> Any:
   """Base from the checkpoint; the prompt from its gin-bound initialiser (e.g. a file)."""
   return initialization.initial_params(
-    model.module, jax.random.PRNGKey(seed), initial_checkpoint_path, fresh_regex=".*prompt.*"
+    model.module,
+    jax.random.PRNGKey(seed),
+    initial_checkpoint_path,
+    fresh_regex=trainable_lib.with_head(".*prompt.*", model.module),
   )
 
 
@@ -108,6 +111,7 @@ def check_trained_on(
 
 def _check_vocabularies(model: models.EncoderDecoderModel, mixture_or_task_name: str) -> None:
   initialization.check_task_vocabularies(mixture_or_task_name, model.module.config.vocab_size)
+  initialization.check_head_task(mixture_or_task_name, model.module)
 
 
 def validate_settings(
@@ -432,7 +436,7 @@ def _examples(
   dataset = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False)
   if num_examples:
     dataset = dataset.take(num_examples)
-  features = data_lib.feature_converter()(dataset, dict(task_feature_lengths))
+  features = data_lib.feature_converter(task.name)(dataset, dict(task_feature_lengths))
   return tf.data.Dataset.zip((dataset, features)).as_numpy_iterator()
 
 

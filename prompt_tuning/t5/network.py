@@ -449,15 +449,20 @@ class Transformer(nn.Module):
   `{encoder,decoder}/layer_prompt/`. `prompt_visibility` says which attention between
   the input prompt and the input tokens the encoder allows (`VISIBILITIES`; default all,
   the encoder-decoder setting); the decoder's cross-attention always sees the prompt.
+  `head_factory` makes a linear head on the encoder (t5/heads.py; parameters under
+  `head/`), which `classify` runs instead of the decoder.
   """
 
   config: T5Config
   input_prompt: Optional[PromptFactory] = None
   layer_prefix: Optional[PromptFactory] = None
   prompt_visibility: tuple[str, ...] = ALL_VISIBLE
+  head_factory: Optional[PromptFactory] = None
 
   def setup(self) -> None:
     cfg = self.config
+    if self.head_factory is not None:
+      self.head = self.head_factory()
     self.token_embedder = layers.Embed(
       cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype, cfg.parameter_dtype
     )
@@ -520,6 +525,31 @@ class Transformer(nn.Module):
       max_decode_length=max_decode_length,
     )
 
+  def classify(
+    self,
+    encoder_input_tokens: Array,
+    enable_dropout: bool = False,
+    prompt_inputs: PromptInputs = None,
+    task_ids: Array | None = None,
+  ) -> Array:
+    """The head's logits on the encoder states of the input tokens; the decoder and
+    the vocabulary projection are not run.
+
+    The input prompt's positions (in front, `prepend_prompt`) are cut off before the
+    head, so position i of the logits is token i of `encoder_input_tokens`. `task_ids`
+    [batch] pick each row's head of a multi-task head.
+    """
+    if self.head_factory is None:
+      raise ValueError(
+        "classify() needs a head: bind network.transformer.head (configs/heads/*.gin)"
+      )
+    encoded = self.encode(
+      encoder_input_tokens, enable_dropout=enable_dropout, prompt_inputs=prompt_inputs
+    )
+    prompt_length = encoded.sequence.shape[1] - encoder_input_tokens.shape[1]
+    hidden = encoded.sequence[:, prompt_length:]
+    return self.head(hidden, encoded.mask[:, prompt_length:], task_ids)
+
   def __call__(
     self,
     encoder_input_tokens: Array,
@@ -533,6 +563,11 @@ class Transformer(nn.Module):
     encoded = self.encode(
       encoder_input_tokens, enable_dropout=enable_dropout, prompt_inputs=prompt_inputs
     )
+    if self.head_factory is not None and self.is_initializing():
+      # `init` goes through here: the head's parameters are made with everyone else's.
+      prompt_length = encoded.sequence.shape[1] - encoder_input_tokens.shape[1]
+      task_ids = jnp.zeros(encoder_input_tokens.shape[:1], jnp.int32)
+      self.head(encoded.sequence[:, prompt_length:], encoded.mask[:, prompt_length:], task_ids)
     return self.decode(
       encoded.sequence,
       encoded.mask,
@@ -553,9 +588,12 @@ def abstract_variables(
   config: T5Config,
   input_prompt: Optional[PromptFactory] = None,
   layer_prefix: Optional[PromptFactory] = None,
+  head: Optional[PromptFactory] = None,
 ) -> Any:
   """The boxed (logically partitioned) variable tree as shapes only: no allocation."""
-  model = Transformer(config, input_prompt=input_prompt, layer_prefix=layer_prefix)
+  model = Transformer(
+    config, input_prompt=input_prompt, layer_prefix=layer_prefix, head_factory=head
+  )
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *_dummy_inputs()))
 
 
@@ -563,18 +601,21 @@ def abstract_params(
   config: T5Config,
   input_prompt: Optional[PromptFactory] = None,
   layer_prefix: Optional[PromptFactory] = None,
+  head: Optional[PromptFactory] = None,
 ) -> dict[str, Any]:
   """Nested dict of `jax.ShapeDtypeStruct` with T5X's parameter names."""
-  return nn.unbox(abstract_variables(config, input_prompt, layer_prefix)["params"])
+  return nn.unbox(abstract_variables(config, input_prompt, layer_prefix, head)["params"])
 
 
 def logical_axes(
   config: T5Config,
   input_prompt: Optional[PromptFactory] = None,
   layer_prefix: Optional[PromptFactory] = None,
+  head: Optional[PromptFactory] = None,
 ) -> dict[str, Any]:
   """Nested dict of `PartitionSpec`s of logical axis names, one per parameter."""
-  return nn.get_partition_spec(abstract_variables(config, input_prompt, layer_prefix))["params"]
+  variables = abstract_variables(config, input_prompt, layer_prefix, head)
+  return nn.get_partition_spec(variables)["params"]
 
 
 def init_params(
@@ -582,9 +623,12 @@ def init_params(
   rng: Array,
   input_prompt: Optional[PromptFactory] = None,
   layer_prefix: Optional[PromptFactory] = None,
+  head: Optional[PromptFactory] = None,
 ) -> dict[str, Any]:
   """Randomly initialised parameters (plain arrays, not boxed)."""
-  model = Transformer(config, input_prompt=input_prompt, layer_prefix=layer_prefix)
+  model = Transformer(
+    config, input_prompt=input_prompt, layer_prefix=layer_prefix, head_factory=head
+  )
   variables = jax.jit(lambda r: model.init(r, *_dummy_inputs()))(rng)
   return nn.unbox(variables["params"])
 
@@ -601,14 +645,17 @@ def transformer(
   input_prompt: Optional[PromptFactory] = None,
   layer_prefix: Optional[PromptFactory] = None,
   prompt_visibility: tuple[str, ...] = ALL_VISIBLE,
+  head: Optional[PromptFactory] = None,
 ) -> Transformer:
   """Gin entry point for the backbone; `input_prompt` and `layer_prefix` are module
   factories or None (prompts/prefix_tuning.gin and p_tuning_v2.gin bind the second);
-  `prompt_visibility` the prompt's encoder attention (configs/prompts/visibility/)."""
+  `prompt_visibility` the prompt's encoder attention (configs/prompts/visibility/);
+  `head` a linear head's factory (configs/heads/*.gin) or None."""
   check_visibility(tuple(prompt_visibility))
   return Transformer(
     config,
     input_prompt=input_prompt,
     layer_prefix=layer_prefix,
     prompt_visibility=tuple(prompt_visibility),
+    head_factory=head,
   )

@@ -18,7 +18,7 @@ only its share, and the batches then depend on the process count (docs/scale.md,
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import gin
 import jax
@@ -27,6 +27,7 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
+from prompt_tuning.data import labels as labels_lib
 from prompt_tuning.training import buckets as buckets_lib
 from prompt_tuning.training import partitioning
 
@@ -54,9 +55,104 @@ class EncDecWithPromptIds(seqio.EncDecFeatureConverter):
     return converted.map(lambda f: {**f, "prompt_ids": tf.reshape(f["prompt_ids"], [])})
 
 
-def feature_converter() -> seqio.FeatureConverter:
-  """Encoder-decoder features, unpacked (the paper's setting), with `prompt_ids` kept."""
-  return EncDecWithPromptIds(pack=False)
+class EncoderLabels(seqio.FeatureConverter):
+  """Features of a linear-head task (data/labels.py): the encoder's tokens and the label
+  ids, no decoder. `label_ids` has the length its vocabulary gives (1 per example, 2 for
+  a span, the inputs' length for tagging), whatever TASK_FEATURE_LENGTHS["targets"]
+  says; `prompt_ids` passes through as one int32 per row, as in `EncDecWithPromptIds`."""
+
+  TASK_FEATURES = {
+    "inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+    "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+  }
+  MODEL_FEATURES = {
+    "encoder_input_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+    "label_ids": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+  }
+  PACKING_FEATURE_DTYPES = {}
+
+  def __init__(self, label_length: Callable[[int], int], **kwargs: Any):
+    super().__init__(pack=False, **kwargs)
+    self.label_length = label_length
+
+  def __call__(
+    self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+  ) -> tf.data.Dataset:
+    inputs = int(task_feature_lengths["inputs"])
+    lengths = {"inputs": inputs, "targets": self.label_length(inputs)}
+    if "prompt_ids" not in ds.element_spec or self._passthrough_features:
+      if "prompt_ids" in self._passthrough_features:
+        lengths["prompt_ids"] = 1
+      return super().__call__(ds, lengths)
+    with_ids = EncoderLabels(
+      self.label_length,
+      passthrough_features={"prompt_ids": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)},
+    )
+    converted = with_ids(ds, lengths)
+    return converted.map(lambda f: {**f, "prompt_ids": tf.reshape(f["prompt_ids"], [])})
+
+  def _convert_features(
+    self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+  ) -> tf.data.Dataset:
+    ds = seqio.utils.trim_and_pad_dataset(ds, task_feature_lengths)
+
+    def convert(features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+      converted = {
+        "encoder_input_tokens": features["inputs"],
+        "label_ids": tf.cast(features["targets"], tf.int32),
+      }
+      for name in self._passthrough_features:
+        converted[name] = features[name]
+      return converted
+
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
+    lengths = {
+      "encoder_input_tokens": task_feature_lengths["inputs"],
+      "label_ids": task_feature_lengths["targets"],
+    }
+    for name in self._passthrough_features:
+      lengths[name] = task_feature_lengths[name]
+    return lengths
+
+
+def _member_tasks(mixture_or_task_name: str) -> list[seqio.Task]:
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+
+
+def feature_converter(mixture_or_task_name: str | None = None) -> seqio.FeatureConverter:
+  """The features a task's model reads: for the text tasks encoder-decoder features,
+  unpacked (the paper's setting), with `prompt_ids` kept; for the linear-head tasks
+  (targets in a `data.labels` vocabulary) `EncoderLabels`. A mixture must not mix the
+  two kinds, nor tasks whose labels have different lengths."""
+  if mixture_or_task_name is None:
+    return EncDecWithPromptIds(pack=False)
+  tasks = _member_tasks(mixture_or_task_name)
+  heads = [task for task in tasks if labels_lib.is_head_task(task)]
+  if not heads:
+    return EncDecWithPromptIds(pack=False)
+  if len(heads) != len(tasks):
+    text = sorted(task.name for task in tasks if task not in heads)
+    raise ValueError(
+      f"{mixture_or_task_name} mixes linear-head tasks with text tasks ({', '.join(text)}); "
+      "a head model trains on head tasks only (docs/heads.md)"
+    )
+  kinds = {_label_kind(task) for task in heads}
+  if len(kinds) > 1:
+    raise ValueError(
+      f"{mixture_or_task_name} mixes tasks of different head kinds; a mixture for one "
+      "(multi-task) head holds tasks of one kind: sequence, token or span labels"
+    )
+  return EncoderLabels(heads[0].output_features["targets"].vocabulary.label_length)
+
+
+def _label_kind(task: seqio.Task) -> str:
+  vocabulary = task.output_features["targets"].vocabulary
+  if isinstance(vocabulary, labels_lib.PositionVocabulary):
+    return "span"
+  return "token" if vocabulary.per_token else "sequence"
 
 
 SHARD_BY = ("batch", "source")
@@ -206,7 +302,7 @@ def _numpy_batches(
       shuffle=True,
       num_epochs=None,
       seed=seed,
-      feature_converter=feature_converter(),
+      feature_converter=feature_converter(mixture_or_task_name),
       shard_info=shard_info() if by_source else None,
       use_cached=False,
     )
@@ -219,7 +315,7 @@ def _numpy_batches(
       dataset_split=split,
       shuffle=False,
       num_epochs=1,
-      feature_converter=feature_converter(),
+      feature_converter=feature_converter(mixture_or_task_name),
       use_cached=False,
     )
     picked = subsample(every, num_examples, examples_seed, f"{mixture_or_task_name}'s {split}")

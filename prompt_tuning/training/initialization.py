@@ -17,7 +17,9 @@ import numpy as np
 import seqio
 
 from prompt_tuning import convert, tree
+from prompt_tuning.data import labels as labels_lib
 from prompt_tuning.prompts import initializers
+from prompt_tuning.t5 import heads as heads_lib
 from prompt_tuning.t5 import network
 
 Params = dict[str, Any]
@@ -101,7 +103,9 @@ def initial_params(
   _refuse_misfit(initial_checkpoint_path, _misfits(backbone, shapes, pattern), fresh_regex)
   # Only now the prompt's own initialiser runs (abstractly, for the shapes).
   abstract = tree.flatten(
-    network.abstract_params(module.config, module.input_prompt, module.layer_prefix)
+    network.abstract_params(
+      module.config, module.input_prompt, module.layer_prefix, module.head_factory
+    )
   )
   _refuse_misfit(initial_checkpoint_path, _misfits(abstract, shapes, pattern), fresh_regex)
   fresh = {name for name in abstract if pattern.fullmatch(name)}
@@ -120,6 +124,54 @@ def check_task_vocabularies(mixture_or_task_name: str, vocab_size: int) -> None:
   tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
   for task in tasks:
     for name, feature in task.output_features.items():
+      if isinstance(feature.vocabulary, labels_lib.HEAD_VOCABULARIES):
+        continue  # Head labels and positions never index the embedding.
       initializers.check_vocabulary_fits(
         feature.vocabulary, vocab_size, f"the {name!r} vocabulary of task {task.name}"
+      )
+
+
+def check_head_task(mixture_or_task_name: str, module: network.Transformer) -> None:
+  """A model with a linear head runs on head tasks of its kind only, with as many labels
+  as the head has outputs; a text model runs on text tasks. Checked before anything is
+  loaded, so that a wrong NUM_LABELS reads as itself, not as a shape error in a step."""
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+  factory = getattr(module, "head_factory", None)
+  head = factory() if factory is not None else None
+  for task in tasks:
+    targets = task.output_features.get("targets")
+    vocabulary = targets.vocabulary if targets is not None else None
+    if head is None:
+      if labels_lib.is_head_task(task):
+        raise ValueError(
+          f"task {task.name} has integer labels for a linear head, but the model has no "
+          "head; add configs/heads/sequence.gin, token.gin or span.gin after the model file"
+        )
+      continue
+    kind = type(head).__name__
+    if not labels_lib.is_head_task(task):
+      raise ValueError(
+        f"the model has a {kind} but task {task.name} has text targets; use the task's "
+        "head variant (e.g. super_glue_rte_v102_cls, conll2003_ner, squad_v110_span)"
+      )
+    wants_positions = not hasattr(head, "num_labels")
+    if wants_positions != isinstance(vocabulary, labels_lib.PositionVocabulary):
+      raise ValueError(
+        f"task {task.name} does not fit a {kind}: span tasks (`_span`) need "
+        "configs/heads/span.gin, label tasks sequence.gin (`_cls`) or token.gin (`_ner`)"
+      )
+    if wants_positions:
+      continue
+    per_token = isinstance(head, heads_lib.TokenHead)
+    if per_token != vocabulary.per_token:
+      raise ValueError(
+        f"task {task.name} has one label per {'word' if vocabulary.per_token else 'example'}, "
+        f"which a {kind} does not predict; use configs/heads/"
+        f"{'token' if vocabulary.per_token else 'sequence'}.gin"
+      )
+    if head.num_labels != vocabulary.num_labels:
+      raise ValueError(
+        f"NUM_LABELS is {head.num_labels} but task {task.name} has {vocabulary.num_labels} "
+        f"labels ({', '.join(vocabulary.labels)}); set --gin.NUM_LABELS={vocabulary.num_labels}"
       )

@@ -50,6 +50,8 @@ _STANDARD_RULES: LogicalRules = (
   ("prompt", None),
   ("prompt_embed", None),
   ("prompts", None),  # The table axis of prompts.MultiPrompt (one row per prompt).
+  ("classes", None),  # A linear head's outputs (t5/heads.py).
+  ("head_tasks", None),  # A multi-task head's one kernel per task.
 )
 
 

@@ -17,6 +17,16 @@ from prompt_tuning import tree
 
 Params = Mapping[str, Any]
 DEFAULT_TRAINABLE = ".*prompt.*"
+# A linear head (t5/heads.py) starts random, so it always trains and starts fresh.
+HEAD_PARAMETERS = "head/.*"
+
+
+def with_head(regex: str, module: Any) -> str:
+  """`regex` extended by the head's parameters when `module` has a head: what trains
+  with a head is the prompt family's parameters plus the head (docs/heads.md)."""
+  if getattr(module, "head_factory", None) is None or re.fullmatch(regex, "head/kernel"):
+    return regex
+  return f"(?:{regex})|{HEAD_PARAMETERS}"
 
 
 def split(

@@ -77,7 +77,12 @@ def _eval_summary(metrics: Mapping[str, Mapping[str, Any]]) -> str:
 
 def _flat_logical_axes(module: network.Transformer) -> dict[str, Any]:
   return tree.flatten(
-    network.logical_axes(module.config, module.input_prompt, getattr(module, "layer_prefix", None))
+    network.logical_axes(
+      module.config,
+      module.input_prompt,
+      getattr(module, "layer_prefix", None),
+      getattr(module, "head_factory", None),
+    )
   )
 
 
@@ -508,11 +513,15 @@ def train(
     num_eval_examples=num_eval_examples,
   )
   initialization.check_task_vocabularies(mixture_or_task_name, model.module.config.vocab_size)
+  initialization.check_head_task(mixture_or_task_name, model.module)
   base = initial_checkpoint_path
   optimizer = optimizer_factory(learning_rate=learning_rate)
   partitioner = (partitioner or partitioning.Partitioner()).for_batch(batch_size, num_microbatches)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
   fresh = _fresh_regex(trainable_regex, fresh_regex)
+  if fresh_regex is None:
+    fresh = trainable_lib.with_head(fresh, model.module)
+  trainable_regex = trainable_lib.with_head(trainable_regex, model.module)
   run, trainable = place_run(
     model.module, partitioner, optimizer, init_rng, base, trainable_regex, fresh, frozen_dtype
   )
