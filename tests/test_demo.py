@@ -81,3 +81,36 @@ def test_table_to_text_demo_reports_bleu_and_rouge_before_and_after_with_samples
   assert table["trainable_parameters"] > 0
   assert os.path.getsize(out / "loss_curves.png") > 1000
   assert (out / "prefix_tuning" / "checkpoint_3").is_dir()
+
+
+def test_head_demo_reports_its_metric_before_and_after_and_counts_head_and_prompts(tmp_path):
+  out = tmp_path / "span_demo"
+  budget = ["--lm-steps", "3", "--prompt-steps", "3", "--prompt-length", "2", "--batch-size", "4"]
+  result = subprocess.run(
+    [*_entry_point(), "demo", "--head", "span", "--out", str(out), *budget],
+    cwd=tmp_path,
+    env={**os.environ, "PYTHONPATH": REPO},
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert result.returncode == 0, result.stderr
+  assert "[3/3] Results (demo_qa_span validation" in result.stdout
+  with open(out / "results.json") as f:
+    table = json.load(f)
+  for key in ("em_before", "em_after", "f1_before", "f1_after"):
+    assert 0.0 <= table[key] <= 100.0, key
+  # Two encoder layers of P=2 deep prompts of width 128; the span head is 128 x 2 + 2.
+  assert table["trainable_parameters"] == {"prompt": 2 * 2 * 128, "head": 258}
+  assert (out / "span_head" / "numpy_checkpoints" / "checkpoint_3" / "head.kernel.npy").is_file()
+
+
+def test_head_demo_refuses_a_task_beside_the_head():
+  result = subprocess.run(
+    [*_entry_point(), "demo", "--head", "token", "--task", "table_to_text"],
+    env={**os.environ, "PYTHONPATH": REPO},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 2 and "leave out --task" in result.stderr

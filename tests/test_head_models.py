@@ -158,3 +158,24 @@ def test_each_head_trains_under_jit_with_the_frozen_parameters_bit_identical(kin
   assert losses[-1] < 0.5 * losses[0]
   for name, value in tree.flatten(frozen).items():
     np.testing.assert_array_equal(value, tree.flatten(frozen_before)[name], err_msg=name)
+
+
+def test_a_multi_task_head_trains_each_rows_own_head_and_keeps_task_ids_from_the_prompt(
+  random_params,
+):
+  head = functools.partial(heads.SequenceHead, num_labels=3, num_tasks=2)
+  module = Transformer(CFG, input_prompt=PROMPT, head_factory=head)
+  model = head_models.SequenceClassificationModel(module)
+  params = random_params(CFG, PROMPT, head=head)
+  assert params["head"]["kernel"].shape == (2, CFG.emb_dim, 3)
+  batch = {
+    "encoder_input_tokens": TOKENS,
+    "label_ids": HEADS["sequence"][2],
+    "prompt_ids": np.zeros(4, np.int32),  # Every row is task 0.
+  }
+  # The plain prompt takes no prompt inputs: the ids went to the head alone.
+  grads = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch)[0]))(params)
+  kernel_grads = np.asarray(grads["head"]["kernel"])
+  assert np.abs(kernel_grads[0]).max() > 0 and not kernel_grads[1].any()
+  with pytest.raises(ValueError, match="prompt_ids"):
+    model.loss_fn(params, {k: v for k, v in batch.items() if k != "prompt_ids"})

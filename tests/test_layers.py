@@ -19,7 +19,8 @@ LAYERS: list[tuple[str, ...]] = [
   ("convert",),  # the checkpoint registry
   ("prompts",),  # what trains
   ("decoding",),
-  ("models", "head_models"),  # loss / score / predict (text; linear heads)
+  ("models",),  # loss / score / predict
+  ("head_models",),  # the same for linear heads on the encoder
   ("training",),  # state, step, loop, checkpoints, mesh
   ("evaluation",),  # seqio.Evaluator, ensembling, inference
   # The tools: commands built on everything below, then the command line itself.

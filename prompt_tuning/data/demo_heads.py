@@ -6,6 +6,10 @@ sequence|token|span`), written for this project:
   demo_ner            generated sentences from templates over word lists of people,
                       places and organisations, BIO-tagged (B-PER I-PER, B-LOC, B-ORG
                       I-ORG, O) for the token head. Metric: entity F1 (seqeval).
+  demo_story_lm       prefix-LM cuts (c4.prefix_lm) of generated stories and NER
+                      sentences alone, no questions and no tags: what a pre-trained model
+                      would have read; `demo_story_lm_adaptation` mixes it with the demo's
+                      own LM adaptation, for the token and span demos' frozen model.
   demo_qa_span        a generated short story of three people (where each works, for
                       which company) and a question about one of them, the answer a
                       span of the story, for the span head. Metric: SQuAD EM / F1.
@@ -22,9 +26,11 @@ from typing import Any
 import seqio
 import tensorflow as tf
 
-from prompt_tuning.data import classification, demo, metrics, spans, tagging
+from prompt_tuning.data import c4, classification, demo, metrics, spans, tagging
 
 SENTIMENT_CLS_TASK = "demo_sentiment_cls"
+STORY_LM_TASK = "demo_story_lm"
+STORY_LM_MIXTURE = "demo_story_lm_adaptation"
 NER_TASK = "demo_ner"
 QA_SPAN_TASK = "demo_qa_span"
 SPLIT_SIZES = {"train": 2000, "validation": 200}
@@ -150,6 +156,16 @@ def _qa_dataset(split: str, shuffle_files: bool = False, seed: int | None = None
   )
 
 
+def _story_lm_dataset(split: str, shuffle_files: bool = False, seed: int | None = None) -> Any:
+  del shuffle_files, seed
+  rng = random.Random(SEEDS[split] + 200)
+  texts = []
+  for _ in range(SPLIT_SIZES[split]):
+    texts.append(qa_example(rng)["context"])
+    texts.append(" ".join(ner_sentence(rng)[0]))
+  return tf.data.Dataset.from_tensor_slices({"targets": texts})
+
+
 def _function_source(dataset_fn: Any) -> seqio.DataSource:
   return seqio.FunctionDataSource(
     dataset_fn, splits=tuple(SPLIT_SIZES), num_input_examples=dict(SPLIT_SIZES)
@@ -170,7 +186,27 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
   )
   ner = tagging.ner_task(NER_TASK, _function_source(_ner_dataset), NER_TAGS, vocabulary)
   qa = spans.span_task(QA_SPAN_TASK, _function_source(_qa_dataset), vocabulary)
-  return [sentiment, ner, qa]
+  seqio.MixtureRegistry.remove(STORY_LM_MIXTURE)
+  seqio.TaskRegistry.remove(STORY_LM_TASK)
+  features = {
+    "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+    "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+  }
+  seqio.TaskRegistry.add(
+    STORY_LM_TASK,
+    source=seqio.FunctionDataSource(_story_lm_dataset, splits=tuple(SPLIT_SIZES)),
+    preprocessors=[
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      c4.prefix_lm,
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    output_features=features,
+  )
+  seqio.MixtureRegistry.add(
+    STORY_LM_MIXTURE, [(demo.LM_ADAPTATION_MIXTURE, 1.0), (STORY_LM_TASK, 1.0)]
+  )
+  return [sentiment, ner, qa, STORY_LM_TASK, STORY_LM_MIXTURE]
 
 
 register()

@@ -50,6 +50,9 @@ Initializer = Callable[..., Array]
 COMBINES = (None, "replace", "add")
 
 
+DEPTH_FROM = ("bottom", "top")
+
+
 @gin.configurable(module="prompts")
 class DeepPrompt(nn.Module):
   """The deep prompts of one stack; `config` and `stack` are given by the backbone.
@@ -74,15 +77,36 @@ class DeepPrompt(nn.Module):
   param_dtype: Any = jnp.float32
   combine: str | None = None
   real_words: Any = None
+  depth: int | None = None
+  depth_from: str = "bottom"
 
   def layer_indices(self) -> range:
-    """The layers of this stack that get a prompt."""
+    """The layers of this stack that get a prompt.
+
+    `depth` (P-Tuning v2's depth ablation, its Figure 3) prompts that many layers of the
+    stack, counted from the input side (`depth_from="bottom"`, ascending: layers 0 to
+    depth - 1) or from the output side ("top", descending: the last `depth` layers),
+    whatever the stack's size; it replaces `layer_range`.
+    """
     unknown = [s for s in self.stacks if s not in STACKS]
     if unknown:
       raise ValueError(f"unknown stack(s) {unknown} in deep prompt stacks; use {STACKS}")
     num_layers = stack_layers(self.config, self.stack)
     if self.stack not in self.stacks:
       return range(0)
+    if self.depth is not None:
+      if self.layer_range is not None:
+        raise ValueError("set DEEP_PROMPT_LAYERS or DEEP_PROMPT_DEPTH, not both")
+      if self.depth_from not in DEPTH_FROM:
+        raise ValueError(f"DEEP_PROMPT_FROM must be one of {DEPTH_FROM}, got {self.depth_from!r}")
+      if not 1 <= self.depth <= num_layers:
+        raise ValueError(
+          f"DEEP_PROMPT_DEPTH {self.depth} is not between 1 and the {num_layers} "
+          f"{self.stack} layers"
+        )
+      if self.depth_from == "top":
+        return range(num_layers - self.depth, num_layers)
+      return range(0, self.depth)
     if self.layer_range is None:
       # Replacing before layer 0 would discard the input prompt: it is layer 0's prompt.
       return range(1 if self.combine == "replace" else 0, num_layers)

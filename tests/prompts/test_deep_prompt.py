@@ -72,6 +72,18 @@ def test_only_the_chosen_layers_get_a_prompt():
     DEEP(CFG, "encoder", stacks=("middle",)).init(jax.random.PRNGKey(0))
 
 
+def test_depth_prompts_the_first_or_the_last_layers_of_each_stack():
+  assert DEEP(CFG, "encoder", depth=1).layer_indices() == range(0, 1)
+  assert DEEP(CFG, "encoder", depth=1, depth_from="top").layer_indices() == range(1, 2)
+  assert DEEP(CFG, "decoder", depth=2, depth_from="top").layer_indices() == range(0, 2)
+  with pytest.raises(ValueError, match="between 1 and the 2"):
+    DEEP(CFG, "encoder", depth=3).layer_indices()
+  with pytest.raises(ValueError, match="not both"):
+    DEEP(CFG, "encoder", depth=1, layer_range=(0, 1)).layer_indices()
+  with pytest.raises(ValueError, match="bottom"):
+    DEEP(CFG, "encoder", depth=1, depth_from="middle").layer_indices()
+
+
 def test_zero_length_deep_prompt_equals_the_plain_backbone():
   factory = functools.partial(DeepPrompt, length=0)
   np.testing.assert_allclose(
