@@ -260,6 +260,30 @@ _TOKENIZE = (
 )
 
 
+def add_domain_lm_adaptation(
+  task: str, mixture: str, dataset_fn: Any, vocabulary: seqio.Vocabulary
+) -> list[str]:
+  """Registers `task`, prefix-LM cuts (`c4.prefix_lm`) of the texts `dataset_fn(split)`
+  gives (a "targets" feature), and `mixture`, that task with the demo's own LM
+  adaptation at equal rates: the frozen model of a demo reads its domain's words.
+  Returns both names."""
+  seqio.MixtureRegistry.remove(mixture)
+  seqio.TaskRegistry.remove(task)
+  seqio.TaskRegistry.add(
+    task,
+    source=seqio.FunctionDataSource(dataset_fn, splits=SPLITS),
+    preprocessors=[
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      c4.prefix_lm,
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    output_features=_output_features(vocabulary),
+  )
+  seqio.MixtureRegistry.add(mixture, [(LM_ADAPTATION_MIXTURE, 1.0), (task, 1.0)])
+  return [task, mixture]
+
+
 def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
   """(Re)registers the demo tasks with `vocabulary` (default: the bundled one)."""
   if vocabulary is None:

@@ -26,7 +26,7 @@ from typing import Any
 import seqio
 import tensorflow as tf
 
-from prompt_tuning.data import c4, classification, demo, metrics, spans, tagging
+from prompt_tuning.data import classification, demo, metrics, spans, tagging
 
 SENTIMENT_CLS_TASK = "demo_sentiment_cls"
 STORY_LM_TASK = "demo_story_lm"
@@ -186,26 +186,7 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
   )
   ner = tagging.ner_task(NER_TASK, _function_source(_ner_dataset), NER_TAGS, vocabulary)
   qa = spans.span_task(QA_SPAN_TASK, _function_source(_qa_dataset), vocabulary)
-  seqio.MixtureRegistry.remove(STORY_LM_MIXTURE)
-  seqio.TaskRegistry.remove(STORY_LM_TASK)
-  features = {
-    "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True),
-    "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
-  }
-  seqio.TaskRegistry.add(
-    STORY_LM_TASK,
-    source=seqio.FunctionDataSource(_story_lm_dataset, splits=tuple(SPLIT_SIZES)),
-    preprocessors=[
-      seqio.preprocessors.tokenize,
-      seqio.CacheDatasetPlaceholder(),
-      c4.prefix_lm,
-      seqio.preprocessors.append_eos_after_trim,
-    ],
-    output_features=features,
-  )
-  seqio.MixtureRegistry.add(
-    STORY_LM_MIXTURE, [(demo.LM_ADAPTATION_MIXTURE, 1.0), (STORY_LM_TASK, 1.0)]
-  )
+  demo.add_domain_lm_adaptation(STORY_LM_TASK, STORY_LM_MIXTURE, _story_lm_dataset, vocabulary)
   return [sentiment, ner, qa, STORY_LM_TASK, STORY_LM_MIXTURE]
 
 

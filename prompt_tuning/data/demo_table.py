@@ -26,7 +26,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from prompt_tuning.data import c4, demo, generation, generation_metrics
+from prompt_tuning.data import demo, generation, generation_metrics
 
 TABLE_TASK = "demo_table_to_text"
 RESTAURANT_LM_TASK = "demo_restaurant_lm"
@@ -146,9 +146,7 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
     "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True),
     "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
   }
-  seqio.MixtureRegistry.remove(TABLE_LM_MIXTURE)
-  for name in (TABLE_TASK, RESTAURANT_LM_TASK):
-    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.remove(TABLE_TASK)
   seqio.TaskRegistry.add(
     TABLE_TASK,
     source=seqio.FunctionDataSource(
@@ -168,20 +166,7 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
     postprocess_fn=generation.reference_with_input,
     metric_fns=[DEMO_TABLE_METRIC],
   )
-  seqio.TaskRegistry.add(
-    RESTAURANT_LM_TASK,
-    source=seqio.FunctionDataSource(_lm_dataset, splits=("train", "validation")),
-    preprocessors=[
-      seqio.preprocessors.tokenize,
-      seqio.CacheDatasetPlaceholder(),
-      c4.prefix_lm,
-      seqio.preprocessors.append_eos_after_trim,
-    ],
-    output_features=features,
-  )
-  seqio.MixtureRegistry.add(
-    TABLE_LM_MIXTURE, [(demo.LM_ADAPTATION_MIXTURE, 1.0), (RESTAURANT_LM_TASK, 1.0)]
-  )
+  demo.add_domain_lm_adaptation(RESTAURANT_LM_TASK, TABLE_LM_MIXTURE, _lm_dataset, vocabulary)
   return [TABLE_TASK, RESTAURANT_LM_TASK, TABLE_LM_MIXTURE]
 
 

@@ -26,7 +26,19 @@ SEQUENCE_LABELS = 1
 SPAN_LABELS = 2
 
 
-class LabelVocabulary(seqio.Vocabulary):
+class _HeadVocabulary(seqio.Vocabulary):
+  """Ids with no end-of-sequence or unknown id: seqio's padding 0 is "no label"."""
+
+  @property
+  def eos_id(self) -> int | None:
+    return None
+
+  @property
+  def unk_id(self) -> int | None:
+    return None
+
+
+class LabelVocabulary(_HeadVocabulary):
   """Label names <-> ids (module docstring). `per_token`: one label per input position
   (tagging), so the feature converter gives the labels the inputs' length."""
 
@@ -50,14 +62,6 @@ class LabelVocabulary(seqio.Vocabulary):
   @property
   def _base_vocab_size(self) -> int:
     return len(self.labels) + 1
-
-  @property
-  def eos_id(self) -> int | None:
-    return None
-
-  @property
-  def unk_id(self) -> int | None:
-    return None
 
   def _encode(self, s: str) -> list[int]:
     index = {label: i + 1 for i, label in enumerate(self.labels)}
@@ -91,7 +95,7 @@ class LabelVocabulary(seqio.Vocabulary):
     return hash((self.labels, self.per_token))
 
 
-class PositionVocabulary(seqio.Vocabulary):
+class PositionVocabulary(_HeadVocabulary):
   """Input positions <-> ids (module docstring): a span's "start end" text."""
 
   def __init__(self, max_positions: int):
@@ -107,14 +111,6 @@ class PositionVocabulary(seqio.Vocabulary):
   @property
   def _base_vocab_size(self) -> int:
     return self.max_positions + 1
-
-  @property
-  def eos_id(self) -> int | None:
-    return None
-
-  @property
-  def unk_id(self) -> int | None:
-    return None
 
   def _encode(self, s: str) -> list[int]:
     return [int(word) + 1 for word in s.split()]
