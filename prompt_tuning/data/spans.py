@@ -6,7 +6,10 @@ Tasks:
   squad_v110_span   TFDS `squad/v1.1:3.0.0`; metric SQuAD 1.1 EM / F1
   squad_v200_span   TFDS `squad/v2.0:3.0.0`; metric SQuAD 2.0 EM / F1 with HasAns /
                     NoAns (unanswerable questions point at the null span)
-  mrqa_{name}_span  the MRQA sets of data/mrqa.py, same fields; metric SQuAD 1.1 EM / F1
+  mrqa_{name}_span  TFDS `mrqa/{name}` for the twelve subsets of data/mrqa.py (the
+                    out-of-domain ones validation only, read from TFDS's test split);
+                    labelled with the first detected answer, scored (SQuAD 1.1 EM / F1)
+                    against every answer MRQA lists
 
 Input: "question: {question} context:" and then the context's word pieces, cut by
 SentencePiece as one string (`tokenize_with_offsets`), so each piece knows its byte
@@ -31,6 +34,7 @@ import tensorflow as tf
 
 from prompt_tuning.data import labels as labels_lib
 from prompt_tuning.data import metrics
+from prompt_tuning.data import mrqa
 from prompt_tuning.data import sources
 from prompt_tuning.data import vocab as vocab_lib
 
@@ -150,15 +154,16 @@ def span_task(
   source: seqio.DataSource,
   vocabulary: seqio.Vocabulary,
   metric_fns: Sequence[Any] = (metrics.squad,),
+  prepare: Sequence[Any] = (),
 ) -> str:
   """Registers a span task over a source with `question`, `context` and `answers`
-  ({text, answer_start}) features; returns its name."""
+  ({text, answer_start}) features (after the `prepare` steps); returns its name."""
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
     name,
     source=source,
     # Cut to the run's input length, hence after the cache point.
-    preprocessors=[seqio.CacheDatasetPlaceholder(), span_features],
+    preprocessors=[*prepare, seqio.CacheDatasetPlaceholder(), span_features],
     postprocess_fn=span_text,
     metric_fns=list(metric_fns),
     output_features=labels_lib.head_output_features(
@@ -168,8 +173,38 @@ def span_task(
   return name
 
 
+def mrqa_as_squad(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """TFDS `mrqa/*` -> SQuAD's fields: the label is the first detected answer (its text
+  and character start in the context), the references are that text and every answer
+  MRQA lists. Questions without a detected answer are dropped, as MRQA's own
+  evaluation has none."""
+
+  def has_detected(x: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    return tf.size(x["detected_answers"]["text"]) > 0
+
+  def convert(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    detected = x["detected_answers"]
+    starts = detected["char_spans"]["start"]
+    first_start = starts[0][0] if isinstance(starts, tf.RaggedTensor) else starts[0, 0]
+    return {
+      "question": x["question"],
+      "context": x["context"],
+      "answers": {
+        "text": tf.concat([detected["text"][:1], x["answers"]], 0),
+        "answer_start": tf.reshape(tf.cast(first_start, tf.int32), [1]),
+      },
+      "id": x["qid"],
+    }
+
+  return dataset.filter(has_detected).map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def mrqa_span_task_name(subset: str) -> str:
+  return f"mrqa_{subset}_span"
+
+
 def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
-  """(Re)registers the SQuAD span tasks with `vocabulary`; returns their names."""
+  """(Re)registers the SQuAD and MRQA span tasks with `vocabulary`; returns their names."""
   vocabulary = vocabulary or vocab_lib.get_vocabulary()
 
   def squad(version: str) -> seqio.DataSource:
@@ -177,10 +212,21 @@ def register(vocabulary: seqio.Vocabulary | None = None) -> list[str]:
       tfds_name=f"squad/{version}:{SQUAD_VERSION}", splits=list(SQUAD_SPLITS)
     )
 
-  return [
+  names = [
     span_task("squad_v110_span", squad("v1.1"), vocabulary, (metrics.squad,)),
     span_task("squad_v200_span", squad("v2.0"), vocabulary, (metrics.squad_v2,)),
   ]
+  # As data/mrqa.py: the in-domain sets keep train / validation, the out-of-domain ones
+  # have TFDS's test split only, read as validation.
+  for subset in (*mrqa.IN_DOMAIN, *mrqa.OUT_OF_DOMAIN):
+    splits: Any = ("train", "validation")
+    if subset in mrqa.OUT_OF_DOMAIN:
+      splits = {"validation": "test"}
+    source = sources.TfdsSource(f"mrqa/{subset}:{mrqa.MRQA_TFDS_VERSION}", splits=splits)
+    names.append(
+      span_task(mrqa_span_task_name(subset), source, vocabulary, prepare=(mrqa_as_squad,))
+    )
+  return names
 
 
 register()

@@ -251,3 +251,32 @@ def test_each_head_task_runs_end_to_end_through_the_evaluator(task, mock_tfds, r
   assert all(0.0 <= results[name] <= 100.0 for name in expected)
   predictions = evaluation.predictions[task]
   assert len(predictions) == len(_examples(task, lengths))
+
+
+def test_mrqa_examples_become_squad_fields_labelled_with_the_first_detected_answer(test_vocabulary):
+  context = "The river Nile flows north."
+  example = {
+    "qid": "q1",
+    "question": "Which river?",
+    "context": context,
+    "answers": tf.constant(["Nile", "the Nile"]),
+    "detected_answers": {
+      "text": tf.constant(["Nile"]),
+      "char_spans": {
+        "start": tf.ragged.constant([[context.index("Nile")]]),
+        "end": tf.ragged.constant([[context.index("Nile") + 3]]),
+      },
+    },
+  }
+  none = {
+    **example,
+    "detected_answers": {**example["detected_answers"], "text": tf.constant([], tf.string)},
+  }
+  converted = list(spans.mrqa_as_squad(tf.data.Dataset.from_tensors(example)).as_numpy_iterator())
+  assert len(converted) == 1
+  assert converted[0]["answers"]["text"].tolist() == [b"Nile", b"Nile", b"the Nile"]
+  assert converted[0]["answers"]["answer_start"].tolist() == [context.index("Nile")]
+  assert not list(spans.mrqa_as_squad(tf.data.Dataset.from_tensors(none)).as_numpy_iterator())
+  names = spans.register(test_vocabulary)
+  assert {"mrqa_bio_asq_span", "mrqa_squad_span"} <= set(names)
+  assert list(seqio.TaskRegistry.get("mrqa_bio_asq_span").splits) == ["validation"]
