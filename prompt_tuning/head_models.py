@@ -229,25 +229,28 @@ class SpanExtractionModel(_EncoderHeadModel):
     self.max_answer_length = int(max_answer_length)
     self.null_threshold = null_threshold
 
-  def _log_probs(self, params: Params, batch: Batch, dropout_rng: Array | None = None) -> Array:
-    return jax.nn.log_softmax(self.head_logits(params, batch, dropout_rng), axis=1)
+  def _gold(
+    self, params: Params, batch: Batch, dropout_rng: Array | None = None
+  ) -> tuple[Array, Array, Array]:
+    """(log-probabilities over positions [batch, length, 2], gold positions [batch, 2]
+    (-1 where unlabelled), their log-probabilities [batch, 2])."""
+    log_probs = jax.nn.log_softmax(self.head_logits(params, batch, dropout_rng), axis=1)
+    labels = self._labels(batch) - 1
+    gold = jnp.take_along_axis(log_probs, jnp.maximum(labels, 0)[:, None, :], axis=1)[:, 0]
+    return log_probs, labels, gold
 
   def loss_fn(
     self, params: Params, batch: Batch, dropout_rng: Array | None = None
   ) -> tuple[Array, dict[str, Array]]:
     """The mean of the start and end cross-entropies per example (BERT's SQuAD loss)."""
-    log_probs = self._log_probs(params, batch, dropout_rng)
-    labels = self._labels(batch) - 1  # [batch, 2] positions
+    log_probs, labels, gold = self._gold(params, batch, dropout_rng)
     weights = (labels[:, 0] >= 0).astype(jnp.float32)
-    gold = jnp.take_along_axis(log_probs, jnp.maximum(labels, 0)[:, None, :], axis=1)[:, 0]
     item_loss = -jnp.mean(gold, axis=-1)
     correct = jnp.all(jnp.argmax(log_probs, axis=1) == labels, axis=-1)
     return self._metrics(item_loss, weights, correct)
 
   def score_batch(self, params: Params, batch: Batch) -> Array:
-    log_probs = self._log_probs(params, batch)
-    labels = self._labels(batch) - 1
-    gold = jnp.take_along_axis(log_probs, jnp.maximum(labels, 0)[:, None, :], axis=1)[:, 0]
+    _, labels, gold = self._gold(params, batch)
     return jnp.where(labels[:, 0] >= 0, jnp.sum(gold, axis=-1), 0.0)
 
   def _predict(self, params: Params, batch: Batch) -> tuple[Array, Array]:

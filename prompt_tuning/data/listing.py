@@ -79,6 +79,12 @@ def _format_feature(key: str, example: Mapping[str, Any], vocabulary: seqio.Voca
   return "\n".join(lines)
 
 
+def member_tasks(mixture_or_task_name: str) -> list[seqio.Task]:
+  """The task itself, or the tasks of the mixture (nested mixtures flattened by seqio)."""
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+
+
 def show_task(name: str, split: str = "train", num_examples: int = 3) -> str:
   """The first `num_examples` preprocessed examples of `split`, unshuffled, as text."""
   if num_examples < 1:

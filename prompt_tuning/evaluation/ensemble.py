@@ -22,6 +22,7 @@ import numpy as np
 import seqio
 
 from prompt_tuning import models, tables
+from prompt_tuning.data import listing
 from prompt_tuning.evaluation import evaluator as evaluator_lib
 from prompt_tuning.prompts import multi_prompt
 from prompt_tuning.training import partitioning
@@ -120,9 +121,8 @@ def _evaluate_task(
 def _ensemble_tasks(mixture_or_task_name: str, split: str) -> list[seqio.Task]:
   """The tasks with predict metrics and the split; score metrics are refused, since the
   vote is over decoded predictions."""
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
   evaluated = []
-  for task in provider.tasks if isinstance(provider, seqio.Mixture) else [provider]:
+  for task in listing.member_tasks(mixture_or_task_name):
     if task.score_metric_fns:
       raise ValueError(
         f"task {task.name} has score (rank classification) metrics; "

@@ -32,6 +32,7 @@ import tensorflow as tf
 from absl import logging
 
 from prompt_tuning import models
+from prompt_tuning.data import listing
 from prompt_tuning.evaluation import ensemble
 from prompt_tuning.evaluation import evaluator as evaluator_lib
 from prompt_tuning.prompts import multi_prompt
@@ -385,15 +386,10 @@ def _write_predictions(
     outputs[tasks[index].name].write(json.dumps(record) + "\n")
 
 
-def _member_tasks(mixture_or_task_name: str) -> list[seqio.Task]:
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
-
-
 def tasks_with_split(mixture_or_task_name: str, split: str) -> list[seqio.Task]:
   """The task, or the mixture's tasks, that have `split`; an error when none has."""
   tasks = []
-  for task in _member_tasks(mixture_or_task_name):
+  for task in listing.member_tasks(mixture_or_task_name):
     if split in task.splits:
       tasks.append(task)
     else:
@@ -413,7 +409,7 @@ def serving_table(
       "TASK_PROMPTS must map task names to prompt .npy files, e.g. "
       "--gin.TASK_PROMPTS=\"{'task_a': 'a.npy', 'task_b': 'b.npy'}\""
     )
-  members = {task.name for task in _member_tasks(mixture_or_task_name)}
+  members = {task.name for task in listing.member_tasks(mixture_or_task_name)}
   unknown = sorted(set(task_prompts) - members)
   if unknown:
     raise ValueError(

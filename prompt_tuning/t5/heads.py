@@ -126,8 +126,6 @@ class SequenceHead(nn.Module):
 
   @nn.compact
   def __call__(self, hidden: Array, mask: Array, task_ids: Optional[Array] = None) -> Array:
-    if self.pooling not in POOLINGS:
-      raise ValueError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
     pooled = pool(hidden, mask, self.pooling)
     return linear(self, pooled, self.num_labels, self.num_tasks, task_ids, self.init_dir)
 

@@ -546,9 +546,13 @@ class Transformer(nn.Module):
     encoded = self.encode(
       encoder_input_tokens, enable_dropout=enable_dropout, prompt_inputs=prompt_inputs
     )
-    prompt_length = encoded.sequence.shape[1] - encoder_input_tokens.shape[1]
-    hidden = encoded.sequence[:, prompt_length:]
-    return self.head(hidden, encoded.mask[:, prompt_length:], task_ids)
+    return self._head_on_inputs(encoded, encoder_input_tokens.shape[1], task_ids)
+
+  def _head_on_inputs(self, encoded: Encoded, input_length: int, task_ids: Array | None) -> Array:
+    """The head on the last `input_length` encoder positions (the input prompt's rows
+    come first, `prepend_prompt`), with their mask."""
+    prompt_length = encoded.sequence.shape[1] - input_length
+    return self.head(encoded.sequence[:, prompt_length:], encoded.mask[:, prompt_length:], task_ids)
 
   def __call__(
     self,
@@ -565,9 +569,8 @@ class Transformer(nn.Module):
     )
     if self.head_factory is not None and self.is_initializing():
       # `init` goes through here: the head's parameters are made with everyone else's.
-      prompt_length = encoded.sequence.shape[1] - encoder_input_tokens.shape[1]
       task_ids = jnp.zeros(encoder_input_tokens.shape[:1], jnp.int32)
-      self.head(encoded.sequence[:, prompt_length:], encoded.mask[:, prompt_length:], task_ids)
+      self._head_on_inputs(encoded, encoder_input_tokens.shape[1], task_ids)
     return self.decode(
       encoded.sequence,
       encoded.mask,

@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from prompt_tuning.data import labels as labels_lib
+from prompt_tuning.data import listing
 from prompt_tuning.training import buckets as buckets_lib
 from prompt_tuning.training import partitioning
 
@@ -117,11 +118,6 @@ class EncoderLabels(seqio.FeatureConverter):
     return lengths
 
 
-def _member_tasks(mixture_or_task_name: str) -> list[seqio.Task]:
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
-
-
 def feature_converter(mixture_or_task_name: str | None = None) -> seqio.FeatureConverter:
   """The features a task's model reads: for the text tasks encoder-decoder features,
   unpacked (the paper's setting), with `prompt_ids` kept; for the linear-head tasks
@@ -129,7 +125,7 @@ def feature_converter(mixture_or_task_name: str | None = None) -> seqio.FeatureC
   two kinds, nor tasks whose labels have different lengths."""
   if mixture_or_task_name is None:
     return EncDecWithPromptIds(pack=False)
-  tasks = _member_tasks(mixture_or_task_name)
+  tasks = listing.member_tasks(mixture_or_task_name)
   heads = [task for task in tasks if labels_lib.is_head_task(task)]
   if not heads:
     return EncDecWithPromptIds(pack=False)

@@ -14,10 +14,10 @@ from typing import Any, Callable
 import flax
 import jax
 import numpy as np
-import seqio
 
 from prompt_tuning import convert, tree
 from prompt_tuning.data import labels as labels_lib
+from prompt_tuning.data import listing
 from prompt_tuning.prompts import initializers
 from prompt_tuning.t5 import heads as heads_lib
 from prompt_tuning.t5 import network
@@ -120,9 +120,7 @@ def check_task_vocabularies(mixture_or_task_name: str, vocab_size: int) -> None:
   model with no more ids than the model's `vocab_size` embedding rows. Checked before
   any checkpoint is read or step compiled: a vocabulary that does not fit the embedding
   would otherwise train on clamped ids without a word."""
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
-  for task in tasks:
+  for task in listing.member_tasks(mixture_or_task_name):
     for name, feature in task.output_features.items():
       if isinstance(feature.vocabulary, labels_lib.HEAD_VOCABULARIES):
         continue  # Head labels and positions never index the embedding.
@@ -135,11 +133,9 @@ def check_head_task(mixture_or_task_name: str, module: network.Transformer) -> N
   """A model with a linear head runs on head tasks of its kind only, with as many labels
   as the head has outputs; a text model runs on text tasks. Checked before anything is
   loaded, so that a wrong NUM_LABELS reads as itself, not as a shape error in a step."""
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
   factory = getattr(module, "head_factory", None)
   head = factory() if factory is not None else None
-  for task in tasks:
+  for task in listing.member_tasks(mixture_or_task_name):
     targets = task.output_features.get("targets")
     vocabulary = targets.vocabulary if targets is not None else None
     if head is None:
