@@ -117,7 +117,11 @@ def linear(
 
 
 class SequenceHead(nn.Module):
-  """Sequence classification: a linear layer on the pooled encoder state."""
+  """Sequence classification: a linear layer on the pooled encoder state.
+
+  The default pooling is `mean`, where P-Tuning v2 reads BERT's [CLS] state: T5 has no
+  [CLS] token, and `first` (its closest counterpart, the first word piece) is one
+  binding away (HEAD_POOLING)."""
 
   num_labels: int
   pooling: str = "mean"
