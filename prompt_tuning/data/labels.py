@@ -40,9 +40,14 @@ class _HeadVocabulary(seqio.Vocabulary):
 
 class LabelVocabulary(_HeadVocabulary):
   """Label names <-> ids (module docstring). `per_token`: one label per input position
-  (tagging), so the feature converter gives the labels the inputs' length."""
+  (tagging), so the feature converter gives the labels the inputs' length.
 
-  def __init__(self, labels: Sequence[str], per_token: bool = False):
+  `mixture`: the multi-task head mixture (data/task_mixtures.py) whose member this
+  task's variant is. There an id means "label k of the row's own task" (each task has
+  its own head), so the members' vocabularies compare equal, which seqio requires of a
+  mixture, while each decodes with its own label names."""
+
+  def __init__(self, labels: Sequence[str], per_token: bool = False, mixture: str | None = None):
     labels = tuple(str(label) for label in labels)
     if not labels or len(set(labels)) != len(labels):
       raise ValueError(f"labels must be distinct and at least one, got {labels}")
@@ -50,7 +55,12 @@ class LabelVocabulary(_HeadVocabulary):
       raise ValueError(f"labels must be single words without spaces, got {labels}")
     self.labels = labels
     self.per_token = per_token
+    self.mixture = mixture
     super().__init__(extra_ids=0)
+
+  def in_mixture(self, mixture: str) -> "LabelVocabulary":
+    """This vocabulary as a member of the multi-task head mixture `mixture`."""
+    return LabelVocabulary(self.labels, self.per_token, mixture)
 
   @property
   def num_labels(self) -> int:
@@ -85,13 +95,15 @@ class LabelVocabulary(_HeadVocabulary):
     return tf.strings.reduce_join(tf.gather(names, kept), separator=" ", axis=-1)
 
   def __eq__(self, other: object) -> bool:
-    return (
-      isinstance(other, LabelVocabulary)
-      and other.labels == self.labels
-      and other.per_token == self.per_token
-    )
+    if not isinstance(other, LabelVocabulary) or other.per_token != self.per_token:
+      return False
+    if self.mixture is not None or other.mixture is not None:
+      return other.mixture == self.mixture
+    return other.labels == self.labels
 
   def __hash__(self) -> int:
+    if self.mixture is not None:
+      return hash((self.mixture, self.per_token))
     return hash((self.labels, self.per_token))
 
 

@@ -14,22 +14,29 @@ mixture of each kind (equal rates unless given):
                            mixture `task_index_{name}`.
 
 From the command line: `--gin.MULTI_TASK_MIXTURES="{'NAME': ['TASK', ...]}"` with a
-`configs/prompts/multi_task_*.gin` file registers them (`register_configured`, called
-by `data.tasks.register_all`), then `MIXTURE_OR_TASK_NAME = 'NAME'` (or
-'task_index_NAME').
+`configs/prompts/multi_task_*.gin` or `configs/heads/*.gin` file registers them
+(`register_configured`, called by `data.tasks.register_all`), then
+`MIXTURE_OR_TASK_NAME = 'NAME'` (or 'task_index_NAME').
 
 The variants keep their task's source, preprocessing, postprocessor and metrics, so
-each task evaluates with its own metrics inside the mixture.
+each task evaluates with its own metrics inside the mixture. A linear-head task's
+prompt-id variant marks its label vocabulary as the mixture's
+(`labels.LabelVocabulary.in_mixture`): with one head per task the tasks' labels need
+not be the same (RTE's beside BoolQ's, CoNLL-2003's tags beside WikiANN's).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 from typing import Mapping, Sequence
 
 import gin
 import seqio
 import tensorflow as tf
+
+from prompt_tuning.data import labels as labels_lib
 
 PROMPT_IDS = "prompt_ids"
 # `<extra_id_0>` in T5's 32,100-id vocabulary (32,000 pieces + 100 sentinels).
@@ -50,6 +57,22 @@ def prepend_task_index(
   return dataset.map(
     lambda ex: {**ex, "inputs": tf.concat([token, tf.cast(ex["inputs"], tf.int32)], 0)}
   )
+
+
+def prompt_id_of(task_name: str) -> int | None:
+  """k for a `{task}_prompt_id_{k}` variant `register_mixture` made, else None."""
+  found = re.search(r"_prompt_id_(\d+)$", task_name)
+  return int(found.group(1)) if found else None
+
+
+def _per_task_labels(task: seqio.Task, mixture: str) -> dict[str, seqio.Feature]:
+  """A head task's targets as a member of `mixture`: ids are labels of the row's own
+  task (one head per task), so tasks with different label names can be mixed."""
+  targets = task.output_features.get("targets")
+  vocabulary = getattr(targets, "vocabulary", None)
+  if not isinstance(vocabulary, labels_lib.LabelVocabulary):
+    return {}
+  return {"targets": dataclasses.replace(targets, vocabulary=vocabulary.in_mixture(mixture))}
 
 
 def prompt_id_feature() -> seqio.Feature:
@@ -96,7 +119,7 @@ def register_mixture(
           task,
           f"{task_name}_prompt_id_{k}",
           functools.partial(add_prompt_id, prompt_id=k),
-          {PROMPT_IDS: prompt_id_feature()},
+          {PROMPT_IDS: prompt_id_feature(), **_per_task_labels(task, name)},
         ),
         rate,
       )

@@ -18,6 +18,7 @@ import numpy as np
 from prompt_tuning import convert, tree
 from prompt_tuning.data import labels as labels_lib
 from prompt_tuning.data import listing
+from prompt_tuning.data import task_mixtures
 from prompt_tuning.prompts import initializers
 from prompt_tuning.t5 import heads as heads_lib
 from prompt_tuning.t5 import network
@@ -131,10 +132,12 @@ def check_task_vocabularies(mixture_or_task_name: str, vocab_size: int) -> None:
 
 def check_head_task(mixture_or_task_name: str, module: network.Transformer) -> None:
   """A model with a linear head runs on head tasks of its kind only, with as many labels
-  as the head has outputs; a text model runs on text tasks. Checked before anything is
-  loaded, so that a wrong NUM_LABELS reads as itself, not as a shape error in a step."""
+  as the head has outputs (for its task, with one head per task); a text model runs on
+  text tasks. Checked before anything is loaded, so that a wrong NUM_LABELS reads as
+  itself, not as a shape error in a step."""
   factory = getattr(module, "head_factory", None)
   head = factory() if factory is not None else None
+  labelled: list[tuple[int, str, Any]] = []
   for task in listing.member_tasks(mixture_or_task_name):
     targets = task.output_features.get("targets")
     vocabulary = targets.vocabulary if targets is not None else None
@@ -157,6 +160,7 @@ def check_head_task(mixture_or_task_name: str, module: network.Transformer) -> N
         f"task {task.name} does not fit a {kind}: span tasks (`_span`) need "
         "configs/heads/span.gin, label tasks sequence.gin (`_cls`) or token.gin (`_ner`)"
       )
+    task_id = _head_task_id(head, task.name)
     if wants_positions:
       continue
     per_token = isinstance(head, heads_lib.TokenHead)
@@ -166,8 +170,63 @@ def check_head_task(mixture_or_task_name: str, module: network.Transformer) -> N
         f"which a {kind} does not predict; use configs/heads/"
         f"{'token' if vocabulary.per_token else 'sequence'}.gin"
       )
-    if head.num_labels != vocabulary.num_labels:
+    labelled.append((task_id, task.name, vocabulary))
+  if head is not None and labelled:
+    _check_label_counts(head, labelled)
+
+
+def _head_task_id(head: Any, task_name: str) -> int:
+  """The head (0 for a single-task head) that rows of `task_name` use."""
+  num_tasks = int(getattr(head, "num_tasks", 1))
+  if num_tasks == 1:
+    return 0
+  task_id = task_mixtures.prompt_id_of(task_name)
+  if task_id is None:
+    raise ValueError(
+      f"the head has HEAD_TASKS = {num_tasks} heads but the rows of {task_name} do not say "
+      "their task; train on a mixture of --gin.MULTI_TASK_MIXTURES=\"{'NAME': [...]}\""
+    )
+  if task_id >= num_tasks:
+    raise ValueError(
+      f"{task_name} is task {task_id} of its mixture but HEAD_TASKS is {num_tasks}; set "
+      f"--gin.HEAD_TASKS to the mixture's number of tasks"
+    )
+  return task_id
+
+
+def _check_label_counts(head: Any, labelled: list[tuple[int, str, Any]]) -> None:
+  """Every task's label count equals its head's: NUM_LABELS, or with one head per task
+  HEAD_LABELS_PER_TASK's entry (tasks with fewer labels than the largest)."""
+  num_tasks = int(getattr(head, "num_tasks", 1))
+  per_task = getattr(head, "labels_per_task", None)
+  if per_task is not None and num_tasks == 1:
+    raise ValueError(
+      "HEAD_LABELS_PER_TASK is for multi-task heads (HEAD_TASKS > 1); drop it and set NUM_LABELS"
+    )
+  if num_tasks == 1 or per_task is None:
+    counts = {vocabulary.num_labels for _, _, vocabulary in labelled}
+    if num_tasks > 1 and len(counts) > 1:
+      wanted = [head.num_labels] * num_tasks
+      for task_id, _, vocabulary in labelled:
+        wanted[task_id] = vocabulary.num_labels
       raise ValueError(
-        f"NUM_LABELS is {head.num_labels} but task {task.name} has {vocabulary.num_labels} "
-        f"labels ({', '.join(vocabulary.labels)}); set --gin.NUM_LABELS={vocabulary.num_labels}"
+        f"the mixture's tasks have {tuple(wanted)} labels; set --gin.NUM_LABELS={max(wanted)} "
+        f"and --gin.HEAD_LABELS_PER_TASK=\"{tuple(wanted)}\""
       )
+    for _, task_name, vocabulary in labelled:
+      if head.num_labels != vocabulary.num_labels:
+        raise ValueError(
+          f"NUM_LABELS is {head.num_labels} but task {task_name} has {vocabulary.num_labels} "
+          f"labels ({', '.join(vocabulary.labels)}); set --gin.NUM_LABELS={vocabulary.num_labels}"
+        )
+    return
+  counts = heads_lib.check_labels_per_task(per_task, num_tasks, head.num_labels)
+  wanted = list(counts)
+  for task_id, _, vocabulary in labelled:
+    wanted[task_id] = vocabulary.num_labels
+  if tuple(wanted) != counts or max(wanted) != head.num_labels:
+    raise ValueError(
+      f"HEAD_LABELS_PER_TASK is {counts} and NUM_LABELS {head.num_labels}, but the tasks "
+      f"have {tuple(wanted)} labels; set --gin.NUM_LABELS={max(wanted)} and "
+      f"--gin.HEAD_LABELS_PER_TASK=\"{tuple(wanted)}\""
+    )

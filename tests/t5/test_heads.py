@@ -72,3 +72,39 @@ def test_a_head_starts_from_saved_files_and_refuses_another_shape(tmp_path):
     heads.SequenceHead(2, init_dir=str(tmp_path / "missing")).init(
       jax.random.PRNGKey(0), HIDDEN, MASK
     )
+
+
+def test_a_task_with_fewer_labels_never_predicts_or_trains_the_classes_it_lacks():
+  head = heads.SequenceHead(3, pooling="first", num_tasks=2, labels_per_task=(2, 3))
+  task_ids = jnp.array([0, 1])
+  variables = head.init(jax.random.PRNGKey(0), HIDDEN, MASK, task_ids)
+  logits = np.asarray(head.apply(variables, HIDDEN, MASK, task_ids))
+  assert logits[0, 2] < -1e30 and np.all(np.abs(logits[0, :2]) < 1e3)
+  assert np.all(np.abs(logits[1]) < 1e3)
+
+  def loss(params):
+    out = head.apply({"params": params}, HIDDEN, MASK, task_ids)
+    return -jnp.sum(jax.nn.log_softmax(out)[:, 0])
+
+  grads = jax.jit(jax.grad(loss))(variables["params"])
+  assert grads["kernel"].value[0, :, 2].tolist() == [0.0, 0.0]
+  assert grads["bias"].value[0, 2] == 0.0 and grads["bias"].value[1, 2] != 0.0
+  with pytest.raises(ValueError, match="HEAD_LABELS_PER_TASK"):
+    heads.SequenceHead(3, num_tasks=2, labels_per_task=(2, 4)).init(
+      jax.random.PRNGKey(0), HIDDEN, MASK, task_ids
+    )
+
+
+def test_a_single_task_head_starts_from_one_task_of_a_multi_task_head(tmp_path):
+  kernel = np.arange(2 * 2 * 3, dtype=np.float32).reshape(2, 2, 3)
+  np.save(tmp_path / "head.kernel.npy", kernel)
+  np.save(tmp_path / "head.bias.npy", np.array([[1.0, -1.0, 0.0], [2.0, 3.0, 4.0]], np.float32))
+  head = heads.SequenceHead(2, pooling="first", init_dir=str(tmp_path), init_task=1)
+  variables = head.init(jax.random.PRNGKey(0), HIDDEN, MASK)
+  np.testing.assert_allclose(
+    head.apply(variables, HIDDEN, MASK), HIDDEN[:, 0] @ kernel[1][:, :2] + [2, 3]
+  )
+  with pytest.raises(ValueError, match="HEAD_INIT_TASK is 2"):
+    heads.SequenceHead(2, init_dir=str(tmp_path), init_task=2).init(
+      jax.random.PRNGKey(0), HIDDEN, MASK
+    )
