@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import re
 import shlex
@@ -29,9 +30,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning import errors, models, tree
+from prompt_tuning import errors, head_models, models, tree
 from prompt_tuning.prompts import family
-from prompt_tuning.t5 import T5Config, Transformer, abstract_params, logical_axes
+from prompt_tuning.t5 import T5Config, Transformer, abstract_params, heads, logical_axes
 from prompt_tuning.training import optimizers
 from prompt_tuning.training import partitioning
 from prompt_tuning.training import trainable as trainable_lib
@@ -69,6 +70,13 @@ FEATURES = (
   "decoder_target_tokens",
   "decoder_loss_weights",
 )
+# A linear head (docs/heads.md): its module, model class and label length per example
+# (None: one label per input token).
+HEADS = {
+  "sequence": (heads.SequenceHead, head_models.SequenceClassificationModel, 1),
+  "token": (heads.TokenHead, head_models.TokenClassificationModel, None),
+  "span": (heads.SpanHead, head_models.SpanExtractionModel, 2),
+}
 
 
 def parse_bytes(text: str) -> int:
@@ -200,17 +208,44 @@ def _hooks(method: str, prompt_length: int) -> tuple[Any, Any]:
 
 
 def _abstract_batch(
-  partitioner: partitioning.Partitioner, batch_size: int, input_length: int, target_length: int
+  partitioner: partitioning.Partitioner,
+  batch_size: int,
+  input_length: int,
+  target_length: int,
+  head: str | None = None,
 ) -> dict[str, jax.ShapeDtypeStruct]:
   """The train step's batch as sharded shapes: inputs of `input_length`, the decoder's
-  features of `target_length`."""
+  features of `target_length`, or with a head its labels."""
   lengths = {"encoder_input_tokens": input_length}
+  if head is None:
+    names = FEATURES
+  else:
+    names = ("encoder_input_tokens", "label_ids")
+    lengths["label_ids"] = HEADS[head][2] or input_length
   return {
     name: jax.ShapeDtypeStruct(
       (batch_size, lengths.get(name, target_length)), jnp.int32, sharding=partitioner.batch_sharding
     )
-    for name in FEATURES
+    for name in names
   }
+
+
+def _model(
+  config: T5Config, prompt: Any, prefix: Any, head: str | None, num_labels: int
+) -> tuple[Any, Any]:
+  """(the trained model, the head's factory or None)."""
+  if head is None:
+    return models.EncoderDecoderModel(
+      Transformer(config, input_prompt=prompt, layer_prefix=prefix)
+    ), None
+  if head not in HEADS:
+    raise errors.ConfigurationError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
+  module_class, model_class, _ = HEADS[head]
+  factory = (
+    functools.partial(module_class, num_labels=num_labels) if head != "span" else module_class
+  )
+  module = Transformer(config, input_prompt=prompt, layer_prefix=prefix, head_factory=factory)
+  return model_class(module), factory
 
 
 def plan_train_step(
@@ -224,11 +259,15 @@ def plan_train_step(
   num_microbatches: int = 1,
   trainable_regex: str = trainable_lib.DEFAULT_TRAINABLE,
   method: str = "prompt",
+  head: str | None = None,
+  num_labels: int = 2,
 ) -> Plan:
   """Lowers and compiles the sharded train step on abstract inputs; reads its memory.
 
   `method` is a prompt-family method (`prompts.family.METHODS`); `prompt_length` 0 with
   "prompt" plans the frozen model with no prompt (model tuning with `trainable_regex`).
+  `head` ("sequence", "token", "span") plans the encoder with a linear head of
+  `num_labels` outputs instead of the decoder; the head trains too, as in `train`.
   """
   check_batch(mesh_shape, batch_size, num_microbatches)
   data, model_parallel = mesh_shape
@@ -236,12 +275,13 @@ def plan_train_step(
   partitioner = partitioning.Partitioner(mesh_shape=mesh_shape, devices=devices)
 
   prompt, prefix = _hooks(method, prompt_length)
-  model = models.EncoderDecoderModel(Transformer(config, input_prompt=prompt, layer_prefix=prefix))
+  model, head_factory = _model(config, prompt, prefix, head, num_labels)
+  trainable_regex = trainable_lib.with_head(trainable_regex, model.module)
   trainable_abs, frozen_abs = trainable_lib.split(
-    abstract_params(config, prompt, prefix), trainable_regex
+    abstract_params(config, prompt, prefix, head_factory), trainable_regex
   )
   trainable_axes, frozen_axes = trainable_lib.split(
-    logical_axes(config, prompt, prefix), trainable_regex
+    logical_axes(config, prompt, prefix, head_factory), trainable_regex
   )
   frozen_abs = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(
@@ -258,7 +298,7 @@ def plan_train_step(
     jax.eval_shape(lambda t: TrainState.create(t, optimizer), trainable_abs), state_sh
   )
   frozen_abs = _with_shardings(frozen_abs, frozen_sh)
-  batch_abs = _abstract_batch(partitioner, batch_size, input_length, target_length)
+  batch_abs = _abstract_batch(partitioner, batch_size, input_length, target_length, head)
   rng_abs = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioner.replicated)
 
   step = partitioner.partition_train_step(
@@ -461,7 +501,7 @@ def plan_command(args: argparse.Namespace, setting: Setting) -> str:
     f"--device-memory {_shell_word(args.device_memory)}",
   ]
   defaults = _parser().parse_args([])
-  for name in ("method", "activation_dtype", "dropout", "trainable"):
+  for name in ("method", "head", "labels", "activation_dtype", "dropout", "trainable"):
     if getattr(args, name) != getattr(defaults, name):
       words.append(f"--{name.replace('_', '-')} {_shell_word(str(getattr(args, name)))}")
   if setting.frozen_dtype != "float32":
@@ -487,6 +527,8 @@ def train_bindings(args: argparse.Namespace, setting: Setting) -> list[str]:
   }
   if args.prompt:
     bindings["PROMPT_LENGTH"] = str(args.prompt)
+  if args.head in ("sequence", "token"):
+    bindings["NUM_LABELS"] = str(args.labels)
   if args.trainable != trainable_lib.DEFAULT_TRAINABLE:
     bindings["trainer.train.trainable_regex"] = repr(args.trainable)
   if setting.frozen_dtype != "float32":
@@ -521,6 +563,15 @@ def _parser() -> argparse.ArgumentParser:
     default="prompt",
     choices=tuple(family.METHODS),
     help="prompt-family method (default prompt tuning); see `prompt-tuning info --compare-methods`",
+  )
+  parser.add_argument(
+    "--head",
+    default=None,
+    choices=tuple(HEADS),
+    help="plan a linear head on the encoder instead of the decoder (docs/heads.md)",
+  )
+  parser.add_argument(
+    "--labels", type=int, default=2, help="the head's number of labels (sequence, token)"
   )
   parser.add_argument(
     "--device-memory",
@@ -571,6 +622,8 @@ def _check_args(args: argparse.Namespace, mesh: tuple[int, int]) -> None:
       raise errors.ConfigurationError(f"--{name} must be positive, got {getattr(args, name)}")
   if args.prompt < 0:
     raise errors.ConfigurationError(f"--prompt must be zero or positive, got {args.prompt}")
+  if args.labels < 1:
+    raise errors.ConfigurationError(f"--labels must be positive, got {args.labels}")
   if not 0 <= args.dropout < 1:
     raise errors.ConfigurationError(f"--dropout must be in [0, 1), got {args.dropout}")
   check_batch(mesh, args.batch, args.microbatches)
@@ -588,14 +641,18 @@ def main(argv: list[str] | None = None) -> int:
     f"{config.num_encoder_layers}+{config.num_decoder_layers} layers), mesh "
     f"{mesh[0]}x{mesh[1]} (data x model) = {mesh[0] * mesh[1]} devices"
   )
+  head = f", {args.head} head ({args.labels} labels)" if args.head else ""
+  if args.head == "span":
+    head = ", span head"
   print(
-    f"  method {args.method}, prompt length {args.prompt}; batch {args.batch} "
+    f"  method {args.method}{head}, prompt length {args.prompt}; batch {args.batch} "
     f"({args.batch // mesh[0]} per data shard), inputs {args.inputs}, targets "
     f"{args.targets}; activations {args.activation_dtype}, frozen {args.frozen_dtype}, "
     f"remat {args.remat}, microbatches {args.microbatches}, dropout {args.dropout}"
   )
   plan = _estimate(args, base)
-  print(f"  trainable {args.trainable!r}: {plan.trainable_count:,} values")
+  with_head = " and the head" if args.head else ""
+  print(f"  trainable {args.trainable!r}{with_head}: {plan.trainable_count:,} values")
   for line in format_plan(plan, device_memory):
     print(line)
   if plan.total <= device_memory:
@@ -626,6 +683,8 @@ def _estimate(args: argparse.Namespace, setting: Setting) -> Plan:
     num_microbatches=setting.microbatches,
     trainable_regex=args.trainable,
     method=args.method,
+    head=args.head,
+    num_labels=args.labels,
   )
 
 

@@ -129,6 +129,18 @@ def test_plan_of_a_layer_method_counts_its_own_parameters(capsys, method):
   assert f"trainable '.*prompt.*': {expected:,} values" in out
 
 
+@pytest.mark.parametrize(
+  "head, labels, outputs", [("sequence", 3, 3), ("token", 9, 9), ("span", 2, 2)]
+)
+def test_plan_with_a_head_counts_the_head_beside_the_prompt(capsys, head, labels, outputs):
+  assert plan.main(TINY + ["--head", head, "--labels", str(labels)]) == 0
+  out = capsys.readouterr().out
+  width = plan.T5Config.from_size("tiny").emb_dim
+  expected = 4 * width + width * outputs + outputs  # The prompt, the kernel, the bias.
+  assert f"{head} head" in out
+  assert f"trainable '.*prompt.*' and the head: {expected:,} values" in out
+
+
 def test_plan_of_a_method_needs_a_prompt_length():
   with pytest.raises(ValueError, match="prompt length above 0"):
     plan.main(TINY[:-4] + ["--method", "prefix", "--prompt", "0"])
