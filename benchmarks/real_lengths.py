@@ -10,8 +10,16 @@ side pads the batches itself inside the timed loop, which is its whole input pip
   ours, fixed     every batch padded to `--inputs` (512, the paper's), as the original
   ours, buckets   every batch cut to the smallest power of two from 64 (or `--inputs`)
                   holding its longest input: training/buckets.py, TRAIN_LENGTH_BUCKETS
+  ours, grouped   buckets, and the examples grouped by length first: windows of
+                  `--group-window` batches sorted by length, cut into batches, shown in
+                  a seeded order (training/data.py, TRAIN_LENGTH_GROUPING)
   PEFT, dynamic   every batch padded to its longest input and target, as transformers'
                   DataCollatorForSeq2Seq does (labels padded with -100)
+  PEFT, grouped   dynamic padding over the grouped side's batches, what transformers'
+                  `group_by_length` (LengthGroupedSampler) gives a PEFT user
+
+The grouped sides train on the same examples in other batches (that is what grouping
+is); the other three share batches and order.
 
 The first epoch includes compilation (one program per shape for JAX) and warm-up; the
 table's throughput is the second epoch's, and "compile" is the first epoch's excess over
@@ -52,12 +60,15 @@ import peft_compare as pc  # noqa: E402  (the same models, threads and memory pr
 
 from prompt_tuning import tables  # noqa: E402
 
-SIDES = ("fixed", "buckets", "peft")
+SIDES = ("fixed", "buckets", "grouped", "peft", "peft_grouped")
 SIDE_NAMES = {
   "fixed": "ours, fixed padding",
   "buckets": "ours, length buckets",
+  "grouped": "ours, buckets + length grouping",
   "peft": "PEFT, dynamic padding",
+  "peft_grouped": "PEFT, dynamic padding + length grouping",
 }
+GROUPED = ("grouped", "peft_grouped")
 # (task, median input tokens, log-normal sigma, share of the examples)
 TASK_MIX = (
   ("wic", 35, 0.25, 0.15),
@@ -134,7 +145,7 @@ def batch_lengths(
   longest_target = max(len(y) for _, y in batch)
   if side == "fixed":
     return args.inputs, TARGET_LENGTHS[1]
-  if side == "buckets":
+  if side in ("buckets", "grouped"):
     encoder = buckets.bucket_of(longest, buckets.powers_of_two(args.inputs))
     return encoder, buckets.bucket_of(longest_target, buckets.powers_of_two(TARGET_LENGTHS[1]))
   return longest, longest_target
@@ -210,7 +221,7 @@ def _peft(args: Any, examples: list, batches: list[list[int]]) -> dict[str, Any]
     started = time.perf_counter()
     for rows in batches:
       batch = [examples[i] for i in rows]
-      length, target_length = batch_lengths(batch, "peft", args)
+      length, target_length = batch_lengths(batch, args.side, args)
       shapes.add((length, target_length))
       input_ids = torch.from_numpy(pad([x for x, _ in batch], length)).long().to(device)
       labels = torch.from_numpy(pad([y for _, y in batch], target_length, -100)).long().to(device)
@@ -226,6 +237,28 @@ def _peft(args: Any, examples: list, batches: list[list[int]]) -> dict[str, Any]
   return {"first": first, "second": second, "shapes": len(shapes), "peak_rss": pc._peak_rss_bytes()}
 
 
+def grouped_batches(
+  examples: list, batch_size: int, window_batches: int, seed: int
+) -> list[list[int]]:
+  """The example indices of each batch as training/data.py groups them by length
+  (`group_by_length_windows` over the examples in their order)."""
+  import tensorflow as tf
+
+  from prompt_tuning.training import data
+
+  inputs = pad([x for x, _ in examples], max(len(x) for x, _ in examples))
+  targets = pad([y for _, y in examples], TARGET_LENGTHS[1])
+  stream = tf.data.Dataset.from_tensor_slices(
+    {
+      "encoder_input_tokens": inputs,
+      "decoder_target_tokens": targets,
+      "index": np.arange(len(examples), dtype=np.int32),
+    }
+  )
+  grouped = data.group_by_length_windows(stream, batch_size, window_batches, seed)
+  return [batch["index"].tolist() for batch in grouped.as_numpy_iterator()]
+
+
 def child_main(spec: str) -> None:
   job = json.loads(spec)
   args = argparse.Namespace(**job["args"])
@@ -236,7 +269,10 @@ def child_main(spec: str) -> None:
   examples = make_examples(lengths, vocab, args.seed)
   order = list(range(len(examples)))
   batches = [order[i : i + args.batch] for i in range(0, len(order) - args.batch + 1, args.batch)]
-  run = _peft if args.side == "peft" else _ours
+  if args.side in GROUPED:
+    window = min(args.group_window, len(batches))
+    batches = grouped_batches(examples, args.batch, window, args.seed)
+  run = _peft if args.side.startswith("peft") else _ours
   result = run(args, examples, batches)
   # The tokens an epoch trains on, unpadded: inputs plus targets of the batched examples.
   result["real_tokens"] = sum(len(examples[i][0]) + len(examples[i][1]) for b in batches for i in b)
@@ -260,6 +296,8 @@ def run_side(side: str, args: argparse.Namespace, lengths: list[int]) -> dict[st
 
 def summarise(results: dict[str, dict[str, Any]], lengths: list[int], args: Any) -> str:
   used = len(lengths) // args.batch * args.batch
+  window = min(args.group_window, len(lengths) // args.batch) * args.batch
+  used_grouped = len(lengths) // window * window
   header = ("side", "examples/s", "real tokens/s", "compile (s)", "shapes", "peak memory (MiB)")
   rows = []
   rates = {}
@@ -267,7 +305,7 @@ def summarise(results: dict[str, dict[str, Any]], lengths: list[int], args: Any)
     if side not in results:
       continue
     r = results[side]
-    rates[side] = used / r["second"]
+    rates[side] = (used_grouped if side in GROUPED else used) / r["second"]
     rows.append(
       [
         SIDE_NAMES[side],
@@ -282,8 +320,13 @@ def summarise(results: dict[str, dict[str, Any]], lengths: list[int], args: Any)
   lines = [table, ""]
   ratio = lambda a, b: f"{rates[a] / rates[b]:.2f}x" if a in rates and b in rates else "n/a"  # noqa: E731
   lines.append(
-    f"real-length throughput: bucketed/fixed {ratio('buckets', 'fixed')}, "
-    f"bucketed/peft {ratio('buckets', 'peft')}"
+    f"buckets without grouping: buckets/fixed {ratio('buckets', 'fixed')}, "
+    f"buckets/peft {ratio('buckets', 'peft')}; grouped PEFT: grouped/peft_grouped "
+    f"{ratio('grouped', 'peft_grouped')}"
+  )
+  lines.append(
+    f"real-length throughput: bucketed/fixed {ratio('grouped', 'fixed')}, "
+    f"bucketed/peft {ratio('grouped', 'peft')}"
   )
   return "\n".join(lines)
 
@@ -301,6 +344,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--dtype", choices=pc.DTYPES, default="float32")
   parser.add_argument("--lengths", default=None, help="a file of input lengths, one per line")
   parser.add_argument(
+    "--group-window",
+    type=int,
+    default=16,
+    help="batches per length-grouping window of the grouped sides (TRAIN_LENGTH_GROUPING)",
+  )
+  parser.add_argument(
     "--task",
     default="mix",
     help="the synthetic lengths of one task of the mix (wic, copa, wsc, rte, cb, boolq, "
@@ -312,7 +361,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   if args.quick:
     args.size, args.examples, args.inputs, args.prompt, args.batch = "tiny", 32, 128, 8, 4
-  for name in ("examples", "batch", "inputs", "prompt", "threads"):
+  for name in ("examples", "batch", "inputs", "prompt", "threads", "group_window"):
     if getattr(args, name) < 1:
       parser.error(f"--{name} must be at least 1")
   if args.examples < args.batch:

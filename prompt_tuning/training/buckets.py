@@ -15,7 +15,9 @@ rounding (docs/training.md, "Length buckets").
 
 Buckets apply to evaluation and inference (on by default) and, with
 TRAIN_LENGTH_BUCKETS, to training (off by default): training batches keep their examples
-and order and lose only trailing padding (training/data.py).
+and order and lose only trailing padding. TRAIN_LENGTH_GROUPING (off by default) also
+groups examples of similar length into batches, so more of them fit a small bucket
+(training/data.py, `group_by_length_windows`).
 """
 
 from __future__ import annotations

@@ -192,6 +192,7 @@ def train_batches(
   train_examples: int | None = None,
   train_examples_seed: int = 0,
   length_buckets: str | Sequence[int] | None = None,
+  group_by_length: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless per-process batches, starting after `start_position` batches.
 
@@ -213,6 +214,14 @@ def train_batches(
   same order either way, only their trailing padding differs, so training follows the
   fixed-shape run up to float rounding, resumes as it does, and compiles once per bucket
   pair used (docs/training.md, "Length buckets").
+
+  `group_by_length` (gin macro TRAIN_LENGTH_GROUPING): None (default) keeps the
+  shuffled stream's batches. A number K groups examples of similar length: each window
+  of K batches' worth of the shuffled stream is sorted by length, cut into K batches,
+  and those K batches come in an order shuffled by (`seed`, window). Every example of a
+  window is used inside it, so no length waits (no bucket starves), and the batches
+  stay a function of (task, lengths, seed) and the position, so resuming is exact. With
+  buckets, most batches then fit a small bucket (`group_by_length_windows`).
   """
   if shard_by not in SHARD_BY:
     raise ValueError(f"train_batches.shard_by must be one of {SHARD_BY}, got {shard_by!r}")
@@ -224,6 +233,18 @@ def train_batches(
       "read their own part of the source cannot agree on; use train_batches.shard_by = "
       "'batch' (the default) or TRAIN_LENGTH_BUCKETS = None"
     )
+  if group_by_length is not None:
+    if int(group_by_length) < 1:
+      raise ValueError(
+        f"TRAIN_LENGTH_GROUPING must be a positive number of batches per window, got "
+        f"{group_by_length}; None turns grouping off"
+      )
+    if shard_by == "source" and jax.process_count() > 1:
+      raise ValueError(
+        "TRAIN_LENGTH_GROUPING sorts windows of the global example stream, which processes "
+        "that read their own part of the source do not share; use train_batches.shard_by = "
+        "'batch' (the default) or TRAIN_LENGTH_GROUPING = None"
+      )
   if train_examples is not None:
     if train_examples < 1:
       raise ValueError(
@@ -250,7 +271,52 @@ def train_batches(
     by_source,
     None if train_examples is None else (train_examples, train_examples_seed),
     None if encoder_buckets is None else (encoder_buckets, decoder_buckets),
+    None if group_by_length is None else int(group_by_length),
   )
+
+
+def _real_length(tokens: tf.Tensor) -> tf.Tensor:
+  """Per row of [rows, length] ids: one past the last non-zero position (0 if none)."""
+  positions = tf.range(1, tf.shape(tokens)[1] + 1)[None, :]
+  return tf.reduce_max(tf.where(tokens != 0, positions, 0), axis=1)
+
+
+def group_by_length_windows(
+  examples: tf.data.Dataset, batch_size: int, window_batches: int, seed: int
+) -> tf.data.Dataset:
+  """Batches of `batch_size` from converted `examples`, grouped by length in windows of
+  `window_batches` batches (`train_batches`' `group_by_length`).
+
+  Within a window the examples are ordered by input length, then target length (a
+  stable sort, so ties keep the stream's order), and cut into batches; the window's
+  batches are then permuted by a stateless shuffle of (`seed`, window index). Nothing
+  depends on anything but the stream and the seed, so `skip(n)` resumes exactly."""
+  window = batch_size * window_batches
+
+  def arrange(index: tf.Tensor, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    reference = features.get("encoder_input_tokens")
+    key = (
+      tf.zeros([window], tf.int64)
+      if reference is None
+      else tf.cast(_real_length(reference), tf.int64)
+    )
+    second = features.get("decoder_target_tokens", features.get("label_ids"))
+    if second is not None and second.shape.rank == 2:
+      key = key * (int(second.shape[1]) + 1) + tf.cast(_real_length(second), tf.int64)
+    order = tf.argsort(key, stable=True)
+    batch_order = tf.random.experimental.stateless_shuffle(
+      tf.range(window_batches), seed=tf.stack([tf.cast(seed, tf.int64), index])
+    )
+
+    def cut(values: tf.Tensor) -> tf.Tensor:
+      values = tf.gather(values, order)
+      shape = tf.concat([[window_batches, batch_size], tf.shape(values)[1:]], axis=0)
+      return tf.gather(tf.reshape(values, shape), batch_order)
+
+    return {name: cut(values) for name, values in features.items()}
+
+  windows = examples.batch(window, drop_remainder=True).enumerate()
+  return windows.map(arrange, deterministic=True).unbatch()
 
 
 def subsample(
@@ -288,6 +354,7 @@ def _numpy_batches(
   by_source: bool,
   examples: tuple[int, int] | None = None,
   buckets: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+  group_by_length: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   start, stop = rows
   if examples is None:
@@ -320,7 +387,10 @@ def _numpy_batches(
     # Each process's own part of the source, batched to its share of the global batch.
     dataset = dataset.batch(stop - start, drop_remainder=True)
   else:
-    dataset = dataset.batch(batch_size, drop_remainder=True)
+    if group_by_length is None:
+      dataset = dataset.batch(batch_size, drop_remainder=True)
+    else:
+      dataset = group_by_length_windows(dataset, batch_size, group_by_length, seed)
     if (start, stop) != (0, batch_size) and buckets is None:
       dataset = dataset.map(lambda batch: {k: v[start:stop] for k, v in batch.items()})
   if start_position:
@@ -332,7 +402,10 @@ def _numpy_batches(
     if buckets is not None:
       # Cut the whole global batch, then this process's rows: every process agrees.
       batch = buckets_lib.trim(batch, *buckets)
-      shape = (batch["encoder_input_tokens"].shape[1], batch["decoder_target_tokens"].shape[1])
+      shape = (
+        batch["encoder_input_tokens"].shape[1],
+        batch.get("decoder_target_tokens", batch.get("label_ids")).shape[1],
+      )
       if shape not in shapes:
         shapes.add(shape)
         logging.info(

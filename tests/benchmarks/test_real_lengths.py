@@ -37,14 +37,26 @@ def test_each_side_pads_a_batch_as_documented():
   args = type("Args", (), {"inputs": 512})()
   assert rl.batch_lengths(examples, "fixed", args) == (512, 8)
   assert rl.batch_lengths(examples, "buckets", args) == (128, 8)
+  assert rl.batch_lengths(examples, "grouped", args) == (128, 8)
   longest_target = max(len(y) for _, y in examples)
   assert rl.batch_lengths(examples, "peft", args) == (70, longest_target)
   assert all(x[-1] == 1 and y[-1] == 1 for x, y in examples)  # EOS last
 
 
-def test_a_quick_run_of_our_two_sides_prints_the_ratio_line():
+def test_grouped_batches_hold_every_example_once_and_similar_lengths_together():
+  lengths = [10, 200, 12, 180, 11, 190, 13, 170]
+  examples = rl.make_examples(lengths, vocab_size=100, seed=0)
+  batches = rl.grouped_batches(examples, batch_size=4, window_batches=2, seed=0)
+  assert sorted(i for batch in batches for i in batch) == list(range(8))
+  assert sorted(sorted(lengths[i] for i in batch) for batch in batches) == [
+    [10, 11, 12, 13],
+    [170, 180, 190, 200],
+  ]
+
+
+def test_a_quick_run_of_our_sides_prints_the_ratio_line():
   result = subprocess.run(
-    [sys.executable, SCRIPT, "--quick", "--sides", "fixed,buckets", "--examples", "8"],
+    [sys.executable, SCRIPT, "--quick", "--sides", "fixed,buckets,grouped", "--examples", "8"],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -52,6 +64,7 @@ def test_a_quick_run_of_our_two_sides_prints_the_ratio_line():
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "ours, length buckets" in result.stdout
+  assert "ours, buckets + length grouping" in result.stdout
   assert "real-length throughput: bucketed/fixed" in result.stdout
   assert "bucketed/peft n/a" in result.stdout
 

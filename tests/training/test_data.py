@@ -112,3 +112,42 @@ def test_length_buckets_cut_the_same_batches_to_their_longest_row():
     )
   resumed = _wide(1, length_buckets=BUCKETS, start_position=4)[0]
   np.testing.assert_array_equal(resumed["encoder_input_tokens"], cut[4]["encoder_input_tokens"])
+
+
+def test_grouping_by_length_sorts_each_window_into_batches_and_uses_every_example_once():
+  """TRAIN_LENGTH_GROUPING = 4: each window of 4 batches (32 examples) of the shuffled
+  stream comes back as 4 batches of similar lengths holding exactly those examples; the
+  batches' order is shuffled, not ascending, and resuming by position is exact."""
+  fixed = _wide(8)
+  grouped = _wide(8, group_by_length=4)
+  for window in range(2):
+    plain = fixed[window * 4 : (window + 1) * 4]
+    sorted_ = grouped[window * 4 : (window + 1) * 4]
+    assert sorted(_rows(plain)) == sorted(_rows(sorted_))  # The same examples.
+    spans = []
+    for batch in sorted_:
+      lengths = (batch["encoder_input_tokens"] != 0).sum(axis=1)
+      spans.append((int(lengths.min()), int(lengths.max())))
+    # Sorted then cut: the batches' length ranges do not interleave.
+    ordered = sorted(spans)
+    assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:])), spans
+  # Shuffled batch order within windows (for this seed, not ascending in both windows).
+  first = [int((b["encoder_input_tokens"] != 0).sum(axis=1).min()) for b in grouped]
+  assert first[:4] != sorted(first[:4]) or first[4:] != sorted(first[4:])
+  # Grouped rows of one batch share a narrow range: its longest is far below the fixed
+  # batches' longest on average, which is what the buckets then save.
+  longest = lambda batches: np.mean(
+    [(b["encoder_input_tokens"] != 0).sum(1).max() for b in batches]
+  )
+  assert longest(grouped) < longest(fixed)
+  resumed = _wide(3, group_by_length=4, start_position=5)
+  assert _rows(resumed) == _rows(grouped[5:8])
+  assert _rows(_wide(8, group_by_length=4)) == _rows(grouped)  # Deterministic.
+  with_rows = _wide(2, group_by_length=4, rows=(4, 8))
+  for part, whole in zip(with_rows, grouped):
+    np.testing.assert_array_equal(part["encoder_input_tokens"], whole["encoder_input_tokens"][4:])
+
+
+def test_grouping_needs_a_positive_window():
+  with pytest.raises(ValueError, match="TRAIN_LENGTH_GROUPING must be a positive"):
+    _wide(1, group_by_length=0)

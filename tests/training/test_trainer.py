@@ -245,3 +245,19 @@ def test_length_bucketed_training_resumes_bit_identical_and_follows_the_fixed_ru
   np.testing.assert_allclose(
     _prompt(straight, STEPS), _prompt(trained_run[0], STEPS), rtol=1e-4, atol=1e-5
   )
+
+
+def test_length_grouped_training_resumes_bit_identical(tmp_path, base_checkpoint, trained_run):
+  """TRAIN_LENGTH_GROUPING with buckets: other batches than the i.i.d. run's, still a
+  function of the seed and the position, so a stopped and restarted run (inside a
+  window: step 6 of windows of 4 batches) ends bit-identical to one that never stopped."""
+  grouped = {"TRAIN_LENGTH_BUCKETS": "[8, 16]", "TRAIN_LENGTH_GROUPING": "4", "EVAL_PERIOD": "None"}
+  straight = str(tmp_path / "straight")
+  assert run_cli(_train_args(straight, base_checkpoint, **grouped)).returncode == 0
+  stopped = str(tmp_path / "stopped")
+  first = run_cli(_train_args(stopped, base_checkpoint, **grouped, TRAIN_STEPS="6"))
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = run_cli(_train_args(stopped, base_checkpoint, **grouped))
+  assert second.returncode == 0 and "resumed from" in second.stderr
+  np.testing.assert_array_equal(_prompt(straight, STEPS), _prompt(stopped, STEPS))
+  assert not np.array_equal(_prompt(straight, STEPS), _prompt(trained_run[0], STEPS))
