@@ -174,6 +174,20 @@ def check_labels_per_task(
   return counts
 
 
+def _label_logits(head: Any, x: Array, task_ids: Optional[Array]) -> Array:
+  """`linear` with a label head's settings (SequenceHead, TokenHead)."""
+  return linear(
+    head,
+    x,
+    head.num_labels,
+    head.num_tasks,
+    task_ids,
+    head.init_dir,
+    head.init_task,
+    head.labels_per_task,
+  )
+
+
 class SequenceHead(nn.Module):
   """Sequence classification: a linear layer on the pooled encoder state.
 
@@ -191,16 +205,7 @@ class SequenceHead(nn.Module):
   @nn.compact
   def __call__(self, hidden: Array, mask: Array, task_ids: Optional[Array] = None) -> Array:
     pooled = pool(hidden, mask, self.pooling)
-    return linear(
-      self,
-      pooled,
-      self.num_labels,
-      self.num_tasks,
-      task_ids,
-      self.init_dir,
-      self.init_task,
-      self.labels_per_task,
-    )
+    return _label_logits(self, pooled, task_ids)
 
 
 class TokenHead(nn.Module):
@@ -215,16 +220,7 @@ class TokenHead(nn.Module):
   @nn.compact
   def __call__(self, hidden: Array, mask: Array, task_ids: Optional[Array] = None) -> Array:
     del mask  # Every position gets logits; the labels say which ones count.
-    return linear(
-      self,
-      hidden,
-      self.num_labels,
-      self.num_tasks,
-      task_ids,
-      self.init_dir,
-      self.init_task,
-      self.labels_per_task,
-    )
+    return _label_logits(self, hidden, task_ids)
 
 
 class SpanHead(nn.Module):

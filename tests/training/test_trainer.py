@@ -227,6 +227,20 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   np.testing.assert_array_equal(_prompt(model_dir, 3), saved)
 
 
+def _straight_and_resumed(tmp_path, base_checkpoint, bindings: dict[str, str]) -> str:
+  """Trains with `bindings` straight through and, in another directory, stopped at
+  step 6 and restarted; asserts both end bit-identical; returns the straight run."""
+  straight = str(tmp_path / "straight")
+  assert run_cli(_train_args(straight, base_checkpoint, **bindings)).returncode == 0
+  stopped = str(tmp_path / "stopped")
+  first = run_cli(_train_args(stopped, base_checkpoint, **bindings, TRAIN_STEPS="6"))
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = run_cli(_train_args(stopped, base_checkpoint, **bindings))
+  assert second.returncode == 0 and "resumed from" in second.stderr
+  np.testing.assert_array_equal(_prompt(straight, STEPS), _prompt(stopped, STEPS))
+  return straight
+
+
 def test_length_bucketed_training_resumes_bit_identical_and_follows_the_fixed_run(
   tmp_path, base_checkpoint, trained_run
 ):
@@ -234,14 +248,7 @@ def test_length_bucketed_training_resumes_bit_identical_and_follows_the_fixed_ru
   one that never stopped, and both stay within float rounding of the fixed-shape run
   (the batches hold the same examples; only padding is cut)."""
   buckets = {"TRAIN_LENGTH_BUCKETS": "[8, 16]", "EVAL_PERIOD": "None"}
-  straight = str(tmp_path / "straight")
-  assert run_cli(_train_args(straight, base_checkpoint, **buckets)).returncode == 0
-  stopped = str(tmp_path / "stopped")
-  first = run_cli(_train_args(stopped, base_checkpoint, **buckets, TRAIN_STEPS="6"))
-  assert first.returncode == 0, first.stderr[-3000:]
-  second = run_cli(_train_args(stopped, base_checkpoint, **buckets))
-  assert second.returncode == 0 and "resumed from" in second.stderr
-  np.testing.assert_array_equal(_prompt(straight, STEPS), _prompt(stopped, STEPS))
+  straight = _straight_and_resumed(tmp_path, base_checkpoint, buckets)
   np.testing.assert_allclose(
     _prompt(straight, STEPS), _prompt(trained_run[0], STEPS), rtol=1e-4, atol=1e-5
   )
@@ -252,12 +259,5 @@ def test_length_grouped_training_resumes_bit_identical(tmp_path, base_checkpoint
   function of the seed and the position, so a stopped and restarted run (inside a
   window: step 6 of windows of 4 batches) ends bit-identical to one that never stopped."""
   grouped = {"TRAIN_LENGTH_BUCKETS": "[8, 16]", "TRAIN_LENGTH_GROUPING": "4", "EVAL_PERIOD": "None"}
-  straight = str(tmp_path / "straight")
-  assert run_cli(_train_args(straight, base_checkpoint, **grouped)).returncode == 0
-  stopped = str(tmp_path / "stopped")
-  first = run_cli(_train_args(stopped, base_checkpoint, **grouped, TRAIN_STEPS="6"))
-  assert first.returncode == 0, first.stderr[-3000:]
-  second = run_cli(_train_args(stopped, base_checkpoint, **grouped))
-  assert second.returncode == 0 and "resumed from" in second.stderr
-  np.testing.assert_array_equal(_prompt(straight, STEPS), _prompt(stopped, STEPS))
+  straight = _straight_and_resumed(tmp_path, base_checkpoint, grouped)
   assert not np.array_equal(_prompt(straight, STEPS), _prompt(trained_run[0], STEPS))
