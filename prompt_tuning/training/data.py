@@ -316,7 +316,7 @@ def group_by_length_windows(
     return {name: cut(values) for name, values in features.items()}
 
   windows = examples.batch(window, drop_remainder=True).enumerate()
-  return windows.map(arrange, deterministic=True).unbatch()
+  return windows.map(arrange).unbatch()
 
 
 def subsample(
