@@ -227,38 +227,31 @@ def train_batches(
     raise ValueError(f"train_batches.shard_by must be one of {SHARD_BY}, got {shard_by!r}")
   encoder_buckets = buckets_lib.resolve(length_buckets, int(task_feature_lengths["inputs"]))
   decoder_buckets = buckets_lib.resolve(length_buckets, int(task_feature_lengths["targets"]))
-  if encoder_buckets is not None and shard_by == "source" and jax.process_count() > 1:
+  if group_by_length is not None and int(group_by_length) < 1:
     raise ValueError(
-      "TRAIN_LENGTH_BUCKETS cuts each global batch to its longest row, which processes that "
-      "read their own part of the source cannot agree on; use train_batches.shard_by = "
-      "'batch' (the default) or TRAIN_LENGTH_BUCKETS = None"
+      f"TRAIN_LENGTH_GROUPING must be a positive number of batches per window, got "
+      f"{group_by_length}; None turns grouping off"
     )
-  if group_by_length is not None:
-    if int(group_by_length) < 1:
-      raise ValueError(
-        f"TRAIN_LENGTH_GROUPING must be a positive number of batches per window, got "
-        f"{group_by_length}; None turns grouping off"
-      )
-    if shard_by == "source" and jax.process_count() > 1:
-      raise ValueError(
-        "TRAIN_LENGTH_GROUPING sorts windows of the global example stream, which processes "
-        "that read their own part of the source do not share; use train_batches.shard_by = "
-        "'batch' (the default) or TRAIN_LENGTH_GROUPING = None"
-      )
-  if train_examples is not None:
-    if train_examples < 1:
-      raise ValueError(
-        f"TRAIN_EXAMPLES must be a positive number of examples, got {train_examples}"
-      )
-    if shard_by == "source" and jax.process_count() > 1:
-      raise ValueError(
-        "TRAIN_EXAMPLES subsamples the whole split, which needs every process to read all of "
-        "it; use train_batches.shard_by = 'batch' (the default)"
-      )
+  if train_examples is not None and train_examples < 1:
+    raise ValueError(f"TRAIN_EXAMPLES must be a positive number of examples, got {train_examples}")
+  by_source = shard_by == "source" and jax.process_count() > 1
+  # What needs every process to read the same global stream: cutting each global batch
+  # to its longest row, sorting windows of it, subsampling the whole split.
+  global_stream = {
+    "TRAIN_LENGTH_BUCKETS": encoder_buckets is not None,
+    "TRAIN_LENGTH_GROUPING": group_by_length is not None,
+    "TRAIN_EXAMPLES": train_examples is not None,
+  }
+  settings = [name for name, used in global_stream.items() if used]
+  if by_source and settings:
+    raise ValueError(
+      f"{' and '.join(settings)} need every process to read the same global example "
+      "stream, which processes that read their own part of the source do not; use "
+      f"train_batches.shard_by = 'batch' (the default) or set {' and '.join(settings)} = None"
+    )
   start, stop = rows if rows is not None else process_rows(batch_size)
   if not 0 <= start < stop <= batch_size:
     raise ValueError(f"rows {start}:{stop} are not inside a batch of {batch_size}")
-  by_source = shard_by == "source" and jax.process_count() > 1
   # Checked above at the call, not at the first batch (after compiling the step).
   return _numpy_batches(
     mixture_or_task_name,
@@ -276,7 +269,8 @@ def train_batches(
 
 
 def _real_length(tokens: tf.Tensor) -> tf.Tensor:
-  """Per row of [rows, length] ids: one past the last non-zero position (0 if none)."""
+  """Per row of [rows, length] ids: one past the last non-zero position (0 if none);
+  `buckets.real_lengths` inside a tf.data map."""
   positions = tf.range(1, tf.shape(tokens)[1] + 1)[None, :]
   return tf.reduce_max(tf.where(tokens != 0, positions, 0), axis=1)
 
@@ -294,15 +288,10 @@ def group_by_length_windows(
   window = batch_size * window_batches
 
   def arrange(index: tf.Tensor, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    reference = features.get("encoder_input_tokens")
-    key = (
-      tf.zeros([window], tf.int64)
-      if reference is None
-      else tf.cast(_real_length(reference), tf.int64)
-    )
-    second = features.get("decoder_target_tokens", features.get("label_ids"))
-    if second is not None and second.shape.rank == 2:
-      key = key * (int(second.shape[1]) + 1) + tf.cast(_real_length(second), tf.int64)
+    key = tf.cast(_real_length(features["encoder_input_tokens"]), tf.int64)
+    # Targets: the decoder's, or a head's labels (every training batch has one of them).
+    targets = features.get("decoder_target_tokens", features.get("label_ids"))
+    key = key * (int(targets.shape[1]) + 1) + tf.cast(_real_length(targets), tf.int64)
     order = tf.argsort(key, stable=True)
     batch_order = tf.random.experimental.stateless_shuffle(
       tf.range(window_batches), seed=tf.stack([tf.cast(seed, tf.int64), index])
