@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning import errors, head_models, models, tree
+from prompt_tuning.data import labels as labels_lib
 from prompt_tuning.prompts import family
 from prompt_tuning.t5 import T5Config, Transformer, abstract_params, heads, logical_axes
 from prompt_tuning.training import optimizers
@@ -73,9 +74,13 @@ FEATURES = (
 # A linear head (docs/heads.md): its module, model class and label length per example
 # (None: one label per input token).
 HEADS = {
-  "sequence": (heads.SequenceHead, head_models.SequenceClassificationModel, 1),
+  "sequence": (
+    heads.SequenceHead,
+    head_models.SequenceClassificationModel,
+    labels_lib.SEQUENCE_LABELS,
+  ),
   "token": (heads.TokenHead, head_models.TokenClassificationModel, None),
-  "span": (heads.SpanHead, head_models.SpanExtractionModel, 2),
+  "span": (heads.SpanHead, head_models.SpanExtractionModel, labels_lib.SPAN_LABELS),
 }
 
 

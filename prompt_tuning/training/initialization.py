@@ -203,30 +203,27 @@ def _check_label_counts(head: Any, labelled: list[tuple[int, str, Any]]) -> None
     raise ValueError(
       "HEAD_LABELS_PER_TASK is for multi-task heads (HEAD_TASKS > 1); drop it and set NUM_LABELS"
     )
-  if num_tasks == 1 or per_task is None:
-    counts = {vocabulary.num_labels for _, _, vocabulary in labelled}
-    if num_tasks > 1 and len(counts) > 1:
-      wanted = [head.num_labels] * num_tasks
-      for task_id, _, vocabulary in labelled:
-        wanted[task_id] = vocabulary.num_labels
-      raise ValueError(
-        f"the mixture's tasks have {tuple(wanted)} labels; set --gin.NUM_LABELS={max(wanted)} "
-        f"and --gin.HEAD_LABELS_PER_TASK=\"{tuple(wanted)}\""
-      )
-    for _, task_name, vocabulary in labelled:
-      if head.num_labels != vocabulary.num_labels:
-        raise ValueError(
-          f"NUM_LABELS is {head.num_labels} but task {task_name} has {vocabulary.num_labels} "
-          f"labels ({', '.join(vocabulary.labels)}); set --gin.NUM_LABELS={vocabulary.num_labels}"
-        )
-    return
-  counts = heads_lib.check_labels_per_task(per_task, num_tasks, head.num_labels)
-  wanted = list(counts)
-  for task_id, _, vocabulary in labelled:
-    wanted[task_id] = vocabulary.num_labels
-  if tuple(wanted) != counts or max(wanted) != head.num_labels:
-    raise ValueError(
-      f"HEAD_LABELS_PER_TASK is {counts} and NUM_LABELS {head.num_labels}, but the tasks "
-      f"have {tuple(wanted)} labels; set --gin.NUM_LABELS={max(wanted)} and "
-      f"--gin.HEAD_LABELS_PER_TASK=\"{tuple(wanted)}\""
+  if num_tasks > 1:
+    counts = (
+      heads_lib.check_labels_per_task(per_task, num_tasks, head.num_labels)
+      if per_task is not None
+      else (head.num_labels,) * num_tasks
     )
+    wanted = list(counts)
+    for task_id, _, vocabulary in labelled:
+      wanted[task_id] = vocabulary.num_labels
+    # Without per-task counts, one count shared by all tasks is checked below.
+    if per_task is not None or len({v.num_labels for _, _, v in labelled}) > 1:
+      if tuple(wanted) != counts or max(wanted) != head.num_labels:
+        raise ValueError(
+          f"HEAD_LABELS_PER_TASK is {per_task} and NUM_LABELS {head.num_labels}, but the "
+          f"tasks have {tuple(wanted)} labels; set --gin.NUM_LABELS={max(wanted)} and "
+          f"--gin.HEAD_LABELS_PER_TASK=\"{tuple(wanted)}\""
+        )
+      return
+  for _, task_name, vocabulary in labelled:
+    if head.num_labels != vocabulary.num_labels:
+      raise ValueError(
+        f"NUM_LABELS is {head.num_labels} but task {task_name} has {vocabulary.num_labels} "
+        f"labels ({', '.join(vocabulary.labels)}); set --gin.NUM_LABELS={vocabulary.num_labels}"
+      )
