@@ -22,18 +22,25 @@ def _entry_point() -> list[str]:
   return [script] if os.path.isfile(script) else [sys.executable, "-m", "prompt_tuning"]
 
 
-def test_demo_writes_everything_under_out_and_prints_only_its_own_lines(tmp_path):
-  out = tmp_path / "demo"
-  budget = ["--lm-steps", "4", "--prompt-steps", "3", "--prompt-length", "2", "--batch-size", "4"]
+def _run_demo(out, *args: str, lm_steps: int = 4) -> subprocess.CompletedProcess:
+  """`prompt-tuning demo ARGS --out OUT` on a tiny budget (3 prompt steps, P=2, batch
+  4), from a new user's directory beside `out`: nothing of the checkout on hand."""
+  budget = ["--lm-steps", str(lm_steps), "--prompt-steps", "3", "--prompt-length", "2"]
   result = subprocess.run(
-    [*_entry_point(), "demo", "--out", str(out), *budget],
-    cwd=tmp_path,  # A new user's directory: nothing of the checkout on hand.
+    [*_entry_point(), "demo", *args, "--out", str(out), *budget, "--batch-size", "4"],
+    cwd=out.parent,
     env={**os.environ, "PYTHONPATH": REPO},
     capture_output=True,
     text=True,
     timeout=900,
   )
   assert result.returncode == 0, result.stderr
+  return result
+
+
+def test_demo_writes_everything_under_out_and_prints_only_its_own_lines(tmp_path):
+  out = tmp_path / "demo"
+  result = _run_demo(out)
   printed = result.stdout
   assert "[3/3] Results" in printed and "accuracy (%)" in printed
   assert str(out) in printed
@@ -61,16 +68,7 @@ def test_demo_writes_everything_under_out_and_prints_only_its_own_lines(tmp_path
 
 def test_table_to_text_demo_reports_bleu_and_rouge_before_and_after_with_samples(tmp_path):
   out = tmp_path / "table_demo"
-  budget = ["--lm-steps", "4", "--prompt-steps", "3", "--prompt-length", "2", "--batch-size", "4"]
-  result = subprocess.run(
-    [*_entry_point(), "demo", "--task", "table_to_text", "--out", str(out), *budget],
-    cwd=tmp_path,
-    env={**os.environ, "PYTHONPATH": REPO},
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert result.returncode == 0, result.stderr
+  result = _run_demo(out, "--task", "table_to_text")
   assert "[3/3] Results" in result.stdout and "BLEU" in result.stdout
   assert "Sample generations:" in result.stdout and "name : " in result.stdout
   with open(out / "results.json") as f:
@@ -85,16 +83,7 @@ def test_table_to_text_demo_reports_bleu_and_rouge_before_and_after_with_samples
 
 def test_head_demo_reports_its_metric_before_and_after_and_counts_head_and_prompts(tmp_path):
   out = tmp_path / "span_demo"
-  budget = ["--lm-steps", "3", "--prompt-steps", "3", "--prompt-length", "2", "--batch-size", "4"]
-  result = subprocess.run(
-    [*_entry_point(), "demo", "--head", "span", "--out", str(out), *budget],
-    cwd=tmp_path,
-    env={**os.environ, "PYTHONPATH": REPO},
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert result.returncode == 0, result.stderr
+  result = _run_demo(out, "--head", "span", lm_steps=3)
   assert "[3/3] Results (demo_qa_span validation" in result.stdout
   with open(out / "results.json") as f:
     table = json.load(f)
